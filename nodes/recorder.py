@@ -1,0 +1,33 @@
+"""recorder: writes every message it gets to a msgpack stream file (see runtime.recording)."""
+from __future__ import annotations
+
+from runtime import Message, Node, Pad, Param
+from runtime.clock import now_ns
+from runtime.recording import RecordingWriter
+
+
+class Recorder(Node):
+    """Writes every message, with its link seq and arrival time, to a msgpack stream file."""
+
+    inputs = {"in": Pad()}
+    params = {
+        "path": Param(str, "recording.msgpack", "file to write (parent folders are created)"),
+        "flush_every": Param(int, 60, "flush to disk every N messages (always on EOS and stop)", min=1),
+    }
+
+    def setup(self) -> None:
+        self.writer = RecordingWriter(self.p.path)
+
+    def process(self, pad: str, msg: Message) -> None:
+        self.writer.write(msg, now_ns())
+        if self.writer.count % self.p.flush_every == 0:
+            self.writer.flush()
+
+    def on_eos(self) -> None:
+        self.writer.flush()
+
+    def teardown(self) -> None:
+        self.writer.close()
+
+    def stats(self) -> dict:
+        return {"written": self.writer.count, "path": self.p.path}

@@ -1,0 +1,205 @@
+"""The ``avatar`` command: run, launch, validate, inspect, dot, and steer a running graph."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any, Sequence
+
+from .bus import to_json_line
+from .control import ControlClient, control_endpoint
+from .dot import to_dot
+from .errors import ControlError, GraphError, NodeTypeError
+from .graph import Graph, load_graph
+from .inspect_text import describe_type, list_types
+from .launch import parse_launch
+from .params import parse_value
+from .runner import Runner
+from .validate import validate_graph
+
+
+def _kv(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"avatar: expected {what} as key=value, got '{item}'")
+        out[key] = value
+    return out
+
+
+def _load(path: str, overrides: Sequence[str]) -> Graph:
+    graph = load_graph(path, _kv(overrides, "graph args"))
+    validate_graph(graph)
+    return graph
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    graph = _load(a.graph, a.args)
+    print(f"{a.graph}: ok ({len(graph.nodes)} nodes, {len(graph.links)} links)")
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    sys.stdout.write(describe_type(a.type) if a.type else list_types())
+    return 0
+
+
+def cmd_dot(a: argparse.Namespace) -> int:
+    text = to_dot(_load(a.graph, a.args))
+    if a.output:
+        with open(a.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _run(graph: Graph, a: argparse.Namespace) -> int:
+    control = None if a.no_control else (a.control or control_endpoint(graph.name))
+    runner = Runner(graph, host=getattr(a, "host", None), control=control, drain_timeout=a.drain_timeout)
+    lock = threading.Lock()
+
+    def echo(msg: dict[str, Any]) -> None:
+        with lock:
+            print(to_json_line(msg), flush=True)
+
+    runner.bus.subscribe(echo)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        runner.start()
+    except (RuntimeError, TimeoutError, ControlError) as exc:
+        print(f"avatar: graph '{graph.name}' did not start: {exc}", file=sys.stderr)
+        return 1
+    while not runner.wait(0.1):
+        if stop.is_set():
+            runner.stop(drain=True)
+            break
+    return runner.stop(drain=False)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    return _run(_load(a.graph, a.args), a)
+
+
+def cmd_launch(a: argparse.Namespace) -> int:
+    graph = parse_launch(" ".join(a.line), policy=a.policy, size=a.size, name=a.name)
+    validate_graph(graph)
+    return _run(graph, a)
+
+
+def _client(a: argparse.Namespace) -> ControlClient:
+    return ControlClient(a.control or control_endpoint(a.graph_name))
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    print(json.dumps(_client(a).request("stats"), indent=2, default=str))
+    return 0
+
+
+def cmd_set(a: argparse.Namespace) -> int:
+    params = {k: parse_value(v) for k, v in _kv(a.params, "params").items()}
+    print(json.dumps(_client(a).request("params", node=a.node, params=params), default=str))
+    return 0
+
+
+def cmd_swap(a: argparse.Namespace) -> int:
+    params = {k: parse_value(v) for k, v in _kv(a.params, "params").items()}
+    pid = _client(a).request("swap", node=a.node, type=a.type, params=params)
+    print(json.dumps({"node": a.node, "pid": pid}))
+    return 0
+
+
+def cmd_state(a: argparse.Namespace) -> int:
+    print(_client(a).request("state", state=a.state.upper()))
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    print(_client(a).request("stop", drain=not a.now))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avatar", description="Avatar Engine: run and steer YAML graphs of node processes.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def run_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--control", help="control endpoint to serve (default ipc://@avatar-ctl/<graph name>)")
+        sp.add_argument("--no-control", action="store_true", help="serve no control channel")
+        sp.add_argument("--drain-timeout", type=float, default=5.0, metavar="S",
+                        help="on Ctrl-C, how long sources' EOS may take to reach the sinks (default 5)")
+
+    sp = sub.add_parser("run", help="run a graph; bus messages are printed as JSON lines")
+    sp.add_argument("graph", help="graph YAML file")
+    sp.add_argument("args", nargs="*", metavar="key=value", help="graph args overriding the YAML's defaults")
+    sp.add_argument("--host", help="run only the nodes placed on this host of the graph's hosts table")
+    run_opts(sp)
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("launch", help='run a one-liner: avatar launch "testsrc rate=60 ! identity ! fakesink"')
+    sp.add_argument("line", nargs="+", help="TYPE key=value ... ! TYPE ... (NAME. refers to a named node)")
+    sp.add_argument("--policy", choices=("leaky", "block"), default="leaky", help="queue policy of every link")
+    sp.add_argument("--size", type=int, default=8, help="queue size of every link")
+    sp.add_argument("--name", default="launch", help="graph name (names the control channel)")
+    run_opts(sp)
+    sp.set_defaults(fn=cmd_launch)
+
+    sp = sub.add_parser("validate", help="check a graph; prints every problem with file and line")
+    sp.add_argument("graph")
+    sp.add_argument("args", nargs="*", metavar="key=value")
+    sp.set_defaults(fn=cmd_validate)
+
+    sp = sub.add_parser("inspect", help="list node types, or describe one (pads, caps, params)")
+    sp.add_argument("type", nargs="?")
+    sp.set_defaults(fn=cmd_inspect)
+
+    sp = sub.add_parser("dot", help="write a graph as Graphviz dot")
+    sp.add_argument("graph")
+    sp.add_argument("args", nargs="*", metavar="key=value")
+    sp.add_argument("-o", "--output", help="file to write (default stdout)")
+    sp.set_defaults(fn=cmd_dot)
+
+    def ctl(name: str, help_: str, fn) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("-g", "--graph-name", default="launch", help="name of the running graph (default 'launch')")
+        sp.add_argument("--control", help="control endpoint (default ipc://@avatar-ctl/<graph name>)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    ctl("stats", "print a running graph's node and link stats as JSON", cmd_stats)
+    sp = ctl("set", "set params of a running node: avatar set -g G NODE key=value ...", cmd_set)
+    sp.add_argument("node")
+    sp.add_argument("params", nargs="+", metavar="key=value")
+    sp = ctl("swap", "hot-swap a running node: avatar swap -g G NODE [--type T] [key=value ...]", cmd_swap)
+    sp.add_argument("node")
+    sp.add_argument("--type", help="new node type (default: the same type)")
+    sp.add_argument("params", nargs="*", metavar="key=value")
+    sp = ctl("state", "set a running graph's state", cmd_state)
+    sp.add_argument("state", choices=("PAUSED", "PLAYING", "paused", "playing"))
+    sp = ctl("stop", "stop a running graph (draining first unless --now)", cmd_stop)
+    sp.add_argument("--now", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except GraphError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        n = len(exc.problems)
+        print(f"avatar: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+        return 2
+    except (ControlError, NodeTypeError) as exc:
+        print(f"avatar: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Exceptions the runtime raises; each names the place of the problem."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a graph, located in its source file."""
+
+    message: str
+    file: str = "<graph>"
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: error: {self.message}"
+
+
+class GraphError(Exception):
+    """A graph that cannot run; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ParamError(ValueError):
+    """A param value that the node type does not accept."""
+
+
+class NodeTypeError(LookupError):
+    """A node type name that no registry entry or import path resolves."""
+
+
+class ControlError(RuntimeError):
+    """A control request the runner or a node refused, with the reason."""

@@ -1,0 +1,241 @@
+"""The graph model, and loading it from YAML with ``${args}`` substituted.
+
+Structure problems (YAML syntax, missing keys, bad link syntax, unknown args) are found here;
+problems that need the node registry (types, pads, params, caps) by ``runtime.validate``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import GraphError, Problem
+from .params import parse_value
+from .yamlsource import LineDict, LineList, load_yaml
+
+POLICIES = ("leaky", "block")
+RESTART_POLICIES = ("always", "on-failure", "never")
+DEFAULT_LINK = {"policy": "leaky", "size": 8}
+_ARG = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    restart: str = "on-failure"
+    max_restarts: int = 10
+    line: int | None = None
+    type_line: int | None = None
+    param_lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class LinkSpec:
+    src: str
+    src_pad: str | None
+    dst: str
+    dst_pad: str | None
+    policy: str = "leaky"
+    size: int = 8
+    line: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.src}.{self.src_pad}-{self.dst}.{self.dst_pad}"
+
+    def __str__(self) -> str:
+        return f"{self.src}.{self.src_pad} -> {self.dst}.{self.dst_pad}"
+
+
+@dataclass
+class Graph:
+    name: str
+    nodes: dict[str, NodeSpec]
+    links: list[LinkSpec]
+    args: dict[str, Any] = field(default_factory=dict)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    file: str = "<graph>"
+    state_store: str | None = None
+
+    def nodes_on(self, host: str | None) -> list[str]:
+        """Names of the nodes one runner starts: all of them, or those placed on ``host``."""
+        if host is None:
+            return list(self.nodes)
+        first = next(iter(self.hosts), None)
+        return [n for n, s in self.nodes.items() if (s.host or first) == host]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "args": dict(self.args),
+            "hosts": dict(self.hosts),
+            "nodes": {
+                n: {"type": s.type, "params": dict(s.params), "host": s.host, "restart": s.restart}
+                for n, s in self.nodes.items()
+            },
+            "links": [
+                {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy, "size": l.size}
+                for l in self.links
+            ],
+        }
+
+
+def load_graph(path: str | Path, overrides: Mapping[str, str] | None = None) -> Graph:
+    """Load a graph file; raises GraphError with file and line for every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GraphError([Problem(f"cannot read graph: {exc.strerror}", str(path))]) from exc
+    return parse_graph(text, str(path), overrides, default_name=path.stem)
+
+
+def parse_graph(text: str, file: str = "<graph>", overrides: Mapping[str, str] | None = None,
+                default_name: str = "graph") -> Graph:
+    try:
+        doc = load_yaml(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or str(exc)
+        raise GraphError([Problem(f"YAML syntax error: {what}", file, line)]) from None
+    except yaml.YAMLError as exc:
+        raise GraphError([Problem(f"YAML syntax error: {exc}", file)]) from None
+    if not isinstance(doc, LineDict):
+        raise GraphError([Problem("a graph is a YAML mapping with 'nodes' and 'links'", file, 1)])
+    return graph_from_dict(doc, file, overrides, default_name)
+
+
+def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
+                    overrides: Mapping[str, str] | None = None, default_name: str = "graph") -> Graph:
+    problems: list[Problem] = []
+    p = lambda msg, line=None: problems.append(Problem(msg, file, line))  # noqa: E731
+    line = lambda d, k=None: d.line_of(k) if isinstance(d, (LineDict, LineList)) else None  # noqa: E731
+
+    for key in doc:
+        if key not in ("name", "description", "args", "hosts", "nodes", "links", "link_defaults", "state"):
+            p(f"unknown top-level key '{key}' (allowed: name, description, args, hosts, nodes, links, link_defaults, state)", line(doc, key))
+
+    args = dict(doc.get("args") or {})
+    for key, raw in (overrides or {}).items():
+        if key not in args:
+            known = ", ".join(sorted(args)) or "none"
+            p(f"unknown arg '{key}' given on the command line; the graph's args: {known}")
+        else:
+            args[key] = parse_value(raw) if isinstance(raw, str) else raw
+    doc = _substitute(doc, args, problems, file, skip=("args",))
+
+    defaults = dict(DEFAULT_LINK)
+    defaults.update(doc.get("link_defaults") or {})
+    nodes: dict[str, NodeSpec] = {}
+    raw_nodes = doc.get("nodes")
+    if not isinstance(raw_nodes, Mapping) or not raw_nodes:
+        p("the graph needs a 'nodes' mapping of node name -> {type, params}", line(doc, "nodes") or 1)
+        raw_nodes = {}
+    for name, spec in raw_nodes.items():
+        nline = line(raw_nodes, name)
+        if not isinstance(name, str) or not _NAME.match(name):
+            p(f"bad node name '{name}': use letters, digits, '_' and '-'", nline)
+            continue
+        if isinstance(spec, str):
+            spec = LineDict(type=spec)
+        if not isinstance(spec, Mapping) or "type" not in spec:
+            p(f"node '{name}' needs a 'type'", nline)
+            continue
+        for key in spec:
+            if key not in ("type", "params", "host", "restart", "max_restarts"):
+                p(f"node '{name}': unknown key '{key}' (allowed: type, params, host, restart, max_restarts)", line(spec, key))
+        params = spec.get("params") or {}
+        if not isinstance(params, Mapping):
+            p(f"node '{name}': 'params' must be a mapping", line(spec, "params"))
+            params = {}
+        restart = spec.get("restart", "on-failure")
+        if restart not in RESTART_POLICIES:
+            p(f"node '{name}': restart must be one of {', '.join(RESTART_POLICIES)}, got '{restart}'", line(spec, "restart"))
+        nodes[name] = NodeSpec(
+            name=name, type=str(spec["type"]), params=dict(params), host=spec.get("host"),
+            restart=restart, max_restarts=int(spec.get("max_restarts", 10)), line=nline,
+            type_line=line(spec, "type"), param_lines={k: line(params, k) for k in params},
+        )
+
+    links: list[LinkSpec] = []
+    for i, entry in enumerate(doc.get("links") or []):
+        lline = line(doc.get("links"), i)
+        opts = dict(defaults)
+        if isinstance(entry, str):
+            chain = entry
+        elif isinstance(entry, Mapping):
+            if "from" in entry and "to" in entry:
+                chain = f"{entry['from']} -> {entry['to']}"
+            elif "chain" in entry:
+                chain = str(entry["chain"])
+            else:
+                p("a link is 'a.out -> b.in', or a mapping with 'from' and 'to' (or 'chain')", lline)
+                continue
+            opts.update({k: v for k, v in entry.items() if k in ("policy", "size")})
+            for key in entry:
+                if key not in ("from", "to", "chain", "policy", "size"):
+                    p(f"link: unknown key '{key}' (allowed: from, to, chain, policy, size)", line(entry, key))
+        else:
+            p(f"bad link entry {entry!r}", lline)
+            continue
+        if opts["policy"] not in POLICIES:
+            p(f"link '{chain}': policy must be 'leaky' or 'block', got '{opts['policy']}'", lline)
+        if not isinstance(opts["size"], int) or isinstance(opts["size"], bool) or opts["size"] < 1:
+            p(f"link '{chain}': size must be a positive integer, got {opts['size']!r}", lline)
+        ends = [s.strip() for s in chain.split("->")]
+        if len(ends) < 2 or not all(ends):
+            p(f"bad link '{chain}': expected 'node.pad -> node.pad'", lline)
+            continue
+        for a, b in zip(ends, ends[1:]):
+            src, _, spad = a.partition(".")
+            dst, _, dpad = b.partition(".")
+            links.append(LinkSpec(src, spad or None, dst, dpad or None, opts["policy"], opts["size"], lline))
+
+    hosts = dict(doc.get("hosts") or {})
+    if problems:
+        raise GraphError(problems)
+    return Graph(
+        name=str(doc.get("name") or default_name), nodes=nodes, links=links, args=args,
+        hosts=hosts, file=file, state_store=doc.get("state"),
+    )
+
+
+def _substitute(value: Any, args: Mapping[str, Any], problems: list[Problem], file: str,
+                skip: tuple[str, ...] = (), line: int | None = None) -> Any:
+    """Replace ``${name}`` in every string; a string that is exactly ``${name}`` takes the arg's type."""
+    if isinstance(value, LineDict):
+        out = LineDict()
+        out.line, out.lines = value.line, dict(value.lines)
+        for k, v in value.items():
+            out[k] = v if k in skip else _substitute(v, args, problems, file, (), value.line_of(k))
+        return out
+    if isinstance(value, LineList):
+        out = LineList(_substitute(v, args, problems, file, (), value.line_of(i)) for i, v in enumerate(value))
+        out.line, out.lines = value.line, list(value.lines)
+        return out
+    if isinstance(value, dict):
+        return {k: _substitute(v, args, problems, file, (), line) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, args, problems, file, (), line) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    whole = _ARG.fullmatch(value)
+
+    def lookup(name: str) -> Any:
+        if name not in args:
+            known = ", ".join(sorted(args)) or "none"
+            problems.append(Problem(f"undefined arg '${{{name}}}'; the graph's args: {known}", file, line))
+            return ""
+        return args[name]
+
+    if whole:
+        return lookup(whole.group(1))
+    return _ARG.sub(lambda m: str(lookup(m.group(1))), value)

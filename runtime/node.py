@@ -1,0 +1,110 @@
+"""The base class of every node type.
+
+A node type declares its pads and params and implements ``process`` (and, for a source, a
+timer or a watched file descriptor). It never touches ZeroMQ: the process that hosts it (see
+``runtime.worker``) or the in-process harness (``runtime.testing``) provides the context.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, ClassVar, Mapping, Protocol
+
+from .message import Message
+from .pads import Pad
+from .params import Param, ParamValues
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class NodeContext(Protocol):
+    """What a node may ask of the process hosting it."""
+
+    def emit(self, pad: str, msg: Message) -> None: ...
+    def end_stream(self) -> None: ...
+    def every(self, period_s: float, fn: Callable[[], None]) -> Timer: ...
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer: ...
+    def watch(self, fd: Any, fn: Callable[[], None]) -> None: ...
+    def unwatch(self, fd: Any) -> None: ...
+    def post(self, level: str, text: str, **fields: Any) -> None: ...
+
+
+class Node:
+    """Subclass this, declare ``inputs``, ``outputs`` and ``params``, implement the hooks you need.
+
+    Hooks, in the order the runtime calls them: ``setup`` (READY), ``on_play`` (PLAYING),
+    ``process`` (each input message), ``on_params`` (after a live change), ``on_pause``,
+    ``on_eos`` (every input ended, or a source was asked to finish), ``teardown``.
+    """
+
+    inputs: ClassVar[dict[str, Pad]] = {}
+    outputs: ClassVar[dict[str, Pad]] = {}
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, name: str, params: Mapping[str, Any], ctx: NodeContext):
+        self.name = name
+        self.p = ParamValues(params)
+        self.ctx = ctx
+        self.log = logging.getLogger(f"avatar.node.{name}")
+
+    # --- hooks -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Open files and devices; called once the node's links exist."""
+
+    def on_play(self) -> None:
+        """Start timers or watchers (sources)."""
+
+    def on_pause(self) -> None:
+        """Playback paused; timers and inputs are held by the runtime."""
+
+    def process(self, pad: str, msg: Message) -> Message | None:
+        """Handle one input message; a returned message is emitted on the only output pad."""
+        return None
+
+    def on_params(self, changed: Mapping[str, Any]) -> None:
+        """Params changed while running (already validated and stored in ``self.p``)."""
+
+    def on_eos(self) -> None:
+        """No more input will come: emit what is buffered."""
+
+    def teardown(self) -> None:
+        """Release what setup opened; called on every stop, clean or not."""
+
+    def stats(self) -> dict[str, Any]:
+        """Node-specific counters added to the runtime's stats."""
+        return {}
+
+    # --- what a node may do ------------------------------------------------------------------
+    def emit(self, pad: str, msg: Message) -> None:
+        self.ctx.emit(pad, msg)
+
+    def end_stream(self) -> None:
+        """A source is done: EOS goes out behind everything already emitted."""
+        self.ctx.end_stream()
+
+    def every(self, period_s: float, fn: Callable[[], None]) -> Timer:
+        """Call ``fn`` every period while PLAYING (``0``: as often as the loop turns)."""
+        return self.ctx.every(period_s, fn)
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> Timer:
+        return self.ctx.call_later(delay_s, fn)
+
+    def watch(self, fd: Any, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when ``fd`` (a socket or file descriptor) is readable, while PLAYING."""
+        self.ctx.watch(fd, fn)
+
+    def unwatch(self, fd: Any) -> None:
+        self.ctx.unwatch(fd)
+
+    def warn(self, text: str, **fields: Any) -> None:
+        """A WARNING on the runner's bus, naming this node."""
+        self.ctx.post("WARNING", text, **fields)
+
+    @classmethod
+    def default_output(cls) -> str | None:
+        return next(iter(cls.outputs)) if len(cls.outputs) == 1 else None
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

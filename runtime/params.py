@@ -1,0 +1,95 @@
+"""Typed, validated node params: declared on the node type, set from YAML, CLI or live."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ParamError
+
+_TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", list: "list", dict: "dict"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declaration of one param: its type, default, allowed range or choices, and a doc line."""
+
+    type: type
+    default: Any
+    doc: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+
+    @property
+    def type_name(self) -> str:
+        return _TYPE_NAMES.get(self.type, self.type.__name__)
+
+    def range_text(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.min is not None or self.max is not None:
+            lo = "-inf" if self.min is None else self.min
+            hi = "inf" if self.max is None else self.max
+            return f"{lo} .. {hi}"
+        return ""
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """Return the value as this param's type, or raise ParamError saying what is allowed."""
+        t = self.type
+        ok = isinstance(value, t) and not (t is not bool and isinstance(value, bool))
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ParamError(
+                f"param '{name}' must be {self.type_name}, got {type(value).__name__} {value!r}"
+            )
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(f"param '{name}' must be {self.range_text()}, got {value!r}")
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise ParamError(f"param '{name}' must be in {self.range_text()}, got {value!r}")
+        return value
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value the way YAML would (``60`` is an int, ``true`` a bool)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def check_params(declared: Mapping[str, Param], given: Mapping[str, Any], *, fill_defaults: bool = True) -> dict[str, Any]:
+    """Validate given params against the declaration; every problem is reported at once."""
+    problems: list[str] = []
+    out: dict[str, Any] = {k: p.default for k, p in declared.items()} if fill_defaults else {}
+    for name, value in given.items():
+        spec = declared.get(name)
+        if spec is None:
+            allowed = ", ".join(sorted(declared)) or "none"
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"unknown param '{name}'{hint}; allowed params: {allowed}")
+            continue
+        try:
+            out[name] = spec.coerce(name, value)
+        except ParamError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ParamError("; ".join(problems))
+    return out
+
+
+class ParamValues:
+    """Attribute access to a node's current params (``self.p.rate``)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self.__dict__.update(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"ParamValues({self.__dict__!r})"

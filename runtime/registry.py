@@ -1,0 +1,43 @@
+"""Node type lookup: by registered name (entry-point group ``avatar.nodes``) or ``module:Class``."""
+from __future__ import annotations
+
+import difflib
+import importlib
+from functools import lru_cache
+from importlib.metadata import entry_points
+
+from .errors import NodeTypeError
+from .node import Node
+
+ENTRY_POINT_GROUP = "avatar.nodes"
+
+
+@lru_cache(maxsize=1)
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def node_type_names() -> list[str]:
+    return sorted(_entry_points())
+
+
+def get_node_type(name: str) -> type[Node]:
+    """The class for a type name used in a graph; raises NodeTypeError naming the choices."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise NodeTypeError(f"cannot import node type '{name}': {exc}") from exc
+    else:
+        ep = _entry_points().get(name)
+        if ep is None:
+            close = difflib.get_close_matches(name, node_type_names(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise NodeTypeError(
+                f"unknown node type '{name}'{hint}; known types: {', '.join(node_type_names())}"
+            )
+        cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, Node)):
+        raise NodeTypeError(f"'{name}' is not a Node subclass")
+    return cls

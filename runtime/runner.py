@@ -1,0 +1,465 @@
+"""The runner: starts one process per node, wires them, steers them, and reports on its bus.
+
+All of its work happens in one asyncio loop on a background thread; the public methods are
+a thread-safe, blocking API over it (tests use it directly, the CLI through ``runtime.control``).
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import os
+import secrets
+import threading
+from typing import Any, Mapping
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from .bus import Bus
+from .errors import ControlError, GraphError, ParamError
+from .graph import Graph, LinkSpec
+from .params import check_params
+from .proctools import exit_cause
+from .states import NULL, PAUSED, PLAYING, READY, rank
+from .supervisor import NodeProcess, RestartBudget
+from .transport import ipc_endpoint
+from .validate import validate_graph
+
+
+class Runner:
+    """Runs the nodes of one graph (or of one host of it) as OS processes."""
+
+    def __init__(self, graph: Graph, *, host: str | None = None, control: str | None = None,
+                 start_timeout: float = 30.0, drain_timeout: float = 5.0, stop_on_eos: bool = True):
+        self.types = validate_graph(graph)
+        self.graph = graph
+        self.host = host
+        self.control_endpoint = control
+        self.start_timeout, self.drain_timeout, self.stop_on_eos = start_timeout, drain_timeout, stop_on_eos
+        self.run_id = secrets.token_hex(4)
+        self.bus = Bus()
+        self.local = graph.nodes_on(host)
+        self.procs: dict[str, NodeProcess] = {}
+        self.by_identity: dict[bytes, NodeProcess] = {}
+        self.endpoints = {l.id: ipc_endpoint(self.run_id, l.id, 0) for l in graph.links}
+        self.budgets = {n: RestartBudget(graph.nodes[n].max_restarts) for n in self.local}
+        self.state = NULL
+        self.exit_code = 0
+        self.eos_reached = False
+        self.stopping = False
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._marks: dict[str, asyncio.Future] = {}
+        self._drained: dict[str, asyncio.Future] = {}
+        self._swapping: set[str] = set()
+        self._done = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- public, blocking API ------------------------------------------------------------------
+    def start(self) -> "Runner":
+        """Start every node and bring the graph to PLAYING; raises RuntimeError if it cannot."""
+        self._thread = threading.Thread(target=self._thread_main, name=f"runner-{self.graph.name}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        try:
+            self._call(self._start(), self.start_timeout + 15)
+        except BaseException:
+            self.stop(drain=False)
+            raise
+        return self
+
+    def stop(self, drain: bool = True, timeout: float = 30.0) -> int:
+        """Stop the graph (after letting sources finish and data drain, if ``drain``); the exit code."""
+        if self.loop is not None and not self._done.is_set():
+            try:
+                self._call(self._stop(drain), timeout)
+            except ControlError:
+                pass
+        self._done.wait(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.exit_code
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the graph has stopped (EOS, failure or stop); False on timeout."""
+        return self._done.wait(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(self._stats(), 10)
+
+    def set_params(self, node: str, **params: Any) -> dict[str, Any]:
+        return self._call(self._set_params(node, params), 10)
+
+    def set_state(self, state: str) -> str:
+        return self._call(self._set_graph_state(state), 20)
+
+    def swap(self, node: str, type: str | None = None, params: Mapping[str, Any] | None = None,
+             timeout: float = 30.0) -> int:
+        """Replace a node by a new process (same or other type, new params) while the graph runs."""
+        return self._call(self._swap(node, type, dict(params or {}), timeout), timeout + 5)
+
+    def pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in list(self.procs.items())}
+
+    def __enter__(self) -> "Runner":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop(drain=False)
+
+    # --- loop plumbing -------------------------------------------------------------------------
+    def _call(self, coro, timeout: float):
+        if self.loop is None or self._done.is_set() or self.loop.is_closed():
+            coro.close()
+            raise ControlError("the graph is not running")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def _thread_main(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.loop.close()
+            self._done.set()
+
+    async def _serve(self) -> None:
+        self.zctx = zmq.asyncio.Context()
+        self.router = self.zctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.node_endpoint = f"ipc://@avatar-{self.run_id}/runner"
+        self.router.bind(self.node_endpoint)
+        self._finished = asyncio.get_running_loop().create_future()
+        tasks = [asyncio.ensure_future(self._recv_nodes())]
+        if self.control_endpoint:
+            from .control import serve_control
+
+            try:
+                sock = self.zctx.socket(zmq.ROUTER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.bind(self.control_endpoint)
+                tasks.append(asyncio.ensure_future(serve_control(self, sock)))
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                self._control_error = exc
+        self._ready.set()
+        await self._finished
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.router.close(0)
+        self.zctx.term()
+
+    async def _recv_nodes(self) -> None:
+        while True:
+            ident, raw = await self.router.recv_multipart()
+            np = self.by_identity.get(ident)
+            if np is None:
+                continue
+            try:
+                self._on_node_message(np, msgpack.unpackb(raw, raw=False))
+            except Exception as exc:  # a malformed control message must not kill the runner
+                self.bus.post("WARNING", node=np.name, text=f"bad control message from node: {exc}")
+
+    def _on_node_message(self, np: NodeProcess, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        np.last_seen = asyncio.get_running_loop().time()
+        if op == "reply":
+            fut = self._pending.pop(msg["id"], None)
+            if fut and not fut.done():
+                fut.set_result(msg)
+        elif op == "state":
+            old = np.state
+            np.set_state(msg["state"])
+            self.bus.post("STATE_CHANGED", node=np.name, old=old, new=msg["state"], pid=np.pid)
+        elif op == "bus":
+            kind = msg.pop("type", "WARNING")
+            msg.pop("op")
+            if kind == "ERROR":
+                np.last_error = msg.get("text")
+                msg.pop("traceback", None)
+            self.bus.post(kind, node=np.name, pid=np.pid, **msg)
+        elif op == "eos":
+            np.eos = True
+            self._check_eos()
+        elif op == "mark":
+            fut = self._marks.get(msg["link"])
+            if fut and not fut.done():
+                fut.set_result(True)
+        elif op == "drained":
+            fut = self._drained.get(np.name)
+            if fut and not fut.done():
+                fut.set_result(msg["seqs"])
+
+    async def _request(self, np: NodeProcess, op: str, timeout: float = 5.0, **fields: Any) -> Any:
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.router.send_multipart([np.identity, msgpack.packb({"op": op, "id": rid, **fields}, use_bin_type=True)])
+            reply = await asyncio.wait_for(fut, timeout)
+        except zmq.ZMQError as exc:
+            raise ControlError(f"node '{np.name}' is not reachable: {exc}") from None
+        except asyncio.TimeoutError:
+            raise ControlError(f"node '{np.name}' did not answer '{op}' within {timeout}s") from None
+        finally:
+            self._pending.pop(rid, None)
+        if not reply["ok"]:
+            raise ControlError(f"node '{np.name}': {reply['error']}")
+        return reply["result"]
+
+    # --- processes ---------------------------------------------------------------------------
+    def _links_in(self, name: str) -> list[LinkSpec]:
+        return [l for l in self.graph.links if l.dst == name]
+
+    def _links_out(self, name: str) -> list[LinkSpec]:
+        return [l for l in self.graph.links if l.src == name]
+
+    def _spawn(self, name: str, instance: int) -> NodeProcess:
+        spec = self.graph.nodes[name]
+        wire = {
+            "name": name, "type": spec.type, "params": spec.params, "instance": instance,
+            "run_id": self.run_id, "control": self.node_endpoint, "parent_pid": os.getpid(),
+            "inputs": [{"id": l.id, "pad": l.dst_pad, "endpoint": ipc_endpoint(self.run_id, l.id, instance),
+                        "policy": l.policy, "size": l.size} for l in self._links_in(name)],
+            "outputs": [{"id": l.id, "pad": l.src_pad, "endpoint": self.endpoints[l.id],
+                         "policy": l.policy, "size": l.size} for l in self._links_out(name)],
+        }
+        np = NodeProcess(name, instance, wire)
+        self.by_identity[np.identity] = np
+        np.spawn(asyncio.get_running_loop(), self._on_exit)
+        return np
+
+    async def _bring(self, np: NodeProcess, target: str) -> None:
+        """Step a node up through the states to ``target``."""
+        await np.wait_state(READY, self.start_timeout)
+        for state in (PAUSED, PLAYING):
+            if rank(state) <= rank(target) and rank(np.state) < rank(state):
+                await self._request(np, "state", state=state)
+
+    async def _start(self) -> None:
+        if getattr(self, "_control_error", None):
+            raise RuntimeError(f"cannot serve control at {self.control_endpoint}: {self._control_error} "
+                               f"(is a graph named '{self.graph.name}' already running?)")
+        self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=NULL, new=READY)
+        for name in self.local:
+            self.procs[name] = self._spawn(name, 0)
+        results = await asyncio.gather(*(p.wait_state(READY, self.start_timeout) for p in self.procs.values()),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for exc in failed:
+                self.bus.post("ERROR", node=None, text=str(exc))
+            self.exit_code = 1
+            raise RuntimeError("; ".join(str(e) for e in failed))
+        await self._set_graph_state(PLAYING)
+
+    async def _set_graph_state(self, target: str) -> str:
+        if target not in (PAUSED, PLAYING):
+            raise ControlError(f"state must be PAUSED or PLAYING, got '{target}'")
+        sources = {n for n in self.local if not self._links_in(n)}
+        if target == PLAYING:  # everything downstream first, so sources lose nothing
+            await self._all_to(PAUSED, self.procs)
+            await self._all_to(PLAYING, {n: p for n, p in self.procs.items() if n not in sources})
+            await self._all_to(PLAYING, {n: p for n, p in self.procs.items() if n in sources})
+        else:
+            await self._all_to(PAUSED, {n: p for n, p in self.procs.items() if n in sources})
+            await self._all_to(PAUSED, self.procs)
+        old, self.state = self.state, target
+        self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=old, new=target)
+        return target
+
+    async def _all_to(self, state: str, procs: Mapping[str, NodeProcess]) -> None:
+        await asyncio.gather(*(self._request(p, "state", state=state) for p in procs.values() if p.state != state))
+
+    def _on_exit(self, np: NodeProcess) -> None:
+        self.by_identity.pop(np.identity, None)
+        if np.expected_exit or self.stopping:
+            return
+        rc = np.proc.returncode
+        spec = self.graph.nodes[np.name]
+        text = f"node '{np.name}' ({spec.type}, pid {np.pid}) {exit_cause(rc)}"
+        if np.last_error:
+            text += f": {np.last_error}"
+        self.bus.post("ERROR", node=np.name, pid=np.pid, text=text, returncode=rc)
+        restart = spec.restart == "always" or (spec.restart == "on-failure" and rc != 0)
+        if restart and self.budgets[np.name].take():
+            asyncio.ensure_future(self._restart(np))
+            return
+        why = f"restart policy '{spec.restart}'" if not restart else f"{spec.max_restarts} restarts within 60s"
+        self.bus.post("ERROR", node=np.name, text=f"node '{np.name}' is not restarted ({why}); stopping the graph")
+        self.exit_code = 1
+        asyncio.ensure_future(self._stop(drain=False))
+
+    async def _restart(self, old: NodeProcess) -> None:
+        name = old.name
+        await asyncio.sleep(min(2.0, 0.05 * 2 ** (self.budgets[name].used - 1)))
+        if self.stopping:
+            return
+        new = self._spawn(name, old.instance + 1)
+        self.procs[name] = new
+        try:
+            await self._bring(new, self.state)
+            await self._relink_upstream(name, new.instance)
+        except (RuntimeError, TimeoutError, ControlError) as exc:
+            self.bus.post("WARNING", node=name, text=f"restart of '{name}' did not complete: {exc}")
+            return
+        self.bus.post("NODE_RESTARTED", node=name, pid=new.pid, restarts=self.budgets[name].used)
+
+    async def _relink_upstream(self, name: str, instance: int) -> None:
+        for link in self._links_in(name):
+            self.endpoints[link.id] = ipc_endpoint(self.run_id, link.id, instance)
+            src = self.procs.get(link.src)
+            if src is not None and src.state != NULL and not src.exited.done():
+                await self._request(src, "relink", link=link.id, endpoint=self.endpoints[link.id])
+
+    def _check_eos(self) -> None:
+        terminals = [n for n in self.local if not self._links_out(n)]
+        if self.eos_reached or not all(self.procs[n].eos for n in terminals):
+            return
+        self.eos_reached = True
+        self.bus.post("EOS", node=None, graph=self.graph.name)
+        if self.stop_on_eos:
+            asyncio.ensure_future(self._stop(drain=False))
+
+    async def _stop(self, drain: bool) -> None:
+        if self.stopping:
+            await asyncio.shield(self._finished)
+            return
+        if drain and self.state == PLAYING and not self.eos_reached:
+            sources = [p for n, p in self.procs.items() if not self._links_in(n)]
+            await asyncio.gather(*(self._request(p, "eos", timeout=2) for p in sources), return_exceptions=True)
+            for _ in range(int(self.drain_timeout * 50)):
+                if self.eos_reached:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                self.bus.post("WARNING", node=None, text=f"drain did not reach EOS within {self.drain_timeout}s")
+        self.stopping = True
+        procs = [p for p in self.procs.values() if p.proc and not p.exited.done()]
+        for p in procs:
+            p.expected_exit = True
+            try:
+                await self.router.send_multipart([p.identity, msgpack.packb({"op": "stop"})])
+            except zmq.ZMQError:
+                pass
+        await asyncio.gather(*(p.kill() for p in procs))
+        old, self.state = self.state, NULL
+        self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=old, new=NULL)
+        if not self._finished.done():
+            self._finished.set_result(None)
+
+    # --- control operations ------------------------------------------------------------------
+    def _proc(self, name: str) -> NodeProcess:
+        np = self.procs.get(name)
+        if np is None:
+            raise ControlError(f"no node '{name}' runs here (nodes: {', '.join(self.procs)})")
+        return np
+
+    async def _stats(self) -> dict[str, Any]:
+        names = list(self.procs)
+        results = await asyncio.gather(*(self._request(self.procs[n], "stats", timeout=3) for n in names),
+                                       return_exceptions=True)
+        nodes = {}
+        for name, res in zip(names, results):
+            if isinstance(res, BaseException):
+                res = {"state": self.procs[name].state, "error": str(res), "pid": self.procs[name].pid}
+            res["restarts"] = self.budgets[name].used
+            nodes[name] = res
+        links = {}
+        for l in self.graph.links:
+            out = nodes.get(l.src, {}).get("outputs", {}).get(l.id, {})
+            inp = nodes.get(l.dst, {}).get("inputs", {}).get(l.id, {})
+            links[l.id] = {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy,
+                           "size": l.size, "sent": out.get("sent"), "received": inp.get("received"),
+                           "gaps": inp.get("gaps"), "drops": (out.get("drops") or 0) + (inp.get("drops") or 0),
+                           "depth": inp.get("depth")}
+        return {"graph": self.graph.name, "state": self.state, "nodes": nodes, "links": links}
+
+    async def _set_params(self, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        np = self._proc(name)
+        cls = self.types[name]
+        try:
+            changed = check_params(cls.params, params, fill_defaults=False)
+        except ParamError as exc:
+            raise ControlError(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
+        result = await self._request(np, "params", params=changed)
+        self.graph.nodes[name].params.update(changed)
+        return result
+
+    async def _swap(self, name: str, type_: str | None, params: dict[str, Any], timeout: float) -> int:
+        """GStreamer's recipe: block upstream, drain the old node, start the new one, release."""
+        old = self._proc(name)
+        if name in self._swapping:
+            raise ControlError(f"node '{name}' is already being swapped")
+        trial = copy.deepcopy(self.graph)
+        spec = trial.nodes[name]
+        if type_ and type_ != spec.type:
+            spec.type, spec.params = type_, {}
+        spec.params.update(params)
+        spec.param_lines = {}
+        try:
+            types = validate_graph(trial)
+        except GraphError as exc:
+            raise ControlError(f"cannot swap '{name}': " + "; ".join(p.message for p in exc.problems)) from None
+        self._swapping.add(name)
+        try:
+            saved = self.graph.nodes[name]
+            self.graph.nodes[name] = trial.nodes[name]
+            new = self._spawn(name, old.instance + 1)
+            try:
+                await self._bring(new, PAUSED)
+            except (RuntimeError, TimeoutError, ControlError) as exc:
+                self.graph.nodes[name] = saved
+                new.expected_exit = True
+                if not new.exited.done():
+                    await new.kill(grace=0.5)
+                raise ControlError(f"cannot swap '{name}': the new node did not start: {exc}") from None
+            self.types[name] = types[name]
+            loop = asyncio.get_running_loop()
+            self._drained[name] = loop.create_future()
+            outs = self._links_out(name)
+            for l in outs:
+                self._marks[l.id] = loop.create_future()
+            old.expected_exit = True
+            await self._request(old, "drain")
+            for l in self._links_in(name):
+                src = self.procs.get(l.src)
+                if src is not None and not src.exited.done():
+                    await self._request(src, "hold", link=l.id)
+            seqs: dict[str, int] = {}
+            try:
+                seqs = await asyncio.wait_for(asyncio.shield(self._drained[name]), timeout)
+                await asyncio.wait_for(asyncio.gather(*(self._marks[l.id] for l in outs if l.dst in self.procs)), timeout)
+            except asyncio.TimeoutError:
+                self.bus.post("WARNING", node=name, text=f"swap: '{name}' did not drain within {timeout}s; killing it")
+            await old.kill(grace=5.0)
+            for l in outs:
+                if l.id in seqs:
+                    await self._request(new, "relink", link=l.id, seq=seqs[l.id] + 1)
+            self.procs[name] = new
+            await self._bring(new, self.state)
+            await self._relink_upstream(name, new.instance)
+        finally:
+            self._swapping.discard(name)
+            self._drained.pop(name, None)
+            for l in self._links_out(name):
+                self._marks.pop(l.id, None)
+        self.bus.post("NODE_SWAPPED", node=name, pid=new.pid, old_pid=old.pid, type=self.graph.nodes[name].type)
+        return new.pid
+
+    def graph_info(self) -> dict[str, Any]:
+        info = self.graph.to_dict()
+        info["state"] = self.state
+        info["pids"] = self.pids()
+        return info
+

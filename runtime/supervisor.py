@@ -1,0 +1,122 @@
+"""One node's OS process as the runner sees it: spawn, exit watching, stop with escalation."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from .states import NULL
+
+
+class NodeProcess:
+    """A running instance of a node. A restart or swap makes a new instance (new sockets, new pid)."""
+
+    def __init__(self, name: str, instance: int, spec: dict[str, Any]):
+        self.name, self.instance, self.spec = name, instance, spec
+        self.identity = f"{name}#{instance}".encode()
+        self.state = NULL
+        self.proc: subprocess.Popen | None = None
+        self.expected_exit = False
+        self.eos = False
+        self.last_error: str | None = None
+        self.last_seen = time.monotonic()
+        self.exited: asyncio.Future | None = None
+        self.state_waiters: list[tuple[str, asyncio.Future]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def spawn(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[["NodeProcess"], None]) -> None:
+        """Start the process in its own process group and watch for its exit."""
+        self.exited = loop.create_future()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker", json.dumps(self.spec)],
+            stdin=subprocess.DEVNULL, process_group=0,
+        )
+
+        def done() -> None:
+            if not self.exited.done():
+                self.exited.set_result(self.proc.returncode)
+                on_exit(self)
+
+        try:
+            fd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            def wait() -> None:
+                self.proc.wait()
+                loop.call_soon_threadsafe(done)
+
+            threading.Thread(target=wait, daemon=True, name=f"wait-{self.name}").start()
+            return
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self.proc.wait()
+            done()
+
+        loop.add_reader(fd, readable)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        for target, fut in list(self.state_waiters):
+            if target == state and not fut.done():
+                fut.set_result(state)
+                self.state_waiters.remove((target, fut))
+
+    async def wait_state(self, state: str, timeout: float) -> None:
+        if self.state == state:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.state_waiters.append((state, fut))
+        waiters = [fut, self.exited]
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if fut not in done:
+            fut.cancel()
+            if self.exited.done():
+                raise RuntimeError(f"node '{self.name}' exited before {state}: {self.last_error or 'see its log'}")
+            raise TimeoutError(f"node '{self.name}' did not reach {state} within {timeout}s")
+
+    async def kill(self, grace: float = 3.0) -> None:
+        """After a stop request: wait, then SIGTERM, then SIGKILL its process group."""
+        self.expected_exit = True
+        for sig, wait in ((None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            if sig is not None:
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), wait)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+
+class RestartBudget:
+    """At most ``limit`` restarts within ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float = 60.0):
+        self.limit, self.window = limit, window
+        self.times: deque[float] = deque()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True
+
+    @property
+    def used(self) -> int:
+        return len(self.times)

@@ -1,0 +1,138 @@
+"""Checks a loaded graph against the node registry with networkx: types, pads, params, caps, shape.
+
+Every problem is collected, each with the YAML file and line, so a user fixes them all in one go.
+"""
+from __future__ import annotations
+
+import difflib
+
+import networkx as nx
+
+from .caps import ANY, CapsSpec, caps_compatible, caps_text
+from .errors import GraphError, NodeTypeError, ParamError, Problem
+from .graph import Graph, LinkSpec
+from .node import Node
+from .params import check_params
+from .registry import get_node_type
+
+
+def validate_graph(graph: Graph) -> dict[str, type[Node]]:
+    """Validate in place (fills in omitted pad names, full params); returns the node classes.
+
+    Raises GraphError listing every problem.
+    """
+    problems: list[Problem] = []
+    p = lambda msg, line: problems.append(Problem(msg, graph.file, line))  # noqa: E731
+    types: dict[str, type[Node]] = {}
+
+    for name, spec in graph.nodes.items():
+        try:
+            cls = get_node_type(spec.type)
+        except NodeTypeError as exc:
+            p(f"node '{name}': {exc}", spec.type_line or spec.line)
+            continue
+        types[name] = cls
+        for key, value in spec.params.items():
+            try:
+                check_params(cls.params, {key: value}, fill_defaults=False)
+            except ParamError as exc:
+                p(f"node '{name}' ({spec.type}): {exc}", spec.param_lines.get(key) or spec.line)
+        if graph.hosts and spec.host is not None and spec.host not in graph.hosts:
+            p(f"node '{name}': host '{spec.host}' is not in the graph's hosts ({', '.join(graph.hosts)})", spec.line)
+
+    seen: dict[tuple, LinkSpec] = {}
+    good_links: list[LinkSpec] = []
+    for link in graph.links:
+        ok = True
+        for end, node, attr, kind in ((0, link.src, "src_pad", "outputs"), (1, link.dst, "dst_pad", "inputs")):
+            if node not in graph.nodes:
+                close = difflib.get_close_matches(node, list(graph.nodes), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                p(f"link {_ends(link)}: unknown node '{node}'{hint}", link.line)
+                ok = False
+                continue
+            cls = types.get(node)
+            if cls is None:
+                ok = False
+                continue
+            pads = getattr(cls, kind)
+            pad = getattr(link, attr)
+            word = "output" if kind == "outputs" else "input"
+            if pad is None:
+                if len(pads) == 1:
+                    setattr(link, attr, next(iter(pads)))
+                else:
+                    p(f"link {_ends(link)}: node '{node}' ({graph.nodes[node].type}) has "
+                      f"{len(pads) or 'no'} {word} pads ({', '.join(pads) or 'none'}); name one", link.line)
+                    ok = False
+            elif pad not in pads:
+                p(f"link {_ends(link)}: node '{node}' ({graph.nodes[node].type}) has no {word} pad '{pad}'; "
+                  f"its {word} pads: {', '.join(pads) or 'none'}", link.line)
+                ok = False
+        if not ok:
+            continue
+        key = (link.src, link.src_pad, link.dst, link.dst_pad)
+        if key in seen:
+            p(f"link {link} is declared twice (first at line {seen[key].line})", link.line)
+            continue
+        seen[key] = link
+        good_links.append(link)
+
+    g = nx.MultiDiGraph()
+    g.add_nodes_from(graph.nodes)
+    for link in good_links:
+        g.add_edge(link.src, link.dst, link=link)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        names = [edge[0] for edge in cycle] + [cycle[0][0]]
+        first = g.edges[cycle[0]]["link"]
+        p(f"cycle in graph: {' -> '.join(names)}", first.line)
+
+    for name, cls in types.items():
+        connected = {l.dst_pad for l in good_links if l.dst == name}
+        for pad_name, pad in cls.inputs.items():
+            if pad.required and pad_name not in connected:
+                p(f"node '{name}' ({graph.nodes[name].type}): required input '{pad_name}' is not connected", graph.nodes[name].line)
+
+    if not cycle:
+        _check_caps(graph, types, good_links, g, p)
+
+    if problems:
+        raise GraphError(problems)
+    for name, cls in types.items():
+        graph.nodes[name].params = check_params(cls.params, graph.nodes[name].params)
+    return types
+
+
+def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec], g: nx.MultiDiGraph, p) -> None:
+    """Propagate caps in topological order; a mismatch names both pads and both caps."""
+    arriving: dict[tuple[str, str], CapsSpec] = {}
+    for name in nx.topological_sort(g):
+        cls = types.get(name)
+        if cls is None:
+            continue
+        params = graph.nodes[name].params
+        for link in (l for l in links if l.src == name):
+            pad = cls.outputs[link.src_pad]
+            produced = pad.static_caps({**{k: v.default for k, v in cls.params.items()}, **params})
+            if produced is None:
+                produced = arriving.get((name, pad.same_as), ANY)
+            dst_cls = types.get(link.dst)
+            if dst_cls is None:
+                continue
+            accepted = dst_cls.inputs[link.dst_pad].caps
+            if not caps_compatible(produced, accepted):
+                p(f"caps mismatch on link {link}: {link.src}.{link.src_pad} produces '{caps_text(produced)}' "
+                  f"but {link.dst}.{link.dst_pad} accepts '{caps_text(accepted)}'", link.line)
+            key = (link.dst, link.dst_pad)
+            if key not in arriving or arriving[key] == ANY:
+                arriving[key] = produced
+
+
+def _ends(link: LinkSpec) -> str:
+    a = f"{link.src}.{link.src_pad}" if link.src_pad else link.src
+    b = f"{link.dst}.{link.dst_pad}" if link.dst_pad else link.dst
+    return f"'{a} -> {b}'"

@@ -1,0 +1,498 @@
+"""The process that hosts one node: its links, its control socket and its event loop.
+
+Started by the runner as ``python -m runtime.worker SPEC_JSON``. One thread runs everything:
+input messages, timers, watched file descriptors and control requests, so node code never
+needs a lock. While an emit waits for room on a ``block`` link, control requests are still
+answered (stats, params, hold/relink for hot-swap, stop).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from array import array
+from typing import Any, Callable
+
+import msgpack
+import zmq
+
+from .errors import ParamError
+from .message import Kind, Message
+from .node import Node
+from .params import check_params
+from .proctools import die_with_parent
+from .registry import get_node_type
+from .states import NULL, PAUSED, PLAYING, READY
+from .transport import InLink, OutLink
+
+HEARTBEAT_S = 1.0
+_RING = 1024
+
+
+class NodeStop(Exception):
+    """Unwinds the loop when the node must stop (stop request, SIGTERM, parent gone)."""
+
+
+class _Timer:
+    __slots__ = ("period", "due", "fn", "repeat", "cancelled")
+
+    def __init__(self, period: float, due: float, fn: Callable[[], None], repeat: bool):
+        self.period, self.due, self.fn, self.repeat, self.cancelled = period, due, fn, repeat, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Worker:
+    """Implements ``NodeContext`` for one node and runs its loop."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.instance: int = spec.get("instance", 0)
+        self.parent_pid: int = spec.get("parent_pid", os.getppid())
+        self.log = logging.getLogger(f"avatar.worker.{self.name}")
+        self.zctx = zmq.Context()
+        self.control = self.zctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.IDENTITY, f"{self.name}#{self.instance}".encode())
+        self.control.setsockopt(zmq.LINGER, 1000)
+        self.control.connect(spec["control"])
+        self.state = NULL
+        self.stopping = False
+        self.finished = False
+        self.draining = False  # set by the runner before a hot-swap
+        self.timers: list[_Timer] = []
+        self.watchers: dict[Any, Callable[[], None]] = {}
+        self.deferred: list[tuple[dict, bytes | None]] = []
+        self.nested = 0  # >0 while node code runs (control changes to the node wait until it returns)
+        self.n_in = self.n_out = 0
+        self.proc_ns = array("d", bytes(8 * _RING))
+        self.proc_i = 0
+        self.reported_drops = 0
+        self.next_periodic = 0.0
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.in_links: list[InLink] = []
+        self.out_links: dict[str, OutLink] = {}
+        self.out_by_pad: dict[str, list[OutLink]] = {}
+        self.waiting_out: set[OutLink] = set()
+
+        self.cls: type[Node] = get_node_type(spec["type"])
+        params = check_params(self.cls.params, spec.get("params", {}))
+        for d in spec.get("inputs", []):
+            self.in_links.append(InLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"]))
+        for d in spec.get("outputs", []):
+            link = OutLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
+                           d.get("seq", 0), d.get("hold", False))
+            self.out_links[link.id] = link
+            self.out_by_pad.setdefault(link.pad, []).append(link)
+        for pad in self.cls.outputs:
+            self.out_by_pad.setdefault(pad, [])
+        self.node: Node = self.cls(self.name, params, self)
+        self.single_in = self.in_links[0] if len(self.in_links) == 1 else None
+        self.default_out = self.cls.default_output()
+
+    # --- NodeContext -------------------------------------------------------------------------
+    def emit(self, pad: str, msg: Message) -> None:
+        try:
+            links = self.out_by_pad[pad]
+        except KeyError:
+            raise ValueError(f"node '{self.name}' has no output pad '{pad}' (pads: {', '.join(self.cls.outputs)})") from None
+        self.n_out += 1
+        for link in links:
+            link.push(msg)
+            if link.outbox:
+                self._want_out(link)
+                if link.must_wait:
+                    self._wait_for_room(link)
+
+    def end_stream(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for t in self.timers:
+            t.cancel()
+        for link in self.out_links.values():
+            link.push_control(Kind.EOS)
+            if link.outbox:
+                self._want_out(link)
+        self._send({"op": "eos"})
+
+    def every(self, period_s: float, fn: Callable[[], None]) -> _Timer:
+        t = _Timer(max(0.0, period_s), time.monotonic() + period_s, fn, True)
+        self.timers.append(t)
+        return t
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> _Timer:
+        t = _Timer(delay_s, time.monotonic() + delay_s, fn, False)
+        self.timers.append(t)
+        return t
+
+    def watch(self, fd: Any, fn: Callable[[], None]) -> None:
+        self.watchers[fd] = fn
+        if self.state == PLAYING:
+            self.poller.register(fd, zmq.POLLIN)
+
+    def unwatch(self, fd: Any) -> None:
+        if self.watchers.pop(fd, None) is not None and self.state == PLAYING:
+            self.poller.unregister(fd)
+
+    def post(self, level: str, text: str, **fields: Any) -> None:
+        self._send({"op": "bus", "type": level, "text": text, **fields})
+
+    # --- loop --------------------------------------------------------------------------------
+    def run(self) -> int:
+        code = 0
+        clean = False
+        try:
+            self._send({"op": "hello", "pid": os.getpid()})
+            self._guarded(self.node.setup)
+            self._set_state(READY)
+            while not self.stopping:
+                self._turn()
+            clean = True
+        except NodeStop:
+            clean = self.stopping
+        except Exception as exc:  # a node bug: report it, exit non-zero, the runner restarts us
+            tb = traceback.format_exc()
+            self.log.error("node '%s' failed:\n%s", self.name, tb)
+            self._send({"op": "bus", "type": "ERROR", "text": f"{type(exc).__name__}: {exc}", "traceback": tb})
+            code = 1
+        finally:
+            self._close(clean)
+        return code
+
+    def _turn(self) -> None:
+        events = dict(self.poller.poll(self._timeout_ms()))
+        if self.control in events:
+            self._handle_control()
+        if self.deferred and not self.nested:
+            self._run_deferred()
+        if self.draining:
+            self._maybe_drained()
+        if self.state == PLAYING:
+            for link in self.in_links:
+                if link.sock in events:
+                    link.read_available()
+            self._process_queued(256)
+            if self.timers:
+                self._run_timers()
+            for fd, fn in list(self.watchers.items()):
+                if fd in events or (hasattr(fd, "fileno") and fd.fileno() in events):
+                    self._guarded(fn)
+        if self.waiting_out:
+            self._flush_out()
+        if time.monotonic() >= self.next_periodic:
+            self._periodic()
+
+    def _timeout_ms(self) -> int:
+        if self.state != PLAYING:
+            return 200
+        for link in self.in_links:
+            if link.queue:
+                return 0
+        timeout = 0.2
+        if self.timers:
+            now = time.monotonic()
+            for t in self.timers:
+                if not t.cancelled:
+                    timeout = min(timeout, t.due - now)
+        return max(0, int(timeout * 1000 + 0.999))
+
+    def _process_queued(self, budget: int) -> None:
+        node, single = self.node, self.single_in
+        while budget > 0:
+            if single is not None:
+                if not single.queue:
+                    return
+                link = single
+            else:
+                link = None
+                for cand in self.in_links:
+                    if cand.queue and (link is None or cand.queue[0].pts_ns < link.queue[0].pts_ns):
+                        link = cand
+                if link is None:
+                    return
+            msg = link.queue.popleft()
+            budget -= 1
+            if msg.kind != Kind.DATA:
+                self._control_kind(link, msg.kind)
+                continue
+            self.n_in += 1
+            t0 = time.perf_counter_ns()
+            self.nested += 1
+            try:
+                out = node.process(link.pad, msg)
+                if out is not None:
+                    self.emit(self.default_out, out)
+            finally:
+                self.nested -= 1
+            self.proc_ns[self.proc_i % _RING] = time.perf_counter_ns() - t0
+            self.proc_i += 1
+            if self.state != PLAYING:
+                return
+
+    def _control_kind(self, link: InLink, kind: Kind) -> None:
+        if kind == Kind.EOS:
+            link.ended = True
+            if all(l.ended for l in self.in_links):
+                self._guarded(self.node.on_eos)
+                self.end_stream()
+        elif kind == Kind.MARK:
+            link.marked = True
+            self._send({"op": "mark", "link": link.id})
+            self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self.draining and all(l.marked or l.ended for l in self.in_links):
+            self._drain_and_stop()
+
+    def _drain_and_stop(self) -> None:
+        """Hot-swap: everything before the MARK is processed; hand over and exit."""
+        self._guarded(self.node.on_eos)
+        for link in self.out_links.values():
+            link.push_control(Kind.MARK)
+        deadline = time.monotonic() + 5.0
+        while any(l.outbox for l in self.out_links.values()) and time.monotonic() < deadline:
+            for link in self.out_links.values():
+                link.flush()
+            time.sleep(0.001)
+        self._send({"op": "drained", "seqs": {l.id: l.seq - 1 for l in self.out_links.values()}})
+        self.stopping = True
+        raise NodeStop
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for t in list(self.timers):
+            if t.cancelled:
+                self.timers.remove(t)
+            elif t.due <= now:
+                if t.repeat:
+                    t.due += t.period
+                    if t.due < now:
+                        t.due = now
+                else:
+                    self.timers.remove(t)
+                self._guarded(t.fn)
+                if self.state != PLAYING:
+                    return
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        self.nested += 1
+        try:
+            fn()
+        finally:
+            self.nested -= 1
+
+    def _want_out(self, link: OutLink) -> None:
+        if link not in self.waiting_out:
+            self.waiting_out.add(link)
+            self.poller.register(link.sock, zmq.POLLOUT)
+
+    def _flush_out(self) -> None:
+        for link in list(self.waiting_out):
+            link.flush()
+            if not link.outbox or link.hold:
+                self.waiting_out.discard(link)
+                self.poller.unregister(link.sock)
+
+    def _wait_for_room(self, link: OutLink) -> None:
+        """Backpressure on a block link: wait, but keep answering the runner."""
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        while link.must_wait:
+            if self.stopping:
+                raise NodeStop
+            sock = link.sock
+            if not link.hold:
+                poller.register(sock, zmq.POLLOUT)
+            events = dict(poller.poll(100))
+            if not link.hold:
+                poller.unregister(sock)
+            if self.control in events:
+                self._handle_control()
+            link.flush()
+            if time.monotonic() >= self.next_periodic:
+                self._periodic()
+
+    def _periodic(self) -> None:
+        self.next_periodic = time.monotonic() + HEARTBEAT_S
+        if os.getppid() != self.parent_pid:
+            self.stopping = True
+            raise NodeStop
+        drops = sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values())
+        if drops > self.reported_drops:
+            self._send({"op": "bus", "type": "QOS", "dropped": drops - self.reported_drops, "total": drops,
+                        "links": {l.id: l.drops for l in [*self.in_links, *self.out_links.values()] if l.drops}})
+            self.reported_drops = drops
+        self._send({"op": "hb"})
+
+    # --- control -----------------------------------------------------------------------------
+    def _send(self, msg: dict) -> None:
+        try:
+            self.control.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _reply(self, req: dict, ok: bool = True, result: Any = None, error: str | None = None) -> None:
+        if "id" in req:
+            self._send({"op": "reply", "id": req["id"], "ok": ok, "result": result, "error": error})
+
+    def _handle_control(self) -> None:
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            req = msgpack.unpackb(raw, raw=False)
+            op = req.get("op")
+            try:
+                if op in ("state", "params", "eos") and self.nested:
+                    if op == "params":
+                        check_params(self.cls.params, req["params"], fill_defaults=False)
+                    self.deferred.append((req, None))
+                    continue
+                self._apply(req)
+            except (ParamError, ValueError, KeyError) as exc:
+                self._reply(req, False, error=str(exc))
+
+    def _run_deferred(self) -> None:
+        todo, self.deferred = self.deferred, []
+        for req, _ in todo:
+            try:
+                self._apply(req)
+            except (ParamError, ValueError, KeyError) as exc:
+                self._reply(req, False, error=str(exc))
+
+    def _apply(self, req: dict) -> None:
+        op = req["op"]
+        if op == "stats":
+            self._reply(req, result=self.stats())
+        elif op == "params":
+            changed = check_params(self.cls.params, req["params"], fill_defaults=False)
+            self.node.p.__dict__.update(changed)
+            self._guarded(lambda: self.node.on_params(changed))
+            self._reply(req, result=self.node.p.as_dict())
+        elif op == "state":
+            self._set_state(req["state"])
+            self._reply(req, result=self.state)
+        elif op == "hold":
+            link = self.out_links[req["link"]]
+            link.push_control(Kind.MARK)
+            self._reply(req)
+        elif op == "relink":
+            link = self.out_links[req["link"]]
+            if "seq" in req:
+                link.seq = req["seq"]
+            if req.get("endpoint") and req["endpoint"] != link.endpoint:
+                if link in self.waiting_out:
+                    self.waiting_out.discard(link)
+                    self.poller.unregister(link.sock)
+                link.connect(req["endpoint"])
+            link.hold = False
+            link.flush()
+            if link.outbox:
+                self._want_out(link)
+            self._reply(req)
+        elif op == "drain":
+            self.draining = True  # acted on in the loop, never inside node code
+            self._reply(req)
+        elif op == "eos":
+            if not self.finished:
+                self._guarded(self.node.on_eos)
+                self.end_stream()
+            self._reply(req)
+        elif op == "stop":
+            self.stopping = True
+            self._reply(req)
+        else:
+            self._reply(req, False, error=f"unknown control op '{op}'")
+
+    def _set_state(self, target: str) -> None:
+        if target == self.state:
+            return
+        was_playing = self.state == PLAYING
+        if target == PLAYING:
+            for link in self.in_links:
+                self.poller.register(link.sock, zmq.POLLIN)
+            for fd in self.watchers:
+                self.poller.register(fd, zmq.POLLIN)
+            now = time.monotonic()
+            for t in self.timers:
+                t.due = now + (t.period if t.repeat and t.period > 0 else 0)
+            self.state = PLAYING
+            self._guarded(self.node.on_play)
+        elif was_playing:
+            for link in self.in_links:
+                self.poller.unregister(link.sock)
+            for fd in self.watchers:
+                self.poller.unregister(fd)
+            self.state = target
+            self._guarded(self.node.on_pause)
+        else:
+            self.state = target
+        self._send({"op": "state", "state": self.state})
+
+    def stats(self) -> dict[str, Any]:
+        n = min(self.proc_i, _RING)
+        times = sorted(self.proc_ns[:n]) if n else [0.0]
+        return {
+            "pid": os.getpid(), "type": self.spec["type"], "instance": self.instance, "state": self.state,
+            "in": self.n_in, "out": self.n_out,
+            "drops": sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values()),
+            "queue_depth": sum(len(l.queue) for l in self.in_links),
+            "proc_us_p50": times[len(times) // 2] / 1000, "proc_us_p99": times[min(len(times) - 1, int(len(times) * 0.99))] / 1000,
+            "inputs": {l.id: l.stats() for l in self.in_links},
+            "outputs": {l.id: l.stats() for l in self.out_links.values()},
+            "node": self.node.stats(),
+            "params": self.node.p.as_dict(),
+        }
+
+    def _close(self, clean: bool) -> None:
+        try:
+            self.node.teardown()
+        except Exception:
+            self.log.exception("teardown of '%s' failed", self.name)
+        if clean:
+            deadline = time.monotonic() + 2.0
+            while any(l.outbox and not l.hold for l in self.out_links.values()) and time.monotonic() < deadline:
+                for link in self.out_links.values():
+                    link.flush()
+                time.sleep(0.001)
+        for link in self.in_links:
+            link.close()
+        for link in self.out_links.values():
+            link.close(2000 if clean else 0)
+        self._send({"op": "state", "state": NULL})
+        self.control.close(500)
+        self.zctx.term()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise NodeStop
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    logging.basicConfig(level=os.environ.get("AVATAR_LOG", "WARNING"), stream=sys.stderr,
+                        format=f"%(asctime)s {spec['name']}[%(process)d] %(levelname)s %(message)s")
+    die_with_parent(spec.get("parent_pid", os.getppid()))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker = Worker(spec)
+    except NodeStop:
+        return 0
+    except Exception as exc:
+        print(f"avatar: node '{spec['name']}' ({spec['type']}) could not start: {exc}", file=sys.stderr)
+        return 2
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
