@@ -48,7 +48,12 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_dot(a: argparse.Namespace) -> int:
-    text = to_dot(_load(a.graph, a.args))
+    graph = load_graph(a.graph, _kv(a.args, "graph args"))
+    given = {name: dict(spec.params) for name, spec in graph.nodes.items()}
+    validate_graph(graph)
+    for name, params in given.items():  # draw what the user wrote, not every default
+        graph.nodes[name].params = params
+    text = to_dot(graph)
     if a.output:
         with open(a.output, "w") as f:
             f.write(text)

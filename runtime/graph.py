@@ -1,7 +1,8 @@
 """The graph model, and loading it from YAML with ``${args}`` substituted.
 
-Structure problems (YAML syntax, missing keys, bad link syntax, unknown args) are found here;
-problems that need the node registry (types, pads, params, caps) by ``runtime.validate``.
+YAML syntax errors raise here. Structure problems (missing keys, bad link syntax, unknown args)
+are collected on ``Graph.problems`` and reported by ``runtime.validate`` together with those that
+need the node registry (types, pads, params, caps), so a user sees every problem at once.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ class Graph:
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = "<graph>"
     state_store: str | None = None
+    problems: list[Problem] = field(default_factory=list)  # structure problems, reported by validate_graph
 
     def nodes_on(self, host: str | None) -> list[str]:
         """Names of the nodes one runner starts: all of them, or those placed on ``host``."""
@@ -200,11 +202,9 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
             links.append(LinkSpec(src, spad or None, dst, dpad or None, opts["policy"], opts["size"], lline))
 
     hosts = dict(doc.get("hosts") or {})
-    if problems:
-        raise GraphError(problems)
     return Graph(
         name=str(doc.get("name") or default_name), nodes=nodes, links=links, args=args,
-        hosts=hosts, file=file, state_store=doc.get("state"),
+        hosts=hosts, file=file, state_store=doc.get("state"), problems=problems,
     )
 
 

@@ -250,7 +250,6 @@ class Runner:
         if getattr(self, "_control_error", None):
             raise RuntimeError(f"cannot serve control at {self.control_endpoint}: {self._control_error} "
                                f"(is a graph named '{self.graph.name}' already running?)")
-        self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=NULL, new=READY)
         for name in self.local:
             self.procs[name] = self._spawn(name, 0)
         results = await asyncio.gather(*(p.wait_state(READY, self.start_timeout) for p in self.procs.values()),
@@ -261,6 +260,9 @@ class Runner:
                 self.bus.post("ERROR", node=None, text=str(exc))
             self.exit_code = 1
             raise RuntimeError("; ".join(str(e) for e in failed))
+        self.state = READY
+        self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=NULL, new=READY, run_id=self.run_id,
+                      pids=self.pids())
         await self._set_graph_state(PLAYING)
 
     async def _set_graph_state(self, target: str) -> str:

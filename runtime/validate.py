@@ -21,7 +21,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
 
     Raises GraphError listing every problem.
     """
-    problems: list[Problem] = []
+    problems: list[Problem] = list(graph.problems)
     p = lambda msg, line: problems.append(Problem(msg, graph.file, line))  # noqa: E731
     types: dict[str, type[Node]] = {}
 
@@ -92,7 +92,8 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
         p(f"cycle in graph: {' -> '.join(names)}", first.line)
 
     for name, cls in types.items():
-        connected = {l.dst_pad for l in good_links if l.dst == name}
+        only = next(iter(cls.inputs)) if len(cls.inputs) == 1 else None
+        connected = {l.dst_pad or only for l in graph.links if l.dst == name}
         for pad_name, pad in cls.inputs.items():
             if pad.required and pad_name not in connected:
                 p(f"node '{name}' ({graph.nodes[name].type}): required input '{pad_name}' is not connected", graph.nodes[name].line)
