@@ -21,7 +21,8 @@ class Bus:
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
 
     def post(self, type_: str, **fields: Any) -> dict[str, Any]:
-        msg = {"type": type_, "ts": round(time.time(), 6), **fields}
+        msg = {"type": type_, "ts": round(time.time(), 6)}
+        msg.update((k, v) for k, v in fields.items() if k not in msg)
         with self._cond:
             self._messages.append(msg)
             if len(self._messages) > self._keep:

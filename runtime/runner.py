@@ -54,6 +54,7 @@ class Runner:
         self._marks: dict[str, asyncio.Future] = {}
         self._drained: dict[str, asyncio.Future] = {}
         self._swapping: set[str] = set()
+        self._stop_task: asyncio.Future | None = None
         self._done = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,7 +242,8 @@ class Runner:
 
     async def _bring(self, np: NodeProcess, target: str) -> None:
         """Step a node up through the states to ``target``."""
-        await np.wait_state(READY, self.start_timeout)
+        if rank(np.state) < rank(READY):
+            await np.wait_state(READY, self.start_timeout)
         for state in (PAUSED, PLAYING):
             if rank(state) <= rank(target) and rank(np.state) < rank(state):
                 await self._request(np, "state", state=state)
@@ -334,9 +336,12 @@ class Runner:
             asyncio.ensure_future(self._stop(drain=False))
 
     async def _stop(self, drain: bool) -> None:
-        if self.stopping:
-            await asyncio.shield(self._finished)
-            return
+        """Stop once: later callers (EOS, a second Ctrl-C, a failure) wait for the first stop."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._do_stop(drain))
+        await asyncio.shield(self._stop_task)
+
+    async def _do_stop(self, drain: bool) -> None:
         if drain and self.state == PLAYING and not self.eos_reached:
             sources = [p for n, p in self.procs.items() if not self._links_in(n)]
             await asyncio.gather(*(self._request(p, "eos", timeout=2) for p in sources), return_exceptions=True)
@@ -447,7 +452,7 @@ class Runner:
             await old.kill(grace=5.0)
             for l in outs:
                 if l.id in seqs:
-                    await self._request(new, "relink", link=l.id, seq=seqs[l.id] + 1)
+                    await self._request(new, "relink", link=l.id, seq=seqs[l.id])
             self.procs[name] = new
             await self._bring(new, self.state)
             await self._relink_upstream(name, new.instance)
@@ -456,7 +461,7 @@ class Runner:
             self._drained.pop(name, None)
             for l in self._links_out(name):
                 self._marks.pop(l.id, None)
-        self.bus.post("NODE_SWAPPED", node=name, pid=new.pid, old_pid=old.pid, type=self.graph.nodes[name].type)
+        self.bus.post("NODE_SWAPPED", node=name, pid=new.pid, old_pid=old.pid, node_type=self.graph.nodes[name].type)
         return new.pid
 
     def graph_info(self) -> dict[str, Any]:

@@ -47,10 +47,10 @@ class InLink:
             except ValueError:
                 self.malformed += 1
                 continue
-            self._count(msg.seq)
             if msg.kind != Kind.DATA:
                 q.append(msg)
                 continue
+            self._count(msg.seq)
             self.received += 1
             if self.leaky and len(q) >= self.size and q[0].kind == Kind.DATA:
                 q.popleft()
@@ -122,8 +122,8 @@ class OutLink:
             self._drop_oldest_data()
 
     def push_control(self, kind: Kind) -> None:
+        """EOS or MARK, in-band behind the data; it takes no sequence number of its own."""
         self.outbox.append(encode(Message(caps="", kind=kind), self.seq))
-        self.seq += 1
         self.flush()
 
     def _drop_oldest_data(self) -> None:

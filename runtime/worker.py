@@ -261,7 +261,7 @@ class Worker:
             for link in self.out_links.values():
                 link.flush()
             time.sleep(0.001)
-        self._send({"op": "drained", "seqs": {l.id: l.seq - 1 for l in self.out_links.values()}})
+        self._send({"op": "drained", "seqs": {l.id: l.seq for l in self.out_links.values()}})
         self.stopping = True
         raise NodeStop
 

@@ -6,3 +6,14 @@ class StrictSink(Node):
     """Accepts only arkit/blendshapes."""
 
     inputs = {"in": Pad("arkit/blendshapes")}
+
+
+class PassThrough(Node):
+    """A second passthrough type, to hot-swap to: marks what it passes."""
+
+    inputs = {"in": Pad()}
+    outputs = {"out": Pad(same_as="in")}
+
+    def process(self, pad, msg):
+        msg.data["passed"] = True
+        return msg

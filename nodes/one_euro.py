@@ -1,0 +1,71 @@
+"""One Euro filter (Casiez, Roussel, Vogel, CHI 2012) on (S, N) arrays, one state row per session slot.
+
+Why this filter: a fixed low-pass either jitters when still or lags when moving. The One Euro
+filter raises its cutoff with the signal's speed, so a still face is smoothed hard while a
+blink or a fast mouth movement passes with little lag. State is kept in arrays indexed by
+session slot, so a whole batch is filtered with a handful of numpy operations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+    """Smoothing factor of a first-order low-pass with this cutoff (Hz) at time step dt (s)."""
+    tau = 1.0 / (2.0 * np.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
+
+
+class OneEuro:
+    """Adaptive low-pass over rows of session slots; params may be changed between calls."""
+
+    def __init__(self, n: int, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0,
+                 capacity: int = 8):
+        self.n = n
+        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
+        self.x = np.zeros((capacity, n), dtype=np.float64)
+        self.dx = np.zeros((capacity, n), dtype=np.float64)
+        self.primed = np.zeros(capacity, dtype=bool)
+
+    def _ensure(self, capacity: int) -> None:
+        old = len(self.primed)
+        if capacity <= old:
+            return
+        size = max(capacity, 2 * old)
+        for name in ("x", "dx"):
+            grown = np.zeros((size, self.n), dtype=np.float64)
+            grown[:old] = getattr(self, name)
+            setattr(self, name, grown)
+        primed = np.zeros(size, dtype=bool)
+        primed[:old] = self.primed
+        self.primed = primed
+
+    def reset(self, slots: np.ndarray | list[int]) -> None:
+        """Forget these slots' history (a slot handed to a new session starts fresh)."""
+        slots = np.asarray(slots, dtype=np.intp)
+        if slots.size:
+            self._ensure(int(slots.max()) + 1)
+            self.primed[slots] = False
+
+    def __call__(self, x: np.ndarray, dt: float, slots: np.ndarray | None = None) -> np.ndarray:
+        """Filter one frame: row i of ``x`` belongs to slot ``slots[i]`` (default: row i is slot i)."""
+        x = np.asarray(x, dtype=np.float64)
+        if slots is None:
+            slots = np.arange(len(x), dtype=np.intp)
+        slots = np.asarray(slots, dtype=np.intp)
+        if slots.size == 0:
+            return x.copy()
+        self._ensure(int(slots.max()) + 1)
+        prev, dprev, primed = self.x[slots], self.dx[slots], self.primed[slots]
+        dx = (x - prev) / dt
+        edx = dprev + _alpha(self.d_cutoff, dt) * (dx - dprev)
+        cutoff = self.min_cutoff + self.beta * np.abs(edx)
+        out = prev + _alpha(cutoff, dt) * (x - prev)
+        fresh = ~primed
+        if fresh.any():  # a slot's first frame passes unchanged with zero speed
+            out[fresh] = x[fresh]
+            edx[fresh] = 0.0
+        self.x[slots] = out
+        self.dx[slots] = edx
+        self.primed[slots] = True
+        return out
