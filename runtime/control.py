@@ -77,11 +77,12 @@ class ControlClient:
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))
-        sock.setsockopt(zmq.SNDTIMEO, 1000)
+        sock.setsockopt(zmq.SNDTIMEO, 2000)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no runner there: the send times out fast
         try:
             sock.connect(self.endpoint)
-            sock.send(msgpack.packb({"op": op, **fields}, use_bin_type=True))
             try:
+                sock.send(msgpack.packb({"op": op, **fields}, use_bin_type=True))
                 reply = msgpack.unpackb(sock.recv(), raw=False)
             except zmq.Again:
                 raise ControlError(f"no graph answered at {self.endpoint} (is it running?)") from None

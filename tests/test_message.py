@@ -1,0 +1,54 @@
+"""The link message encoding: round trips, arrays without copies, malformed frames refused."""
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.message import Kind, Message, decode, encode
+
+
+def test_round_trip_with_arrays_and_batch_sessions():
+    w = np.random.default_rng(1).random((3, 52), dtype=np.float32)
+    msg = Message("arkit/blendshapes", {"active": [True, False, True]}, {"weights": w, "pose": np.zeros((3, 9), np.float32)},
+                  pts_ns=123, session=["a", "b", "c"], trace="t1")
+    got = decode(encode(msg, 7))
+    assert (got.caps, got.seq, got.pts_ns, got.session, got.trace, got.kind) == ("arkit/blendshapes", 7, 123, ["a", "b", "c"], "t1", Kind.DATA)
+    assert got.data == {"active": [True, False, True]}
+    np.testing.assert_array_equal(got.arrays["weights"], w)
+    assert got.arrays["pose"].shape == (3, 9)
+
+
+def test_received_arrays_are_views_of_the_frame():
+    frames = encode(Message("x", arrays={"v": np.arange(1000, dtype=np.float32)}), 0)
+    buf = bytearray(bytes(np.asarray(frames[1]).data))
+    got = decode([frames[0], buf])
+    assert np.shares_memory(got.arrays["v"], np.frombuffer(buf, dtype=np.uint8))
+
+
+def test_non_contiguous_arrays_are_sent_correctly():
+    a = np.arange(20, dtype=np.float32).reshape(4, 5)[:, ::2]
+    got = decode([bytes(f) if not isinstance(f, np.ndarray) else f.tobytes() for f in encode(Message("x", arrays={"a": a}), 0)])
+    np.testing.assert_array_equal(got.arrays["a"], a)
+
+
+@pytest.mark.parametrize("frames", [
+    [b""], [b"\xc1"], [msgpack.packb([0, "x"])], [msgpack.packb([9, "x", 0, 0, None, None, [], None])],
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4]]], None])],  # array frame missing
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4]]], None]), b"abc"],  # wrong size
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "nonsense", [1]]], None]), b"abcd"],
+])
+def test_malformed_frames_raise_value_error(frames):
+    with pytest.raises(ValueError, match="malformed message"):
+        decode(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=3))
+def test_random_frames_never_raise_anything_but_value_error(frames):
+    try:
+        decode(frames)
+    except ValueError:
+        pass
