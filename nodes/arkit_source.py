@@ -49,6 +49,7 @@ class ArkitSource(Node):
         self.window: dict[str, int] = {}
         self.window_start_ns = self.last_warn_ns = -_WARN_EVERY_NS
         self.last_bad = ""
+        self.paused_ns = 0
         self.sock = self._bind(self.p.host, self.p.port)
         self.bound = (self.p.host, self.p.port)
         self.watch(self.sock, self._read)
@@ -184,6 +185,15 @@ class ArkitSource(Node):
         self.emit("out", Message(CAPS, data, arrays, pts_ns=now, session=self.order_ids))
 
     # --- lifecycle ---------------------------------------------------------------------------
+    def on_pause(self) -> None:
+        self.paused_ns = now_ns()
+
+    def on_play(self) -> None:
+        """A pause is not silence: sessions do not time out because we stopped listening."""
+        if self.paused_ns:
+            self.last_ns[self.used] += now_ns() - self.paused_ns
+            self.paused_ns = 0
+
     def _bind(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)

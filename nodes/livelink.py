@@ -157,6 +157,22 @@ def build_packet(device_id: str, weights: Sequence[float] | np.ndarray, pose: Se
     ))
 
 
+def build_packets(device_ids: Sequence[str], values: np.ndarray, *, subject: str = "Avatar", frame: int = 0,
+                  subframe: float = 0.0, fps: tuple[int, int] = (60, 1)) -> list[bytes]:
+    """One v6 packet per device for one frame; ``values`` is (N, 61). Fast enough for load tests."""
+    vals = np.asarray(values, dtype=_BE_F32)
+    if vals.shape != (len(device_ids), N_VALUES):
+        raise ValueError(f"values must be ({len(device_ids)}, {N_VALUES}), got {vals.shape}")
+    tail = _TAIL.pack(frame, subframe, fps[0], fps[1], N_VALUES)
+    return [_prefix(d, subject) + tail + row.tobytes() for d, row in zip(device_ids, vals)]
+
+
+@lru_cache(maxsize=65536)
+def _prefix(device_id: str, subject: str) -> bytes:
+    dev, sub = device_id.encode("utf-8"), subject.encode("utf-8")
+    return struct.pack(">Bi", VERSION, len(dev)) + dev + struct.pack(">i", len(sub)) + sub
+
+
 # --- JSON packets ----------------------------------------------------------------------------
 def parse_json_packet(data: bytes | bytearray | memoryview) -> LiveLinkFrame:
     """``{"session": id, "blendshapes": {name: w} | [52 floats], "pose": [9 floats]?, "frame": int?}``.
@@ -204,7 +220,8 @@ def _floats(values: Any, n: int, what: str) -> np.ndarray:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise PacketError("json", f"{what} must hold numbers only")
     try:
-        return np.array(values, dtype=np.float64).astype(np.float32)
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf, reported as non-finite
+            return np.array(values, dtype=np.float64).astype(np.float32)
     except OverflowError:
         raise PacketError("nonfinite", f"{what} holds a number too large for float32") from None
 
