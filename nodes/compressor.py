@@ -1,0 +1,97 @@
+"""compressor: batches of morph weights -> ``avatar/packet`` wire packets, one per session.
+
+The encoding (quantize, delta from a reference frame, Rice-coded changed values, msgpack) is
+``nodes.wireformat``, specified in ``docs/wire-format.md``. This node adds the graph side:
+caps, params (all live), keyframe requests from a pad or a param, and session slot expiry.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from runtime import Message, Node, Pad, Param
+from nodes import wireformat as wf
+
+_SECOND_NS = 1_000_000_000
+
+
+class Compressor(Node):
+    """Encodes morph weights as compact quantized, delta-coded avatar/packet packets per session."""
+
+    inputs = {
+        "in": Pad(("arkit/blendshapes", "morphs/*"), "batches: session list, weights (S, M), pose (S, 9) optional"),
+        "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}", required=False),
+    }
+    outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row")}
+    params = {
+        "bits": Param(int, 8, "weight precision in bits: a decoded weight is within half a step of the input",
+                      min=2, max=16),
+        "pose_bits": Param(int, 12, "head/eye pose precision in bits over -pi..pi radians", min=2, max=16),
+        "keyframe_interval": Param(int, 60, "frames from one keyframe of a session to the next",
+                                   min=1, max=wf.MAX_KEYFRAME_INTERVAL),
+        "ref_interval": Param(int, 0, "0: deltas refer to the last keyframe, so a lost packet harms no other; "
+                                      "n: every n-th frame is a reference too (1: deltas from the previous "
+                                      "frame, about half the bytes, but any loss waits for a keyframe)",
+                              min=0, max=wf.MAX_KEYFRAME_INTERVAL),
+        "force_keyframe": Param(bool, False, "set live to true: the next frame of every session is a keyframe; "
+                                             "resets to false"),
+        "idle_s": Param(float, 10.0, "a session not seen for this long gives its slot back", min=0.001),
+    }
+
+    def setup(self) -> None:
+        self.enc = wf.Encoder(self.p.bits, self.p.pose_bits, self.p.keyframe_interval, self.p.ref_interval)
+        self.p.force_keyframe = False  # a fresh encoder starts every session with a keyframe anyway
+        self.rejected = self.requests = 0
+        self.next_expiry = 0
+
+    def on_params(self, changed: Mapping[str, Any]) -> None:
+        self.enc.configure(**{k: v for k, v in changed.items()
+                              if k in ("bits", "pose_bits", "keyframe_interval", "ref_interval")})
+        if changed.get("force_keyframe"):
+            self.enc.request_keyframe()
+            self.p.force_keyframe = False
+
+    def process(self, pad: str, msg: Message) -> Message | None:
+        if pad == "requests":
+            self._keyframe_request(msg)
+            return None
+        try:
+            sessions, names = self._batch(msg)
+            packets = self.enc.encode(sessions, msg.arrays["weights"], msg.pts_ns, names, msg.arrays.get("pose"))
+        except ValueError as exc:
+            self.rejected += 1
+            if self.rejected & (self.rejected - 1) == 0:  # 1st, 2nd, 4th, 8th...: no flood
+                self.warn(f"dropped a {msg.caps} message ({self.rejected} so far): {exc}")
+            return None
+        if msg.pts_ns >= self.next_expiry:
+            self.enc.expire(msg.pts_ns, int(self.p.idle_s * _SECOND_NS))
+            self.next_expiry = msg.pts_ns + _SECOND_NS
+        return Message("avatar/packet", {"packets": packets}, pts_ns=msg.pts_ns, session=sessions, trace=msg.trace)
+
+    def _batch(self, msg: Message) -> tuple[list[str], wf.Names | list[str]]:
+        """Session ids and names table of a batch, or ValueError saying what is wrong."""
+        if not isinstance(msg.session, list):
+            raise ValueError(f"session must be a list of ids (a batch), got {type(msg.session).__name__}")
+        if "weights" not in msg.arrays:
+            raise ValueError(f"no 'weights' array (arrays: {', '.join(msg.arrays) or 'none'})")
+        if msg.caps == "arkit/blendshapes":
+            return [str(s) for s in msg.session], wf.TABLE_ARKIT52
+        names = msg.data.get("names") if isinstance(msg.data, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{msg.caps} needs data {{'names': [M morph names]}}")
+        return [str(s) for s in msg.session], names
+
+    def _keyframe_request(self, msg: Message) -> None:
+        ids = msg.data.get("keyframe") if isinstance(msg.data, dict) else None
+        if isinstance(ids, str):
+            ids = [ids]
+        if not isinstance(ids, list):
+            self.warn("ignored an avatar/request without data {'keyframe': [session ids]}")
+            return
+        self.requests += len(ids)
+        self.enc.request_keyframe(str(s) for s in ids)
+
+    def stats(self) -> dict:
+        c = self.enc.counts
+        return {"sessions": len(self.enc.sessions), "packets": c["packets"], "keyframes": c["keyframes"],
+                "bytes": c["bytes"], "bytes_per_packet": round(c["bytes"] / c["packets"], 2) if c["packets"] else 0.0,
+                "rejected": self.rejected, "keyframe_requests": self.requests}
