@@ -1,0 +1,207 @@
+"""lod: level of detail per session, so a crowd of distant or unwatched avatars costs little.
+
+Levels (which morphs, how often) live in ``graphs/mappings/lod.yaml``: L0 everything at full rate,
+L1 the most significant morphs at full rate, L2 mouth + eyes + brows at half rate, L3 jaw and
+blinks at quarter rate. Param ``level`` is the default; ``levels`` maps session id -> level. Both
+can be set live; a session whose level changes gets its next frame at once, at the new level.
+
+Wire size, and why the output looks the way it does:
+
+- A session not due this frame (rate decimation) is left out of the batch; if no session is due,
+  nothing is emitted. Skipped frames cost nothing anywhere downstream.
+- Emitted arrays keep the full (S, M) width and column order; the morphs a level drops are held at
+  0, and ``data["lod"]`` gives each row's level. Sending only the kept columns would shrink this one
+  ZeroMQ hop, but rows at different levels would then need different layouts (one batch, one
+  array shape is the batch convention), and the compressor behind us sends only values that
+  change: a morph held at 0 costs one update when the level drops and nothing after. Holding it at
+  its last value would cost the same bytes but freeze a half smile on the face; 0 is the neutral
+  face. ``data["lod"]`` lets the compressor skip the dropped columns outright (no per-frame
+  "unchanged" bits) and lets a client know a zero means "not sent" rather than "relaxed".
+- Decimation counts each session's own frames, so it stays right when sessions come and go or
+  arrive in separate messages.
+"""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any, Mapping
+
+import numpy as np
+
+from runtime import Message, Node, Pad, Param
+from nodes.mapper import load_morph_table
+from nodes.rate import SessionSlots, batch_sessions, fit
+from nodes.tables import arkit_names, load_table, table_path
+
+N_LEVELS = 4
+
+
+class LodTableError(ValueError):
+    """The LOD table is wrong; the message names the file and the entry."""
+
+
+def load_lod_table(path: str) -> tuple[np.ndarray, list[list[str] | None]]:
+    """``every`` per level (int array) and the patterns each level keeps (None: all)."""
+    try:
+        where = str(table_path(path))
+        doc = load_table(path)
+    except FileNotFoundError as exc:
+        raise LodTableError(f"lod table: {exc}") from None
+    except Exception as exc:
+        raise LodTableError(f"{path}: cannot read lod table: {exc}") from None
+    levels = doc.get("levels") if isinstance(doc, Mapping) else None
+    if not isinstance(levels, Mapping) or set(levels) != set(range(N_LEVELS)):
+        raise LodTableError(f"{where}: levels: must map each of 0..{N_LEVELS - 1} to {{every, keep | arkit, cc4}}")
+    arkit = arkit_names()
+    cc4 = {n for p in ("standard", "extended") for n in load_morph_table(p).names}
+    every = np.ones(N_LEVELS, dtype=np.int64)
+    patterns: list[list[str] | None] = []
+    for lv in range(N_LEVELS):
+        spec = levels[lv]
+        at = f"{where}: levels.{lv}"
+        if not isinstance(spec, Mapping):
+            raise LodTableError(f"{at}: must be a mapping with every and keep (or arkit / cc4)")
+        n = spec.get("every", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LodTableError(f"{at}.every: must be a positive integer, got {n!r}")
+        every[lv] = n
+        if spec.get("keep") == "all":
+            patterns.append(None)
+            continue
+        keep: list[str] = []
+        for key, names in (("arkit", arkit), ("cc4", cc4)):
+            for pat in spec.get(key) or []:
+                if not isinstance(pat, str) or not any(fnmatchcase(n, pat) for n in names):
+                    raise LodTableError(f"{at}.{key}: pattern {pat!r} matches no {key} morph name")
+                keep.append(pat)
+        if not keep:
+            raise LodTableError(f"{at}: keeps nothing; give arkit / cc4 patterns or 'keep: all'")
+        patterns.append(keep)
+    return every, patterns
+
+
+def check_levels(levels: Any) -> dict[str, int]:
+    """The ``levels`` param as {session id (str): level}; raises ValueError naming the bad entry."""
+    for sid, lv in levels.items():
+        if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < N_LEVELS:
+            raise ValueError(f"param 'levels': session {sid!r} has level {lv!r}; levels are 0..{N_LEVELS - 1}")
+    return {str(sid): lv for sid, lv in levels.items()}  # YAML may read a session id as a number
+
+
+class Lod(Node):
+    """Per-session level of detail: drops morphs (held at 0) and decimates frames per level."""
+
+    inputs = {"in": Pad(("morphs/cc4", "arkit/blendshapes"), doc="batches with 'weights' (S, M)")}
+    outputs = {"out": Pad(same_as="in", doc="the due sessions only; data 'lod' = level per row")}
+    params = {
+        "level": Param(int, 0, "level of sessions not named in 'levels'", min=0, max=N_LEVELS - 1),
+        "levels": Param(dict, {}, "session id -> level, overriding 'level'"),
+        "table": Param(str, "mappings/lod.yaml", "YAML table of the levels"),
+        "session_timeout": Param(float, 5.0, "seconds (pts) without a frame before a session is forgotten", min=0.01),
+    }
+
+    def setup(self) -> None:
+        self.every, self.patterns = load_lod_table(self.p.table)
+        self.table = self.p.table
+        self.session_levels = check_levels(self.p.levels)
+        self.default_level = self.p.level
+        self.slots = SessionSlots()
+        self.level = np.zeros(self.slots.capacity, dtype=np.int64)
+        self.count = np.zeros(self.slots.capacity, dtype=np.int64)  # frames seen at the current level
+        self.last_pts = np.zeros(self.slots.capacity, dtype=np.int64)
+        self.masks: dict[tuple[str, ...], np.ndarray] = {}
+        self.arkit = arkit_names()  # the columns of arkit/blendshapes, which carries no names
+        self.rows_in = self.rows_out = self.dropped = 0
+
+    def on_params(self, changed: Mapping[str, Any]) -> None:
+        if "levels" in changed:
+            try:
+                self.session_levels = check_levels(self.p.levels)
+            except ValueError:
+                self.p.levels = self.session_levels  # keep the levels that worked
+                raise
+        self.default_level = self.p.level
+        if "table" in changed:
+            try:
+                self.every, self.patterns = load_lod_table(self.p.table)
+            except LodTableError:
+                self.p.table = self.table  # keep the table that worked
+                raise
+            self.table = self.p.table
+            self.masks.clear()
+        rows = np.flatnonzero(self.slots.used)
+        want = np.array([self.session_levels.get(str(self.slots.ids[r]), self.default_level) for r in rows], dtype=np.int64)
+        moved = rows[want != self.level[rows]]
+        self.level[rows] = want
+        self.count[moved] = 0  # due at once at the new level
+
+    def process(self, pad: str, msg: Message) -> Message | None:
+        weights = msg.arrays.get("weights")
+        sessions = batch_sessions(msg)
+        names = self._names(msg)
+        if weights is None or weights.ndim != 2 or weights.shape != (len(sessions), len(names)):
+            self._drop(msg, weights, names, sessions)
+            return None
+        slots, new = self.slots.lookup(sessions)
+        self._fit()
+        if new.any():
+            ids = [sessions[i] for i in np.flatnonzero(new)]
+            self.level[slots[new]] = [self.session_levels.get(str(s), self.default_level) for s in ids]
+            self.count[slots[new]] = 0
+        self.last_pts[slots] = msg.pts_ns
+        self._expire(msg.pts_ns)
+
+        level = self.level[slots]
+        due = self.count[slots] % self.every[level] == 0
+        self.count[slots] += 1
+        self.rows_in += len(sessions)
+        rows = np.flatnonzero(due)
+        if not len(rows):
+            return None
+        self.rows_out += len(rows)
+        lv = level[rows]
+        arrays = {"weights": weights[rows] * self._mask(names)[lv]}
+        for name, arr in msg.arrays.items():
+            if name != "weights" and arr.shape[:1] == (len(sessions),):
+                arrays[name] = arr[rows]
+        data = dict(msg.data) if isinstance(msg.data, dict) else {}
+        if isinstance(data.get("active"), list) and len(data["active"]) == len(sessions):
+            data["active"] = [data["active"][i] for i in rows]
+        data["lod"] = lv.tolist()
+        return Message(msg.caps, data, arrays, msg.pts_ns, [sessions[i] for i in rows], msg.trace)
+
+    def _names(self, msg: Message) -> list[str]:
+        if isinstance(msg.data, dict) and isinstance(msg.data.get("names"), list):
+            return msg.data["names"]
+        return self.arkit
+
+    def _mask(self, names: list[str]) -> np.ndarray:
+        """(levels, M) float32: 1 where a level keeps the morph (cached per name list)."""
+        key = tuple(names)
+        mask = self.masks.get(key)
+        if mask is None:
+            mask = np.array([[pats is None or any(fnmatchcase(n, p) for p in pats) for n in names]
+                             for pats in self.patterns], dtype=np.float32)
+            self.masks[key] = mask
+        return mask
+
+    def _expire(self, pts_ns: int) -> None:
+        stale = np.flatnonzero(self.slots.used & (pts_ns - self.last_pts > self.p.session_timeout * 1e9))
+        if len(stale):
+            self.slots.release(stale)
+
+    def _drop(self, msg: Message, weights: Any, names: list[str], sessions: list) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            shape = None if weights is None else tuple(weights.shape)
+            self.warn(f"dropped {self.dropped} message(s): expected 'weights' of shape "
+                      f"({len(sessions)}, {len(names)}) for {msg.caps}, got {shape}")
+
+    def _fit(self) -> None:
+        cap = self.slots.capacity
+        if self.level.shape[0] != cap:
+            self.level, self.count, self.last_pts = fit(self.level, cap), fit(self.count, cap), fit(self.last_pts, cap)
+
+    def stats(self) -> dict:
+        levels = np.bincount(self.level[self.slots.used], minlength=N_LEVELS).tolist()
+        return {"sessions": len(self.slots), "per_level": levels, "rows_in": self.rows_in,
+                "rows_out": self.rows_out, "dropped": self.dropped}
