@@ -1,0 +1,415 @@
+"""blender: merges capture, visemes and emotion into one ARKit frame per session, on a timer.
+
+Why a timer rather than reacting to input: a session's face must keep living (blinks, breath,
+gaze) when its capture stops, and emotion transitions run at the output rate whatever
+arrives. Layers, per session slot, all vectorised over slots:
+
+1. base: live capture, cross-faded (``capture_fade_ms``) with procedural idle motion when no
+   capture is active (capture says ``active: false`` or is silent for ``capture_timeout_ms``):
+   blinks at gamma-distributed intervals, breathing, small gaze saccades.
+2. mouth: while visemes say ``speaking``, the viseme table's mouth/jaw channels come from the
+   visemes instead of the base, cross-faded over ``speech_fade_ms``.
+3. emotion and micro-expressions: added on top; on channels visemes articulate they fade out
+   while speaking, so an emotion never holds the lips open through a /p/.
+4. a One Euro filter smooths the result.
+
+All internal time is simulated seconds advanced by one period per tick, and random numbers
+come from one seeded generator, so the same inputs give the same frames. Output pts follow a
+frame clock that starts at ``runtime.clock.now_ns`` and counts frame periods, jumping forward
+only when lost timer ticks leave it ``max_lag_ms`` behind (as in ``viseme``).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from runtime import Message, Node, Pad, Param, ParamError
+from runtime.clock import now_ns
+
+from .one_euro import OneEuro
+from .tables import arkit_names, arkit_pose_names, load_table
+from .viseme import load_viseme_tables
+
+_NAMES = arkit_names()
+_COL = {n: i for i, n in enumerate(_NAMES)}
+_POSE = {n: i for i, n in enumerate(arkit_pose_names())}
+N_W, N_P = len(_NAMES), len(_POSE)
+_EYE_FULL_RAD = 0.6  # gaze angle at which an eyeLook* shape reaches 1
+_SACCADE_TAU_S = 0.02
+_BLINK_SHAPE_K = 6.0  # gamma shape of blink intervals: regular but not metronomic
+_NEVER = -1e18
+_CHECKED = ("emotion", "intensity", "emotions", "emotion_table", "viseme_table")  # restored if a change is bad
+
+# per-slot state: name -> (columns, dtype, value of a fresh slot)
+_STATE: dict[str, tuple[int, Any, Any]] = {
+    "seen": (0, float, 0.0), "pinned": (0, bool, False),
+    "cap_w": (N_W, float, 0.0), "cap_pose": (N_P, float, 0.0), "cap_t": (0, float, _NEVER),
+    "cap_flag": (0, bool, False), "cap_mix": (0, float, 0.0),
+    "vis_w": (N_W, float, 0.0), "vis_t": (0, float, _NEVER), "vis_flag": (0, bool, False),
+    "speak_mix": (0, float, 0.0),
+    "emo_from": (N_W, float, 0.0), "emo_to": (N_W, float, 0.0), "emo_t0": (0, float, 0.0),
+    "emo_dur": (0, float, 0.0),
+    "blink_next": (0, float, 0.0), "blink_t0": (0, float, _NEVER), "blink_len": (0, float, 0.13),
+    "breath_hz": (0, float, 0.25), "breath_phase": (0, float, 0.0),
+    "gaze": (2, float, 0.0), "gaze_goal": (2, float, 0.0), "gaze_next": (0, float, 0.0),
+    "micro_next": (0, float, 0.0), "micro_t0": (0, float, _NEVER), "micro_len": (0, float, 0.3),
+    "micro_amp": (0, float, 0.0), "micro_idx": (0, int, 0),
+}
+
+
+def smoothstep(x: np.ndarray) -> np.ndarray:
+    """Ease in and out; monotone from 0 at x<=0 to 1 at x>=1."""
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def blink_curve(p: np.ndarray) -> np.ndarray:
+    """Eyelid closure over a blink's phase p (0..1): closes fast (35%), opens slower."""
+    close = 0.5 - 0.5 * np.cos(np.pi * np.clip(p / 0.35, 0, 1))
+    opened = 0.5 + 0.5 * np.cos(np.pi * np.clip((p - 0.35) / 0.65, 0, 1))
+    return np.where((p < 0) | (p > 1), 0.0, np.where(p < 0.35, close, opened))
+
+
+def weight_table(entries: Mapping[str, Mapping[str, float]], where: str) -> tuple[list[str], np.ndarray]:
+    """Names and an (K, 52) array from a YAML mapping of name -> {ARKit shape: weight}."""
+    names = list(entries)
+    table = np.zeros((len(names), N_W))
+    for i, name in enumerate(names):
+        for shape, w in (entries[name] or {}).items():
+            if shape not in _COL:
+                raise ParamError(f"{where}: '{name}': unknown ARKit blendshape '{shape}'")
+            table[i, _COL[shape]] = float(w)
+    return names, table
+
+
+class Blender(Node):
+    """Merges capture, visemes and emotion per session into ARKit frames at a fixed rate, with idle motion."""
+
+    inputs = {
+        "capture": Pad("arkit/blendshapes", "live capture; data {'active': [bool]*S} optional", required=False),
+        "visemes": Pad("arkit/blendshapes", "viseme mouth shapes; data {'speaking': [bool]*S}", required=False),
+    }
+    outputs = {"out": Pad("arkit/blendshapes", "one frame per known session, with pose and "
+                          "data {'active', 'speaking'}")}
+    params = {
+        "rate": Param(float, 60.0, "output frames per second", min=1.0, max=1000.0),
+        "max_lag_ms": Param(float, 50.0, "the frame clock counts frame periods; if lost timer ticks leave it this "
+                            "far behind runtime.clock it jumps forward; 0 = never (exact frame-count time: tests, "
+                            "offline renders)", min=0.0),
+        "emotion": Param(str, "neutral", "emotion preset of every session without its own (see emotion_table)"),
+        "intensity": Param(float, 1.0, "strength of that emotion", min=0.0, max=1.0),
+        "emotions": Param(dict, {}, "per-session emotion: {session: [emotion, intensity]}"),
+        "transition_ms": Param(float, 400.0, "eased transition time when an emotion changes", min=0.0, max=60000.0),
+        "emotion_table": Param(str, "mappings/emotions.yaml", "emotion presets and micro-expressions"),
+        "viseme_table": Param(str, "mappings/viseme_arkit.yaml", "which channels visemes own and articulate"),
+        "sessions": Param(list, [], "sessions always animated, even before any input names them"),
+        "session_timeout_s": Param(float, 60.0, "forget a session with no input for this long", min=0.1),
+        "capture_timeout_ms": Param(float, 500.0, "capture counts as gone after this long without a frame", min=1.0),
+        "capture_fade_ms": Param(float, 300.0, "cross-fade between capture and idle motion", min=0.0),
+        "viseme_timeout_ms": Param(float, 250.0, "speech counts as over after this long without viseme frames",
+                                   min=1.0),
+        "speech_fade_ms": Param(float, 100.0, "cross-fade of the mouth between visemes and capture", min=0.0),
+        "blink_interval_s": Param(float, 3.5, "mean time between idle blinks", min=0.5, max=60.0),
+        "blink_ms": Param(float, 130.0, "mean blink duration", min=40.0, max=1000.0),
+        "breath_hz": Param(float, 0.25, "mean breathing rate (each session varies by +-20%)", min=0.01, max=2.0),
+        "breath_amount": Param(float, 1.0, "scale of the breathing motion; 0 = off", min=0.0, max=10.0),
+        "saccade_min_s": Param(float, 0.5, "shortest gaze fixation", min=0.05),
+        "saccade_max_s": Param(float, 3.0, "longest gaze fixation", min=0.05),
+        "gaze_amount": Param(float, 1.0, "scale of idle gaze wander; 0 = off", min=0.0, max=5.0),
+        "micro_per_min": Param(float, 6.0, "micro-expressions per minute per session; 0 = off", min=0.0, max=600.0),
+        "micro_amount": Param(float, 1.0, "scale of micro-expressions", min=0.0, max=5.0),
+        "min_cutoff": Param(float, 1.5, "One Euro: cutoff (Hz) when still; lower = smoother", min=0.01),
+        "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0),
+        "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01),
+        "seed": Param(int, 0, "seed of the random generator (blinks, gaze, micro-expressions)"),
+    }
+
+    def setup(self) -> None:
+        self.presets, self.micro, self.mouth, self.articulated = self._load_tables()
+        self._check_emotions(self.presets, self.p.emotion, self.p.emotions)
+        self.rng = np.random.default_rng(self.p.seed)
+        self.t = 0.0
+        self.period_ns = int(round(1e9 / self.p.rate))
+        self.clock_ns = now_ns()
+        self.frames = 0
+        self.ids: list[str | None] = []
+        self.slot_of: dict[str, int] = {}
+        for name, (cols, dtype, _) in _STATE.items():
+            setattr(self, name, np.zeros((0, cols) if cols else 0, dtype=dtype))
+        self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
+        self._good = {k: getattr(self.p, k) for k in _CHECKED}
+        self._pin_params()
+        self.timer = None
+
+    def _load_tables(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Presets, micro-expressions, mouth channels and articulated channels from the tables."""
+        doc = load_table(self.p.emotion_table) or {}
+        names, table = weight_table(doc.get("presets") or {}, self.p.emotion_table)
+        _, micro = weight_table(doc.get("micro_expressions") or {}, self.p.emotion_table)
+        vt = load_viseme_tables("mappings/phoneme_viseme.yaml", self.p.viseme_table)
+        return dict(zip(names, table)), micro, vt.channels, (vt.weights > 0).any(axis=0)
+
+    def _step_clock(self) -> None:
+        """Advance the frame clock one period: time as ticks counted, so simulated time works in tests."""
+        self.clock_ns += self.period_ns
+        if self.p.max_lag_ms > 0:
+            real = now_ns()
+            if real - self.clock_ns > self.p.max_lag_ms * 1e6:
+                self.clock_ns = real
+
+    def on_play(self) -> None:
+        self.clock_ns = max(self.clock_ns, now_ns())
+        if self.timer is None:
+            self.timer = self.every(1.0 / self.p.rate, self.tick)
+
+    # --- params ------------------------------------------------------------------------------
+    def _check_emotions(self, presets: Mapping[str, np.ndarray], emotion: str, emotions: Mapping[str, Any]) -> None:
+        known = ", ".join(presets)
+        if emotion not in presets:
+            raise ParamError(f"unknown emotion '{emotion}'; presets: {known}")
+        for sid, value in emotions.items():
+            name, level = self._parse_emotion(value)
+            if name not in presets:
+                raise ParamError(f"emotions['{sid}']: unknown emotion '{name}'; presets: {known}")
+            if not 0.0 <= level <= 1.0:
+                raise ParamError(f"emotions['{sid}']: intensity must be in 0 .. 1, got {level}")
+
+    @staticmethod
+    def _parse_emotion(value: Any) -> tuple[str, float]:
+        """``"happy"`` or ``["happy", 0.5]`` -> (name, intensity)."""
+        if isinstance(value, str):
+            return value, 1.0
+        if isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], (int, float)):
+            return str(value[0]), float(value[1])
+        raise ParamError(f"an emotion is a name or [name, intensity], got {value!r}")
+
+    def on_params(self, changed: Mapping[str, Any]) -> None:
+        try:  # check everything before changing anything
+            tables = self._load_tables() if {"emotion_table", "viseme_table"} & set(changed) else None
+            self._check_emotions(tables[0] if tables else self.presets, self.p.emotion, self.p.emotions)
+        except (ParamError, FileNotFoundError) as exc:
+            self.p.__dict__.update(self._good)
+            raise ParamError(str(exc)) from exc
+        if tables:
+            self.presets, self.micro, self.mouth, self.articulated = tables
+        self._good = {k: getattr(self.p, k) for k in _CHECKED}
+        for k in ("min_cutoff", "beta", "d_cutoff"):
+            setattr(self.euro, k, float(getattr(self.p, k)))
+        if "rate" in changed:
+            self.period_ns = int(round(1e9 / self.p.rate))
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = self.every(1.0 / self.p.rate, self.tick)
+        self._pin_params()
+        if {"emotion", "intensity", "emotions", "emotion_table"} & set(changed):
+            live = self._live()
+            self._start_emotion(live, self.p.transition_ms / 1000.0)
+
+    def _pin_params(self) -> None:
+        """Sessions named in params are animated until the params stop naming them."""
+        named = {str(s) for s in self.p.sessions} | {str(s) for s in self.p.emotions}
+        self.pinned[:] = False
+        for sid in named:
+            slot = self._slot(sid)
+            self.pinned[slot] = True
+
+    def _target(self, slot: int) -> np.ndarray:
+        own = {str(k): v for k, v in self.p.emotions.items()}.get(self.ids[slot])
+        name, level = self._parse_emotion(own) if own is not None else (self.p.emotion, self.p.intensity)
+        return self.presets[name] * level
+
+    def _emotion_now(self, slots: np.ndarray) -> np.ndarray:
+        dur = self.emo_dur[slots]
+        x = np.where(dur > 0, (self.t - self.emo_t0[slots]) / np.maximum(dur, 1e-9), 1.0)
+        return self.emo_from[slots] + (self.emo_to[slots] - self.emo_from[slots]) * smoothstep(x)[:, None]
+
+    def _start_emotion(self, slots: np.ndarray, duration_s: float) -> None:
+        """Eased transition from the current emotion to each slot's target (a no-op if already there)."""
+        if not slots.size:
+            return
+        targets = np.stack([self._target(int(s)) for s in slots])
+        moving = np.abs(targets - self.emo_to[slots]).max(axis=1) > 1e-9
+        slots, targets = slots[moving], targets[moving]
+        self.emo_from[slots] = self._emotion_now(slots)
+        self.emo_to[slots] = targets
+        self.emo_t0[slots] = self.t
+        self.emo_dur[slots] = duration_s
+
+    # --- sessions ----------------------------------------------------------------------------
+    def _slot(self, sid: str) -> int:
+        slot = self.slot_of.get(sid)
+        if slot is not None:
+            self.seen[slot] = self.t
+            return slot
+        free = [i for i, s in enumerate(self.ids) if s is None]
+        if free:
+            slot = free[0]
+            self.ids[slot] = sid
+        else:
+            slot = len(self.ids)
+            self.ids.append(sid)
+            for name, (cols, dtype, fill) in _STATE.items():
+                arr = getattr(self, name)
+                setattr(self, name, np.concatenate([arr, np.full((1, cols) if cols else 1, fill, dtype=dtype)]))
+        self.slot_of[sid] = slot
+        for name, (_, _, fill) in _STATE.items():
+            getattr(self, name)[slot] = fill
+        self._init_slot(slot, sid)
+        return slot
+
+    def _init_slot(self, slot: int, sid: str) -> None:
+        """A new session: its own random rhythms, its emotion already in place, a fresh smoother."""
+        rng, t = self.rng, self.t
+        self.seen[slot] = t
+        self.blink_next[slot] = t + rng.uniform(0.3, 1.0) * self.p.blink_interval_s
+        self.breath_hz[slot] = self.p.breath_hz * rng.uniform(0.8, 1.2)
+        self.breath_phase[slot] = rng.uniform(0, 2 * np.pi)
+        self.gaze_next[slot] = t + rng.uniform(self.p.saccade_min_s, max(self.p.saccade_min_s, self.p.saccade_max_s))
+        self.micro_next[slot] = t + self._micro_wait(1)[0]
+        self.emo_to[slot] = self.emo_from[slot] = self._target(slot)
+        self.euro.reset([slot])
+
+    def _micro_wait(self, n: int) -> np.ndarray:
+        rate = self.p.micro_per_min / 60.0
+        return self.rng.exponential(1.0 / rate, n) if rate > 0 else np.full(n, np.inf)
+
+    def _live(self) -> np.ndarray:
+        return np.array([i for i, s in enumerate(self.ids) if s is not None], dtype=np.intp)
+
+    def _expire(self) -> None:
+        old = (self.t - self.seen > self.p.session_timeout_s) & ~self.pinned
+        for slot in np.flatnonzero(old):
+            sid = self.ids[slot]
+            if sid is not None:
+                del self.slot_of[sid]
+                self.ids[slot] = None
+
+    # --- input -------------------------------------------------------------------------------
+    def process(self, pad: str, msg: Message) -> None:
+        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        w = msg.arrays.get("weights")
+        if w is None or not sessions:
+            return
+        w = np.asarray(w, dtype=np.float64).reshape(len(sessions), -1)[:, :N_W]
+        slots = np.array([self._slot(str(s)) for s in sessions], dtype=np.intp)
+        data = msg.data if isinstance(msg.data, dict) else {}
+        if pad == "capture":
+            self.cap_w[slots, :w.shape[1]] = w
+            pose = msg.arrays.get("pose")
+            self.cap_pose[slots] = 0.0
+            if pose is not None:
+                pose = np.asarray(pose, dtype=np.float64).reshape(len(sessions), -1)[:, :N_P]
+                self.cap_pose[slots, :pose.shape[1]] = pose
+            self.cap_flag[slots] = np.asarray(data.get("active", [True] * len(sessions)), dtype=bool)
+            self.cap_t[slots] = self.t
+        else:
+            self.vis_w[slots, :w.shape[1]] = w
+            speaking = data.get("speaking")
+            if speaking is None:  # no flag: speaking when the mouth moves
+                speaking = (w[:, self.mouth[:w.shape[1]]] > 0.02).any(axis=1)
+            self.vis_flag[slots] = np.asarray(speaking, dtype=bool)
+            self.vis_t[slots] = self.t
+
+    # --- output ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance time one period and emit one frame for every known session."""
+        dt = 1.0 / self.p.rate
+        self.t += dt
+        self._step_clock()
+        if self.frames % max(1, int(self.p.rate)) == 0:
+            self._expire()
+        live = self._live()
+        self.frames += 1
+        if not live.size:
+            return
+        weights, pose, active, speaking = self.frame(live, dt)
+        self.emit("out", Message(
+            "arkit/blendshapes", {"active": active.tolist(), "speaking": speaking.tolist()},
+            {"weights": weights.astype(np.float32), "pose": pose.astype(np.float32)},
+            pts_ns=self.clock_ns, session=[self.ids[i] for i in live]))
+
+    def frame(self, s: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Weights (L, 52), pose (L, 9), capture-active and speaking flags for slots ``s`` at time t."""
+        t, p = self.t, self.p
+        active = self.cap_flag[s] & (t - self.cap_t[s] <= p.capture_timeout_ms / 1000.0)
+        speaking = self.vis_flag[s] & (t - self.vis_t[s] <= p.viseme_timeout_ms / 1000.0)
+        self.cap_mix[s] = _approach(self.cap_mix[s], active, dt, p.capture_fade_ms)
+        self.speak_mix[s] = _approach(self.speak_mix[s], speaking, dt, p.speech_fade_ms)
+        cap, spk = smoothstep(self.cap_mix[s])[:, None], smoothstep(self.speak_mix[s])[:, None]
+
+        idle_w, idle_pose = self._idle(s, dt)
+        w = cap * self.cap_w[s] + (1 - cap) * idle_w
+        pose = cap * self.cap_pose[s] + (1 - cap) * idle_pose
+        m = self.mouth
+        w[:, m] += spk * (self.vis_w[s][:, m] - w[:, m])
+        expressive = self._emotion_now(s) + self._micro(s)
+        w += expressive * (1.0 - spk * self.articulated[None, :])
+
+        out = self.euro(np.concatenate([np.clip(w, 0.0, 1.0), pose], axis=1), dt, s)
+        return np.clip(out[:, :N_W], 0.0, 1.0), out[:, N_W:], active, speaking
+
+    def _idle(self, s: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """Blinks, breathing and gaze saccades for slots ``s`` (advances their schedules)."""
+        t, p, rng = self.t, self.p, self.rng
+        w, pose = np.zeros((len(s), N_W)), np.zeros((len(s), N_P))
+        # blinks: gamma-distributed intervals, measured from the end of the last blink
+        due = s[self.blink_next[s] <= t]
+        if due.size:
+            self.blink_t0[due] = t
+            self.blink_len[due] = p.blink_ms / 1000.0 * rng.uniform(0.8, 1.15, due.size)
+            gaps = rng.gamma(_BLINK_SHAPE_K, p.blink_interval_s / _BLINK_SHAPE_K, due.size)
+            self.blink_next[due] = t + self.blink_len[due] + np.maximum(gaps, 0.6)
+        lid = blink_curve((t - self.blink_t0[s]) / self.blink_len[s])
+        w[:, _COL["eyeBlinkLeft"]] = w[:, _COL["eyeBlinkRight"]] = lid
+        # breathing: a slow sinusoid on jaw, nostrils, brows and head pitch
+        b = np.sin(2 * np.pi * self.breath_hz[s] * t + self.breath_phase[s])
+        up = p.breath_amount * (0.5 + 0.5 * b)
+        w[:, _COL["jawOpen"]] += 0.015 * up
+        w[:, _COL["noseSneerLeft"]] += 0.02 * up
+        w[:, _COL["noseSneerRight"]] += 0.02 * up
+        w[:, _COL["browInnerUp"]] += 0.012 * up
+        pose[:, _POSE["headPitch"]] = 0.01 * p.breath_amount * b
+        # gaze: a new small fixation target every saccade_min_s .. saccade_max_s, reached quickly
+        due = s[self.gaze_next[s] <= t]
+        if due.size:
+            goal = rng.normal(0.0, [0.08, 0.04], (due.size, 2)) * p.gaze_amount
+            self.gaze_goal[due] = np.clip(goal, [-0.25, -0.12], [0.25, 0.12])
+            self.gaze_next[due] = t + rng.uniform(p.saccade_min_s, max(p.saccade_min_s, p.saccade_max_s), due.size)
+        self.gaze[s] += (self.gaze_goal[s] - self.gaze[s]) * (1.0 - np.exp(-dt / _SACCADE_TAU_S))
+        yaw, pitch = self.gaze[s, 0], self.gaze[s, 1]
+        left, right = np.clip(yaw, 0, None) / _EYE_FULL_RAD, np.clip(-yaw, 0, None) / _EYE_FULL_RAD
+        up_, down = np.clip(pitch, 0, None) / _EYE_FULL_RAD, np.clip(-pitch, 0, None) / _EYE_FULL_RAD
+        for name, v in (("eyeLookOutLeft", left), ("eyeLookInRight", left), ("eyeLookInLeft", right),
+                        ("eyeLookOutRight", right), ("eyeLookUpLeft", up_), ("eyeLookUpRight", up_),
+                        ("eyeLookDownLeft", down), ("eyeLookDownRight", down)):
+            w[:, _COL[name]] += v
+        for eye in ("left", "right"):
+            pose[:, _POSE[f"{eye}EyeYaw"]] = yaw
+            pose[:, _POSE[f"{eye}EyePitch"]] = pitch
+        return np.clip(w, 0.0, 1.0), pose
+
+    def _micro(self, s: np.ndarray) -> np.ndarray:
+        """Brief, small random activations (Poisson-timed), one at a time per session."""
+        t, out = self.t, np.zeros((len(s), N_W))
+        if not len(self.micro):
+            return out
+        due = s[self.micro_next[s] <= t]
+        if due.size:
+            self.micro_idx[due] = self.rng.integers(0, len(self.micro), due.size)
+            self.micro_amp[due] = self.rng.uniform(0.5, 1.0, due.size) * self.p.micro_amount
+            self.micro_len[due] = self.rng.uniform(0.25, 0.6, due.size)
+            self.micro_t0[due] = t
+            self.micro_next[due] = t + self.micro_len[due] + self._micro_wait(due.size)
+        phase = np.clip((t - self.micro_t0[s]) / self.micro_len[s], 0.0, 1.0)
+        bump = np.sin(np.pi * phase) ** 2 * self.micro_amp[s]
+        return self.micro[self.micro_idx[s]] * bump[:, None]
+
+    def stats(self) -> dict:
+        return {"frames": self.frames, "sessions": len(self.slot_of)}
+
+
+def _approach(x: np.ndarray, target: np.ndarray, dt: float, fade_ms: float) -> np.ndarray:
+    """Move x linearly toward target (0 or 1), taking fade_ms for the full way."""
+    step = 1.0 if fade_ms <= 0 else dt * 1000.0 / fade_ms
+    return np.clip(x + np.where(target, step, -step), 0.0, 1.0)

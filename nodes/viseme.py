@@ -1,0 +1,314 @@
+"""viseme: ARPAbet phoneme timelines -> co-articulated ARKit mouth shapes, one frame per tick.
+
+Co-articulation follows Cohen & Massaro (1993): every phoneme is a segment whose viseme has a
+*dominance* that ramps in ``lead_ms`` before the phoneme starts, is full while it sounds, and
+is released over ``release_ms`` after it ends (raised-cosine or exponential ramps). The frame
+is the dominance-weighted average of the overlapping visemes' key poses, with silence filling
+in where the summed dominance falls short of one. Bilabials and labiodentals are not
+negotiable in speech, so visemes with a ``hold`` (PP, FF) are also enforced as a hard
+constraint around their phoneme's centre: PP closes the lips fully whatever the neighbours.
+
+Timing: phoneme times are on the pts clock. The node keeps a frame clock that starts at
+``runtime.clock.now_ns`` when playing begins and advances one frame period per tick, so all
+its timing is counted ticks (simulated time in ``NodeHarness`` tests is exact). Timers only
+ever run late, so if lost ticks leave the frame clock more than ``max_lag_ms`` behind the real
+clock it jumps forward (0 disables this: pure frame-count time for tests and offline renders).
+Each tick emits the frame for ``pts = clock - lookahead_ms``: phonemes that arrive up to
+``lookahead_ms`` after their start still get their full lead-in ramp. Keep
+``lookahead_ms >= lead_ms * (largest lead scale in the viseme table)`` when phonemes arrive
+just in time (a speech recogniser); text-to-speech schedules them ahead anyway. Downstream,
+audio played at its own pts stays in sync; the frames simply leave this node lookahead late.
+
+A new phoneme batch for a session replaces that session's scheduled phonemes from the batch's
+first start onwards, so a recogniser may revise its hypothesis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import Message, Node, Pad, Param, ParamError
+from runtime.clock import now_ns
+
+from .tables import arkit_names, load_table
+
+VISEMES = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou")
+SIL = 0
+_EXP_K = 4.0  # steepness of the exponential ramp
+_HOLD_EDGE = 0.3  # a hold ramps up over the first 30% of its phoneme and down over the last 30%
+
+
+@dataclass(frozen=True)
+class VisemeTables:
+    """The loaded mapping tables as arrays (V = 15 visemes in OVR order, N = 52 ARKit channels)."""
+
+    phone_to_viseme: dict[str, int]  # upper-case ARPAbet without stress -> viseme index, -1 = no shape
+    weights: np.ndarray  # (V, N) key poses
+    dominance: np.ndarray  # (V,)
+    hold: np.ndarray  # (V,)
+    lead_scale: np.ndarray  # (V,)
+    release_scale: np.ndarray  # (V,)
+    channels: np.ndarray  # (N,) bool: channels visemes own (blender)
+
+
+def load_viseme_tables(phoneme_table: str, viseme_table: str) -> VisemeTables:
+    """Load and check both tables; raises ParamError naming the file and the bad entry."""
+    names = arkit_names()
+    col = {n: i for i, n in enumerate(names)}
+    vis_doc = load_table(viseme_table) or {}
+    vis = vis_doc.get("visemes") or {}
+    missing = [v for v in VISEMES if v not in vis]
+    if missing:
+        raise ParamError(f"{viseme_table}: visemes missing: {', '.join(missing)}")
+    V, N = len(VISEMES), len(names)
+    weights = np.zeros((V, N))
+    dominance, hold = np.ones(V), np.zeros(V)
+    lead, release = np.ones(V), np.ones(V)
+    for i, v in enumerate(VISEMES):
+        entry = vis[v] or {}
+        for name, w in (entry.get("weights") or {}).items():
+            if name not in col:
+                raise ParamError(f"{viseme_table}: viseme '{v}': unknown ARKit blendshape '{name}'")
+            weights[i, col[name]] = float(w)
+        dominance[i] = float(entry.get("dominance", 1.0))
+        hold[i] = float(entry.get("hold", 0.0))
+        lead[i] = float(entry.get("lead", 1.0))
+        release[i] = float(entry.get("release", 1.0))
+    if (dominance <= 0).any():
+        raise ParamError(f"{viseme_table}: every viseme needs a positive dominance")
+    channels = np.zeros(N, dtype=bool)
+    for name in vis_doc.get("channels") or []:
+        if name not in col:
+            raise ParamError(f"{viseme_table}: channels: unknown ARKit blendshape '{name}'")
+        channels[col[name]] = True
+    index = {v: i for i, v in enumerate(VISEMES)}
+    phones: dict[str, int] = {}
+    for phone, v in ((load_table(phoneme_table) or {}).get("phonemes") or {}).items():
+        if v is not None and v not in index:
+            raise ParamError(f"{phoneme_table}: phoneme '{phone}' maps to unknown viseme '{v}'")
+        phones[str(phone).upper()] = -1 if v is None else index[v]
+    return VisemeTables(phones, weights, dominance, hold, lead, release, channels)
+
+
+def ramp(x: np.ndarray, shape: str) -> np.ndarray:
+    """Dominance at normalised distance x >= 0 outside a phoneme: 1 at 0, falling to 0 at 1."""
+    x = np.clip(x, 0.0, 1.0)
+    if shape == "exp":
+        return (np.exp(-_EXP_K * x) - np.exp(-_EXP_K)) / (1.0 - np.exp(-_EXP_K))
+    return 0.5 + 0.5 * np.cos(np.pi * x)
+
+
+def hold_bump(u: np.ndarray) -> np.ndarray:
+    """Constraint strength at position u (0..1) inside a phoneme: a plateau of 1 around the centre."""
+    edge = np.minimum(u, 1.0 - u) / _HOLD_EDGE
+    return np.where((u < 0) | (u > 1), 0.0, 0.5 - 0.5 * np.cos(np.pi * np.clip(edge, 0.0, 1.0)))
+
+
+def strip_stress(phone: str) -> str:
+    """``AA1`` -> ``AA``: lip shape does not depend on lexical stress."""
+    return phone.rstrip("0123456789").upper()
+
+
+class Viseme(Node):
+    """Turns ARPAbet phoneme timelines into co-articulated ARKit mouth frames at a fixed rate."""
+
+    inputs = {"in": Pad("phonemes/arpabet", "phoneme timelines per session, times on the pts clock")}
+    outputs = {"out": Pad("arkit/blendshapes", "mouth/jaw weights for every known session, "
+                          "data {'speaking': [bool]*S}")}
+    params = {
+        "rate": Param(float, 60.0, "output frames per second", min=1.0, max=1000.0),
+        "max_lag_ms": Param(float, 50.0, "the frame clock counts frame periods; if lost timer ticks leave it this "
+                            "far behind runtime.clock it jumps forward; 0 = never (exact frame-count time: tests, "
+                            "offline renders)", min=0.0),
+        "lookahead_ms": Param(float, 120.0, "frames are for pts = now - lookahead, so lead-in ramps can begin "
+                              "before a phoneme that arrives just in time", min=0.0, max=5000.0),
+        "lead_ms": Param(float, 80.0, "dominance ramps in this long before a phoneme starts", min=1.0, max=1000.0),
+        "release_ms": Param(float, 100.0, "dominance is released over this long after a phoneme ends",
+                            min=1.0, max=1000.0),
+        "ramp": Param(str, "cosine", "shape of the dominance ramps", choices=("cosine", "exp")),
+        "phoneme_table": Param(str, "mappings/phoneme_viseme.yaml", "ARPAbet -> OVR viseme table"),
+        "viseme_table": Param(str, "mappings/viseme_arkit.yaml", "OVR viseme -> ARKit weights table"),
+        "session_timeout_s": Param(float, 30.0, "a session with no phonemes for this long is forgotten",
+                                   min=0.1, max=86400.0),
+    }
+
+    def setup(self) -> None:
+        self.tables = load_viseme_tables(self.p.phoneme_table, self.p.viseme_table)
+        self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
+        self.period_ns = int(round(1e9 / self.p.rate))
+        self.clock_ns = now_ns()
+        self.frames = self.ticks = 0
+        self.warned: set[str] = set()
+        # session slots
+        self.slot_of: dict[str, int] = {}
+        self.ids: list[str | None] = []
+        self.last_msg_ns = np.zeros(0, dtype=np.int64)
+        # phoneme segments of every session, one row each
+        self.seg_slot = np.zeros(0, dtype=np.intp)
+        self.seg_vis = np.zeros(0, dtype=np.intp)
+        self.seg_start = np.zeros(0, dtype=np.int64)
+        self.seg_end = np.zeros(0, dtype=np.int64)
+        self.timer = None
+
+    def _step_clock(self) -> None:
+        """Advance the frame clock one period: time as ticks counted, so simulated time works in tests."""
+        self.clock_ns += self.period_ns
+        if self.p.max_lag_ms > 0:
+            real = now_ns()
+            if real - self.clock_ns > self.p.max_lag_ms * 1e6:
+                self.clock_ns = real
+
+    def on_play(self) -> None:
+        self.clock_ns = max(self.clock_ns, now_ns())
+        if self.timer is None:
+            self.timer = self.every(1.0 / self.p.rate, self.tick)
+
+    def on_params(self, changed: dict) -> None:
+        if "phoneme_table" in changed or "viseme_table" in changed:
+            try:
+                self.tables = load_viseme_tables(self.p.phoneme_table, self.p.viseme_table)
+            except (ParamError, FileNotFoundError) as exc:  # keep the tables in use, and say why
+                self.p.phoneme_table, self.p.viseme_table = self.table_paths
+                raise ParamError(str(exc)) from exc
+            self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
+        if "rate" in changed:
+            self.period_ns = int(round(1e9 / self.p.rate))
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = self.every(1.0 / self.p.rate, self.tick)
+
+    # --- input -------------------------------------------------------------------------------
+    def process(self, pad: str, msg: Message) -> None:
+        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        rows = [self._slot(str(s)) for s in sessions]
+        self.last_msg_ns[rows] = self.clock_ns
+        slot, vis, start, end = [], [], [], []
+        for row, phone, s_ns, e_ns in (msg.data or {}).get("phonemes") or []:
+            v = self._viseme_of(str(phone))
+            if v < 0 or e_ns <= s_ns or not 0 <= row < len(rows):
+                continue
+            slot.append(rows[row])
+            vis.append(v)
+            start.append(s_ns)
+            end.append(e_ns)
+        if slot:
+            self._schedule(np.array(slot, np.intp), np.array(vis, np.intp),
+                           np.array(start, np.int64), np.array(end, np.int64))
+
+    def _viseme_of(self, phone: str) -> int:
+        key = strip_stress(phone)
+        v = self.tables.phone_to_viseme.get(key)
+        if v is None:
+            if key not in self.warned:
+                self.warned.add(key)
+                self.warn(f"viseme: unknown phoneme '{phone}', shown as silence")
+            return SIL
+        return v
+
+    def _schedule(self, slot: np.ndarray, vis: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        """Add segments; they replace the session's segments from the batch's first start on."""
+        first = np.full(len(self.ids), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, slot, start)
+        keep = self.seg_start < first[self.seg_slot]
+        self.seg_slot = np.concatenate([self.seg_slot[keep], slot])
+        self.seg_vis = np.concatenate([self.seg_vis[keep], vis])
+        self.seg_start = np.concatenate([self.seg_start[keep], start])
+        self.seg_end = np.concatenate([self.seg_end[keep], end])
+
+    def _slot(self, sid: str) -> int:
+        slot = self.slot_of.get(sid)
+        if slot is None:
+            free = [i for i, s in enumerate(self.ids) if s is None]
+            if free:
+                slot = free[0]
+                self.ids[slot] = sid
+            else:
+                slot = len(self.ids)
+                self.ids.append(sid)
+                self.last_msg_ns = np.append(self.last_msg_ns, np.int64(0))
+            self.slot_of[sid] = slot
+        return slot
+
+    # --- output ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """One frame for every known session at pts = clock - lookahead."""
+        self._step_clock()
+        self.ticks += 1
+        t = self.clock_ns - int(self.p.lookahead_ms * 1e6)
+        live = np.array([i for i, s in enumerate(self.ids) if s is not None], dtype=np.intp)
+        if live.size:
+            weights, speaking = self.frame(t)
+            self.emit("out", Message(
+                "arkit/blendshapes", {"speaking": speaking[live].tolist()},
+                {"weights": weights[live].astype(np.float32)}, pts_ns=t, session=[self.ids[i] for i in live]))
+            self.frames += 1
+        self._expire(t)
+
+    def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Blended weights (slots, 52) and speaking flags (slots,) at pts t, for every slot at once."""
+        tb = self.tables
+        n_slots, V = len(self.ids), len(VISEMES)
+        lead = self.p.lead_ms * 1e6 * tb.lead_scale[self.seg_vis]
+        release = self.p.release_ms * 1e6 * tb.release_scale[self.seg_vis]
+        near = (self.seg_start - lead <= t) & (t <= self.seg_end + release)
+        slot, vis = self.seg_slot[near], self.seg_vis[near]
+        start, end = self.seg_start[near].astype(np.float64), self.seg_end[near].astype(np.float64)
+        dist = np.maximum((start - t) / lead[near], (t - end) / release[near])
+        dom = ramp(np.maximum(dist, 0.0), self.p.ramp)
+
+        mix = np.zeros((n_slots, V))
+        np.add.at(mix, (slot, vis), dom * tb.dominance[vis])
+        raw = np.zeros(n_slots)
+        np.add.at(raw, slot, dom)
+        mix[:, SIL] += np.clip(1.0 - raw, 0.0, 1.0) * tb.dominance[SIL]  # silence fills the gaps
+        weights = (mix @ tb.weights) / mix.sum(axis=1, keepdims=True)
+
+        held = tb.hold[vis] > 0
+        if held.any():  # hard constraints (PP closure, FF contact) around the phoneme's centre
+            u = (t - start[held]) / (end[held] - start[held])
+            strength = tb.hold[vis[held]] * hold_bump(u)
+            c = np.zeros(n_slots)
+            np.maximum.at(c, slot[held], strength)
+            win = (strength > 0) & (strength >= c[slot[held]])
+            target = np.zeros((n_slots, tb.weights.shape[1]))
+            target[slot[held][win]] = tb.weights[vis[held][win]]
+            weights += c[:, None] * (target - weights)
+
+        speaking = np.zeros(n_slots, dtype=bool)
+        speaking[slot[(vis != SIL) & (dom > 0)]] = True
+        return np.clip(weights, 0.0, 1.0), speaking
+
+    def _expire(self, t: int) -> None:
+        """Drop finished segments, and sessions idle longer than session_timeout_s (once a second)."""
+        if self.seg_end.size and self.ticks % 16 == 0:
+            done = self.seg_end + self.p.release_ms * 1e6 * self.tables.release_scale[self.seg_vis] < t
+            if done.any():
+                keep = ~done
+                self.seg_slot, self.seg_vis = self.seg_slot[keep], self.seg_vis[keep]
+                self.seg_start, self.seg_end = self.seg_start[keep], self.seg_end[keep]
+        every = max(1, int(self.p.rate))
+        if self.ticks % every:
+            return
+        busy = np.zeros(len(self.ids), dtype=bool)
+        busy[self.seg_slot] = True
+        idle = (self.clock_ns - self.last_msg_ns > self.p.session_timeout_s * 1e9) & ~busy
+        for slot in np.flatnonzero(idle):
+            sid = self.ids[slot]
+            if sid is not None:
+                del self.slot_of[sid]
+                self.ids[slot] = None
+
+    def on_eos(self) -> None:
+        """Input ended: emit the frames still scheduled (to the end of the last release), at once."""
+        if not self.seg_end.size:
+            return
+        last = int(self.seg_end.max() + self.p.release_ms * 1e6 * self.tables.release_scale.max())
+        limit = int(600 * self.p.rate)  # never more than ten minutes of frames
+        lookahead = int(self.p.lookahead_ms * 1e6)
+        while self.clock_ns - lookahead <= last + self.period_ns and limit > 0:
+            self.tick()
+            limit -= 1
+
+    def stats(self) -> dict:
+        return {"frames": self.frames, "sessions": len(self.slot_of), "segments": int(self.seg_end.size)}
