@@ -1,0 +1,379 @@
+"""Streaming phoneme recognition and forced alignment with pocketsphinx.
+
+Shared by the ``audio_phoneme`` node and ``tools/phoneme_eval.py`` so the benchmark measures
+exactly what the node runs. Without a transcript, pocketsphinx's allphone search (the English
+phone language model the wheel ships) decodes phones. With a transcript, the words' dictionary
+pronunciations (alternatives included; unknown words through espeak-ng when it is installed)
+become a phone-level grammar: each phone is a one-phone "word", so the grammar search's ordinary
+word segmentation *is* the phone alignment, in one streaming pass. Silence is allowed only at
+the edges and where the text has punctuation: free silence between every word lets the search
+wander into a silence path it never leaves.
+
+In both modes the current best path is read while audio arrives and phones are handed out once
+they are stable (all but the last ``holdback``, ending ``lag_ms`` before the newest audio); a
+handed-out phone is never taken back. The first ``warmup_ms`` of a stream are decoded once
+without search to set the cepstral mean before the real pass, since pocketsphinx's built-in
+initial mean makes it lose its way on the first second of many voices. When the audio does not
+fit the transcript (the grammar's end is never reached), the best partial path is kept and the
+utterance is counted in ``failed``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+RATE = 16000
+FRAME_RATE = 100  # pocketsphinx frames per second
+PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
+          "UH UW V W Y Z ZH").split()
+_TOKEN = re.compile(r"([a-z0-9]+(?:'[a-z0-9]+)*)|([,.;:!?\n])")
+_UNIT = "ph_"  # prefix of the one-phone dictionary words of the alignment grammar
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    """One phone: ARPAbet without stress (``sil`` for silence), seconds from the stream start."""
+
+    phone: str
+    start: float
+    end: float
+
+
+def arpabet(name: str) -> str:
+    """Our phone name for a pocketsphinx word or phone (fillers such as +NSN+ and SIL -> sil)."""
+    if name.startswith(_UNIT):
+        name = name[len(_UNIT):]
+    name = name.split("(")[0].upper()
+    return name if name in _PHONE_SET else "sil"
+
+
+_PHONE_SET = frozenset(PHONES)
+
+
+def transcript_words(text: str) -> list[tuple[str, bool]]:
+    """Lower-cased words as the dictionary spells them, each with "punctuation follows"."""
+    out: list[tuple[str, bool]] = []
+    for m in _TOKEN.finditer(text.lower().replace("\u2019", "'")):
+        if m.group(1):
+            out.append((m.group(1), False))
+        elif out:
+            out[-1] = (out[-1][0], True)
+    return out
+
+
+def _model_path(sub: str) -> str:
+    from pocketsphinx import get_model_path
+
+    return get_model_path(sub)
+
+
+def _decoder(**config: object):
+    from pocketsphinx import Decoder
+
+    return Decoder(lm=None, loglevel="FATAL", **config)
+
+
+def _default_g2p(word: str) -> list[str] | None:
+    """Pronunciation of a word the dictionary lacks, from espeak-ng if it is installed."""
+    from .text_phoneme import espeak_g2p
+
+    try:
+        return espeak_g2p(word)
+    except OSError:
+        return None
+
+
+class PhonemeStream:
+    """One audio stream at 16 kHz: ``feed`` int16 samples, get the phones decided so far.
+
+    Times are seconds since the first sample fed. ``set_transcript`` ends the current
+    utterance and aligns what follows to the given text (``None``: recognise freely).
+    """
+
+    def __init__(self, transcript: str | None = None, *, holdback: int = 3, lag_ms: float = 100.0,
+                 max_utterance_s: float = 20.0, warmup_ms: float = 500.0, silprob: float = 0.5,
+                 g2p: Callable[[str], list[str] | None] | None = _default_g2p):
+        self.holdback = holdback
+        self.lag_frames = int(round(lag_ms * FRAME_RATE / 1000))
+        self.max_utt_frames = int(max_utterance_s * FRAME_RATE)
+        self.warmup = int(warmup_ms * RATE / 1000)
+        self.silprob = silprob
+        # quiet noise fed after the last sample before an alignment ends: a final phone that
+        # ends with the audio could not otherwise finish its HMM before the grammar's end
+        self.tail = np.random.default_rng(0).integers(-2, 3, int(0.2 * RATE)).astype(np.int16)
+        self._min_phones = 0  # fewest phones a complete path through the current grammar has
+        self.g2p = g2p
+        self.samples = 0  # fed so far
+        self.cpu_s = 0.0
+        self.oov: list[str] = []  # transcript words found neither in the dictionary nor by g2p
+        self.failed = 0  # aligned utterances whose audio did not fit the transcript
+        self._recognizer = None
+        self._aligner = None
+        self._decoder = None
+        self._grammars = 0  # alignment grammars made so far (each search needs a new name)
+        self._pending = np.zeros(0, np.int16)  # held until the cepstral mean is warmed up
+        self._warm: set[int] = set()  # ids of decoders whose mean is set
+        self._in_utt = False
+        self._utt_sample0 = 0  # stream sample at which the current utterance started
+        self._utt_samples = 0
+        self._committed = 0  # utterance frame up to which phones were handed out
+        self._best: list = []  # the latest non-empty best path (kept in case the final one fails)
+        self.set_transcript(transcript)
+
+    @property
+    def audio_s(self) -> float:
+        return self.samples / RATE
+
+    @property
+    def rtf(self) -> float:
+        """Processing (CPU) seconds per audio second."""
+        return self.cpu_s / self.audio_s if self.samples else 0.0
+
+    @property
+    def aligning(self) -> bool:
+        return self._decoder is not None and self._decoder is self._aligner
+
+    def set_transcript(self, text: str | None) -> list[Phone]:
+        """Finish the current utterance; align the audio that follows to ``text``."""
+        t0 = time.thread_time()
+        out = self._end_utterance()
+        words = transcript_words(text or "")
+        units = self._pronunciations(words)
+        if units:
+            d = self._aligner_decoder()
+            self._grammars += 1
+            name = f"align{self._grammars}"
+            d.add_fsg(name, _grammar(d, units, name, self.silprob))
+            self._min_phones = sum(min(len(p) for p in prons) for prons, _ in units)
+            d.activate_search(name)
+            if self._grammars > 1:
+                d.remove_search(f"align{self._grammars - 1}")
+            self._decoder = d
+        else:
+            self._decoder = self._recognizer_decoder()
+        self.cpu_s += time.thread_time() - t0
+        return out
+
+    def feed(self, pcm: np.ndarray) -> list[Phone]:
+        """Decode more audio (int16 mono at 16 kHz); the phones that became stable."""
+        pcm = np.ascontiguousarray(pcm, dtype=np.int16)
+        if not len(pcm):
+            return []
+        t0 = time.thread_time()
+        self.samples += len(pcm)
+        out: list[Phone] = []
+        self._share_mean()
+        if id(self._decoder) not in self._warm:
+            self._pending = np.concatenate([self._pending, pcm])
+            if len(self._pending) >= self.warmup:
+                out = self._decode(self._take_pending())
+        else:
+            out = self._decode(pcm)
+        self.cpu_s += time.thread_time() - t0
+        return out
+
+    def finish(self) -> list[Phone]:
+        """End of input (or of a stretch of it): everything still held back."""
+        t0 = time.thread_time()
+        out = self._decode(self._take_pending()) if len(self._pending) else []
+        out += self._end_utterance()
+        self.cpu_s += time.thread_time() - t0
+        return out
+
+    # --- internals -----------------------------------------------------------------------------
+    def _take_pending(self) -> np.ndarray:
+        pcm, self._pending = self._pending, np.zeros(0, np.int16)
+        self._warm_up(pcm)
+        return pcm
+
+    def _share_mean(self) -> None:
+        """A decoder switched to (free <-> aligned) starts from the other one's cepstral mean."""
+        d = self._decoder
+        if id(d) in self._warm:
+            return
+        for other in (self._recognizer, self._aligner):
+            if other is not None and other is not d and id(other) in self._warm:
+                d.set_cmn(other.get_cmn())
+                self._warm.add(id(d))
+                return
+
+    def _warm_up(self, pcm: np.ndarray) -> None:
+        """Set the decoder's cepstral mean from this audio (decoded without search)."""
+        d = self._decoder
+        if id(d) in self._warm:
+            return
+        self._warm.add(id(d))
+        d.start_utt()
+        d.process_raw(pcm.tobytes(), no_search=True)
+        d.get_cmn(True)
+        try:
+            d.end_utt()
+        except RuntimeError:
+            pass  # nothing was searched, so there is no result: expected
+
+    def _decode(self, pcm: np.ndarray) -> list[Phone]:
+        d = self._decoder
+        if not self._in_utt:
+            d.start_utt()
+            self._in_utt = True
+            self._utt_sample0 = self.samples - len(pcm) - len(self._pending)
+            self._utt_samples, self._committed, self._best = 0, 0, []
+        d.process_raw(pcm.tobytes())
+        self._utt_samples += len(pcm)
+        segs = list(d.seg() or [])
+        out: list[Phone] = []
+        if segs and self._plausible(segs):
+            self._best = segs
+            out = self._stable(segs)
+        if not self.aligning and self._utt_samples * FRAME_RATE // RATE > self.max_utt_frames and self._at_pause(segs):
+            out += self._end_utterance()  # bound memory and keep a long free stream fresh
+        return out
+
+    def _recognizer_decoder(self):
+        if self._recognizer is None:
+            self._recognizer = _decoder(allphone=_model_path("en-us/en-us-phone.lm.bin"), backtrace=True,
+                                        beam=1e-20, pbeam=1e-20, lw=2.0)
+        return self._recognizer
+
+    def _aligner_decoder(self):
+        if self._aligner is None:
+            self._aligner = _decoder(fsgusefiller=False)
+            for i, p in enumerate(PHONES):
+                self._aligner.add_word(_UNIT + p, p, update=i == len(PHONES) - 1)
+        return self._aligner
+
+    def _pronunciations(self, words: list[tuple[str, bool]]) -> list[tuple[list[list[str]], bool]]:
+        """For each word, its pronunciations as phone lists (dictionary, else g2p), and its pause flag."""
+        if not words:
+            return []
+        d = self._aligner_decoder()
+        out = []
+        for w, pause in words:
+            prons, k = [], 1
+            while True:
+                p = d.lookup_word(w if k == 1 else f"{w}({k})")
+                if not p:
+                    break
+                prons.append(p.split())
+                k += 1
+            if not prons and self.g2p is not None:
+                prons.append([p for p in (self.g2p(w) or []) if p in _PHONE_SET])
+            prons = [p for p in prons if p]
+            if prons:
+                out.append((prons, pause))
+            else:
+                self.oov.append(w)
+                if out and pause:
+                    out[-1] = (out[-1][0], True)
+        return out
+
+    def _plausible(self, segs: list) -> bool:
+        """False for a grammar search's partial path that contradicts what was handed out.
+
+        The grammar search's partial result is the best path *ending a word in this frame*;
+        between phone ends that can be a path still sitting in the initial silence, which would
+        hand out nonsense. A real continuation keeps the handed-out boundary and its progress.
+        """
+        if not self.aligning:
+            return True
+        phones = sum(1 for s in segs if arpabet(s.word) != "sil")
+        best = sum(1 for s in self._best if arpabet(s.word) != "sil")
+        if phones < best - 3:
+            return False
+        return self._committed == 0 or any(s.end_frame + 1 == self._committed for s in segs)
+
+    def _at_pause(self, segs: list) -> bool:
+        return bool(segs) and arpabet(segs[-1].word) == "sil" and segs[-1].end_frame - segs[-1].start_frame >= 30
+
+    def _stable(self, segs: list, final: bool = False) -> list[Phone]:
+        if final:
+            n, limit = len(segs), 1 << 30
+        else:
+            n, limit = max(0, len(segs) - self.holdback), self._utt_samples * FRAME_RATE // RATE - self.lag_frames
+        out: list[Phone] = []
+        for s in segs[:n]:
+            end = s.end_frame + 1
+            if end > limit:
+                break
+            if end <= self._committed:
+                continue
+            self._add(out, arpabet(s.word), max(s.start_frame, self._committed), end)
+            self._committed = end
+        return out
+
+    def _add(self, out: list[Phone], phone: str, start_f: int, end_f: int) -> None:
+        base = self._utt_sample0 / RATE
+        start, end = base + start_f / FRAME_RATE, base + end_f / FRAME_RATE
+        if phone == "sil" and out and out[-1].phone == "sil":
+            out[-1] = Phone("sil", out[-1].start, end)
+        else:
+            out.append(Phone(phone, start, end))
+
+    def _end_utterance(self) -> list[Phone]:
+        if not self._in_utt:
+            return []
+        d = self._decoder
+        end = (self._utt_sample0 + self._utt_samples) / RATE
+        if self.aligning:
+            d.process_raw(self.tail.tobytes())
+        try:
+            d.end_utt()
+            segs = list(d.seg() or [])
+        except RuntimeError:
+            segs = []
+        self._in_utt = False
+        if self.aligning and sum(1 for s in segs if arpabet(s.word) != "sil") < self._min_phones:
+            self.failed += 1  # no complete path: audio and transcript disagree somewhere
+            segs = self._best
+        out = [p if p.end <= end else Phone(p.phone, p.start, end)
+               for p in self._stable(segs, final=True) if p.start < end]
+        if out and out[-1].end < end and out[-1].phone == "sil":
+            out[-1] = Phone("sil", out[-1].start, end)
+        return out
+
+
+def _grammar(d, units: list[tuple[list[list[str]], bool]], name: str, silprob: float):
+    """Phone-level grammar: the words in order, each one of its pronunciations; silence at the
+    edges and after words followed by punctuation."""
+    trans: list[tuple] = [(0, 0, silprob, "<sil>")]
+    state, fresh = 0, 1
+    for k, (prons, pause) in enumerate(units):
+        end, fresh = fresh, fresh + 1
+        for pron in prons:
+            cur = state
+            for j, p in enumerate(pron):
+                to = end if j == len(pron) - 1 else fresh
+                if to == fresh:
+                    fresh += 1
+                trans.append((cur, to, 1.0 / len(prons) if j == 0 else 1.0, _UNIT + p))
+                cur = to
+        if pause or k == len(units) - 1:
+            trans.append((end, end, silprob, "<sil>"))
+        state = end
+    return d.create_fsg(name, 0, state, trans)
+
+
+def recognize(pcm: np.ndarray, transcript: str | None = None, *, chunk_ms: int = 20, **options) -> tuple[list[Phone], float]:
+    """Phones of a whole 16 kHz int16 recording fed in ``chunk_ms`` pieces, and the CPU RTF."""
+    stream = PhonemeStream(transcript, **options)
+    step = RATE * chunk_ms // 1000
+    out: list[Phone] = []
+    for i in range(0, len(pcm), step):
+        out += stream.feed(pcm[i:i + step])
+    out += stream.finish()
+    return merge_silences(out), stream.rtf
+
+
+def merge_silences(phones: list[Phone]) -> list[Phone]:
+    """Adjacent ``sil`` phones as one."""
+    out: list[Phone] = []
+    for p in phones:
+        if out and p.phone == "sil" and out[-1].phone == "sil":
+            out[-1] = Phone("sil", out[-1].start, p.end)
+        else:
+            out.append(p)
+    return out
