@@ -64,20 +64,43 @@ def encode(msg: Message, seq: int) -> list:
     return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, (), msg.trace))]
 
 
-def control_message(kind: Kind, caps: str = "") -> Message:
-    return Message(caps=caps, kind=kind)
+# Below this size a frame is cheaper to copy than to hand over as a zero-copy zmq.Frame.
+ZERO_COPY_MIN = 65536
 
 
-def decode(frames: Sequence) -> Message:
+def is_large(frames: list) -> bool:
+    """True when some array frame is big enough to be worth sending without a copy."""
+    return any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames[1:])
+
+
+def decode_header(head: Any) -> list:
+    """The header fields of frame 0; raises ValueError if it is not a message header."""
+    try:
+        fields = msgpack.unpackb(_buf(head), use_list=True, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(f"malformed message: {exc}") from exc
+    if not isinstance(fields, list) or len(fields) != 8:
+        raise ValueError("malformed message: header is not an 8-field array")
+    return fields
+
+
+def array_nbytes(desc: list) -> list[int]:
+    """Byte size of each array the header announces (to choose copy or zero-copy receive)."""
+    try:
+        return [int(np.prod(shape)) * np.dtype(dtype).itemsize for _, dtype, shape in desc]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"malformed message: bad array description: {exc}") from exc
+
+
+def decode(frames: Sequence, head: list | None = None) -> Message:
     """Message from received frames (``bytes`` or ``zmq.Frame``); raises ValueError if malformed."""
     try:
-        head = msgpack.unpackb(_buf(frames[0]), use_list=True, raw=False, strict_map_key=False)
-        kind, caps, seq, pts, session, data, desc, trace = head
+        kind, caps, seq, pts, session, data, desc, trace = head if head is not None else decode_header(frames[0])
         arrays = {}
         for i, (name, dtype, shape) in enumerate(desc, start=1):
             arrays[name] = np.frombuffer(_buf(frames[i]), dtype=np.dtype(dtype)).reshape(shape)
         return Message(caps, data, arrays, pts, session, trace, seq, Kind(kind))
-    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"malformed message: {exc}") from exc
 
 

@@ -28,6 +28,7 @@ class NodeContext(Protocol):
     def watch(self, fd: Any, fn: Callable[[], None]) -> None: ...
     def unwatch(self, fd: Any) -> None: ...
     def post(self, level: str, text: str, **fields: Any) -> None: ...
+    def now_ns(self) -> int: ...
 
 
 class Node:
@@ -96,6 +97,10 @@ class Node:
 
     def unwatch(self, fd: Any) -> None:
         self.ctx.unwatch(fd)
+
+    def now_ns(self) -> int:
+        """The pts clock (CLOCK_MONOTONIC ns); simulated under ``runtime.testing.NodeHarness``."""
+        return self.ctx.now_ns()
 
     def warn(self, text: str, **fields: Any) -> None:
         """A WARNING on the runner's bus, naming this node."""

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from .states import NULL
 
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 class NodeProcess:
     """A running instance of a node. A restart or swap makes a new instance (new sockets, new pid)."""
@@ -37,9 +39,12 @@ class NodeProcess:
     def spawn(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[["NodeProcess"], None]) -> None:
         """Start the process in its own process group and watch for its exit."""
         self.exited = loop.create_future()
+        env = dict(os.environ)
+        for var in _ONE_THREAD:  # one process per node already: BLAS threads would only fight
+            env.setdefault(var, "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.worker", json.dumps(self.spec)],
-            stdin=subprocess.DEVNULL, process_group=0,
+            stdin=subprocess.DEVNULL, process_group=0, env=env,
         )
 
         def done() -> None:

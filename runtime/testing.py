@@ -65,6 +65,9 @@ class NodeHarness:
     def post(self, level: str, text: str, **fields: Any) -> None:
         self.bus.append((level, text, fields))
 
+    def now_ns(self) -> int:
+        return int(round(self.now * 1e9))
+
     def _add(self, delay: float, period: float, repeat: bool, fn: Callable[[], None]) -> _FakeTimer:
         t = _FakeTimer()
         heapq.heappush(self._timers, (self.now + delay, next(self._order), period, repeat, fn, t))

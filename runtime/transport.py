@@ -10,7 +10,7 @@ from collections import deque
 
 import zmq
 
-from .message import Kind, Message, decode, encode
+from .message import ZERO_COPY_MIN, Kind, Message, array_nbytes, decode, decode_header, encode, is_large
 
 
 def ipc_endpoint(run_id: str, link_id: str, instance: int) -> str:
@@ -39,11 +39,9 @@ class InLink:
         q, sock = self.queue, self.sock
         while self.leaky or len(q) < self.size:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = self._recv(sock)
             except zmq.Again:
                 return
-            try:
-                msg = decode(frames)
             except ValueError:
                 self.malformed += 1
                 continue
@@ -56,6 +54,28 @@ class InLink:
                 q.popleft()
                 self.drops += 1
             q.append(msg)
+
+    @staticmethod
+    def _recv(sock: zmq.Socket) -> Message:
+        """Header first; then each array frame by copy if small, as a zero-copy frame if large."""
+        frames = [sock.recv(zmq.NOBLOCK)]
+        try:
+            head = decode_header(frames[0])
+            sizes = array_nbytes(head[6])
+        except ValueError:
+            while sock.getsockopt(zmq.RCVMORE):
+                sock.recv()
+            raise
+        for size in sizes:
+            if not sock.getsockopt(zmq.RCVMORE):
+                raise ValueError("malformed message: fewer frames than arrays")
+            frames.append(sock.recv(copy=size < ZERO_COPY_MIN))
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv()
+            head = None  # more frames than arrays
+        if head is None:
+            raise ValueError("malformed message: more frames than arrays")
+        return decode(frames, head)
 
     def _count(self, seq: int) -> None:
         exp = self.expected
@@ -112,7 +132,7 @@ class OutLink:
         self.seq += 1
         if not self.outbox and not self.hold:
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=not is_large(frames))
                 self.sent += 1
                 return
             except zmq.Again:
@@ -139,7 +159,7 @@ class OutLink:
         while box and not self.hold:
             frames = box[0]
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=not is_large(frames))
             except zmq.Again:
                 return
             box.popleft()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
+from .clock import now_ns
 from .errors import ParamError
 from .message import Kind, Message
 from .node import Node
@@ -76,6 +77,8 @@ class Worker:
         self.next_periodic = 0.0
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
+        self.wait_poller = zmq.Poller()  # control only; an output socket is added while waiting on it
+        self.wait_poller.register(self.control, zmq.POLLIN)
         self.in_links: list[InLink] = []
         self.out_links: dict[str, OutLink] = {}
         self.out_by_pad: dict[str, list[OutLink]] = {}
@@ -144,6 +147,8 @@ class Worker:
     def post(self, level: str, text: str, **fields: Any) -> None:
         self._send({"op": "bus", "type": level, "text": text, **fields})
 
+    now_ns = staticmethod(now_ns)
+
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> int:
         code = 0
@@ -179,11 +184,11 @@ class Worker:
                 if link.sock in events:
                     link.read_available()
             self._process_queued(256)
-            if self.timers:
-                self._run_timers()
-            for fd, fn in list(self.watchers.items()):
+            for fd, fn in list(self.watchers.items()):  # before timers: input waiting makes this tick
                 if fd in events or (hasattr(fd, "fileno") and fd.fileno() in events):
                     self._guarded(fn)
+            if self.timers:
+                self._run_timers()
         if self.waiting_out:
             self._flush_out()
         if time.monotonic() >= self.next_periodic:
@@ -277,7 +282,11 @@ class Worker:
                         t.due = now
                 else:
                     self.timers.remove(t)
-                self._guarded(t.fn)
+                # a period-0 timer (as fast as possible) runs a burst between polls
+                for _ in range(64 if t.repeat and t.period == 0 else 1):
+                    self._guarded(t.fn)
+                    if t.cancelled or self.state != PLAYING or self.stopping:
+                        break
                 if self.state != PLAYING:
                     return
 
@@ -302,8 +311,7 @@ class Worker:
 
     def _wait_for_room(self, link: OutLink) -> None:
         """Backpressure on a block link: wait, but keep answering the runner."""
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
+        poller = self.wait_poller
         while link.must_wait:
             if self.stopping:
                 raise NodeStop
