@@ -1,7 +1,8 @@
 """The runner's bus: the stream of what happens in a graph, printed as JSON lines.
 
 Types: STATE_CHANGED, ERROR (names the node and the cause), WARNING, EOS, QOS (drops),
-LATENCY, NODE_RESTARTED, NODE_SWAPPED, LINK_DOWN, LINK_UP.
+LATENCY, NODE_RESTARTED, NODE_SWAPPED, SESSION_JOINED, SESSION_LEFT, LINK_DOWN, LINK_UP
+(fields in docs/messages.md).
 """
 from __future__ import annotations
 
