@@ -33,6 +33,10 @@ MAX_NAME_BYTES = 255  # device ids are 32 or 36 characters; subject names are sh
 MAX_PACKET_BYTES = 1 + 4 + MAX_NAME_BYTES + 4 + MAX_NAME_BYTES + 17 + 4 * N_VALUES
 MAX_JSON_BYTES = 16384
 
+# 180 real packets from an iPhone (think-biq/LLV, BSD-2-Clause; see PROVENANCE.md beside it), shipped
+# with the repository for tests, tools and demos.
+SAMPLE_CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "livelink" / "llv_dao_packets.bin"
+
 _TAIL = struct.Struct(">ifiiB")  # frame, sub-frame, fps numerator, fps denominator, count
 _VALUES_BYTES = 4 * N_VALUES
 _BE_F32 = np.dtype(">f4")

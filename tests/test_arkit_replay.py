@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from nodes.arkit_replay import parse_timecode, read_take
-from nodes.livelink import export_columns, parse_packet, read_container
+from nodes.livelink import SAMPLE_CAPTURE, export_columns, parse_packet, read_container
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, start_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
-BIN = ROOT.parent / "shared" / "data" / "livelink" / "llv_dao_packets.bin"
+BIN = SAMPLE_CAPTURE
 FRAMES = [parse_packet(p) for p in read_container(BIN)][:60]  # the take holds the first 60 packets
 WEIGHTS = np.stack([f.weights for f in FRAMES])
 POSE = np.stack([f.pose for f in FRAMES])

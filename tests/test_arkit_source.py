@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.livelink import build_json_packet, build_packet, parse_packet, read_container
+from nodes.livelink import SAMPLE_CAPTURE, build_json_packet, build_packet, parse_packet, read_container
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, start_graph
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = ROOT.parent / "shared" / "data" / "livelink" / "llv_dao_packets.bin"
+BIN = SAMPLE_CAPTURE
 PACKETS = read_container(BIN)
 FRAMES = [parse_packet(p) for p in PACKETS]
 DEV32 = "DEADC0DE-1337-1337-1337-CAFEBABE"

@@ -12,12 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes.livelink import (
+    SAMPLE_CAPTURE,
     MAX_NAME_BYTES, MAX_PACKET_BYTES, N_VALUES, PacketError, build_container, build_json_packet, build_packet,
     build_packets, export_columns, parse_datagram, parse_json_packet, parse_packet, read_container,
 )
 from nodes.tables import arkit_names, arkit_pose_names
 
-BIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "livelink" / "llv_dao_packets.bin"
+BIN = SAMPLE_CAPTURE
 PACKETS = read_container(BIN)
 FRAMES = [parse_packet(p) for p in PACKETS]
 DEVICE = "DEADC0DE-1337-1337-1337-CAFEBABE"

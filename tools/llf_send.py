@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nodes.arkit_replay import read_take  # noqa: E402
-from nodes.livelink import N_BLENDSHAPES, N_VALUES, build_json_packet, build_packets, parse_packet, read_container  # noqa: E402
+from nodes.livelink import SAMPLE_CAPTURE, N_BLENDSHAPES, N_VALUES, build_json_packet, build_packets, parse_packet, read_container  # noqa: E402
 
-DEFAULT_BIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "livelink" / "llv_dao_packets.bin"
+DEFAULT_BIN = SAMPLE_CAPTURE
 
 Frame = tuple[float, int, np.ndarray]  # seconds since the first frame, frame number, (61,) values
 
