@@ -1,8 +1,9 @@
 """compressor: batches of morph weights -> ``avatar/packet`` wire packets, one per session.
 
-The encoding (quantize, delta from a reference frame, Rice-coded changed values, msgpack) is
-``nodes.wireformat``, specified in ``docs/wire-format.md``. This node adds the graph side:
-caps, params (all live), keyframe requests from a pad or a param, and session slot expiry.
+The encoding (quantize; keyframes; deltas from a prediction made from the previous frames, in a
+fixed Exp-Golomb code; msgpack) is ``nodes.wireformat``, specified in ``docs/wire-format.md``.
+This node adds the graph side: caps, params (all live), keyframe requests from a pad or a param,
+and session slot expiry.
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ class Compressor(Node):
         "pose_bits": Param(int, 12, "head/eye pose precision in bits over -pi..pi radians", min=2, max=16),
         "keyframe_interval": Param(int, 60, "frames from one keyframe of a session to the next",
                                    min=1, max=wf.MAX_KEYFRAME_INTERVAL),
-        "ref_interval": Param(int, 0, "0: deltas refer to the last keyframe, so a lost packet harms no other; "
-                                      "n: every n-th frame is a reference too (1: deltas from the previous "
-                                      "frame, about half the bytes, but any loss waits for a keyframe)",
+        "ref_interval": Param(int, 1, "1: every frame is a reference, deltas are predicted from the previous two "
+                                      "frames (the smallest packets; after a loss the decoder waits for a "
+                                      "keyframe); 0: deltas from the last keyframe, 2.5 to 3 times the bytes, "
+                                      "but a lost packet harms no other (decompressor resume_after_loss); "
+                                      "n: every n-th frame is a reference",
                               min=0, max=wf.MAX_KEYFRAME_INTERVAL),
         "force_keyframe": Param(bool, False, "set live to true: the next frame of every session is a keyframe; "
                                              "resets to false"),

@@ -23,8 +23,8 @@ class Decompressor(Node):
                           "arkit/blendshapes for the ARKit names table, else morphs/cc4 with data {'names'}")}
     params = {
         "resume_after_loss": Param(bool, False, "after a gap, keep applying deltas whose reference frame is "
-                                                "still held (exact; pays off with compressor ref_interval=0) "
-                                                "instead of waiting for the next keyframe"),
+                                                "still held (exact; pays off only with compressor "
+                                                "ref_interval=0) instead of waiting for the next keyframe"),
         "idle_s": Param(float, 10.0, "forget a session stream not seen for this long", min=0.001),
     }
 

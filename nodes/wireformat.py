@@ -2,35 +2,47 @@
 
 Pure encoding and decoding, no I/O; ``docs/wire-format.md`` is the byte-level spec that a
 browser decoder implements too. In short: weights are quantized to ``bits`` (so a decoded
-weight is within half a step of the input), each packet is a msgpack array, and a packet's
-values are Rice-coded differences, in quantized units, from a *reference* frame the decoder
-holds. Keyframes are self-contained and always references. By default only keyframes are
-references, so losing a delta packet never damages the packets after it; ``ref_interval``
-makes every n-th frame a reference too (n=1: deltas from the previous frame, the smallest
-packets, but a lost packet then stops decoding until the next keyframe).
+weight is within half a step of the input). A keyframe is a msgpack array carrying the session,
+the names table and every value. A delta packet is a msgpack ``bin`` holding one bit stream: a
+short header, then each value's difference from a *prediction* made from the reference frames
+the decoder holds, in a fixed (spec-defined) Exp-Golomb code: values resting at zero and values
+that did not move last frame are coded as sparse run-length lists, moving ones one by one.
+
+With ``ref_interval=1`` (the default) every frame is a reference, so a delta is predicted from
+the previous two frames (linear extrapolation, damped by 3/4): the smallest packets, and after a
+lost packet the decoder waits for the next keyframe (ask for one). ``ref_interval=0`` codes
+every delta from the last keyframe, so a lost delta damages nothing else (for a decoder with
+``resume_after_loss``), at 2.5 to 3 times the size.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import msgpack
 import numpy as np
 
-VERSION = 1
-FLAG_KEY = 1  # self-contained frame (always also a reference)
-FLAG_REF = 2  # the decoder keeps this frame as the reference for the deltas that follow
+VERSION = 2
 TABLE_ARKIT52 = 1  # names table id: the 52 ARKit blendshapes of graphs/mappings/arkit52.yaml
 TABLE_SIZES = {TABLE_ARKIT52: 52}
 POSE_COLUMNS = 9  # head yaw/pitch/roll, left eye yaw/pitch/roll, right eye yaw/pitch/roll
 WEIGHT_RANGE = (0.0, 1.0)
 POSE_RANGE = (-math.pi, math.pi)
-ESCAPE = 8  # a unary quotient of 8 means "value stored verbatim in the escape section"
 SEQ_MOD = 1 << 16
 MAX_COLUMNS = 4096
 MAX_SLOTS = 1 << 16
 MAX_KEYFRAME_INTERVAL = 1 << 15
+MAX_PTS_STEP = 1 << 31  # a delta's pts residual (ms) stays below this; else the encoder sends a keyframe
+MAX_EG_ZEROS = 40  # longest Exp-Golomb prefix a decoder accepts
+
+# the fixed code of a value section (docs/wire-format.md, "Delta packet")
+FLOOR, QUIET, MOVING = 0, 1, 2  # column classes, known to both ends from the reference frames
+RUN_K = (1, 0)  # Exp-Golomb k of zero-run lengths in the FLOOR and QUIET lists
+LIST_VALUE_K = 1  # Exp-Golomb k of a listed (nonzero) residual: zigzag(r) - 1
+MOVING_K_OFFSET = 2  # a MOVING column's k is max(0, bit_length(|last motion|) - 2)
+WIDE_K_OFFSET = 4  # ... or, in a wide packet (far reference), max(0, bits - 4)
+SMALL = 3  # with k = 0 a MOVING value z < 3 is written in 2 bits, else as 0b11 and Exp-Golomb(z - 3)
 
 Names = int | tuple[str, ...]
 
@@ -52,119 +64,215 @@ def step(bits: int, lo: float, hi: float) -> float:
     return (hi - lo) / ((1 << bits) - 1)
 
 
-# --- value blocks (bit level) ---------------------------------------------------------------
-def encode_blocks(deltas: np.ndarray, bits: int) -> list[bytes]:
-    """One block per row of ``deltas`` (S, M) in quantized units; vectorised over the batch.
+# --- prediction (shared by both ends) --------------------------------------------------------
+def predict(ref: np.ndarray, prev: np.ndarray | None, bits: int,
+            wide: np.ndarray | bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(prediction, class, k)`` per column from the reference and (when motion applies) the one before.
 
-    Block: a byte ``(bits-1) << 4 | k``, a changed-column bitmap, then for the changed columns a
-    unary section (quotients), a remainder section (k bits each) and an escape section.
+    ``motion = ref - prev`` (0 without ``prev``); prediction ``clip(ref + floor((3 * motion + 2) / 4),
+    0, 2**bits - 1)``. Class FLOOR where the prediction is 0; else, in a *wide* packet, MOVING with
+    ``k = max(0, bits - 4)``; else QUIET where motion is 0, MOVING with
+    ``k = max(0, bit_length(|motion|) - 2)`` elsewhere. Works on any leading shape (``wide``
+    broadcasts against it).
     """
-    d = np.asarray(deltas, dtype=np.int64)
-    rows, m = d.shape
-    nz = d != 0
-    v = np.where(nz, np.where(d > 0, 2 * d, -2 * d - 1) - 1, 0)  # zigzag - 1: >= 0
-    ks = np.arange(min(bits, 15) + 1)
-    quo = v[:, :, None] >> ks
-    cost = np.where(quo >= ESCAPE, ESCAPE + 1 + bits + 1, quo + 1 + ks)
-    k = (cost * nz[:, :, None]).sum(axis=1).argmin(axis=1)  # best Rice parameter per row
-    kk = k[:, None]
-    q = v >> kk
-    esc = nz & (q >= ESCAPE)
-    plain = nz & ~esc
-    zeros = np.zeros((rows, 1), dtype=np.int64)
-    widths = [np.full((rows, 1), 8), np.ones((rows, m), dtype=np.int64), zeros + (-m) % 8,
-              np.where(nz, np.minimum(q, ESCAPE) + 1, 0), np.where(plain, kk, 0), np.where(esc, bits + 1, 0)]
-    values = [((bits - 1) << 4 | k)[:, None], nz.astype(np.int64), zeros,
-              np.ones((rows, m), dtype=np.int64), v & ((1 << kk) - 1), v]
-    body = sum(w.sum(axis=1) for w in widths)
-    widths.append(((-body) % 8)[:, None])
-    values.append(zeros)
-    w = np.hstack(widths)
-    nbytes = w.sum(axis=1) // 8
-    flat = _pack_fields(w.ravel(), np.hstack(values).ravel())
-    ends = np.cumsum(nbytes).tolist()
-    return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
+    motion = np.zeros_like(ref) if prev is None else ref - prev
+    pred = np.clip(ref + (3 * motion + 2) // 4, 0, (1 << bits) - 1)
+    cls = np.where(pred == 0, FLOOR, np.where(wide | (motion != 0), MOVING, QUIET))
+    k = np.where(wide, max(0, bits - WIDE_K_OFFSET), np.maximum(_bit_length(np.abs(motion)) - MOVING_K_OFFSET, 0))
+    return pred, cls, k
 
 
-def _pack_fields(widths: np.ndarray, values: np.ndarray) -> bytes:
-    """Concatenate (value, width) bit fields MSB-first and pack them into bytes."""
-    keep = widths > 0
-    widths, values = widths[keep], values[keep]
-    if widths.size == 0:
-        return b""
-    ends = np.cumsum(widths)
-    field = np.repeat(np.arange(widths.size), widths)
-    shift = ends[field] - 1 - np.arange(ends[-1])
-    return np.packbits(((values[field] >> shift) & 1).astype(np.uint8)).tobytes()
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Bits needed for each non-negative integer (< 2**52): 0 -> 0, 1 -> 1, 2..3 -> 2 ..."""
+    return np.frexp(np.asarray(x, dtype=np.float64))[1].astype(np.int64)
 
 
-def decode_block(block: bytes, m: int) -> tuple[int, np.ndarray]:
-    """``(bits, deltas)`` of one block for ``m`` columns; ValueError if it is malformed."""
-    nb = (m + 7) // 8
-    if len(block) < 1 + nb:
-        raise ValueError(f"value block of {len(block)} bytes is shorter than its header and bitmap ({1 + nb})")
-    raw = np.frombuffer(block, dtype=np.uint8)
-    bits, k = (int(raw[0]) >> 4) + 1, int(raw[0]) & 15
-    if k > bits:
-        raise ValueError(f"value block: Rice parameter {k} exceeds the precision ({bits} bits)")
-    bitmap = np.unpackbits(raw[1:1 + nb])
-    if bitmap[m:].any():
-        raise ValueError("value block: bitmap padding bits must be zero")
-    idx = np.flatnonzero(bitmap[:m])
-    n = idx.size
-    stream = np.unpackbits(raw[1 + nb:])
-    deltas = np.zeros(m, dtype=np.int64)
-    if n == 0:
-        if stream.size:
-            raise ValueError("value block: bytes after an empty bitmap")
-        return bits, deltas
-    ones = np.flatnonzero(stream[:n * (ESCAPE + 1)])
-    if ones.size < n:
-        raise ValueError("value block: unary section is cut short")
-    ends = ones[:n]
-    u = np.diff(ends, prepend=-1) - 1
-    if u.max() > ESCAPE:
-        raise ValueError("value block: unary quotient longer than the escape code")
-    esc = u == ESCAPE
-    n_esc = int(esc.sum())
-    pos = int(ends[-1]) + 1
-    used = pos + (n - n_esc) * k + n_esc * (bits + 1)
-    if (used + 7) // 8 != stream.size // 8:
-        raise ValueError(f"value block: {stream.size // 8 + 1 + nb} bytes, its contents need {(used + 7) // 8 + 1 + nb}")
-    if stream[used:].any():
-        raise ValueError("value block: padding bits must be zero")
-    v = np.empty(n, dtype=np.int64)
-    v[~esc] = (u[~esc] << k) | _read_uints(stream, pos, n - n_esc, k)
-    v[esc] = _read_uints(stream, pos + (n - n_esc) * k, n_esc, bits + 1)
-    z = v + 1
-    deltas[idx] = np.where(z & 1, -((z + 1) >> 1), z >> 1)
-    return bits, deltas
+def _zigzag(r: np.ndarray) -> np.ndarray:
+    return np.where(r >= 0, 2 * r, -2 * r - 1)
 
 
-def _read_uints(stream: np.ndarray, pos: int, count: int, width: int) -> np.ndarray:
-    if count == 0 or width == 0:
-        return np.zeros(count, dtype=np.int64)
-    chunk = stream[pos:pos + count * width].reshape(count, width).astype(np.int64)
-    return chunk @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+def _unzigzag(z: int) -> int:
+    return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
+
+
+# --- bit level ------------------------------------------------------------------------------
+def _eg(v: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """Exp-Golomb order k of v >= 0 as one bit field (value, width): n zeros, then v + 2**k in n + k + 1 bits."""
+    x = np.asarray(v, dtype=np.int64) + (np.int64(1) << k)
+    return x, 2 * _bit_length(x) - 1 - k
+
+
+def _pack_rows(widths: np.ndarray, values: np.ndarray) -> list[bytes]:
+    """Row i: its (value, width) bit fields MSB-first, zero-padded to a whole byte."""
+    rows = widths.shape[0]
+    pad = (-widths.sum(axis=1)) % 8
+    widths = np.hstack([widths, pad[:, None]])
+    values = np.hstack([values, np.zeros((rows, 1), dtype=np.int64)])
+    nbytes = (widths.sum(axis=1) // 8).tolist()
+    keep = widths.ravel() > 0
+    w, v = widths.ravel()[keep], values.ravel()[keep]
+    ends = np.cumsum(w)
+    owner = np.repeat(np.arange(w.size), w)  # the field each bit belongs to
+    shift = ends[owner] - 1 - np.arange(ends[-1]) if w.size else np.zeros(0, dtype=np.int64)
+    flat = np.packbits(((v[owner] >> shift) & 1).astype(np.uint8)).tobytes()
+    cuts = np.cumsum([0] + nbytes).tolist()
+    return [flat[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class BitReader:
+    """Reads a byte string MSB-first; every way to run off its end is a ValueError.
+
+    The stream is held as one Python int, which is fast for packet-sized streams; the decoder
+    bounds a delta's size by its column count before reading it (``max_delta_bytes``).
+    """
+
+    def __init__(self, data: bytes):
+        self.size = len(data) * 8
+        self.x = int.from_bytes(data, "big")
+        self.pos = 0
+
+    def read(self, width: int) -> int:
+        end = self.pos + width
+        if end > self.size:
+            raise ValueError("bit stream is cut short")
+        self.pos = end
+        return (self.x >> (self.size - end)) & ((1 << width) - 1)
+
+    def eg(self, k: int) -> int:
+        """One Exp-Golomb code of order k: n zero bits, then n + k + 1 bits holding the value + 2**k."""
+        rest = self.x & ((1 << (self.size - self.pos)) - 1)
+        zeros = self.size - self.pos - rest.bit_length()
+        if rest == 0 or zeros > MAX_EG_ZEROS:
+            raise ValueError("bit stream: Exp-Golomb code cut short or too long")
+        self.pos += zeros
+        return self.read(zeros + k + 1) - (1 << k)
+
+    def finish(self) -> None:
+        """The stream must end here, padded with zero bits to the end of its byte."""
+        if self.size - self.pos >= 8:
+            raise ValueError(f"bit stream: {(self.size - self.pos) // 8} byte(s) after the end")
+        if self.x & ((1 << (self.size - self.pos)) - 1):
+            raise ValueError("bit stream: padding bits must be zero")
+
+
+def max_delta_bytes(columns: int) -> int:
+    """No delta for this many value columns (weights + pose) is longer: 8 bytes a column, 32 for the header."""
+    return 8 * columns + 32
+
+
+# --- value sections -------------------------------------------------------------------------
+def section_fields(r: np.ndarray, cls: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bit fields (widths, values), shape (S, 4*M), coding residuals ``r`` (S, M) of the given classes.
+
+    Columns go in class order (FLOOR, QUIET, MOVING), column order within a class. Each list class
+    is a flag (any nonzero?) then, per nonzero, the zero run before it and its value, then the
+    zero run to the list's end if it is not empty; a MOVING column is its zigzag value alone.
+    """
+    s, m = r.shape
+    j = np.arange(m)
+    order = np.argsort(cls * m + j, axis=1)
+    r, cls, k = (np.take_along_axis(a, order, axis=1) for a in (r, cls, k))
+    listed = cls != MOVING
+    nz = r != 0
+    first = listed & np.hstack([np.ones((s, 1), bool), cls[:, 1:] != cls[:, :-1]])
+    last = listed & np.hstack([cls[:, :-1] != cls[:, 1:], np.ones((s, 1), bool)])
+    any_nz = np.stack([(nz & (cls == c)).any(axis=1) for c in (FLOOR, QUIET)], axis=1)
+    flag = np.take_along_axis(any_nz, np.minimum(cls, QUIET), axis=1) & listed
+    # position of the previous nonzero of the same list (or the list's start - 1), inclusive/exclusive
+    start_mark = np.where(first, j - 1, -1)
+    nz_mark = np.where(nz & listed, j, -1)
+    prev = np.maximum.accumulate(np.maximum(start_mark, np.hstack([np.full((s, 1), -1), nz_mark[:, :-1]])), axis=1)
+    kr = np.where(cls == FLOOR, RUN_K[FLOOR], RUN_K[QUIET])
+    run_v, run_w = _eg(np.maximum(j - prev - 1, 0), kr)
+    trail_v, trail_w = _eg(np.maximum(j - prev, 0), kr)
+    list_v, list_w = _eg(np.maximum(_zigzag(r) - 1, 0), LIST_VALUE_K)
+    move_v, move_w = _moving_code(_zigzag(r), k)
+    widths = np.stack([np.where(first, 1, 0),
+                       np.where(listed & nz, run_w, 0),
+                       np.where(listed, np.where(nz, list_w, 0), move_w),
+                       np.where(last & flag & ~nz, trail_w, 0)], axis=2)
+    values = np.stack([flag.astype(np.int64), run_v, np.where(listed, list_v, move_v), trail_v], axis=2)
+    return widths.reshape(s, 4 * m), values.reshape(s, 4 * m)
+
+
+def _moving_code(z: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A MOVING column's code of zigzag value z: Exp-Golomb k, except that with k = 0 a z below
+    SMALL is written in 2 bits and a larger one as the bits 11 then Exp-Golomb 0 of z - SMALL."""
+    eg_v, eg_w = _eg(z, k)
+    esc_v, esc_w = _eg(np.maximum(z - SMALL, 0), 0)
+    small = (k == 0) & (z < SMALL)
+    escaped = (k == 0) & (z >= SMALL)
+    value = np.where(small, z, np.where(escaped, (np.int64(3) << esc_w) | esc_v, eg_v))
+    return value, np.where(small, 2, np.where(escaped, 2 + esc_w, eg_w))
+
+
+def read_values(br: BitReader, ref: list[int], prev: list[int] | None, bits: int, wide: bool) -> list[int]:
+    """Decode one value section from ``br``: the spec's procedure, column by column in plain Python.
+
+    Mirrors ``predict`` and ``section_fields``; raises ValueError for a malformed stream or a value
+    outside 0..2**bits-1.
+    """
+    top = (1 << bits) - 1
+    q: list[int] = []
+    lists: tuple[list[int], list[int]] = ([], [])  # FLOOR, QUIET columns
+    moving: list[tuple[int, int]] = []  # (column, k)
+    wide_k = max(0, bits - WIDE_K_OFFSET)
+    for i, r in enumerate(ref):
+        m = 0 if prev is None else r - prev[i]
+        p = min(max(r + (3 * m + 2) // 4, 0), top)
+        q.append(p)
+        if p == 0:
+            lists[FLOOR].append(i)
+        elif wide:
+            moving.append((i, wide_k))
+        elif m == 0:
+            lists[QUIET].append(i)
+        else:
+            moving.append((i, max(0, abs(m).bit_length() - MOVING_K_OFFSET)))
+    for c in (FLOOR, QUIET):
+        cols = lists[c]
+        n = len(cols)
+        if not n or not br.read(1):
+            continue
+        pos = 0
+        while True:
+            pos += br.eg(RUN_K[c])
+            if pos > n:
+                raise ValueError("value section: a zero run goes past the end of its list")
+            if pos == n:
+                break
+            q[cols[pos]] += _unzigzag(br.eg(LIST_VALUE_K) + 1)
+            pos += 1
+            if pos == n:
+                break
+    for col, k in moving:
+        if k:
+            z = br.eg(k)
+        else:
+            z = br.read(2)
+            if z == SMALL:
+                z += br.eg(0)
+        q[col] += _unzigzag(z)
+    if q and (min(q) < 0 or max(q) > top):
+        raise ValueError(f"value section: a decoded value is outside 0..{top}")
+    return q
 
 
 # --- packets (msgpack level) ----------------------------------------------------------------
 class Packet(NamedTuple):
-    """A parsed, structurally valid packet; its value blocks are decoded by ``Decoder``."""
+    """A packet's header, checked; a delta's values are read by ``Decoder`` (they need its references)."""
 
-    flags: int
+    keyframe: bool
     sid: int
     seq: int
+    ref: bool  # the decoder keeps this frame as its reference (always for keyframes)
     back: int  # keyframe: 0; delta: seq - back (mod 2**16) is the reference's seq
-    pts: int  # milliseconds; keyframe: absolute, delta: since the reference
-    weights: bytes
-    pose: bytes | None
+    pts: int  # ms; keyframe: absolute; delta: the coded residual (see Decoder)
     session: str | None  # keyframes only
     names: Names | None  # keyframes only
-
-    @property
-    def keyframe(self) -> bool:
-        return bool(self.flags & FLAG_KEY)
+    bits: int  # keyframes only (0 in deltas: the keyframe's)
+    pose_bits: int  # keyframes only; 0: no pose
+    body: Any  # keyframe: the values bin; delta: a BitReader positioned after the header
 
 
 def parse_packet(data: bytes) -> Packet:
@@ -175,31 +283,32 @@ def parse_packet(data: bytes) -> Packet:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types; the caller gets one
         raise ValueError(f"packet is not msgpack: {exc}") from None
-    if not isinstance(obj, list) or not 7 <= len(obj) <= 10:
-        raise ValueError("a packet is a msgpack array of 7 to 10 elements")
+    if isinstance(obj, bytes):
+        br = BitReader(obj)
+        sid = br.eg(0)
+        if sid >= MAX_SLOTS:
+            raise ValueError(f"sid {sid} is above {MAX_SLOTS - 1}")
+        seq, link = br.read(16), br.eg(0)
+        back, ref = (link >> 1) + 1, not link & 1
+        if back >= SEQ_MOD:
+            raise ValueError(f"back {back} is above {SEQ_MOD - 1}")
+        pts = _unzigzag(br.eg(0))
+        return Packet(False, sid, seq, ref, back, pts, None, None, 0, 0, br)
+    if not isinstance(obj, list):
+        raise ValueError("a packet is a msgpack array (keyframe) or bin (delta)")
+    if len(obj) != 9:
+        raise ValueError(f"a keyframe is an array of 9 elements, got {len(obj)}")
     if not _is_int(obj[0]) or obj[0] != VERSION:
         raise ValueError(f"unsupported wire format version {obj[0]!r} (this decoder reads {VERSION})")
-    flags = _int(obj[1], "flags", 0, 3)
-    if flags == FLAG_KEY:
-        raise ValueError("flags: a keyframe must also carry the REF flag")
-    sid, seq = _int(obj[2], "sid", 0, MAX_SLOTS - 1), _int(obj[3], "seq", 0, SEQ_MOD - 1)
-    back, pts = _int(obj[4], "back", 0, SEQ_MOD - 1), _int(obj[5], "pts", -(1 << 63), (1 << 63) - 1)
-    weights = _bin(obj[6], "weights")
-    if flags & FLAG_KEY:
-        if len(obj) != 10:
-            raise ValueError(f"a keyframe has 10 elements, got {len(obj)}")
-        if back != 0:
-            raise ValueError("back must be 0 in a keyframe")
-        pose = None if obj[7] is None else _bin(obj[7], "pose")
-        if not isinstance(obj[8], str) or len(obj[8]) > 1024:
-            raise ValueError("session must be a string of at most 1024 characters")
-        return Packet(flags, sid, seq, back, pts, weights, pose, obj[8], _names(obj[9]))
-    if len(obj) > 8:
-        raise ValueError(f"a delta packet has 7 or 8 elements, got {len(obj)}")
-    if back == 0:
-        raise ValueError("back must be at least 1 in a delta packet")
-    pose = _bin(obj[7], "pose") if len(obj) == 8 else None
-    return Packet(flags, sid, seq, back, pts, weights, pose, None, None)
+    sid, seq = _int(obj[1], "sid", 0, MAX_SLOTS - 1), _int(obj[2], "seq", 0, SEQ_MOD - 1)
+    pts = _int(obj[3], "pts", -(1 << 63), (1 << 63) - 1)
+    if not isinstance(obj[4], str) or len(obj[4]) > 1024:
+        raise ValueError("session must be a string of at most 1024 characters")
+    names = _names(obj[5])
+    bits, pose_bits = _int(obj[6], "bits", 1, 16), _int(obj[7], "pose_bits", 0, 16)
+    if not isinstance(obj[8], bytes):
+        raise ValueError(f"values must be msgpack bin, got {type(obj[8]).__name__}")
+    return Packet(True, sid, seq, True, 0, pts, obj[4], names, bits, pose_bits, obj[8])
 
 
 def _is_int(x: Any) -> bool:
@@ -209,12 +318,6 @@ def _is_int(x: Any) -> bool:
 def _int(x: Any, what: str, lo: int, hi: int) -> int:
     if not _is_int(x) or not lo <= x <= hi:
         raise ValueError(f"{what} must be an integer in {lo}..{hi}, got {x!r}")
-    return x
-
-
-def _bin(x: Any, what: str) -> bytes:
-    if not isinstance(x, bytes):
-        raise ValueError(f"{what} must be msgpack bin, got {type(x).__name__}")
     return x
 
 
@@ -232,13 +335,38 @@ def names_size(names: Names) -> int:
     return TABLE_SIZES[names] if isinstance(names, int) else len(names)
 
 
+def keyframe_values(q: np.ndarray, bits: int, qp: np.ndarray | None, pose_bits: int) -> list[bytes]:
+    """Keyframes' values bins, one per row: every weight in ``bits`` bits, then every pose value in ``pose_bits``."""
+    widths = np.full(q.shape, bits)
+    if qp is not None:
+        widths, q = np.hstack([widths, np.full(qp.shape, pose_bits)]), np.hstack([q, qp])
+    return _pack_rows(widths, q.astype(np.int64))
+
+
+def read_keyframe_values(data: bytes, m: int, bits: int, pose_bits: int) -> tuple[np.ndarray, np.ndarray | None]:
+    size = m * bits + POSE_COLUMNS * pose_bits
+    if len(data) != (size + 7) // 8:
+        raise ValueError(f"keyframe values: {len(data)} bytes, {m} weights of {bits} bits"
+                         + (f" and pose of {pose_bits}" if pose_bits else "") + f" need {(size + 7) // 8}")
+    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if stream[size:].any():
+        raise ValueError("keyframe values: padding bits must be zero")
+
+    def uints(start: int, count: int, width: int) -> np.ndarray:
+        chunk = stream[start:start + count * width].reshape(count, width).astype(np.int64)
+        return chunk @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+
+    q = uints(0, m, bits)
+    return q, (uints(m * bits, POSE_COLUMNS, pose_bits) if pose_bits else None)
+
+
 # --- encoder --------------------------------------------------------------------------------
 class Encoder:
     """Encodes batches of sessions into packets; per-session state lives in slot-indexed arrays."""
 
-    def __init__(self, bits: int = 8, pose_bits: int = 12, keyframe_interval: int = 60, ref_interval: int = 0):
+    def __init__(self, bits: int = 8, pose_bits: int = 12, keyframe_interval: int = 60, ref_interval: int = 1):
         self.bits, self.pose_bits = 8, 12
-        self.keyframe_interval, self.ref_interval = 60, 0
+        self.keyframe_interval, self.ref_interval = 60, 1
         self._slots: dict[str, int] = {}
         self._free: list[int] = []
         self._owner: list[str | None] = []
@@ -307,40 +435,75 @@ class Encoder:
         self._seen_ns[slots] = pts_ns
         has_pose = pose is not None
         q = quantize(w, self.bits, *WEIGHT_RANGE)
+        qp = quantize(pose, self.pose_bits, *POSE_RANGE) if has_pose else None
+        pts_ms = int(pts_ns) // 1_000_000
+        seq = self._seq[slots]
+        back = (seq - self._ref_seq[slots]) % SEQ_MOD
+        motion = self._has_prev[slots] & (back == 1) & ((self._ref_seq[slots] - self._prev_seq[slots]) % SEQ_MOD == 1)
+        expect = np.where(motion, self._ref_pts[slots] - self._prev_pts[slots], 0)
+        pts_res = pts_ms - self._ref_pts[slots] - expect
         since = self._since_key[slots] + 1
-        key = self._force[slots] | (since >= self.keyframe_interval) | (self._has_pose[slots] != has_pose)
+        key = (self._force[slots] | (since >= self.keyframe_interval) | (self._has_pose[slots] != has_pose)
+               | (np.abs(pts_res) >= MAX_PTS_STEP) | (back == 0))
         since[key] = 0
         ref = key | ((since % self.ref_interval == 0) if self.ref_interval else False)
-        seq = self._seq[slots]
-        pts_ms = int(pts_ns) // 1_000_000
-        back = np.where(key, 0, (seq - self._ref_seq[slots]) % SEQ_MOD)
-        pts = np.where(key, pts_ms, pts_ms - self._ref_pts[slots])
-        wblocks = encode_blocks(q - np.where(key[:, None], 0, self._ref_q[slots]), self.bits)
-        pblocks: list = [None] * len(slots)
+        out: list[bytes | None] = [None] * len(slots)
+        wire_names = names if isinstance(names, int) else list(names)
+        k = np.flatnonzero(key)
+        if k.size:
+            bodies = keyframe_values(q[k], self.bits, None if qp is None else qp[k], self.pose_bits)
+            for i, body in zip(k.tolist(), bodies):
+                out[i] = self._pack([VERSION, int(slots[i]), int(seq[i]), pts_ms, sessions[i], wire_names, self.bits,
+                                     self.pose_bits if has_pose else 0, body])
+        d = np.flatnonzero(~key)
+        if d.size:
+            for i, body in zip(d.tolist(), self._deltas(slots[d], seq[d], ref[d], back[d], pts_res[d], motion[d],
+                                                        q[d], None if qp is None else qp[d])):
+                out[i] = self._pack(body)
+        r = slots[ref]
+        self._prev_q[r], self._ref_q[r] = self._ref_q[r], q[ref]
+        self._prev_seq[r], self._ref_seq[r] = self._ref_seq[r], seq[ref]
+        self._prev_pts[r], self._ref_pts[r] = self._ref_pts[r], pts_ms
         if has_pose:
-            qp = quantize(pose, self.pose_bits, *POSE_RANGE)
-            pblocks = encode_blocks(qp - np.where(key[:, None], 0, self._ref_pose[slots]), self.pose_bits)
-            self._ref_pose[slots[ref]] = qp[ref]
-        self._ref_q[slots[ref]] = q[ref]
-        self._ref_seq[slots[ref]] = seq[ref]
-        self._ref_pts[slots[ref]] = pts_ms
+            self._prev_pose[r], self._ref_pose[r] = self._ref_pose[r], qp[ref]
+        self._has_prev[r] = ~key[ref]
         self._has_pose[slots[key]] = has_pose
         self._since_key[slots] = since
         self._seq[slots] = (seq + 1) % SEQ_MOD
         self._force[slots] = False
-        wire_names = names if isinstance(names, int) else list(names)
-        out = []
-        for i, (slot, s, b, t, k, r) in enumerate(zip(slots.tolist(), seq.tolist(), back.tolist(), pts.tolist(),
-                                                        key.tolist(), ref.tolist())):
-            if k:
-                fields = [VERSION, FLAG_KEY | FLAG_REF, slot, s, 0, t, wblocks[i], pblocks[i], sessions[i], wire_names]
-            else:
-                fields = [VERSION, FLAG_REF if r else 0, slot, s, b, t, wblocks[i]] + ([pblocks[i]] if has_pose else [])
-            out.append(self._pack(fields))
         self.counts["packets"] += len(out)
         self.counts["keyframes"] += int(key.sum())
         self.counts["bytes"] += sum(map(len, out))
-        return out
+        return out  # type: ignore[return-value]
+
+    def _deltas(self, slots: np.ndarray, seq: np.ndarray, ref: np.ndarray, back: np.ndarray, pts_res: np.ndarray,
+                motion: np.ndarray, q: np.ndarray, qp: np.ndarray | None) -> list[bytes]:
+        """The bit streams of these delta rows (each the content of a msgpack bin)."""
+        link = 2 * (back - 1) + (~ref).astype(np.int64)
+        header = [_eg(slots, 0), (seq, np.full(slots.size, 16)), _eg(link, 0), _eg(_zigzag(pts_res), 0)]
+        sections = [(q, self._ref_q[slots], self._prev_q[slots], self.bits)]
+        if qp is not None:
+            sections.append((qp, self._ref_pose[slots], self._prev_pose[slots], self.pose_bits))
+        def fields(rows: np.ndarray, wide: bool) -> tuple[np.ndarray, np.ndarray]:
+            parts = []
+            for now, refq, prevq, bits in sections:
+                prev = np.where(motion[rows, None], prevq[rows], refq[rows])
+                pred, cls, k = predict(refq[rows], prev, bits, wide)
+                parts.append(section_fields(now[rows] - pred, cls, k))
+            return np.hstack([w for w, _ in parts]), np.hstack([v for _, v in parts])
+
+        widths, values = fields(np.arange(slots.size), False)
+        still = np.flatnonzero(~motion)  # no motion: the encoder may send the wide variant, if smaller
+        wide = np.zeros(slots.size, dtype=bool)
+        if still.size:
+            ww, wv = fields(still, True)
+            smaller = ww.sum(axis=1) < widths[still].sum(axis=1)
+            widths[still[smaller]], values[still[smaller]] = ww[smaller], wv[smaller]
+            wide[still[smaller]] = True
+        header.append((wide.astype(np.int64), np.where(motion, 0, 1)))  # the W bit, only without motion
+        widths = np.hstack([np.stack([h[1] for h in header], axis=1), widths])
+        values = np.hstack([np.stack([h[0] for h in header], axis=1), values])
+        return _pack_rows(widths, values)
 
     def _alloc(self, n: int) -> None:
         """(Re)size the slot arrays to ``n`` slots, keeping what they hold."""
@@ -355,19 +518,20 @@ class Encoder:
         self._live = grow(g("_live"), False, bool)
         self._force = grow(g("_force"), True, bool)
         self._has_pose = grow(g("_has_pose"), False, bool)
-        self._since_key = grow(g("_since_key"), 0, np.int64)
-        self._seq = grow(g("_seq"), 0, np.int64)
-        self._ref_seq = grow(g("_ref_seq"), 0, np.int64)
-        self._ref_pts = grow(g("_ref_pts"), 0, np.int64)
-        self._seen_ns = grow(g("_seen_ns"), 0, np.int64)
+        self._has_prev = grow(g("_has_prev"), False, bool)
+        for name in ("_since_key", "_seq", "_ref_seq", "_prev_seq", "_ref_pts", "_prev_pts", "_seen_ns"):
+            setattr(self, name, grow(g(name), 0, np.int64))
         self._ref_q = grow(g("_ref_q"), 0, np.int64, self._m)
+        self._prev_q = grow(g("_prev_q"), 0, np.int64, self._m)
         self._ref_pose = grow(g("_ref_pose"), 0, np.int64, POSE_COLUMNS)
+        self._prev_pose = grow(g("_prev_pose"), 0, np.int64, POSE_COLUMNS)
         self._owner += [None] * (n - len(self._owner))
 
     def _set_columns(self, names: Names, m: int) -> None:
         """A new names table: every session starts again from a keyframe."""
         self._names, self._m = names, m
         self._ref_q = np.zeros((len(self._live), m), dtype=np.int64)
+        self._prev_q = np.zeros((len(self._live), m), dtype=np.int64)
         self._force[:] = True
 
     def _slot_for(self, session: str) -> int:
@@ -405,6 +569,27 @@ class Frame:
     bits: int
 
 
+@dataclass
+class _Stream:
+    """What a decoder holds for one sid: the latest reference frame and the one before it."""
+
+    last_seq: int = -1
+    waiting: bool = False
+    seen_ns: int = 0
+    session: str | None = None
+    names: Names | None = None
+    bits: int = 0
+    pose_bits: int = 0
+    ref_seq: int = -1  # -1: no reference
+    ref_pts: int = 0
+    ref_q: list[int] = field(default_factory=list)  # quantized values
+    ref_pose: list[int] | None = None
+    prev_seq: int = -1  # -1: no previous reference
+    prev_pts: int = 0
+    prev_q: list[int] = field(default_factory=list)
+    prev_pose: list[int] | None = None
+
+
 class Decoder:
     """Decodes packets of any number of sessions, refusing deltas it cannot apply exactly.
 
@@ -420,25 +605,12 @@ class Decoder:
                        "late": 0, "malformed": 0}
         self.last_loss = 0  # packets found missing by the latest decode call
         self.status = ""  # outcome of the latest decode call: decoded, refused, late or malformed
-        self._slots: dict[int, int] = {}
-        self._n = 0
-        self._m = np.zeros(0, dtype=np.int64)
-        self._last_seq = np.zeros(0, dtype=np.int64)
-        self._ref_seq = np.zeros(0, dtype=np.int64)
-        self._ref_pts = np.zeros(0, dtype=np.int64)
-        self._has_ref = np.zeros(0, dtype=bool)
-        self._waiting = np.zeros(0, dtype=bool)
-        self._seen_ns = np.zeros(0, dtype=np.int64)
-        self._bits = np.zeros((0, 2), dtype=np.int64)  # weights, pose (0: no pose)
-        self._ref_q = np.zeros((0, 0), dtype=np.int64)
-        self._ref_pose = np.zeros((0, POSE_COLUMNS), dtype=np.int64)
-        self._names: list[Names | None] = []
-        self._session: list[str | None] = []
+        self._streams: dict[int, _Stream] = {}
 
     @property
     def waiting(self) -> list[tuple[int, str | None]]:
         """(sid, session) of every stream that needs a keyframe before it can decode again."""
-        return [(sid, self._session[s]) for sid, s in self._slots.items() if self._waiting[s]]
+        return [(sid, st.session) for sid, st in self._streams.items() if st.waiting]
 
     def decode(self, packet: bytes, now_ns: int = 0) -> Frame | None:
         """The frame a packet carries, or None if it cannot be applied (loss, late); ValueError if malformed."""
@@ -447,8 +619,7 @@ class Decoder:
         self.status = "malformed"
         try:
             p = parse_packet(packet)
-            slot = self._slot_for(p.sid)
-            frame = self._decode(p, slot, now_ns)
+            frame = self._decode(p, self._streams.get(p.sid) or _Stream(), now_ns)
         except ValueError:
             self.counts["malformed"] += 1
             raise
@@ -457,115 +628,65 @@ class Decoder:
 
     def forget_idle(self, now_ns: int, idle_ns: int) -> int:
         """Drop the state of streams not seen for ``idle_ns``; returns how many."""
-        old = [sid for sid, s in self._slots.items() if self._seen_ns[s] < now_ns - idle_ns]
+        old = [sid for sid, st in self._streams.items() if st.seen_ns < now_ns - idle_ns]
         for sid in old:
-            slot = self._slots.pop(sid)
-            self._has_ref[slot] = self._waiting[slot] = False
-            self._last_seq[slot] = -2  # free
-            self._names[slot] = self._session[slot] = None
+            del self._streams[sid]
         return len(old)
 
-    def _decode(self, p: Packet, slot: int, now_ns: int) -> Frame | None:
-        last = int(self._last_seq[slot])
+    def _decode(self, p: Packet, st: _Stream, now_ns: int) -> Frame | None:
         lost = 0
-        if last >= 0:
-            lost = (p.seq - last - 1) % SEQ_MOD
+        if st.last_seq >= 0:
+            lost = (p.seq - st.last_seq - 1) % SEQ_MOD
             if lost >= SEQ_MOD // 2:  # behind the newest packet: a duplicate or reordered one
                 self.counts["late"] += 1
                 self.status = "late"
                 return None
         if p.keyframe:
             m = names_size(p.names)
-            bits, q = self._values(p.weights, m, None, 0, "weights", *WEIGHT_RANGE)
-            pose_bits, qp = (0, None) if p.pose is None else self._values(p.pose, POSE_COLUMNS, None, 0, "pose", *POSE_RANGE)
-            if m > self._ref_q.shape[1]:
-                self._ref_q = np.hstack([self._ref_q, np.zeros((self._n, m - self._ref_q.shape[1]), dtype=np.int64)])
-            self._ref_q[slot, :m] = q
-            if qp is not None:
-                self._ref_pose[slot] = qp
-            self._m[slot], self._bits[slot] = m, (bits, pose_bits)
-            self._names[slot], self._session[slot] = p.names, p.session
-            self._has_ref[slot], self._waiting[slot] = True, False
-            self._ref_seq[slot], self._ref_pts[slot] = p.seq, p.pts
-            self._seen(slot, p.seq, lost, now_ns)
+            q, qp = read_keyframe_values(p.body, m, p.bits, p.pose_bits)
+            q, qp = q.tolist(), None if qp is None else qp.tolist()
+            st.session, st.names, st.bits, st.pose_bits, st.waiting = p.session, p.names, p.bits, p.pose_bits, False
+            st.ref_seq, st.ref_pts, st.ref_q, st.ref_pose, st.prev_seq = p.seq, p.pts, q, qp, -1
+            self._seen(p, st, lost, now_ns)
             self.counts["keyframes"] += 1
-            self.counts["decoded"] += 1
-            return self._frame(slot, p, p.pts, q, qp)
+            return self._frame(p, st, p.pts, q, qp)
         if lost and not self.resume_after_loss:
-            self._waiting[slot] = True
-        if (self._waiting[slot] or not self._has_ref[slot]
-                or (p.seq - p.back) % SEQ_MOD != self._ref_seq[slot]):
-            self._waiting[slot] = True
-            self._seen(slot, p.seq, lost, now_ns)
+            st.waiting = True
+        if st.waiting or st.ref_seq < 0 or (p.seq - p.back) % SEQ_MOD != st.ref_seq:
+            st.waiting = True
+            self._seen(p, st, lost, now_ns, decoded=False)
             self.counts["refused"] += 1
             self.status = "refused"
             return None
-        m = int(self._m[slot])
-        bits, pose_bits = self._bits[slot].tolist()
-        if (p.pose is None) != (pose_bits == 0):
-            raise ValueError("a delta must carry a pose block exactly when its keyframe did")
-        _, q = self._values(p.weights, m, self._ref_q[slot, :m], bits, "weights", *WEIGHT_RANGE)
-        qp = None if p.pose is None else self._values(p.pose, POSE_COLUMNS, self._ref_pose[slot], pose_bits,
-                                                     "pose", *POSE_RANGE)[1]
-        pts = int(self._ref_pts[slot]) + p.pts
-        if p.flags & FLAG_REF:
-            self._ref_q[slot, :m] = q
-            if qp is not None:
-                self._ref_pose[slot] = qp
-            self._ref_seq[slot], self._ref_pts[slot] = p.seq, pts
-        self._seen(slot, p.seq, lost, now_ns)
-        self.counts["decoded"] += 1
-        return self._frame(slot, p, pts, q, qp)
+        motion = p.back == 1 and st.prev_seq >= 0 and (st.ref_seq - st.prev_seq) % SEQ_MOD == 1
+        pts = st.ref_pts + p.pts + (st.ref_pts - st.prev_pts if motion else 0)
+        br: BitReader = p.body
+        if br.size > 8 * max_delta_bytes(len(st.ref_q) + (POSE_COLUMNS if st.pose_bits else 0)):
+            raise ValueError(f"a delta of {br.size // 8} bytes is longer than any for its {len(st.ref_q)} columns")
+        wide = not motion and bool(br.read(1))
+        q = read_values(br, st.ref_q, st.prev_q if motion else None, st.bits, wide)
+        qp = None if not st.pose_bits else read_values(br, st.ref_pose, st.prev_pose if motion else None,
+                                                       st.pose_bits, wide)
+        br.finish()
+        if p.ref:
+            st.prev_seq, st.prev_pts, st.prev_q, st.prev_pose = st.ref_seq, st.ref_pts, st.ref_q, st.ref_pose
+            st.ref_seq, st.ref_pts, st.ref_q, st.ref_pose = p.seq, pts, q, qp
+        self._seen(p, st, lost, now_ns)
+        return self._frame(p, st, pts, q, qp)
 
-    def _values(self, block: bytes, m: int, ref: np.ndarray | None, want_bits: int, what: str,
-                lo: float, hi: float) -> tuple[int, np.ndarray]:
-        bits, d = decode_block(block, m)
-        if want_bits and bits != want_bits:
-            raise ValueError(f"{what}: {bits}-bit delta on a {want_bits}-bit reference")
-        q = d if ref is None else ref + d
-        if q.size and (q.min() < 0 or q.max() > (1 << bits) - 1):
-            raise ValueError(f"{what}: decoded value outside 0..{(1 << bits) - 1}")
-        return bits, q
+    def _frame(self, p: Packet, st: _Stream, pts: int, q: list[int], qp: list[int] | None) -> Frame:
+        pose = None if qp is None else dequantize(qp, st.pose_bits, *POSE_RANGE)
+        return Frame(p.sid, p.seq, st.session or "", p.keyframe, pts, st.names,  # type: ignore[arg-type]
+                     dequantize(q, st.bits, *WEIGHT_RANGE), pose, st.bits)
 
-    def _frame(self, slot: int, p: Packet, pts: int, q: np.ndarray, qp: np.ndarray | None) -> Frame:
-        bits, pose_bits = self._bits[slot].tolist()
-        pose = None if qp is None else dequantize(qp, pose_bits, *POSE_RANGE)
-        return Frame(p.sid, p.seq, self._session[slot] or "", p.keyframe, pts, self._names[slot],
-                     dequantize(q, bits, *WEIGHT_RANGE), pose, bits)
-
-    def _seen(self, slot: int, seq: int, lost: int, now_ns: int) -> None:
-        self._last_seq[slot] = seq
-        self._seen_ns[slot] = now_ns
+    def _seen(self, p: Packet, st: _Stream, lost: int, now_ns: int, decoded: bool = True) -> None:
+        """Commit: the stream is known from now on, its last seq is this packet's."""
+        self._streams[p.sid] = st
+        st.last_seq = p.seq
+        st.seen_ns = now_ns
+        if decoded:
+            self.counts["decoded"] += 1
         if lost:
             self.last_loss = lost
             self.counts["gaps"] += 1
             self.counts["lost"] += lost
-
-    def _slot_for(self, sid: int) -> int:
-        slot = self._slots.get(sid)
-        if slot is not None:
-            return slot
-        free = np.flatnonzero(self._last_seq == -2)
-        if free.size:
-            slot = int(free[0])
-        else:
-            slot = self._n
-            self._grow(max(16, 2 * self._n))
-        self._slots[sid] = slot
-        self._last_seq[slot] = -1
-        self._has_ref[slot] = self._waiting[slot] = False
-        return slot
-
-    def _grow(self, n: int) -> None:
-        def grow(a: np.ndarray, fill: Any) -> np.ndarray:
-            out = np.full((n,) + a.shape[1:], fill, dtype=a.dtype)
-            out[:len(a)] = a
-            return out
-
-        self._m, self._ref_seq, self._ref_pts = grow(self._m, 0), grow(self._ref_seq, 0), grow(self._ref_pts, 0)
-        self._last_seq, self._seen_ns = grow(self._last_seq, -2), grow(self._seen_ns, 0)
-        self._has_ref, self._waiting = grow(self._has_ref, False), grow(self._waiting, False)
-        self._bits, self._ref_q, self._ref_pose = grow(self._bits, 0), grow(self._ref_q, 0), grow(self._ref_pose, 0)
-        self._names += [None] * (n - self._n)
-        self._session += [None] * (n - self._n)
-        self._n = n

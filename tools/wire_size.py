@@ -1,15 +1,25 @@
 """Bytes per frame of the avatar/packet wire format on a real Live Link Face capture.
 
-Compares several precisions and reference modes with raw float32 and with JSON of the same
-frames, so a change to ``nodes/wireformat.py`` can be judged on real motion, not synthetic.
+Measures what the compressor sees in each of three setups, at several precisions:
 
-    .venv/bin/python tools/wire_size.py [--capture PATH] [--keyframe-interval 60]
+- raw: the capture's frames as they came from the phone (ARKit jitter included);
+- smoothed: the same frames through the blender's One Euro filter at the blender's default
+  params (``nodes.one_euro.OneEuro``), one frame per 1/60 s tick, the last frame held over the
+  capture's gap, as the blender does;
+- pipeline: the real nodes ``mapper`` (identity) -> ``blender`` (defaults) -> ``lod`` (L0), run
+  in-process on simulated time, so blends, clamps and micro-expressions are all in.
+
+For each it encodes one session with the default (deltas from the previous frame,
+``ref_interval=1``) and with deltas from the keyframe (``ref_interval=0``), decodes every
+packet and checks each weight is within half a quantization step of its input. Averages
+include the keyframes (every ``--keyframe-interval`` frames).
+
+    .venv/bin/python tools/wire_size.py [--capture PATH] [--keyframe-interval 60] [--bits 6 8 ...]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -18,35 +28,75 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nodes import wireformat as wf  # noqa: E402
+from nodes import livelink, wireformat as wf  # noqa: E402
+from nodes.blender import Blender  # noqa: E402
+from nodes.one_euro import OneEuro  # noqa: E402
 from nodes.tables import arkit_names  # noqa: E402
+from nodes.livelink import SAMPLE_CAPTURE  # noqa: E402
 
-CAPTURE = ROOT.parent / "shared" / "data" / "livelink" / "llv_dao_packets.bin"
-
-
-def read_capture(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Frame numbers and the 61 values of each Live Link Face v6 packet in the container."""
-    data = path.read_bytes()
-    _, count = struct.unpack_from(">BI", data, 0)
-    off, frames, values = 5, [], []
-    for _ in range(count):
-        (size,) = struct.unpack_from(">I", data, off)
-        p, off = data[off + 4:off + 4 + size], off + 4 + size
-        o = 1
-        for _ in range(2):  # device id, subject name
-            o += 4 + struct.unpack_from(">i", p, o)[0]
-        frames.append(struct.unpack_from(">i", p, o)[0])
-        n = p[o + 16]
-        values.append(np.frombuffer(p, ">f4", n, o + 17))
-    return np.array(frames), np.array(values, dtype=np.float32)
+CAPTURE = SAMPLE_CAPTURE
+FPS = 60
 
 
-def packet_sizes(weights: np.ndarray, pose: np.ndarray | None, fps_frames: np.ndarray, bits: int,
-                 interval: int, ref_interval: int) -> np.ndarray:
+def read_capture(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame numbers, weights (T, 52) and pose (T, 9) of a Live Link Face packet container."""
+    frames = [livelink.parse_packet(p) for p in livelink.read_container(path)]
+    return (np.array([f.frame for f in frames]), np.array([f.weights for f in frames], dtype=np.float32),
+            np.array([f.pose for f in frames], dtype=np.float32))
+
+
+def on_ticks(frames: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """One row per 1/60 s tick from the first frame to the last, holding the latest frame over gaps."""
+    idx = np.searchsorted(frames, np.arange(frames[0], frames[-1] + 1), side="right") - 1
+    return [a[idx] for a in arrays]
+
+
+def one_euro_smoothed(frames: np.ndarray, weights: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The blender's smoothing alone: clip weights to 0..1, One Euro at the blender's default params."""
+    p = {k: Blender.params[k].default for k in ("min_cutoff", "beta", "d_cutoff")}
+    euro = OneEuro(weights.shape[1] + pose.shape[1], p["min_cutoff"], p["beta"], p["d_cutoff"])
+    w, ps = on_ticks(frames, weights, pose)
+    out = np.array([euro(np.concatenate([np.clip(a, 0, 1), b])[None], 1.0 / FPS)[0] for a, b in zip(w, ps)])
+    return np.clip(out[:, :weights.shape[1]], 0, 1).astype(np.float32), out[:, weights.shape[1]:].astype(np.float32)
+
+
+def node_pipeline(frames: np.ndarray, weights: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """mapper (identity) -> blender (defaults) -> lod (level 0) on simulated time: what reaches the compressor."""
+    from runtime import Message
+    from runtime.testing import NodeHarness
+
+    mapper, blender, lod = NodeHarness("mapper", profile="identity"), NodeHarness("blender"), NodeHarness("lod")
+    out_w, out_p = [], []
+    t0 = frames[0]
+    for f in range(int(frames[0]), int(frames[-1]) + 1):
+        j = np.searchsorted(frames, f)
+        if j < len(frames) and frames[j] == f:  # a captured frame arrives; none during the gap
+            msg = Message("arkit/blendshapes", None, {"weights": weights[j:j + 1], "pose": pose[j:j + 1]},
+                          int(f - t0) * 1_000_000_000 // FPS, ["performer"])
+            for _, m in mapper.feed("in", msg):
+                blender.feed("capture", m)
+        for _, m in blender.advance(1.0 / FPS):
+            for _, m2 in lod.feed("in", m):
+                out_w.append(m2.arrays["weights"][0])
+                out_p.append(m2.arrays["pose"][0])
+    return np.array(out_w, dtype=np.float32), np.array(out_p, dtype=np.float32)
+
+
+def packet_sizes(weights: np.ndarray, pose: np.ndarray | None, bits: int, interval: int,
+                 ref_interval: int) -> np.ndarray:
+    """Bytes of each packet of one session; asserts the decoded weights are within half a step."""
     enc = wf.Encoder(bits=bits, keyframe_interval=interval, ref_interval=ref_interval)
-    pts = 10**12 + (fps_frames - fps_frames[0]) * 1_000_000_000 // 60
-    return np.array([len(enc.encode(["capture"], weights[i:i + 1], int(pts[i]), wf.TABLE_ARKIT52,
-                                    None if pose is None else pose[i:i + 1])[0]) for i in range(len(weights))])
+    dec = wf.Decoder()
+    half = wf.step(bits, *wf.WEIGHT_RANGE) / 2
+    sizes = []
+    for i in range(len(weights)):
+        packet = enc.encode(["capture"], weights[i:i + 1], 10**12 + i * 1_000_000_000 // FPS, wf.TABLE_ARKIT52,
+                            None if pose is None else pose[i:i + 1])[0]
+        frame = dec.decode(packet)
+        err = np.abs(frame.weights.astype(np.float64) - np.clip(weights[i].astype(np.float64), 0, 1)).max()
+        assert err <= half + 1e-6, f"frame {i}: error {err} above half a step {half}"
+        sizes.append(len(packet))
+    return np.array(sizes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,19 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keyframe-interval", type=int, default=60)
     ap.add_argument("--bits", type=int, nargs="+", default=[6, 8, 10, 12, 16])
     args = ap.parse_args(argv)
-    frames, values = read_capture(args.capture)
-    weights, pose = values[:, :52], values[:, 52:61]
+    frames, weights, pose = read_capture(args.capture)
     names = arkit_names()
     as_json = np.mean([len(json.dumps({n: round(float(x), 6) for n, x in zip(names, row)}, separators=(",", ":")))
                        for row in weights])
-    print(f"{args.capture.name}: {len(weights)} frames, 52 ARKit weights (+ 9 pose values)")
+    streams = {"raw capture": (weights, pose), "smoothed (One Euro, blender defaults)":
+               one_euro_smoothed(frames, weights, pose), "pipeline (mapper > blender > lod L0)":
+               node_pipeline(frames, weights, pose)}
+    print(f"{args.capture.name}: {len(weights)} frames ({frames[-1] - frames[0] + 1} ticks at {FPS} fps), "
+          f"52 ARKit weights (+ 9 pose values)")
     print(f"  raw float32 weights: {weights[0].nbytes} B/frame   JSON {{name: value}}: {as_json:.0f} B/frame")
-    print(f"  wire format, keyframe every {args.keyframe_interval} frames (average over all packets, B/frame):")
-    print("   bits | deltas from keyframe | from previous frame | same + pose (12-bit) key / prev")
-    for bits in args.bits:
-        row = [packet_sizes(weights, p, frames, bits, args.keyframe_interval, r).mean()
-               for p, r in ((None, 0), (None, 1), (pose, 0), (pose, 1))]
-        print(f"   {bits:4d} | {row[0]:20.1f} | {row[1]:19.1f} | {row[2]:.1f} / {row[3]:.1f}")
+    print(f"  avatar/packet v{wf.VERSION}, keyframe every {args.keyframe_interval} frames, average B/frame over all "
+          f"packets (keyframes included); every decoded weight checked within half a step")
+    for title, (w, p) in streams.items():
+        print(f"  {title}, {len(w)} frames:")
+        print("     bits | default (ref_interval=1) | from keyframe (ref_interval=0) | default + 12-bit pose")
+        for bits in args.bits:
+            row = [packet_sizes(w, pp, bits, args.keyframe_interval, r).mean()
+                   for pp, r in ((None, 1), (None, 0), (p, 1))]
+            print(f"     {bits:4d} | {row[0]:24.1f} | {row[1]:30.1f} | {row[2]:.1f}")
     return 0
 
 
