@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.caps import CapsSpec
 from nodes.tables import arkit_names, load_table, table_path
 
 PROFILES = {
@@ -192,6 +193,22 @@ class Mapper(Node):
     params = {
         "profile": Param(str, "standard", "standard, extended, identity, or the path of a mapping table"),
     }
+
+    @classmethod
+    def output_caps(cls, pad: str, params: Mapping[str, Any]) -> CapsSpec:
+        """The table says what comes out: morphs/cc4, or arkit/blendshapes for the identity profile."""
+        try:
+            return load_morph_table(params["profile"]).caps
+        except TableError:
+            return OUTPUT_CAPS
+
+    @classmethod
+    def check_config(cls, params: Mapping[str, Any]) -> list[str]:
+        try:
+            load_morph_table(params["profile"])
+        except TableError as exc:
+            return [str(exc)]
+        return []
 
     def setup(self) -> None:
         self.table = load_morph_table(self.p.profile)

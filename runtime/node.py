@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
+from .caps import CapsSpec
 from .message import Message
 from .pads import Pad
 from .params import Param, ParamValues
@@ -105,6 +106,20 @@ class Node:
     def warn(self, text: str, **fields: Any) -> None:
         """A WARNING on the runner's bus, naming this node."""
         self.ctx.post("WARNING", text, **fields)
+
+    @classmethod
+    def output_caps(cls, pad: str, params: Mapping[str, Any]) -> CapsSpec | None:
+        """Caps an output pad produces with these params (None: what arrives on its ``same_as`` input).
+
+        Override when params decide it in a way a Pad cannot say (a mapping table's caps).
+        """
+        return cls.outputs[pad].static_caps(params)
+
+    @classmethod
+    def check_config(cls, params: Mapping[str, Any]) -> list[str]:
+        """Problems that need more than each param's type and range (a table file that is missing
+        or wrong); run by ``avatar validate`` so they are found before any process starts."""
+        return []
 
     @classmethod
     def default_output(cls) -> str | None:

@@ -32,11 +32,16 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
             p(f"node '{name}': {exc}", spec.type_line or spec.line)
             continue
         types[name] = cls
+        params_ok = True
         for key, value in spec.params.items():
             try:
                 check_params(cls.params, {key: value}, fill_defaults=False)
             except ParamError as exc:
+                params_ok = False
                 p(f"node '{name}' ({spec.type}): {exc}", spec.param_lines.get(key) or spec.line)
+        if params_ok:
+            for problem in cls.check_config(check_params(cls.params, spec.params)):
+                p(f"node '{name}' ({spec.type}): {problem}", spec.line)
         if graph.hosts and spec.host is not None and spec.host not in graph.hosts:
             p(f"node '{name}': host '{spec.host}' is not in the graph's hosts ({', '.join(graph.hosts)})", spec.line)
 
@@ -118,7 +123,7 @@ def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec
         params = graph.nodes[name].params
         for link in (l for l in links if l.src == name):
             pad = cls.outputs[link.src_pad]
-            produced = pad.static_caps({**{k: v.default for k, v in cls.params.items()}, **params})
+            produced = cls.output_caps(link.src_pad, {**{k: v.default for k, v in cls.params.items()}, **params})
             if produced is None:
                 produced = arriving.get((name, pad.same_as), ANY)
             dst_cls = types.get(link.dst)

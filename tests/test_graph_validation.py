@@ -187,3 +187,34 @@ def test_inspect_and_dot(graph_file):
     assert r.returncode == 0
     assert r.stdout.startswith('digraph "demo"') and '"mid" -> "rec"' in r.stdout and "block 16" in r.stdout
     assert "num_buffers=10" in r.stdout and "width=" not in r.stdout  # what the user wrote, not defaults
+
+
+def test_caps_decided_by_params_are_checked(graph_file):
+    """mapper's profile decides its caps: CC4 morphs cannot feed the blender's ARKit input."""
+    text = """
+    nodes:
+      src: {type: arkit_source, params: {port: 0}}
+      map: {type: mapper, params: {profile: standard}}
+      blend: {type: blender}
+      sink: {type: fakesink}
+    links:
+      - src -> map
+      - map.out -> blend.capture
+      - blend -> sink
+    """
+    check(graph_file, text, "caps mismatch on link map.out -> blend.capture: map.out produces 'morphs/cc4' "
+                            "but blend.capture accepts 'arkit/blendshapes'", line=8)
+    r = avatar("validate", graph_file(text.replace("profile: standard", "profile: identity")))
+    assert r.returncode == 0, r.stderr
+
+
+def test_node_config_problems_are_found_at_load(graph_file):
+    text = """
+    nodes:
+      src: {type: arkit_source, params: {port: 0}}
+      map: {type: mapper, params: {profile: no/such/table.yaml}}
+      sink: {type: fakesink}
+    links:
+      - src -> map -> sink
+    """
+    check(graph_file, text, "node 'map' (mapper): mapper profile 'no/such/table.yaml': table 'no/such/table.yaml' not found", line=3)
