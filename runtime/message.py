@@ -1,10 +1,13 @@
 """The message that travels on a link, and its ZeroMQ multipart encoding.
 
-Frame 0 is a small msgpack header; each numpy array follows as one raw frame, sent and
+Frame 0 is a small msgpack header; each large numpy array follows as one raw frame, sent and
 received without copies (a received array is a read-only view of the ZeroMQ frame).
 The header is a msgpack array, documented in ``docs/messages.md``::
 
-    [kind, caps, seq, pts_ns, session, data, [[name, dtype, shape], ...], trace]
+    [kind, caps, seq, pts_ns, session, data, [[name, dtype, shape(, inline bytes)], ...], trace]
+
+Arrays of at most ``INLINE_MAX`` bytes ride inside the header, so a typical frame is one
+ZeroMQ frame.
 """
 from __future__ import annotations
 
@@ -46,31 +49,49 @@ class Message:
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+_KINDS = tuple(Kind)
+
+# Arrays up to this size travel inside the header (one frame, one send); larger ones as their own
+# frames, sent and received without copies.
+INLINE_MAX = 4096
+# Below this size a frame is cheaper to copy than to hand over as a zero-copy zmq.Frame.
+ZERO_COPY_MIN = 65536
+
+_dtypes: dict[str, np.dtype] = {}
+
+
+def _dtype(name: str) -> np.dtype:
+    dt = _dtypes.get(name)
+    if dt is None:
+        dt = _dtypes[name] = np.dtype(name)
+    return dt
 
 
 def encode(msg: Message, seq: int) -> list:
     """Frames for one message on a link with sequence number ``seq``."""
     arrays = msg.arrays
-    if arrays:
-        desc = []
-        frames: list = [None]
-        for name, arr in arrays.items():
-            if not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr)
-            desc.append((name, arr.dtype.str, arr.shape))
-            frames.append(arr)
-        frames[0] = _packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, desc, msg.trace))
-        return frames
-    return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, (), msg.trace))]
-
-
-# Below this size a frame is cheaper to copy than to hand over as a zero-copy zmq.Frame.
-ZERO_COPY_MIN = 65536
+    if not arrays:
+        return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, (), msg.trace))]
+    desc = []
+    frames: list = [None]
+    for name, arr in arrays.items():
+        if arr.nbytes <= INLINE_MAX:
+            desc.append((name, arr.dtype.str, arr.shape, arr.tobytes()))
+            continue
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        desc.append((name, arr.dtype.str, arr.shape))
+        frames.append(arr)
+    frames[0] = _packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, desc, msg.trace))
+    return frames
 
 
 def is_large(frames: list) -> bool:
     """True when some array frame is big enough to be worth sending without a copy."""
-    return any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames[1:])
+    for f in frames[1:]:
+        if f.nbytes >= ZERO_COPY_MIN:
+            return True
+    return False
 
 
 def decode_header(head: Any) -> list:
@@ -79,17 +100,24 @@ def decode_header(head: Any) -> list:
         fields = msgpack.unpackb(_buf(head), use_list=True, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"malformed message: {exc}") from exc
-    if not isinstance(fields, list) or len(fields) != 8:
+    if not isinstance(fields, list) or len(fields) != 8 or not isinstance(fields[6], list):
         raise ValueError("malformed message: header is not an 8-field array")
     return fields
 
 
-def array_nbytes(desc: list) -> list[int]:
-    """Byte size of each array the header announces (to choose copy or zero-copy receive)."""
+def frame_nbytes(desc: list) -> list[int]:
+    """Byte size of each array that follows the header as its own frame (inline ones excluded)."""
+    sizes = []
     try:
-        return [int(np.prod(shape)) * np.dtype(dtype).itemsize for _, dtype, shape in desc]
+        for entry in desc:
+            if len(entry) == 3:
+                n = _dtype(entry[1]).itemsize
+                for d in entry[2]:
+                    n *= d
+                sizes.append(n)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"malformed message: bad array description: {exc}") from exc
+    return sizes
 
 
 def decode(frames: Sequence, head: list | None = None) -> Message:
@@ -97,9 +125,15 @@ def decode(frames: Sequence, head: list | None = None) -> Message:
     try:
         kind, caps, seq, pts, session, data, desc, trace = head if head is not None else decode_header(frames[0])
         arrays = {}
-        for i, (name, dtype, shape) in enumerate(desc, start=1):
-            arrays[name] = np.frombuffer(_buf(frames[i]), dtype=np.dtype(dtype)).reshape(shape)
-        return Message(caps, data, arrays, pts, session, trace, seq, Kind(kind))
+        i = 1
+        for entry in desc:
+            if len(entry) == 4:
+                buf = entry[3]
+            else:
+                buf = _buf(frames[i])
+                i += 1
+            arrays[entry[0]] = np.frombuffer(buf, dtype=_dtype(entry[1])).reshape(entry[2])
+        return Message(caps, data, arrays, pts, session, trace, seq, _KINDS[kind])
     except (ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"malformed message: {exc}") from exc
 

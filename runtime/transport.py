@@ -10,7 +10,7 @@ from collections import deque
 
 import zmq
 
-from .message import ZERO_COPY_MIN, Kind, Message, array_nbytes, decode, decode_header, encode, is_large
+from .message import ZERO_COPY_MIN, Kind, Message, decode, decode_header, encode, frame_nbytes, is_large
 
 
 def ipc_endpoint(run_id: str, link_id: str, instance: int) -> str:
@@ -61,20 +61,17 @@ class InLink:
         frames = [sock.recv(zmq.NOBLOCK)]
         try:
             head = decode_header(frames[0])
-            sizes = array_nbytes(head[6])
+            sizes = frame_nbytes(head[6])
+            for size in sizes:
+                if not sock.getsockopt(zmq.RCVMORE):
+                    raise ValueError("malformed message: fewer frames than arrays")
+                frames.append(sock.recv(copy=size < ZERO_COPY_MIN))
+            if sizes and sock.getsockopt(zmq.RCVMORE):
+                raise ValueError("malformed message: more frames than arrays")
         except ValueError:
-            while sock.getsockopt(zmq.RCVMORE):
+            while sock.getsockopt(zmq.RCVMORE):  # the rest of this message, never the next one's
                 sock.recv()
             raise
-        for size in sizes:
-            if not sock.getsockopt(zmq.RCVMORE):
-                raise ValueError("malformed message: fewer frames than arrays")
-            frames.append(sock.recv(copy=size < ZERO_COPY_MIN))
-        while sock.getsockopt(zmq.RCVMORE):
-            sock.recv()
-            head = None  # more frames than arrays
-        if head is None:
-            raise ValueError("malformed message: more frames than arrays")
         return decode(frames, head)
 
     def _count(self, seq: int) -> None:
@@ -132,7 +129,10 @@ class OutLink:
         self.seq += 1
         if not self.outbox and not self.hold:
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=not is_large(frames))
+                if len(frames) == 1:  # the common case: small arrays ride in the header
+                    self.sock.send(frames[0], zmq.NOBLOCK)
+                else:
+                    self.sock.send_multipart(frames, zmq.NOBLOCK, copy=not is_large(frames))
                 self.sent += 1
                 return
             except zmq.Again:

@@ -21,8 +21,15 @@ def test_round_trip_with_arrays_and_batch_sessions():
     assert got.arrays["pose"].shape == (3, 9)
 
 
+def test_small_arrays_ride_in_the_header_large_ones_in_their_own_frames():
+    small, large = np.zeros(52, np.float32), np.zeros((1000, 52), np.float32)
+    assert len(encode(Message("x", arrays={"w": small}), 0)) == 1
+    frames = encode(Message("x", arrays={"w": small, "big": large}), 0)
+    assert len(frames) == 2 and frames[1] is large
+
+
 def test_received_arrays_are_views_of_the_frame():
-    frames = encode(Message("x", arrays={"v": np.arange(1000, dtype=np.float32)}), 0)
+    frames = encode(Message("x", arrays={"v": np.arange(5000, dtype=np.float32)}), 0)
     buf = bytearray(bytes(np.asarray(frames[1]).data))
     got = decode([frames[0], buf])
     assert np.shares_memory(got.arrays["v"], np.frombuffer(buf, dtype=np.uint8))
@@ -39,6 +46,8 @@ def test_non_contiguous_arrays_are_sent_correctly():
     [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4]]], None])],  # array frame missing
     [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4]]], None]), b"abc"],  # wrong size
     [msgpack.packb([0, "x", 0, 0, None, None, [["a", "nonsense", [1]]], None]), b"abcd"],
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4], b"abc"]], None])],  # inline, wrong size
+    [msgpack.packb([0, "x", 0, 0, None, None, 5, None])],
 ])
 def test_malformed_frames_raise_value_error(frames):
     with pytest.raises(ValueError, match="malformed message"):
