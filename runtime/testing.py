@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from pathlib import Path
 from typing import Any, Callable
 
-from .graph import Graph, parse_graph
+
+from .graph import Graph, graph_from_dict, parse_graph
 from .message import Message, decode, encode
 from .node import Node
 from .params import check_params
+from .recording import RecordingWriter, read_recording
 from .registry import get_node_type
 from .runner import Runner
 
@@ -116,3 +119,36 @@ def start_graph(text: str, **args: Any) -> Runner:
     """Load a YAML graph from text (args override its defaults), start it, return the Runner."""
     graph: Graph = parse_graph(text, "<test>", {k: str(v) for k, v in args.items()})
     return Runner(graph).start()
+
+
+def run_through(node_type: str, messages: list[Message], tmp_dir: str | Path, *, params: dict[str, Any] | None = None,
+                caps: str = "any", speed: float = 0.0, timeout: float = 30.0) -> list[Message]:
+    """Feed these messages through one node running in its own process; return what it emitted.
+
+    The real thing end to end: ``player -> node -> recorder`` with ``block`` links, run to EOS.
+    """
+    tmp_dir = Path(tmp_dir)
+    src, dst = tmp_dir / f"{node_type}-in.msgpack", tmp_dir / f"{node_type}-out.msgpack"
+    writer = RecordingWriter(src)
+    for msg in messages:
+        writer.write(msg, msg.pts_ns)
+    writer.close()
+    graph = graph_from_dict({
+        "name": f"run_through_{node_type}",
+        "nodes": {
+            "player": {"type": "player", "params": {"path": str(src), "caps": caps, "speed": speed}},
+            "node": {"type": node_type, "params": dict(params or {})},
+            "rec": {"type": "recorder", "params": {"path": str(dst)}},
+        },
+        "links": [{"from": "player.out", "to": "node.in", "policy": "block"},
+                  {"from": "node.out", "to": "rec.in", "policy": "block"}],
+    }, "<run_through>")
+    runner = Runner(graph).start()
+    try:
+        if not runner.wait(timeout):
+            raise TimeoutError(f"{node_type}: graph did not reach EOS within {timeout}s")
+    finally:
+        runner.stop(drain=False)
+    if runner.exit_code:
+        raise RuntimeError(f"{node_type}: graph failed: {runner.bus.messages('ERROR')}")
+    return read_recording(dst)

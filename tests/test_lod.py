@@ -8,8 +8,7 @@ from nodes.lod import LodTableError
 from nodes.mapper import load_morph_table
 from nodes.tables import arkit_names
 from runtime import Message
-from runtime.recording import RecordingWriter, read_recording
-from runtime.testing import NodeHarness, start_graph
+from runtime.testing import NodeHarness, run_through
 
 ARKIT = arkit_names()
 STANDARD = list(load_morph_table("standard").names)
@@ -134,27 +133,11 @@ def test_bad_table_names_file_and_entry(tmp_path, text, what):
 
 
 def test_real_processes_player_lod_recorder(tmp_path):
-    src, dst = tmp_path / "in.msgpack", tmp_path / "out.msgpack"
-    writer = RecordingWriter(src)
+    messages = []
     sessions = ["l0", "l2", "l3"]
     for k in range(8):
-        writer.write(ones(sessions, k), 0)
-    writer.close()
-    runner = start_graph(f"""
-name: lod_real
-nodes:
-  player: {{type: player, params: {{path: "{src}", caps: arkit/blendshapes, speed: 0}}}}
-  lod: {{type: lod, params: {{levels: {{l2: 2, l3: 3}}}}}}
-  rec: {{type: recorder, params: {{path: "{dst}"}}}}
-links:
-  - {{from: player.out, to: lod.in, policy: block}}
-  - {{from: lod.out, to: rec.in, policy: block}}
-""")
-    try:
-        assert runner.wait(30), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
-    got = read_recording(dst)
+        messages.append(ones(sessions, k))
+    got = run_through('lod', messages, tmp_path, params={"levels": {"l2": 2, "l3": 3}}, caps='arkit/blendshapes', speed=0)
     frames = [int(m.arrays["pose"][0, 0]) for m in got]
     assert frames == list(range(8))  # l0 is due every frame, so every frame has a message
     rows = {s: [int(m.arrays["pose"][m.session.index(s), 0]) for m in got if s in m.session] for s in sessions}

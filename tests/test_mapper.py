@@ -7,8 +7,7 @@ import pytest
 from nodes.mapper import TableError, load_morph_table
 from nodes.tables import arkit_names
 from runtime import Message
-from runtime.recording import RecordingWriter, read_recording
-from runtime.testing import NodeHarness, start_graph
+from runtime.testing import NodeHarness, run_through
 
 ARKIT = arkit_names()
 
@@ -189,29 +188,13 @@ def test_good_custom_table(tmp_path):
 
 
 def test_real_processes_player_mapper_recorder(tmp_path):
-    src, dst = tmp_path / "in.msgpack", tmp_path / "out.msgpack"
-    writer = RecordingWriter(src)
+    messages = []
     frames = []
     for k in range(6):
         w = np.stack([arkit(jawOpen=k / 5, mouthClose=0.5), arkit(eyeBlinkLeft=1 - k / 5, eyeWideLeft=0.8)])
         frames.append(w)
-        writer.write(Message("arkit/blendshapes", None, {"weights": w}, pts_ns=k * 33_333_333, session=["a", "b"]), 0)
-    writer.close()
-    runner = start_graph(f"""
-name: mapper_real
-nodes:
-  player: {{type: player, params: {{path: "{src}", caps: arkit/blendshapes, speed: 0}}}}
-  mapper: {{type: mapper, params: {{profile: extended}}}}
-  rec: {{type: recorder, params: {{path: "{dst}"}}}}
-links:
-  - {{from: player.out, to: mapper.in, policy: block}}
-  - {{from: mapper.out, to: rec.in, policy: block}}
-""")
-    try:
-        assert runner.wait(30), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
-    got = read_recording(dst)
+        messages.append(Message("arkit/blendshapes", None, {"weights": w}, pts_ns=k * 33_333_333, session=["a", "b"]))
+    got = run_through('mapper', messages, tmp_path, params={"profile": "extended"}, caps='arkit/blendshapes', speed=0)
     assert len(got) == len(frames)
     names = got[0].data["names"]
     table = load_morph_table("extended")

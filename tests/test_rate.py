@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from runtime import Message
-from runtime.recording import RecordingWriter, read_recording
-from runtime.testing import NodeHarness, start_graph
+from runtime.testing import NodeHarness, run_through
 
 IN = 1 / 30   # input period (s)
 OUT = 1 / 60  # output period at rate=60
@@ -151,27 +150,11 @@ def test_nothing_emitted_without_sessions():
 
 
 def test_real_processes_player_rate_recorder(tmp_path):
-    src, dst = tmp_path / "in.msgpack", tmp_path / "out.msgpack"
-    writer = RecordingWriter(src)
+    messages = []
     n = 10
     for k in range(n):  # 30 Hz ramps: a up, b down
-        writer.write(frame(k * IN, {"a": k / (n - 1), "b": 1 - k / (n - 1)}), 0)
-    writer.close()
-    runner = start_graph(f"""
-name: rate_real
-nodes:
-  player: {{type: player, params: {{path: "{src}", caps: arkit/blendshapes, speed: 1.0}}}}
-  rate: {{type: rate, params: {{rate: 60.0, mode: interpolate}}}}
-  rec: {{type: recorder, params: {{path: "{dst}"}}}}
-links:
-  - {{from: player.out, to: rate.in, policy: block}}
-  - {{from: rate.out, to: rec.in, policy: block}}
-""")
-    try:
-        assert runner.wait(30), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
-    got = read_recording(dst)
+        messages.append(frame(k * IN, {"a": k / (n - 1), "b": 1 - k / (n - 1)}))
+    got = run_through('rate', messages, tmp_path, params={"rate": 60.0, "mode": "interpolate"}, caps='arkit/blendshapes', speed=1.0)
     assert len(got) >= 2
     a = [float(m.arrays["weights"][m.session.index("a"), 0]) for m in got if "a" in m.session]
     b = [float(m.arrays["weights"][m.session.index("b"), 0]) for m in got if "b" in m.session]
