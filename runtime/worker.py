@@ -68,7 +68,7 @@ class Worker:
         self.draining = False  # set by the runner before a hot-swap
         self.timers: list[_Timer] = []
         self.watchers: dict[Any, Callable[[], None]] = {}
-        self.deferred: list[tuple[dict, bytes | None]] = []
+        self.deferred: list[dict] = []  # control requests that change the node, held while node code runs
         self.nested = 0  # >0 while node code runs (control changes to the node wait until it returns)
         self.n_in = self.n_out = 0
         self.proc_ns = array("d", bytes(8 * _RING))
@@ -362,7 +362,7 @@ class Worker:
                 if op in ("state", "params", "eos") and self.nested:
                     if op == "params":
                         check_params(self.cls.params, req["params"], fill_defaults=False)
-                    self.deferred.append((req, None))
+                    self.deferred.append(req)
                     continue
                 self._apply(req)
             except (ParamError, ValueError, KeyError) as exc:
@@ -370,7 +370,7 @@ class Worker:
 
     def _run_deferred(self) -> None:
         todo, self.deferred = self.deferred, []
-        for req, _ in todo:
+        for req in todo:
             try:
                 self._apply(req)
             except (ParamError, ValueError, KeyError) as exc:
