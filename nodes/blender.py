@@ -16,7 +16,7 @@ arrives. Layers, per session slot, all vectorised over slots:
 All internal time is simulated seconds advanced by one period per tick, and random numbers
 come from one seeded generator, so the same inputs give the same frames. Output pts follow a
 frame clock that starts at ``runtime.clock.now_ns`` and counts frame periods, jumping forward
-only when lost timer ticks leave it ``max_lag_ms`` behind (as in ``viseme``).
+only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.frameclock``, shared with ``viseme``).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime import Message, Node, Pad, Param, ParamError
-from runtime.clock import now_ns
+from runtime import Message, Pad, Param, ParamError
 
+from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .one_euro import OneEuro
 from .tables import arkit_names, arkit_pose_names, load_table
 from .viseme import load_viseme_tables
@@ -83,7 +83,7 @@ def weight_table(entries: Mapping[str, Mapping[str, float]], where: str) -> tupl
     return names, table
 
 
-class Blender(Node):
+class Blender(FrameClockNode):
     """Merges capture, visemes and emotion per session into ARKit frames at a fixed rate, with idle motion."""
 
     inputs = {
@@ -93,10 +93,7 @@ class Blender(Node):
     outputs = {"out": Pad("arkit/blendshapes", "one frame per known session, with pose and "
                           "data {'active', 'speaking'}")}
     params = {
-        "rate": Param(float, 60.0, "output frames per second", min=1.0, max=1000.0),
-        "max_lag_ms": Param(float, 50.0, "the frame clock counts frame periods; if lost timer ticks leave it this "
-                            "far behind runtime.clock it jumps forward; 0 = never (exact frame-count time: tests, "
-                            "offline renders)", min=0.0),
+        **FRAME_CLOCK_PARAMS,
         "emotion": Param(str, "neutral", "emotion preset of every session without its own (see emotion_table)"),
         "intensity": Param(float, 1.0, "strength of that emotion", min=0.0, max=1.0),
         "emotions": Param(dict, {}, "per-session emotion: {session: [emotion, intensity]}"),
@@ -130,8 +127,7 @@ class Blender(Node):
         self._check_emotions(self.presets, self.p.emotion, self.p.emotions)
         self.rng = np.random.default_rng(self.p.seed)
         self.t = 0.0
-        self.period_ns = int(round(1e9 / self.p.rate))
-        self.clock_ns = now_ns()
+        self.start_clock()
         self.frames = 0
         self.ids: list[str | None] = []
         self.slot_of: dict[str, int] = {}
@@ -140,7 +136,6 @@ class Blender(Node):
         self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
         self._good = {k: getattr(self.p, k) for k in _CHECKED}
         self._pin_params()
-        self.timer = None
 
     def _load_tables(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """Presets, micro-expressions, mouth channels and articulated channels from the tables."""
@@ -149,19 +144,6 @@ class Blender(Node):
         _, micro = weight_table(doc.get("micro_expressions") or {}, self.p.emotion_table)
         vt = load_viseme_tables("mappings/phoneme_viseme.yaml", self.p.viseme_table)
         return dict(zip(names, table)), micro, vt.channels, (vt.weights > 0).any(axis=0)
-
-    def _step_clock(self) -> None:
-        """Advance the frame clock one period: time as ticks counted, so simulated time works in tests."""
-        self.clock_ns += self.period_ns
-        if self.p.max_lag_ms > 0:
-            real = now_ns()
-            if real - self.clock_ns > self.p.max_lag_ms * 1e6:
-                self.clock_ns = real
-
-    def on_play(self) -> None:
-        self.clock_ns = max(self.clock_ns, now_ns())
-        if self.timer is None:
-            self.timer = self.every(1.0 / self.p.rate, self.tick)
 
     # --- params ------------------------------------------------------------------------------
     def _check_emotions(self, presets: Mapping[str, np.ndarray], emotion: str, emotions: Mapping[str, Any]) -> None:
@@ -197,10 +179,7 @@ class Blender(Node):
         for k in ("min_cutoff", "beta", "d_cutoff"):
             setattr(self.euro, k, float(getattr(self.p, k)))
         if "rate" in changed:
-            self.period_ns = int(round(1e9 / self.p.rate))
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = self.every(1.0 / self.p.rate, self.tick)
+            self.retime()
         self._pin_params()
         if {"emotion", "intensity", "emotions", "emotion_table"} & set(changed):
             live = self._live()
@@ -316,7 +295,7 @@ class Blender(Node):
         """Advance time one period and emit one frame for every known session."""
         dt = 1.0 / self.p.rate
         self.t += dt
-        self._step_clock()
+        self.step_clock()
         if self.frames % max(1, int(self.p.rate)) == 0:
             self._expire()
         live = self._live()

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import Message, Node, Pad, Param, ParamError
-from runtime.clock import now_ns
+from runtime import Message, Pad, Param, ParamError
 
+from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .tables import arkit_names, load_table
 
 VISEMES = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou")
@@ -110,17 +110,14 @@ def strip_stress(phone: str) -> str:
     return phone.rstrip("0123456789").upper()
 
 
-class Viseme(Node):
+class Viseme(FrameClockNode):
     """Turns ARPAbet phoneme timelines into co-articulated ARKit mouth frames at a fixed rate."""
 
     inputs = {"in": Pad("phonemes/arpabet", "phoneme timelines per session, times on the pts clock")}
     outputs = {"out": Pad("arkit/blendshapes", "mouth/jaw weights for every known session, "
                           "data {'speaking': [bool]*S}")}
     params = {
-        "rate": Param(float, 60.0, "output frames per second", min=1.0, max=1000.0),
-        "max_lag_ms": Param(float, 50.0, "the frame clock counts frame periods; if lost timer ticks leave it this "
-                            "far behind runtime.clock it jumps forward; 0 = never (exact frame-count time: tests, "
-                            "offline renders)", min=0.0),
+        **FRAME_CLOCK_PARAMS,
         "lookahead_ms": Param(float, 120.0, "frames are for pts = now - lookahead, so lead-in ramps can begin "
                               "before a phoneme that arrives just in time", min=0.0, max=5000.0),
         "lead_ms": Param(float, 80.0, "dominance ramps in this long before a phoneme starts", min=1.0, max=1000.0),
@@ -136,8 +133,7 @@ class Viseme(Node):
     def setup(self) -> None:
         self.tables = load_viseme_tables(self.p.phoneme_table, self.p.viseme_table)
         self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
-        self.period_ns = int(round(1e9 / self.p.rate))
-        self.clock_ns = now_ns()
+        self.start_clock()
         self.frames = self.ticks = 0
         self.warned: set[str] = set()
         # session slots
@@ -149,20 +145,6 @@ class Viseme(Node):
         self.seg_vis = np.zeros(0, dtype=np.intp)
         self.seg_start = np.zeros(0, dtype=np.int64)
         self.seg_end = np.zeros(0, dtype=np.int64)
-        self.timer = None
-
-    def _step_clock(self) -> None:
-        """Advance the frame clock one period: time as ticks counted, so simulated time works in tests."""
-        self.clock_ns += self.period_ns
-        if self.p.max_lag_ms > 0:
-            real = now_ns()
-            if real - self.clock_ns > self.p.max_lag_ms * 1e6:
-                self.clock_ns = real
-
-    def on_play(self) -> None:
-        self.clock_ns = max(self.clock_ns, now_ns())
-        if self.timer is None:
-            self.timer = self.every(1.0 / self.p.rate, self.tick)
 
     def on_params(self, changed: dict) -> None:
         if "phoneme_table" in changed or "viseme_table" in changed:
@@ -173,10 +155,7 @@ class Viseme(Node):
                 raise ParamError(str(exc)) from exc
             self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
         if "rate" in changed:
-            self.period_ns = int(round(1e9 / self.p.rate))
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = self.every(1.0 / self.p.rate, self.tick)
+            self.retime()
 
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
@@ -233,7 +212,7 @@ class Viseme(Node):
     # --- output ------------------------------------------------------------------------------
     def tick(self) -> None:
         """One frame for every known session at pts = clock - lookahead."""
-        self._step_clock()
+        self.step_clock()
         self.ticks += 1
         t = self.clock_ns - int(self.p.lookahead_ms * 1e6)
         live = np.array([i for i, s in enumerate(self.ids) if s is not None], dtype=np.intp)
