@@ -121,6 +121,20 @@ def start_graph(text: str, **args: Any) -> Runner:
     return Runner(graph).start()
 
 
+def run_to_eos(graph: str | Graph, timeout: float = 60.0, **args: Any) -> Runner:
+    """Run a graph (YAML text with args, or a Graph) until EOS; the stopped Runner (bus, exit code).
+
+    Raises TimeoutError if EOS does not come; every process is stopped either way.
+    """
+    runner = start_graph(graph, **args) if isinstance(graph, str) else Runner(graph).start()
+    try:
+        if not runner.wait(timeout):
+            raise TimeoutError(f"graph '{runner.graph.name}' did not reach EOS within {timeout}s")
+    finally:
+        runner.stop(drain=False)
+    return runner
+
+
 def run_through(node_type: str, messages: list[Message], tmp_dir: str | Path, *, params: dict[str, Any] | None = None,
                 caps: str = "any", speed: float = 0.0, timeout: float = 30.0) -> list[Message]:
     """Feed these messages through one node running in its own process; return what it emitted.
@@ -143,12 +157,7 @@ def run_through(node_type: str, messages: list[Message], tmp_dir: str | Path, *,
         "links": [{"from": "player.out", "to": "node.in", "policy": "block"},
                   {"from": "node.out", "to": "rec.in", "policy": "block"}],
     }, "<run_through>")
-    runner = Runner(graph).start()
-    try:
-        if not runner.wait(timeout):
-            raise TimeoutError(f"{node_type}: graph did not reach EOS within {timeout}s")
-    finally:
-        runner.stop(drain=False)
+    runner = run_to_eos(graph, timeout)
     if runner.exit_code:
         raise RuntimeError(f"{node_type}: graph failed: {runner.bus.messages('ERROR')}")
     return read_recording(dst)

@@ -10,7 +10,7 @@ import pytest
 
 from runtime import Message
 from runtime.recording import read_recording
-from runtime.testing import NodeHarness, start_graph
+from runtime.testing import NodeHarness, run_to_eos
 
 try:
     from nodes.text_phoneme import Espeak, speak
@@ -148,7 +148,7 @@ def test_graph_wav_to_phonemes(tmp_path: Path, speech) -> None:
         w.setframerate(44100)
         w.writeframes(np.repeat(x[:, None], 2, axis=1).tobytes())
     rec = tmp_path / "phonemes.msgpack"
-    runner = start_graph(f"""
+    run_to_eos(f"""
 nodes:
   src: {{type: audio_source, params: {{path: "{wav}", realtime: false}}}}
   asr: {{type: audio_phoneme, params: {{transcript: "{TEXT}"}}}}
@@ -156,11 +156,7 @@ nodes:
 links:
   - {{from: src.out, to: asr.in, policy: block, size: 16}}
   - {{from: asr.out, to: rec.in, policy: block, size: 16}}
-""")
-    try:
-        assert runner.wait(60), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
+""", timeout=60)
     msgs = read_recording(rec)
     rows = [r for m in msgs for r in m.data["phonemes"]]
     pts0 = rows[0][2]

@@ -11,7 +11,7 @@ import pytest
 
 from runtime import Message
 from runtime.recording import read_recording
-from runtime.testing import NodeHarness, start_graph
+from runtime.testing import NodeHarness, run_to_eos
 from nodes.audio_source import Resampler, WavReader
 
 
@@ -154,17 +154,13 @@ def test_udp_pcm_is_resampled_and_rechunked() -> None:
 def test_graph_file_to_recorder(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "tone.wav", tone(44100, 0.6), 44100, channels=2)
     rec = tmp_path / "rec.msgpack"
-    runner = start_graph(f"""
+    run_to_eos(f"""
 nodes:
   src: {{type: audio_source, params: {{path: "{path}", realtime: false, chunk_ms: 20}}}}
   rec: {{type: recorder, params: {{path: "{rec}"}}}}
 links:
   - {{from: src.out, to: rec.in, policy: block, size: 4}}
-""")
-    try:
-        assert runner.wait(30), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
+""", timeout=30)
     msgs = read_recording(rec)
     assert sum(len(m.arrays["pcm"]) for m in msgs) == 9600
     assert [m.seq for m in msgs] == list(range(len(msgs)))

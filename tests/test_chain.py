@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from runtime import Runner, parse_graph
+from runtime.testing import run_to_eos
 from runtime.recording import read_records
 from tests.helpers import abstract_sockets, wait_gone
 
@@ -17,13 +18,6 @@ nodes:
 links:
   - src -> a -> b -> rec
 """
-
-
-def run_to_eos(text: str, timeout: float = 60, **args) -> Runner:
-    runner = Runner(parse_graph(text, "<test>", {k: str(v) for k, v in args.items()}))
-    runner.start()
-    assert runner.wait(timeout), "graph did not reach EOS"
-    return runner
 
 
 def test_four_node_chain_moves_10000_messages_in_order(tmp_path):

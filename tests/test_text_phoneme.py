@@ -8,7 +8,7 @@ import pytest
 
 from runtime import Message
 from runtime.recording import read_recording
-from runtime.testing import NodeHarness, start_graph
+from runtime.testing import NodeHarness, run_to_eos
 
 try:
     from nodes.text_phoneme import Espeak, arpabet_table, espeak_g2p, speak
@@ -105,7 +105,7 @@ def test_realtime_sends_audio_as_it_is_due() -> None:
 
 def test_graph_text_to_recorders(tmp_path: Path) -> None:
     rp, ra = tmp_path / "phonemes.msgpack", tmp_path / "audio.msgpack"
-    runner = start_graph(f"""
+    run_to_eos(f"""
 nodes:
   tts: {{type: text_phoneme, params: {{text: "Type a sentence, the avatar says it.", realtime: false, eos_after_text: true}}}}
   rp: {{type: recorder, params: {{path: "{rp}"}}}}
@@ -113,11 +113,7 @@ nodes:
 links:
   - {{from: tts.phonemes, to: rp.in, policy: block, size: 8}}
   - {{from: tts.audio, to: ra.in, policy: block, size: 8}}
-""")
-    try:
-        assert runner.wait(30), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
+""", timeout=30)
     phon, audio = read_recording(rp), read_recording(ra)
     rows = phon[0].data["phonemes"]
     assert [r[1] for r in rows if r[1] != "sil"][:4] == ["T", "AY", "P", "AH"]

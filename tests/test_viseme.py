@@ -185,7 +185,7 @@ def test_viseme_in_a_real_graph(tmp_path) -> None:
     """player -> viseme -> recorder as processes: EOS flushes the utterance to the recording."""
     from runtime.clock import now_ns
     from runtime.recording import RecordingWriter, read_recording
-    from runtime.testing import start_graph
+    from runtime.testing import run_to_eos
 
     src, dst = tmp_path / "phonemes.msgpack", tmp_path / "visemes.msgpack"
     t = now_ns() + 5_000 * MS  # comfortably after start-up; EOS flushes it without waiting
@@ -197,7 +197,7 @@ def test_viseme_in_a_real_graph(tmp_path) -> None:
     writer = RecordingWriter(src)
     writer.write(Message("phonemes/arpabet", {"phonemes": rows}, pts_ns=now_ns(), session=["s1"]), now_ns())
     writer.close()
-    runner = start_graph(f"""
+    run_to_eos(f"""
 nodes:
   play: {{type: player, params: {{path: "{src}", caps: phonemes/arpabet, speed: 0}}}}
   lips: {{type: viseme, params: {{rate: 100}}}}
@@ -205,11 +205,7 @@ nodes:
 links:
   - {{from: play.out, to: lips.in, policy: block}}
   - {{from: lips.out, to: rec.in, policy: block, size: 64}}
-""")
-    try:
-        assert runner.wait(60), "graph did not reach EOS"
-    finally:
-        runner.stop(drain=False)
+""", timeout=60)
     msgs = read_recording(dst)
     assert msgs and all(m.caps == "arkit/blendshapes" and m.session == ["s1"] for m in msgs)
     by_pts = {m.pts_ns: m for m in msgs}
