@@ -214,19 +214,24 @@ def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: 
             return make, 600 if s < 50 else 300
         return case
 
+    def ticking(type_: str, **params: Any):
+        """A source timed per call of its timer callback, one message each (speed=0 sources)."""
+        def case(s: int):
+            def make() -> Step:
+                h = Host(type_, **params)
+
+                def step(i: int) -> int:
+                    h.outputs.clear()
+                    h._timers.clear()
+                    return timed(h.node.tick)
+                return step
+            return make, 600
+        return case
+
     run(Row("arkit_source", "recv S packets + 1 batch", 60, True, "real UDP on loopback"), arkit_source)
 
-    def replay(s: int):
-        def make() -> Step:
-            h = Host("arkit_replay", path=str(TAKE), loop=True, speed=0.0)
-
-            def step(i: int) -> int:
-                h.outputs.clear()
-                h._timers.clear()
-                return timed(h.node.tick)
-            return step
-        return make, 600
-    run(Row("arkit_replay", "1 CSV row", 60, False, "speed=0, one row per call"), replay)
+    run(Row("arkit_replay", "1 CSV row", 60, False, "speed=0, one row per call"),
+        ticking("arkit_replay", path=str(TAKE), loop=True, speed=0.0))
 
     # audio: a few sentences of espeak speech
     pcm = np.concatenate([a for _, a, _ in speech[:4]])
@@ -353,17 +358,8 @@ def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: 
         writer.write(cap.message(i, ["a"]), 0)
     writer.close()
 
-    def player(s: int):
-        def make() -> Step:
-            h = Host("player", path=str(rec_path), speed=0.0, loop=True)
-
-            def step(i: int) -> int:
-                h.outputs.clear()
-                h._timers.clear()
-                return timed(h.node.tick)
-            return step
-        return make, 600
-    run(Row("player", "1 message", 60, False, "ARKit S=1 recording, speed=0"), player)
+    run(Row("player", "1 message", 60, False, "ARKit S=1 recording, speed=0"),
+        ticking("player", path=str(rec_path), speed=0.0, loop=True))
     run(Row("fakesink", "1 message", 60, True, "ARKit batch"), generic("fakesink", {}, cap.message))
 
     def link(s: int):
