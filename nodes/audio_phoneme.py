@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.sessions import batch_sessions
 from runtime.clock import now_ns
 
 from .audio_source import RATE, Resampler, to_int16
@@ -93,7 +94,7 @@ class AudioPhoneme(Node):
         self._send(sid, s, out)
 
     def _on_text(self, msg: Message) -> None:
-        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        sessions = batch_sessions(msg)
         for sid, text in zip(sessions, (msg.data or {}).get("text", [])):
             s = self._session(sid)
             self._send(sid, s, s.stream.set_transcript(text or None))

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
+from runtime.sessions import batch_sessions
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .one_euro import OneEuro
@@ -266,7 +267,7 @@ class Blender(FrameClockNode):
 
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
-        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        sessions = batch_sessions(msg)
         w = msg.arrays.get("weights")
         if w is None or not sessions:
             return

@@ -29,7 +29,7 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param
 from nodes.mapper import load_morph_table
-from nodes.rate import SessionSlots, batch_sessions, fit
+from runtime.sessions import SessionSlots, batch_sessions, fit
 from nodes.tables import arkit_names, load_table, table_path
 
 N_LEVELS = 4

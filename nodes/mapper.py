@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.sessions import batch_sessions
 from runtime.caps import CapsSpec
 from nodes.tables import arkit_names, load_table, table_path
 
@@ -227,7 +228,7 @@ class Mapper(Node):
 
     def process(self, pad: str, msg: Message) -> Message | None:
         weights = msg.arrays.get("weights")
-        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        sessions = batch_sessions(msg)
         if weights is not None and weights.ndim == 1:
             weights = weights.reshape(1, -1)
         if weights is None or weights.shape != (len(sessions), self.table.matrix.shape[0]):

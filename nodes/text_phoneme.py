@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.sessions import batch_sessions
 from runtime.clock import now_ns
 
 from .audio_source import RATE, Resampler, to_int16
@@ -233,7 +234,7 @@ class TextPhoneme(Node):
             self._say([(self.p.session, changed["text"])])
 
     def process(self, pad: str, msg: Message) -> None:
-        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        sessions = batch_sessions(msg)
         texts = (msg.data or {}).get("text", [])
         self._say([(s, t) for s, t in zip(sessions, texts) if isinstance(t, str) and t.strip()])
 

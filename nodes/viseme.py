@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
+from runtime.sessions import batch_sessions
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .tables import arkit_names, load_table
@@ -159,7 +160,7 @@ class Viseme(FrameClockNode):
 
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
-        sessions = msg.session if isinstance(msg.session, list) else [msg.session]
+        sessions = batch_sessions(msg)
         rows = [self._slot(str(s)) for s in sessions]
         self.last_msg_ns[rows] = self.clock_ns
         slot, vis, start, end = [], [], [], []

@@ -10,12 +10,13 @@ from .pads import Pad
 from .params import Param
 from .registry import get_node_type, node_type_names
 from .runner import Runner
+from .sessions import SessionSlots, batch_sessions
 from .control import ControlClient, control_endpoint
 from .validate import validate_graph
 
 __all__ = [
     "ANY", "Bus", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "Message",
-    "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "Problem", "Runner",
-    "caps_compatible", "control_endpoint", "get_node_type", "load_graph", "node_type_names", "parse_graph",
+    "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "Problem", "Runner", "SessionSlots",
+    "batch_sessions", "caps_compatible", "control_endpoint", "get_node_type", "load_graph", "node_type_names", "parse_graph",
     "parse_launch", "validate_graph",
 ]
