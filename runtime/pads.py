@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .caps import ANY, CapsSpec
+from .caps import ANY, CapsSpec, caps_text
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,6 @@ class Pad:
             return f"from param '{self.caps_param}'"
         if self.same_as:
             return f"same as input '{self.same_as}'"
-        from .caps import caps_text
-
         return caps_text(self.caps)
 
     def static_caps(self, params: Mapping[str, Any]) -> CapsSpec | None:

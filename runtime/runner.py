@@ -55,6 +55,7 @@ class Runner:
         self._drained: dict[str, asyncio.Future] = {}
         self._swapping: set[str] = set()
         self._stop_task: asyncio.Future | None = None
+        self._control_error: zmq.ZMQError | None = None  # the control endpoint could not be bound
         self._done = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -249,7 +250,7 @@ class Runner:
                 await self._request(np, "state", state=state)
 
     async def _start(self) -> None:
-        if getattr(self, "_control_error", None):
+        if self._control_error is not None:
             raise RuntimeError(f"cannot serve control at {self.control_endpoint}: {self._control_error} "
                                f"(is a graph named '{self.graph.name}' already running?)")
         for name in self.local:
