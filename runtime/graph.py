@@ -20,6 +20,7 @@ from .yamlsource import LineDict, LineList, load_yaml
 POLICIES = ("leaky", "block")
 RESTART_POLICIES = ("always", "on-failure", "never")
 DEFAULT_LINK = {"policy": "leaky", "size": 8}
+LINK_OPTIONS = ("policy", "size", "feedback")
 _ARG = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -46,6 +47,11 @@ class LinkSpec:
     policy: str = "leaky"
     size: int = 8
     line: int | None = None
+    feedback: bool = False  # runs upstream (a sink's requests back to an encoder): may close a cycle
+
+    @property
+    def forward(self) -> bool:
+        return not self.feedback
 
     @property
     def id(self) -> str:
@@ -83,7 +89,8 @@ class Graph:
                 for n, s in self.nodes.items()
             },
             "links": [
-                {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy, "size": l.size}
+                {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy, "size": l.size,
+                 **({"feedback": True} if l.feedback else {})}
                 for l in self.links
             ],
         }
@@ -181,10 +188,10 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
             else:
                 p("a link is 'a.out -> b.in', or a mapping with 'from' and 'to' (or 'chain')", lline)
                 continue
-            opts.update({k: v for k, v in entry.items() if k in ("policy", "size")})
+            opts.update({k: v for k, v in entry.items() if k in LINK_OPTIONS})
             for key in entry:
-                if key not in ("from", "to", "chain", "policy", "size"):
-                    p(f"link: unknown key '{key}' (allowed: from, to, chain, policy, size)", line(entry, key))
+                if key not in ("from", "to", "chain", *LINK_OPTIONS):
+                    p(f"link: unknown key '{key}' (allowed: from, to, chain, {', '.join(LINK_OPTIONS)})", line(entry, key))
         else:
             p(f"bad link entry {entry!r}", lline)
             continue
@@ -192,6 +199,12 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
             p(f"link '{chain}': policy must be 'leaky' or 'block', got '{opts['policy']}'", lline)
         if not isinstance(opts["size"], int) or isinstance(opts["size"], bool) or opts["size"] < 1:
             p(f"link '{chain}': size must be a positive integer, got {opts['size']!r}", lline)
+        if not isinstance(opts.get("feedback", False), bool):
+            p(f"link '{chain}': feedback must be true or false, got {opts['feedback']!r}", lline)
+        elif opts.get("feedback"):
+            if isinstance(entry, Mapping) and entry.get("policy") == "block":
+                p(f"link '{chain}': a feedback link must be leaky (two links blocking on each other deadlock)", lline)
+            opts["policy"] = "leaky"
         ends = [s.strip() for s in chain.split("->")]
         if len(ends) < 2 or not all(ends):
             p(f"bad link '{chain}': expected 'node.pad -> node.pad'", lline)
@@ -199,7 +212,8 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
         for a, b in zip(ends, ends[1:]):
             src, _, spad = a.partition(".")
             dst, _, dpad = b.partition(".")
-            links.append(LinkSpec(src, spad or None, dst, dpad or None, opts["policy"], opts["size"], lline))
+            links.append(LinkSpec(src, spad or None, dst, dpad or None, opts["policy"], opts["size"], lline,
+                                 opts.get("feedback") is True))
 
     hosts = dict(doc.get("hosts") or {})
     return Graph(

@@ -220,8 +220,9 @@ class Runner:
         return reply["result"]
 
     # --- processes ---------------------------------------------------------------------------
-    def _links_in(self, name: str) -> list[LinkSpec]:
-        return [l for l in self.graph.links if l.dst == name]
+    def _links_in(self, name: str, forward: bool = False) -> list[LinkSpec]:
+        """Links into ``name``; ``forward``: without feedback links (a source may take requests)."""
+        return [l for l in self.graph.links if l.dst == name and (l.forward or not forward)]
 
     def _links_out(self, name: str) -> list[LinkSpec]:
         return [l for l in self.graph.links if l.src == name]
@@ -232,7 +233,7 @@ class Runner:
             "name": name, "type": spec.type, "params": spec.params, "instance": instance,
             "run_id": self.run_id, "control": self.node_endpoint, "parent_pid": os.getpid(),
             "inputs": [{"id": l.id, "pad": l.dst_pad, "endpoint": ipc_endpoint(self.run_id, l.id, instance),
-                        "policy": l.policy, "size": l.size} for l in self._links_in(name)],
+                        "policy": l.policy, "size": l.size, "feedback": l.feedback} for l in self._links_in(name)],
             "outputs": [{"id": l.id, "pad": l.src_pad, "endpoint": self.endpoints[l.id],
                          "policy": l.policy, "size": l.size} for l in self._links_out(name)],
         }
@@ -271,7 +272,7 @@ class Runner:
     async def _set_graph_state(self, target: str) -> str:
         if target not in (PAUSED, PLAYING):
             raise ControlError(f"state must be PAUSED or PLAYING, got '{target}'")
-        sources = {n for n in self.local if not self._links_in(n)}
+        sources = {n for n in self.local if not self._links_in(n, forward=True)}
         if target == PLAYING:  # everything downstream first, so sources lose nothing
             await self._all_to(PAUSED, self.procs)
             await self._all_to(PLAYING, {n: p for n, p in self.procs.items() if n not in sources})
@@ -328,7 +329,7 @@ class Runner:
                 await self._request(src, "relink", link=link.id, endpoint=self.endpoints[link.id])
 
     def _check_eos(self) -> None:
-        terminals = [n for n in self.local if not self._links_out(n)]
+        terminals = [n for n in self.local if not any(l.forward for l in self._links_out(n))]
         if self.eos_reached or not all(self.procs[n].eos for n in terminals):
             return
         self.eos_reached = True
@@ -344,7 +345,7 @@ class Runner:
 
     async def _do_stop(self, drain: bool) -> None:
         if drain and self.state == PLAYING and not self.eos_reached:
-            sources = [p for n, p in self.procs.items() if not self._links_in(n)]
+            sources = [p for n, p in self.procs.items() if not self._links_in(n, forward=True)]
             await asyncio.gather(*(self._request(p, "eos", timeout=2) for p in sources), return_exceptions=True)
             for _ in range(int(self.drain_timeout * 50)):
                 if self.eos_reached:

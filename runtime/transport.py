@@ -21,8 +21,10 @@ def ipc_endpoint(run_id: str, link_id: str, instance: int) -> str:
 class InLink:
     """The receiving end of one link: a bound PULL socket and a policy-bounded queue."""
 
-    def __init__(self, ctx: zmq.Context, link_id: str, pad: str, endpoint: str, policy: str, size: int):
+    def __init__(self, ctx: zmq.Context, link_id: str, pad: str, endpoint: str, policy: str, size: int,
+                 feedback: bool = False):
         self.id, self.pad, self.endpoint = link_id, pad, endpoint
+        self.feedback = feedback  # runs upstream; its EOS comes after ours, so it never holds ours back
         self.leaky = policy == "leaky"
         self.size = size
         self.queue: deque[Message] = deque()

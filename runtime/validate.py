@@ -86,7 +86,8 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
     g = nx.MultiDiGraph()
     g.add_nodes_from(graph.nodes)
     for link in good_links:
-        g.add_edge(link.src, link.dst, link=link)
+        if link.forward:  # a feedback link runs upstream on purpose: it may close a loop
+            g.add_edge(link.src, link.dst, link=link)
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
@@ -94,7 +95,8 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
     if cycle:
         names = [edge[0] for edge in cycle] + [cycle[0][0]]
         first = g.edges[cycle[0]]["link"]
-        p(f"cycle in graph: {' -> '.join(names)}", first.line)
+        p(f"cycle in graph: {' -> '.join(names)} (a link that runs upstream on purpose, such as a "
+          f"sink's keyframe requests, says 'feedback: true')", first.line)
 
     for name, cls in types.items():
         only = next(iter(cls.inputs)) if len(cls.inputs) == 1 else None

@@ -87,7 +87,8 @@ class Worker:
         self.cls: type[Node] = get_node_type(spec["type"])
         params = check_params(self.cls.params, spec.get("params", {}))
         for d in spec.get("inputs", []):
-            self.in_links.append(InLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"]))
+            self.in_links.append(InLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
+                                        d.get("feedback", False)))
         for d in spec.get("outputs", []):
             link = OutLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
                            d.get("seq", 0), d.get("hold", False))
@@ -244,7 +245,8 @@ class Worker:
     def _control_kind(self, link: InLink, kind: Kind) -> None:
         if kind == Kind.EOS:
             link.ended = True
-            if all(l.ended for l in self.in_links):
+            # feedback (requests from downstream) ends after us: only the forward inputs decide
+            if not link.feedback and all(l.ended for l in self.in_links if not l.feedback):
                 self._guarded(self.node.on_eos)
                 self.end_stream()
         elif kind == Kind.MARK:
