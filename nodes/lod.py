@@ -90,7 +90,12 @@ def check_levels(levels: Any) -> dict[str, int]:
 class Lod(Node):
     """Per-session level of detail: drops morphs (held at 0) and decimates frames per level."""
 
-    inputs = {"in": Pad(("morphs/cc4", "arkit/blendshapes"), doc="batches with 'weights' (S, M)")}
+    inputs = {
+        "in": Pad(("morphs/cc4", "arkit/blendshapes"), doc="batches with 'weights' (S, M)"),
+        "requests": Pad("avatar/request", "viewers' wishes: data {'lod': {session id: level, or null to "
+                                          "return to 'level'}} (a sink's requests, on a feedback link)",
+                        required=False),
+    }
     outputs = {"out": Pad(same_as="in", doc="the due sessions only; data 'lod' = level per row")}
     params = {
         "level": Param(int, 0, "level of sessions not named in 'levels'", min=0, max=N_LEVELS - 1),
@@ -110,7 +115,7 @@ class Lod(Node):
         self.last_pts = np.zeros(self.slots.capacity, dtype=np.int64)
         self.masks: dict[tuple[str, ...], np.ndarray] = {}
         self.arkit = arkit_names()  # the columns of arkit/blendshapes, which carries no names
-        self.rows_in = self.rows_out = self.dropped = 0
+        self.rows_in = self.rows_out = self.dropped = self.requests = 0
 
     def on_params(self, changed: Mapping[str, Any]) -> None:
         if "levels" in changed:
@@ -128,6 +133,10 @@ class Lod(Node):
                 raise
             self.table = self.p.table
             self.masks.clear()
+        self._relevel()
+
+    def _relevel(self) -> None:
+        """Sessions whose level changed are due at once at the new one."""
         rows = np.flatnonzero(self.slots.used)
         want = np.array([self.session_levels.get(str(self.slots.ids[r]), self.default_level) for r in rows], dtype=np.int64)
         moved = rows[want != self.level[rows]]
@@ -135,6 +144,9 @@ class Lod(Node):
         self.count[moved] = 0  # due at once at the new level
 
     def process(self, pad: str, msg: Message) -> Message | None:
+        if pad == "requests":
+            self._request(msg)
+            return None
         weights = msg.arrays.get("weights")
         sessions = batch_sessions(msg)
         names = self._names(msg)
@@ -168,6 +180,22 @@ class Lod(Node):
             data["active"] = [data["active"][i] for i in rows]
         data["lod"] = lv.tolist()
         return Message(msg.caps, data, arrays, msg.pts_ns, [sessions[i] for i in rows], msg.trace)
+
+    def _request(self, msg: Message) -> None:
+        wish = msg.data.get("lod") if isinstance(msg.data, dict) else None
+        if not isinstance(wish, dict):
+            return  # other requests (keyframes) are not ours
+        try:
+            merged = check_levels({**self.session_levels, **{k: v for k, v in wish.items() if v is not None}})
+        except ValueError as exc:
+            self.warn(f"ignored an lod request: {exc}")
+            return
+        for sid in (str(k) for k, v in wish.items() if v is None):
+            merged.pop(sid, None)
+        self.session_levels = merged
+        self.p.levels = merged
+        self.requests += 1
+        self._relevel()
 
     def _names(self, msg: Message) -> list[str]:
         if isinstance(msg.data, dict) and isinstance(msg.data.get("names"), list):
@@ -204,4 +232,4 @@ class Lod(Node):
     def stats(self) -> dict:
         levels = np.bincount(self.level[self.slots.used], minlength=N_LEVELS).tolist()
         return {"sessions": len(self.slots), "per_level": levels, "rows_in": self.rows_in,
-                "rows_out": self.rows_out, "dropped": self.dropped}
+                "rows_out": self.rows_out, "dropped": self.dropped, "requests": self.requests}

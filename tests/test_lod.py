@@ -100,6 +100,21 @@ def test_live_levels_change():
     assert m.data["lod"] == [2, 3, 2]
 
 
+def test_viewer_requests_set_and_clear_a_session_level():
+    h = NodeHarness("lod", level=0, levels={"a": 1})
+    run(h, ["a", "b"], 2)
+    assert h.feed("requests", Message("avatar/request", {"lod": {"b": 3}})) == []
+    assert run(h, ["a", "b"], 4, start=2) == {"a": [2, 3, 4, 5], "b": [2]}  # b due at once, then every 4th
+    assert h.node.p.levels == {"a": 1, "b": 3}  # what `avatar stats` and a restart see
+    h.feed("requests", Message("avatar/request", {"lod": {"b": None, "a": 9}}))  # a bad level: all refused
+    assert h.node.p.levels == {"a": 1, "b": 3}
+    h.feed("requests", Message("avatar/request", {"lod": {"b": None}}))
+    assert h.node.p.levels == {"a": 1}
+    assert h.feed("in", ones(["a", "b"], 6))[0][1].data["lod"] == [1, 0]
+    h.feed("requests", Message("avatar/request", {"keyframe": ["a"]}))  # not for lod: ignored
+    assert h.node.stats()["requests"] == 2
+
+
 def test_bad_live_levels_are_refused_and_the_old_ones_kept():
     h = NodeHarness("lod", levels={"a": 1})
     with pytest.raises(ValueError, match="'b' has level 7"):
