@@ -30,7 +30,8 @@ class ArkitSource(Node):
     params = {
         "host": Param(str, "0.0.0.0", "address to listen on"),
         "port": Param(int, 11111, "UDP port; 0 = any free port (stats show which)", min=0, max=65535),
-        "rate": Param(float, 60.0, "batches per second", min=0.1, max=1000.0),
+        "rate": Param(float, 60.0, "batches per second; 0: a batch as soon as packets arrive (each wake-up's "
+                                   "new frames: the lowest latency, for a few devices)", min=0.0, max=1000.0),
         "session_timeout": Param(float, 2.0, "seconds without packets after which a session leaves", min=0.001, max=86400.0),
         "max_sessions": Param(int, 4096, "devices served at once; packets of further ones are dropped", min=1, max=1 << 20),
     }
@@ -53,7 +54,11 @@ class ArkitSource(Node):
         self.sock = self._bind(self.p.host, self.p.port)
         self.bound = (self.p.host, self.p.port)
         self.watch(self.sock, self._read)
-        self.timer = self.every(1.0 / self.p.rate, self._tick)
+        self.timer = self._start_timer()
+
+    def _start_timer(self):
+        """Ticks emit batches at ``rate``; at rate 0 reads emit them and ticks only expire sessions."""
+        return self.every(1.0 / self.p.rate, self._tick) if self.p.rate > 0 else self.every(0.1, self._expire)
 
     # --- state arrays ------------------------------------------------------------------------
     def _alloc(self, cap: int) -> None:
@@ -105,7 +110,14 @@ class ArkitSource(Node):
 
     # --- input -------------------------------------------------------------------------------
     def _read(self) -> None:
-        """Drain every datagram the socket holds (up to a budget); the latest per session wins."""
+        self._drain()
+        if self.p.rate == 0:
+            fresh = np.flatnonzero(self.active[: self.cap])
+            if len(fresh):
+                self._emit(fresh, [self.ids[i] for i in fresh.tolist()], int(self.arrival[fresh].min()))
+
+    def _drain(self) -> None:
+        """Read every datagram the socket holds (up to a budget); the latest per session wins."""
         recv = self.sock.recvfrom
         for _ in range(_MAX_DRAIN):
             try:
@@ -163,26 +175,32 @@ class ArkitSource(Node):
         self.last_warn_ns = now
 
     # --- output ------------------------------------------------------------------------------
-    def _tick(self) -> None:
+    def _expire(self) -> int:
         now = now_ns()
         if self.slots:
             stale = np.flatnonzero(self.used & (now - self.last_ns > int(self.p.session_timeout * 1e9)))
             for slot in stale.tolist():
                 self._leave(slot, now)
         self._maybe_warn(now)
+        return now
+
+    def _tick(self) -> None:
+        now = self._expire()
         if not self.slots:
             return
         if self.dirty:
             self.order = np.fromiter(self.slots.values(), np.intp, len(self.slots))
             self.order_ids = list(self.slots)
             self.dirty = False
-        idx = self.order
+        self._emit(self.order, self.order_ids, now)
+
+    def _emit(self, idx: np.ndarray, ids: list[str], pts_ns: int) -> None:
         arrays = {"weights": self.weights[idx], "pose": self.pose[idx],
                   "arrival_ns": self.arrival[idx], "frame": self.frame[idx]}
         data = {"active": self.active[idx].tolist()}
         self.active[:] = False
         self.batches += 1
-        self.emit("out", Message(CAPS, data, arrays, pts_ns=now, session=self.order_ids))
+        self.emit("out", Message(CAPS, data, arrays, pts_ns=pts_ns, session=ids))
 
     # --- lifecycle ---------------------------------------------------------------------------
     def on_pause(self) -> None:
@@ -212,7 +230,7 @@ class ArkitSource(Node):
     def on_params(self, changed: dict) -> None:
         if "rate" in changed:
             self.timer.cancel()
-            self.timer = self.every(1.0 / self.p.rate, self._tick)
+            self.timer = self._start_timer()
         if "host" in changed or "port" in changed:
             try:
                 sock = self._bind(self.p.host, self.p.port)

@@ -87,6 +87,21 @@ def test_two_devices_make_one_batch(src, udp):
     assert np.array_equal(third.arrays["weights"][0], FRAMES[1].weights)
 
 
+def test_rate_0_emits_each_read_at_once_with_only_the_fresh_sessions(udp):
+    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, rate=0.0)
+    try:
+        b = np.full(52, 0.25, np.float32)
+        _deliver(h, udp, PACKETS[0])
+        _deliver(h, udp, build_packet(DEV36, b, np.zeros(9, np.float32), frame=7))
+        msgs = [m for _, m in h.outputs]
+        assert [m.session for m in msgs] == [[DEV32], [DEV36]]  # no timer tick needed, nobody repeated
+        assert np.array_equal(msgs[1].arrays["weights"][0], b)
+        assert msgs[1].pts_ns == int(msgs[1].arrays["arrival_ns"][0])  # pts: when the packet arrived
+        assert h.advance(1.0) == []  # ticks only expire sessions (on the real clock, as arrivals are)
+    finally:
+        h.close()
+
+
 def test_nothing_is_emitted_without_sessions(src):
     assert src.advance(1.0) == []
 
