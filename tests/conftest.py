@@ -24,8 +24,8 @@ def graph_file(tmp_path: Path) -> Callable[[str], Path]:
 def avatar_run() -> Iterator[Callable[..., AvatarProcess]]:
     started: list[AvatarProcess] = []
 
-    def start(*args: str) -> AvatarProcess:
-        p = AvatarProcess(*args)
+    def start(*args: str, prefix: list[str] | tuple[str, ...] = ()) -> AvatarProcess:
+        p = AvatarProcess(*args, prefix=prefix)
         started.append(p)
         return p
 

@@ -48,8 +48,9 @@ def avatar(*args: str, timeout: float = 60, cwd: Path | None = None) -> subproce
 class AvatarProcess:
     """``avatar run`` as a background process whose bus (JSON lines on stdout) we can read."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *map(str, args)],
+    def __init__(self, *args: str, prefix: list[str] | tuple[str, ...] = ()):
+        """``prefix``: a command that runs it somewhere else, e.g. ``NetNS.prefix``."""
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "runtime.cli", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      process_group=0)
         self.bus: list[dict] = []
