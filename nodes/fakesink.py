@@ -7,6 +7,7 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param
 from runtime.clock import now_ns
+from runtime.histogram import LATENCY_BOUNDS_US, RingHistogram
 
 _RING = 4096
 
@@ -22,6 +23,7 @@ class FakeSink(Node):
         self.last_seq = -1
         self.first_ns = self.last_ns = 0
         self.latency_ns = np.zeros(_RING, dtype=np.int64)
+        self.latency_hist = RingHistogram(LATENCY_BOUNDS_US)  # binned from the ring when stats are asked
 
     def process(self, pad: str, msg: Message) -> None:
         t = now_ns()
@@ -39,4 +41,5 @@ class FakeSink(Node):
         lat = self.latency_ns[: min(self.count, _RING)] / 1000.0
         p50, p99 = (np.percentile(lat, [50, 99]).tolist() if len(lat) else (0.0, 0.0))
         return {"count": self.count, "last_seq": self.last_seq, "first_ns": self.first_ns, "last_ns": self.last_ns,
-                "latency_us_p50": p50, "latency_us_p99": p99}
+                "latency_us_p50": p50, "latency_us_p99": p99,
+                "latency_hist": self.latency_hist.update(self.latency_ns, self.count)}

@@ -62,7 +62,29 @@ def cmd_dot(a: argparse.Namespace) -> int:
     return 0
 
 
+def _api_config(a: argparse.Namespace):
+    """The control API's settings from ``--api*`` flags (None without ``--api``); checked here."""
+    if not a.api:
+        if a.api_insecure_local or a.api_secret_file or a.api_cors or a.api_cert or a.api_key:
+            raise ValueError("the --api-* options need --api HOST:PORT")
+        return None
+    from .api import ApiConfig, parse_listen
+
+    host, port = parse_listen(a.api)
+    origins = [o.strip() for item in a.api_cors or [] for o in item.split(",") if o.strip()]
+    config = ApiConfig(host=host, port=port, secret_file=a.api_secret_file, insecure_local=a.api_insecure_local,
+                       cors_origins=origins, rate=a.api_rate, burst=a.api_burst, tls_cert=a.api_cert,
+                       tls_key=a.api_key)
+    config.check()
+    return config
+
+
 def _run(graph: Graph, a: argparse.Namespace) -> int:
+    try:
+        api_config = _api_config(a)
+    except ValueError as exc:  # ApiConfigError
+        print(f"avatar: {exc}", file=sys.stderr)
+        return 2
     control = None if a.no_control else (a.control or control_endpoint(graph.name))
     runner = Runner(graph, host=getattr(a, "host", None), control=control, drain_timeout=a.drain_timeout)
     lock = threading.Lock()
@@ -80,11 +102,25 @@ def _run(graph: Graph, a: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError, ControlError) as exc:
         print(f"avatar: graph '{graph.name}' did not start: {exc}", file=sys.stderr)
         return 1
-    while not runner.wait(0.1):
-        if stop.is_set():
-            runner.stop(drain=True)
-            break
-    return runner.stop(drain=False)
+    api = None
+    if api_config is not None:
+        from .api import ApiServer
+
+        try:
+            api = ApiServer(runner, api_config).start()
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"avatar: {exc}", file=sys.stderr)
+            runner.stop(drain=False)
+            return 1
+    try:
+        while not runner.wait(0.1):
+            if stop.is_set():
+                runner.stop(drain=True)
+                break
+        return runner.stop(drain=False)
+    finally:
+        if api is not None:
+            api.stop()
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -95,6 +131,21 @@ def cmd_launch(a: argparse.Namespace) -> int:
     graph = parse_launch(" ".join(a.line), policy=a.policy, size=a.size, name=a.name)
     validate_graph(graph)
     return _run(graph, a)
+
+
+def cmd_token(a: argparse.Namespace) -> int:
+    from .api import ApiConfig, make_token
+
+    try:
+        secret = ApiConfig(secret_file=a.secret_file).secret()
+    except ValueError as exc:  # ApiConfigError
+        print(f"avatar: {exc}", file=sys.stderr)
+        return 1
+    if secret is None:
+        print("avatar: no API secret: set $AVATAR_API_SECRET or give --secret-file", file=sys.stderr)
+        return 1
+    print(make_token(secret, a.role, a.ttl, a.sub))
+    return 0
 
 
 def _client(a: argparse.Namespace) -> ControlClient:
@@ -138,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-control", action="store_true", help="serve no control channel")
         sp.add_argument("--drain-timeout", type=float, default=5.0, metavar="S",
                         help="on Ctrl-C, how long sources' EOS may take to reach the sinks (default 5)")
+        api = sp.add_argument_group("control API (HTTP, see docs/api.md)")
+        api.add_argument("--api", metavar="HOST:PORT", help="serve the control API here (e.g. 127.0.0.1:8081)")
+        api.add_argument("--api-secret-file", metavar="F",
+                         help="file holding the JWT signing secret (default: $AVATAR_API_SECRET)")
+        api.add_argument("--api-insecure-local", action="store_true",
+                         help="no authentication at all; refused unless HOST is a loopback address")
+        api.add_argument("--api-cors", action="append", metavar="ORIGIN",
+                         help="allow browser calls from this origin (repeat or comma-separate for several)")
+        api.add_argument("--api-cert", metavar="F", help="TLS certificate (PEM); serves HTTPS")
+        api.add_argument("--api-key", metavar="F", help="TLS private key (PEM)")
+        api.add_argument("--api-rate", type=float, default=20.0, metavar="N",
+                         help="requests per second per client (default 20)")
+        api.add_argument("--api-burst", type=int, default=40, metavar="N", help="burst per client (default 40)")
 
     sp = sub.add_parser("run", help="run a graph; bus messages are printed as JSON lines")
     sp.add_argument("graph", help="graph YAML file")
@@ -168,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="*", metavar="key=value")
     sp.add_argument("-o", "--output", help="file to write (default stdout)")
     sp.set_defaults(fn=cmd_dot)
+
+    sp = sub.add_parser("token", help="print a control API bearer token signed with the configured secret")
+    sp.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer",
+                    help="viewer reads; operator also sets params and emotion; admin also swaps nodes")
+    sp.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
+    sp.add_argument("--sub", help="the client's name (its rate-limit bucket; default: random)")
+    sp.add_argument("--secret-file", metavar="F", help="file holding the secret (default: $AVATAR_API_SECRET)")
+    sp.set_defaults(fn=cmd_token)
 
     def ctl(name: str, help_: str, fn) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)

@@ -22,6 +22,7 @@ import zmq
 
 from .clock import now_ns
 from .errors import ParamError
+from .histogram import PROC_BOUNDS_US, RingHistogram
 from .message import Kind, Message
 from .node import Node
 from .params import check_params
@@ -73,6 +74,7 @@ class Worker:
         self.n_in = self.n_out = 0
         self.proc_ns = array("d", bytes(8 * _RING))
         self.proc_i = 0
+        self.proc_hist = RingHistogram(PROC_BOUNDS_US)  # binned from the ring when stats are asked
         self.reported_drops = 0
         self.next_periodic = 0.0
         self.poller = zmq.Poller()
@@ -456,6 +458,7 @@ class Worker:
             "drops": sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values()),
             "queue_depth": sum(len(l.queue) for l in self.in_links),
             "proc_us_p50": times[len(times) // 2] / 1000, "proc_us_p99": times[min(len(times) - 1, int(len(times) * 0.99))] / 1000,
+            "proc_hist": self.proc_hist.update(self.proc_ns, self.proc_i),
             "inputs": {l.id: l.stats() for l in self.in_links},
             "outputs": {l.id: l.stats() for l in self.out_links.values()},
             "node": self.node.stats(),

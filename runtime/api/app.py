@@ -1,0 +1,385 @@
+"""The control API as a FastAPI app over a running ``Runner``.
+
+Endpoints and the role each needs (roles are ordered viewer < operator < admin):
+
+=========================  ========  ====================================================
+``GET /health``            public    the graph is running (200) or has stopped (503)
+``GET /stats``             viewer    per-node and per-link stats (``Runner.stats``)
+``GET /graph``             viewer    the graph as JSON plus Graphviz dot; ``?format=dot``
+``GET /bus``               viewer    bus messages (``?since=N``, ``?type=ERROR``)
+``GET /metrics``           viewer    Prometheus text format
+``POST /emotion``          operator  a blender's emotion and intensity
+``POST /nodes/{n}/params`` operator  set a node's params live
+``POST /nodes/{n}/swap``   admin     hot-swap a node
+``GET /openapi.json``,     public    the OpenAPI schema and its Swagger UI page
+``GET /docs``
+=========================  ========  ====================================================
+
+The runner's blocking API is called from FastAPI's thread pool (plain ``def`` endpoints); reads
+of the graph description run on the runner's own loop so they never see a half-made swap.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import hashlib
+import json
+import math
+import re
+from typing import Any, Callable, Literal, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..dot import to_dot
+from ..errors import ControlError
+from .auth import AuthError, Principal, authenticate
+from .config import ApiConfig
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import render as render_metrics
+from .ratelimit import RateLimitMiddleware, TokenBuckets
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+_NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+# --- request bodies --------------------------------------------------------------------------
+class EmotionBody(BaseModel):
+    """Set the emotion preset (and its strength) of a blender, or of every blender."""
+
+    model_config = ConfigDict(extra="forbid")
+    emotion: str = Field(min_length=1, max_length=64, description="an emotion preset of the blender's emotion_table")
+    intensity: float = Field(1.0, ge=0.0, le=1.0, description="strength of the emotion, 0 .. 1")
+    node: Optional[str] = Field(None, pattern=_NAME, description="a blender node; default: every blender node")
+    transition_ms: Optional[float] = Field(None, ge=0.0, le=60000.0,
+                                           description="eased transition time; also kept for later changes")
+
+
+class ParamsBody(BaseModel):
+    """Params to set on a running node; checked against the node type's declared params."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, Any] = Field(min_length=1, description="param name -> new value")
+
+
+class SwapBody(BaseModel):
+    """Replace a running node by a new process: the same type or another one, with new params."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Optional[str] = Field(None, min_length=1, max_length=200, description="new node type (default: the same)")
+    params: dict[str, Any] = Field(default_factory=dict, description="params of the new node")
+    timeout_s: float = Field(30.0, gt=0.0, le=300.0, description="how long the old node may take to drain")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _finite(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become null (strict JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def _json(content: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(_finite(content), status_code=status)
+
+
+def _http_error(exc: ControlError | TimeoutError) -> HTTPException:
+    """A runner refusal as HTTP: unknown node 404, busy 409, graph gone 503, too slow 504, else 422."""
+    if isinstance(exc, TimeoutError):
+        return HTTPException(504, "the runner did not answer in time")
+    text = str(exc)
+    if text.startswith("no node '"):
+        return HTTPException(404, text)
+    if "already being swapped" in text:
+        return HTTPException(409, text)
+    if text == "the graph is not running" or "is not reachable" in text or "did not answer" in text:
+        return HTTPException(503, text)
+    return HTTPException(422, text)
+
+
+def _on_loop(runner: Any, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Run ``fn`` on the runner's loop thread (where the graph changes), or here if it has none."""
+    if runner.wait(0):
+        raise ControlError("the graph is not running")
+    loop = getattr(runner, "loop", None)
+    if loop is None:
+        return fn()
+
+    async def call() -> Any:
+        return fn()
+
+    coro = call()
+    try:
+        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # the loop closed between the check and now
+        coro.close()
+        raise ControlError("the graph is not running") from None
+    return fut.result(timeout)
+
+
+def _blender_class() -> type | None:
+    try:
+        from nodes.blender import Blender
+    except ImportError:  # pragma: no cover - the nodes package is part of this project
+        return None
+    return Blender
+
+
+def _node_types(runner: Any, Blender: type | None) -> dict[str, dict[str, Any]]:
+    """Name -> {type, blender} of the nodes running here."""
+    running = runner.pids()
+    out = {}
+    for name, spec in runner.graph.nodes.items():
+        if name not in running:
+            continue
+        cls = getattr(runner, "types", {}).get(name)
+        blender = spec.type == "blender" or (Blender is not None and isinstance(cls, type) and issubclass(cls, Blender))
+        out[name] = {"type": spec.type, "blender": blender}
+    return out
+
+
+def _graph_snapshot(runner: Any) -> tuple[dict[str, Any], str]:
+    """graph_info() and dot text; the dot shows only params that differ from the type's defaults."""
+    info = runner.graph_info()
+    graph = copy.deepcopy(runner.graph)
+    types = getattr(runner, "types", {})
+    for name, spec in graph.nodes.items():
+        declared = getattr(types.get(name), "params", {})
+        spec.params = {k: v for k, v in spec.params.items() if k not in declared or declared[k].default != v}
+    return info, to_dot(graph)
+
+
+def _docs_page(title: str) -> tuple[str, str]:
+    """The Swagger UI page and a CSP that allows exactly its inline script (by hash) and its CDN."""
+    html = get_swagger_ui_html(openapi_url="/openapi.json", title=title).body.decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in re.findall(r"<script>(.*?)</script>", html, flags=re.S))
+    csp = ("default-src 'none'; script-src https://cdn.jsdelivr.net " + hashes + "; "
+           "style-src https://cdn.jsdelivr.net 'unsafe-inline'; img-src https://fastapi.tiangolo.com data:; "
+           "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+    return html, csp
+
+
+# --- middleware ------------------------------------------------------------------------------
+class SecurityHeadersMiddleware:
+    """Adds security headers to every response (a response's own CSP or Cache-Control wins)."""
+
+    def __init__(self, app: Any, tls: bool):
+        self.app = app
+        self.headers = [(b"content-security-policy", API_CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                        (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+                        (b"cross-origin-opener-policy", b"same-origin"), (b"cache-control", b"no-store")]
+        if tls:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self.headers if k not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``limit`` bytes with 413 (reads small bodies up front)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", ())).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await self._refuse(send)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, given = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- the app ---------------------------------------------------------------------------------
+def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None = None) -> FastAPI:
+    """The control API over ``runner``. ``secret`` defaults to ``config.check()``'s (None: no auth)."""
+    config = config or ApiConfig()
+    if secret is None:
+        secret = config.check()
+    graph_name = runner.graph.name
+    app = FastAPI(title="Avatar Engine control API", version="1", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json",
+                  description=f"Steers the running graph '{graph_name}'. Send `Authorization: Bearer <JWT>` "
+                              "(HS256, claims `role` in viewer/operator/admin and `exp`).")
+    bearer = HTTPBearer(auto_error=False, description="HS256 JWT with a `role` claim (viewer, operator, admin)")
+
+    def principal(request: Request, role: str) -> Principal:
+        try:
+            who = authenticate(request.headers.get("authorization"), secret)
+        except AuthError as exc:
+            raise HTTPException(401, exc.detail, headers={"WWW-Authenticate": exc.www_authenticate()}) from None
+        if not who.allows(role):
+            raise HTTPException(403, f"role '{who.role}' may not do this; it needs '{role}' or above")
+        return who
+
+    def require(role: str) -> Callable[..., Principal]:
+        def check(request: Request, _: Any = Security(bearer)) -> Principal:
+            return principal(request, role)
+
+        return check
+
+    viewer, operator, admin = Depends(require("viewer")), Depends(require("operator")), Depends(require("admin"))
+
+    def call(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (ControlError, TimeoutError) as exc:
+            raise _http_error(exc) from None
+
+    def running_nodes() -> dict[str, dict[str, Any]]:
+        blender = _blender_class()  # imported here, not on the runner's loop
+        return call(lambda: _on_loop(runner, lambda: _node_types(runner, blender)))
+
+    def running_node(name: str) -> dict[str, Any]:
+        nodes = running_nodes()
+        if name not in nodes:
+            raise HTTPException(404, f"no node '{name}' runs here (nodes: {', '.join(nodes)})")
+        return nodes[name]
+
+    @app.get("/health", tags=["public"], summary="Liveness: 200 while the graph runs, 503 once it stopped")
+    def health() -> JSONResponse:
+        stopped = runner.wait(0)
+        return _json({"status": "stopped" if stopped else "ok", "graph": graph_name, "state": runner.state},
+                     503 if stopped else 200)
+
+    @app.get("/stats", tags=["read"], dependencies=[viewer], summary="Per-node and per-link stats")
+    def stats() -> JSONResponse:
+        return _json(call(runner.stats))
+
+    @app.get("/graph", tags=["read"], dependencies=[viewer], summary="The graph as JSON (with dot), or as dot text",
+             responses={200: {"content": {"application/json": {}, "text/vnd.graphviz": {}}}})
+    def graph(format: Literal["json", "dot"] = Query("json", description="json (default) or dot")) -> Response:
+        info, dot = call(lambda: _on_loop(runner, lambda: _graph_snapshot(runner)))
+        if format == "dot":
+            return Response(dot, media_type="text/vnd.graphviz; charset=utf-8")
+        return _json({"graph": info, "dot": dot})
+
+    @app.get("/bus", tags=["read"], dependencies=[viewer], summary="Bus messages, oldest first")
+    def bus(since: int = Query(0, ge=0, description="index of the first message; pass the last answer's 'next'"),
+            type: Optional[str] = Query(None, max_length=64, description="only messages of this type")) -> JSONResponse:
+        messages = runner.bus.messages()
+        selected = [m for m in messages[since:] if type is None or m.get("type") == type]
+        return _json({"since": since, "next": max(since, len(messages)), "messages": selected})
+
+    @app.get("/metrics", tags=["read"], dependencies=[viewer], summary="Prometheus metrics (text format)",
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        return Response(call(lambda: render_metrics(runner.stats)), media_type=METRICS_CONTENT_TYPE)
+
+    @app.post("/emotion", tags=["control"], dependencies=[operator],
+              summary="Set the emotion and intensity of a blender (default: every blender)")
+    def emotion(body: EmotionBody) -> JSONResponse:
+        nodes = running_nodes()
+        if body.node is not None:
+            if body.node not in nodes:
+                raise HTTPException(404, f"no node '{body.node}' runs here (nodes: {', '.join(nodes)})")
+            if not nodes[body.node]["blender"]:
+                raise HTTPException(422, f"node '{body.node}' is a {nodes[body.node]['type']}, not a blender")
+            targets = [body.node]
+        else:
+            targets = [n for n, d in nodes.items() if d["blender"]]
+            if not targets:
+                raise HTTPException(404, "no blender node runs in this graph")
+        params: dict[str, Any] = {"emotion": body.emotion, "intensity": body.intensity}
+        if body.transition_ms is not None:
+            params["transition_ms"] = body.transition_ms
+        done = {}
+        for name in targets:
+            result = call(lambda: runner.set_params(name, **params))
+            done[name] = {k: result.get(k) for k in ("emotion", "intensity", "transition_ms")}
+        return _json({"nodes": done})
+
+    @app.post("/nodes/{name}/params", tags=["control"], dependencies=[operator], summary="Set a running node's params")
+    def set_params(body: ParamsBody, name: str = Path(pattern=_NAME)) -> JSONResponse:
+        running_node(name)
+        return _json({"node": name, "params": call(lambda: runner.set_params(name, **body.params))})
+
+    @app.post("/nodes/{name}/swap", tags=["control"], dependencies=[admin], summary="Hot-swap a running node")
+    def swap(body: SwapBody, name: str = Path(pattern=_NAME)) -> JSONResponse:
+        running_node(name)
+        pid = call(lambda: runner.swap(name, type=body.type, params=body.params, timeout=body.timeout_s))
+        new_type = call(lambda: _on_loop(runner, lambda: runner.graph.nodes[name].type))
+        return _json({"node": name, "pid": pid, "type": new_type})
+
+    # FastAPI parses a JSON body before it runs dependencies: answer 401/403 before 422 anyway,
+    # so a client without the right token learns nothing from validation errors
+    roles = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer", emotion: "operator",
+             set_params: "operator", swap: "admin"}
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        role = roles.get(request.scope.get("endpoint"))
+        if role is not None:
+            try:
+                principal(request, role)
+            except HTTPException as denied:
+                return await http_exception_handler(request, denied)
+        return await request_validation_exception_handler(request, exc)
+
+    docs_html, docs_csp = _docs_page(app.title)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html, headers={"Content-Security-Policy": docs_csp, "Cache-Control": "no-cache"})
+
+    # outermost last: security headers > CORS > rate limit > body size > the app
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(config.rate, config.burst), secret=secret)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], allow_credentials=False, max_age=600)
+    app.add_middleware(SecurityHeadersMiddleware, tls=config.tls)
+    return app
