@@ -14,15 +14,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the nodes and tests use; installed only where missing (needs root, as on CI).
-APT_PACKAGES := libespeak-ng1
+# The browser client's npm packages (web/package-lock.json) and the face model built from them.
+WEB_STAMP := web/node_modules/.installed
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+web/assets/face.glb: $(STAMP) $(WEB_STAMP) tools/build_face_glb.py tools/face_morphs.yaml graphs/mappings/arkit52.yaml
+	$(PY) tools/build_face_glb.py
+
+# Debian packages the nodes and tests use; installed only where missing (needs root, as on CI):
+# espeak-ng's library (text_phoneme), Chromium (the browser tests), iproute2 (their network namespace);
+# and Node.js with npm for the web client, where there is no npm yet.
+APT_PACKAGES := libespeak-ng1 chromium iproute2
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; fi
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps $(WEB_STAMP) web/assets/face.glb
 
 run: setup
 	$(VENV)/bin/avatar run $(GRAPH)
@@ -34,4 +46,4 @@ bench: setup
 	$(PY) tools/bench_chain.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache *.egg-info
+	rm -rf $(VENV) out .pytest_cache *.egg-info web/node_modules web/assets/face.glb

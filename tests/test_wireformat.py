@@ -10,6 +10,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from nodes import wireformat as wf
@@ -387,27 +388,34 @@ def test_the_encoder_writes_the_documented_example_byte_for_byte():
     assert made == [doc_example(name) for name in EXAMPLE_NAMES]
 
 
+WEB = DOC.parent.parent / "web"
+JS_DECODER = WEB / "js" / "wireformat.js"
+ARKIT52_YAML = DOC.parent.parent / "graphs" / "mappings" / "arkit52.yaml"
+# Imports the page's own module; node resolves its "@msgpack/msgpack" import from web/node_modules.
+# Each line: a decoder name and a packet's bytes as hex, decoded from the bytes as the page does.
 JS_HARNESS = r"""
-const fs = require("fs");
-eval(fs.readFileSync(process.argv[2], "utf8") + "\nglobalThis.AvatarDecoder = AvatarDecoder;");
+import fs from "node:fs";
+import { AvatarDecoder, ARKIT52 } from "%s";
 const hex = (h) => Uint8Array.from(h.match(/../g) || [], (x) => parseInt(x, 16));
 const decoders = {}, out = [];
 for (const line of fs.readFileSync(0, "utf8").trim().split("\n")) {
   const { dec, p } = JSON.parse(line);
   const d = (decoders[dec] ??= new AvatarDecoder({ resumeAfterLoss: dec.startsWith("tolerant") }));
   try {
-    const f = d.decode(Array.isArray(p) ? [...p.slice(0, 8), hex(p[8])] : hex(p));
+    const f = d.decodeBytes(hex(p));
     out.push(f === null ? ["none", d.waiting] : ["ok", f.q, f.pose && f.pose.map((x) => Math.round(x * 1e6)), f.pts,
                                                   f.seq, f.session, f.keyframe, d.waiting]);
   } catch (e) { out.push(["error"]); }
 }
-process.stdout.write(JSON.stringify(out));
+process.stdout.write(JSON.stringify({ out, arkit52: ARKIT52 }));
 """
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the JavaScript decoder")
-def test_the_documented_javascript_decoder_agrees_with_python(tmp_path):
-    """Several streams (precisions, modes, pose, loss, keyframe requests, corrupted packets) through both."""
+def test_the_pages_javascript_decoder_agrees_with_python(tmp_path):
+    """web/js/wireformat.js and nodes/wireformat.py on the same packets: several streams (precisions, modes, pose,
+    loss, keyframe requests, corrupted packets, bytes that are not msgpack at all), every result compared."""
+    assert (WEB / "node_modules" / "@msgpack" / "msgpack").is_dir(), "web/node_modules missing: run `npm ci` in web/"
     rng = np.random.default_rng(10)
     lines, expected = [], []
     for case in range(16):
@@ -432,13 +440,8 @@ def test_the_documented_javascript_decoder_agrees_with_python(tmp_path):
                     bad[int(rng.integers(2, len(bad)))] ^= 1 << int(rng.integers(0, 8))
                     copies.insert(0, bytes(bad))
                 for data in copies:
-                    try:
-                        obj = msgpack.unpackb(data)
-                        js = json.dumps(obj.hex() if isinstance(obj, bytes) else [*obj[:8], obj[8].hex()])
-                    except Exception:  # not msgpack, or not an array of 9 ending in bin: not for the harness
-                        continue
                     for name, dec in decoders.items():
-                        lines.append(f'{{"dec": "{name}", "p": {js}}}')
+                        lines.append(json.dumps({"dec": name, "p": data.hex()}))
                         try:
                             f = dec.decode(data)
                         except ValueError:
@@ -451,12 +454,14 @@ def test_the_documented_javascript_decoder_agrees_with_python(tmp_path):
                         q = wf.quantize(f.weights, f.bits, *wf.WEIGHT_RANGE).tolist()
                         pose_out = None if f.pose is None else np.rint(f.pose.astype(np.float64) * 1e6).astype(int)
                         expected.append(["ok", q, pose_out, f.pts_ms, f.seq, f.session, f.keyframe, waiting])
-    (tmp_path / "decoder.js").write_text(doc_block("decoder: js"))
-    (tmp_path / "harness.js").write_text(JS_HARNESS)
-    run = subprocess.run(["node", str(tmp_path / "harness.js"), str(tmp_path / "decoder.js")], input="\n".join(lines),
+    (tmp_path / "harness.mjs").write_text(JS_HARNESS % JS_DECODER.as_uri())
+    run = subprocess.run(["node", str(tmp_path / "harness.mjs")], input="\n".join(lines),
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout)
+    result = json.loads(run.stdout)
+    assert result["arkit52"] == yaml.safe_load(ARKIT52_YAML.read_text())["blendshapes"]
+    assert doc_block("excerpt: web/js/wireformat.js") in JS_DECODER.read_text()  # the doc quotes the module
+    got = result["out"]
     assert len(got) == len(expected) > 1000
     for i, (e, g) in enumerate(zip(expected, got)):
         if e[0] == "ok" and e[2] is not None:  # pose as float32 in Python, float64 in JS: a micro-radian apart at most
