@@ -126,5 +126,14 @@ class Node:
         return next(iter(cls.outputs)) if len(cls.outputs) == 1 else None
 
     @classmethod
+    def default_input(cls) -> str | None:
+        """The pad a link names no pad for: the only input, or the only required one (optional
+        side inputs, such as a ``requests`` pad, are always named)."""
+        if len(cls.inputs) == 1:
+            return next(iter(cls.inputs))
+        required = [name for name, pad in cls.inputs.items() if pad.required]
+        return required[0] if len(required) == 1 else None
+
+    @classmethod
     def describe(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

@@ -64,8 +64,9 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
             pad = getattr(link, attr)
             word = "output" if kind == "outputs" else "input"
             if pad is None:
-                if len(pads) == 1:
-                    setattr(link, attr, next(iter(pads)))
+                default = cls.default_output() if kind == "outputs" else cls.default_input()
+                if default is not None:
+                    setattr(link, attr, default)
                 else:
                     p(f"link {_ends(link)}: node '{node}' ({graph.nodes[node].type}) has "
                       f"{len(pads) or 'no'} {word} pads ({', '.join(pads) or 'none'}); name one", link.line)
@@ -99,7 +100,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
           f"sink's keyframe requests, says 'feedback: true')", first.line)
 
     for name, cls in types.items():
-        only = next(iter(cls.inputs)) if len(cls.inputs) == 1 else None
+        only = cls.default_input()
         connected = {l.dst_pad or only for l in graph.links if l.dst == name}
         for pad_name, pad in cls.inputs.items():
             if pad.required and pad_name not in connected:

@@ -218,3 +218,18 @@ def test_node_config_problems_are_found_at_load(graph_file):
       - src -> map -> sink
     """
     check(graph_file, text, "node 'map' (mapper): mapper profile 'no/such/table.yaml': table 'no/such/table.yaml' not found", line=3)
+
+
+def test_an_unnamed_input_pad_is_the_only_required_one(graph_file):
+    """lod and compressor take optional `requests` beside `in`: a link naming no pad means `in`."""
+    text = """
+    nodes:
+      src: {type: testsrc, params: {caps: arkit/blendshapes}}
+      detail: {type: lod}
+      encode: {type: compressor}
+      rec: {type: recorder, params: {path: x.msgpack}}
+    links:
+      - src -> detail -> encode -> rec
+    """
+    r = avatar("validate", graph_file(text))
+    assert r.returncode == 0, r.stderr
