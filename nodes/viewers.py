@@ -1,0 +1,465 @@
+"""Viewers: who watches which session, and the bounded queue of packets each one is owed.
+
+The registry of the browser-delivery sinks (``docs/delivery.md``). It runs entirely on the web
+server's event loop (one thread, no locks); the node hands it each ``avatar/packet`` batch with
+``dispatch`` and gets upstream requests back through the ``request`` callback.
+
+- A batch is split by dict lookups over the *watched* sessions only: a session nobody watches
+  costs one dict update per batch (live-session tracking) and nothing per viewer.
+- Each viewer has a bounded queue (``queue_size``) drained by one sender task per viewer. When it
+  is full the oldest packet is dropped, and with it the deltas queued behind it (undecodable
+  without it) up to the next queued keyframe; if none is queued the viewer *waits*: deltas are
+  skipped until the next keyframe, which is asked for upstream. A new subscription waits the
+  same way, so a viewer never gets a delta before its first keyframe.
+- Keyframe requests are rate-limited per session (``keyframe_min_interval_ns``); one that comes
+  too soon is sent when the interval is over, if a viewer still waits.
+- Echoes (the page saying "decoded seq n of session s") give pipeline-to-page latency from the
+  pts of the batch that carried that packet (a small ring per watched session).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from runtime.clock import now_ns
+
+N_LEVELS = 4  # lod levels 0..3
+MAX_SESSION_ID = 1024  # characters, as in the wire format
+_RING = 256  # packets remembered per watched session for echoes
+_LATENCY_RING = 1024
+_TEXT_QUEUE = 32  # JSON messages waiting for a viewer (the oldest go first: 'sessions' supersedes itself)
+_LISTED_VIEWERS = 32  # viewers detailed in stats
+_KEYFRAME_FIRST = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])  # msgpack array: a keyframe
+
+
+# --- peeking at packets -----------------------------------------------------------------------
+def is_keyframe(packet: bytes) -> bool:
+    """A keyframe is a msgpack array (fixarray, array 16 or array 32); a delta is a bin."""
+    return bool(packet) and packet[0] in _KEYFRAME_FIRST
+
+
+def _uint(p: bytes, i: int) -> tuple[int, int]:
+    """A msgpack unsigned int at ``i``: (value, next index)."""
+    b = p[i]
+    if b <= 0x7F:
+        return b, i + 1
+    size = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(b)
+    if size is None or i + 1 + size > len(p):
+        raise ValueError("not a msgpack uint")
+    return int.from_bytes(p[i + 1:i + 1 + size], "big"), i + 1 + size
+
+
+def packet_seq(packet: bytes) -> int:
+    """The wire ``seq`` of a packet (keyframe element 2; a delta's ``u(16)`` after its ``eg(0)``
+    sid), or -1 if it cannot be read. Reads a few bytes, never the whole packet."""
+    try:
+        b = packet[0]
+        if b in _KEYFRAME_FIRST:
+            i = 1 if b <= 0x9F else 3 if b == 0xDC else 5
+            _, i = _uint(packet, i)  # version
+            _, i = _uint(packet, i)  # sid
+            return _uint(packet, i)[0]
+        head = {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(b)
+        if head is None:
+            return -1
+        bits = int.from_bytes(packet[head:head + 8].ljust(8, b"\0"), "big")
+        zeros = 64 - bits.bit_length()  # eg(0) sid: z zero bits, then z + 1 bits
+        used = 2 * zeros + 1 + 16
+        return -1 if used > 64 else (bits >> (64 - used)) & 0xFFFF
+    except (IndexError, ValueError):
+        return -1
+
+
+# --- viewers ----------------------------------------------------------------------------------
+class Transport(Protocol):
+    """How a viewer is reached (a WebSocket, or a pair of WebRTC data channels)."""
+
+    kind: str
+
+    async def send_bytes(self, data: bytes) -> None: ...  # waits while the viewer is slow
+    async def send_text(self, text: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Viewer:
+    """One connected page: its subscription, its queue and its counters."""
+
+    __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
+                 "sending", "need_key", "sent", "drops", "skipped", "closed")
+
+    def __init__(self, vid: int, transport: Transport):
+        self.id, self.transport = vid, transport
+        self.session: str | None = None
+        self.auto = False  # subscribed to "the first live session" (follows it when it leaves)
+        self.lod: int | None = None
+        self.waiting = True  # no delta until a keyframe
+        self.queue: deque[tuple[bytes, bool]] = deque()
+        self.texts: deque[str] = deque(maxlen=_TEXT_QUEUE)
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.sending = False  # a packet is on its way (the transport may be waiting for room)
+        self.need_key = False  # ask for a keyframe once the packet on its way is gone
+        self.sent = self.drops = self.skipped = 0
+        self.closed = False
+
+    def info(self) -> dict[str, Any]:
+        return {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
+                "sent": self.sent, "drops": self.drops, "skipped": self.skipped, "queued": len(self.queue),
+                "waiting": self.waiting}
+
+
+class ProtocolError(ValueError):
+    """A viewer sent something the protocol does not allow (answered with an error message)."""
+
+
+class Viewers:
+    """The registry: viewers, their subscriptions and queues, live sessions, requests upstream."""
+
+    def __init__(self, *, queue_size: int, keyframe_min_interval_ns: int, session_timeout_ns: int,
+                 request: Callable[[dict], None], clock: Callable[[], int] = now_ns):
+        self.queue_size = queue_size
+        self.keyframe_min_interval_ns = keyframe_min_interval_ns
+        self.session_timeout_ns = session_timeout_ns
+        self.request, self.clock = request, clock
+        self.viewers: dict[int, Viewer] = {}
+        self.watched: dict[str, dict[int, Viewer]] = {}  # session -> its viewers
+        self.unassigned: dict[int, Viewer] = {}  # auto viewers waiting for a first live session
+        self.seen: dict[str, int] = {}  # live sessions -> last seen (ns), in order of arrival
+        self.sessions_changed = False
+        self.rings: dict[str, list[tuple[int, int] | None]] = {}  # watched session -> (seq, pts) by seq % _RING
+        self.kf_last: dict[str, int] = {}  # session -> when a keyframe was last asked for
+        self.kf_deferred: set[str] = set()
+        self.lod_asked: dict[str, int] = {}  # session -> level last asked of the lod node
+        self._ids = itertools.count(1)
+        self._index: dict[str, int] = {}
+        self._index_of: list = []
+        self.latency_us = np.zeros(_LATENCY_RING, np.float64)
+        self.overruns_seen = 0
+        self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
+                       "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0}
+
+    # --- viewers come and go -----------------------------------------------------------------
+    def add(self, transport: Transport, session: str | None = None, lod: int | None = None,
+            subscribe: bool = False) -> Viewer:
+        """A new viewer: sends it ``hello`` and (``subscribe``) subscribes it; starts its sender."""
+        v = Viewer(next(self._ids), transport)
+        self.viewers[v.id] = v
+        self.counts["connected"] += 1
+        v.task = asyncio.ensure_future(self._sender(v))
+        self._send(v, {"type": "hello", "transport": transport.kind, "sessions": list(self.seen),
+                       "session": session, "lod": lod})
+        if subscribe:
+            self.subscribe(v, session, lod)
+        return v
+
+    def remove(self, v: Viewer) -> None:
+        """The viewer is gone (or must go): forget it, stop its sender, close its transport."""
+        if v.closed:
+            return
+        v.closed = True
+        self.viewers.pop(v.id, None)
+        self.unassigned.pop(v.id, None)
+        self._unwatch(v)
+        v.queue.clear()
+        self.counts["disconnected"] += 1
+        if v.task is not None and v.task is not asyncio.current_task():
+            v.task.cancel()
+        asyncio.ensure_future(self._close(v))
+
+    async def close_all(self) -> None:
+        """Server shutdown: every viewer goes, its transport closed."""
+        viewers = list(self.viewers.values())
+        for v in viewers:
+            self.remove(v)
+        if viewers:
+            await asyncio.gather(*(self._close(v) for v in viewers), return_exceptions=True)
+
+    @staticmethod
+    async def _close(v: Viewer) -> None:
+        try:
+            await v.transport.close()
+        except Exception:  # noqa: BLE001 - it is going away either way
+            pass
+
+    # --- what viewers ask ----------------------------------------------------------------------
+    def subscribe(self, v: Viewer, session: str | None, lod: int | None = None) -> None:
+        """Watch ``session`` (None: the first live one) at ``lod`` (None: the graph's choice)."""
+        self._unwatch(v)
+        self.unassigned.pop(v.id, None)
+        v.auto, v.lod = session is None, lod
+        if session is None:
+            session = next(iter(self.seen), None)
+            if session is None:
+                self.unassigned[v.id] = v
+        v.session = session
+        v.waiting = True  # never a delta before the first keyframe
+        v.queue.clear()
+        if session is not None:
+            self._watch(v)
+        self._send(v, {"type": "subscribed", "session": session, "lod": lod})
+
+    def keyframe(self, v: Viewer) -> None:
+        """The viewer's decoder lost its way: skip deltas until a keyframe, ask for one."""
+        if v.session is not None:
+            v.waiting = True
+            self._want_keyframe(v.session)
+
+    def echo(self, session: str, seq: int) -> None:
+        """The page decoded packet ``seq`` of ``session`` just now: latency since its batch's pts."""
+        ring = self.rings.get(session)
+        entry = ring[seq % _RING] if ring is not None else None
+        if entry is None or entry[0] != seq:
+            return
+        n = self.counts["echoes"]
+        self.latency_us[n % _LATENCY_RING] = (self.clock() - entry[1]) / 1000.0
+        self.counts["echoes"] = n + 1
+
+    def handle_text(self, v: Viewer, text: str) -> None:
+        """One JSON message from a viewer (docs/delivery.md); a bad one gets an ``error`` back."""
+        if v.closed:  # a late message on a channel that is closing
+            return
+        try:
+            self._handle(v, text)
+        except ProtocolError as exc:
+            self.error(v, str(exc))
+
+    def error(self, v: Viewer, text: str) -> None:
+        """Tell the viewer what it got wrong (``{"type": "error"}``); counted."""
+        self.counts["protocol_errors"] += 1
+        self._send(v, {"type": "error", "error": text})
+
+    def _handle(self, v: Viewer, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            raise ProtocolError("not JSON") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("a message must be a JSON object with a 'type'")
+        kind = msg.get("type")
+        if kind == "subscribe":
+            self.subscribe(v, check_session(msg.get("session"), True), check_lod(msg.get("lod")))
+        elif kind == "keyframe":
+            self.keyframe(v)
+        elif kind == "echo":
+            seq = msg.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 0xFFFF:
+                raise ProtocolError(f"echo: 'seq' must be an int 0..65535, got {seq!r}")
+            self.echo(check_session(msg.get("session"), False), seq)
+        else:
+            raise ProtocolError(f"unknown message type {kind!r} (subscribe, keyframe, echo)")
+
+    # --- packets -------------------------------------------------------------------------------
+    def dispatch(self, sessions: list, packets: list, pts_ns: int, overruns: int = 0) -> None:
+        """One batch: row i of ``packets`` is session ``sessions[i]``'s packet.
+
+        ``overruns`` counts batches the node could not hand over (the loop fell behind): when it
+        grows, every viewer missed a packet and waits for a keyframe.
+        """
+        self.counts["batches"] += 1
+        self.counts["rows"] += len(sessions)
+        now = self.clock()
+        seen = self.seen
+        n = len(seen)
+        seen.update(dict.fromkeys(sessions, now))
+        if len(seen) != n:
+            self.sessions_changed = True
+            if self.unassigned:
+                for v in list(self.unassigned.values()):
+                    self.subscribe(v, None, v.lod)
+        if overruns != self.overruns_seen:
+            self.overruns_seen = overruns
+            for session, viewers in self.watched.items():
+                for v in viewers.values():
+                    v.waiting = True
+                self._want_keyframe(session)
+        if not self.watched:
+            return
+        if sessions != self._index_of:  # the batch layout changed: index it again
+            self._index_of = list(sessions)
+            self._index = {s: i for i, s in enumerate(sessions)}
+        index = self._index
+        for session, viewers in self.watched.items():
+            i = index.get(session)
+            if i is None:
+                continue
+            packet = packets[i]
+            key = is_keyframe(packet)
+            seq = packet_seq(packet)
+            if seq >= 0:
+                self.rings[session][seq % _RING] = (seq, pts_ns)
+            for v in viewers.values():
+                self._push(v, packet, key)
+
+    def _push(self, v: Viewer, packet: bytes, key: bool) -> None:
+        if v.waiting:
+            if not key:
+                v.skipped += 1
+                self.counts["skipped"] += 1
+                return
+            v.waiting = False
+        q = v.queue
+        if len(q) >= self.queue_size:
+            # the oldest goes, and the deltas behind it that cannot be decoded without it
+            dropped = 1
+            q.popleft()
+            while q and not q[0][1]:
+                q.popleft()
+                dropped += 1
+            v.drops += dropped
+            self.counts["drops"] += dropped
+            if not q and not key:  # no keyframe left to resume from: wait for one
+                v.waiting = True
+                v.skipped += 1
+                self.counts["skipped"] += 1
+                if v.sending:  # ask once the viewer takes packets again: a stuck one asks nothing
+                    v.need_key = True
+                else:
+                    self._want_keyframe(v.session)  # type: ignore[arg-type]
+                return
+        q.append((packet, key))
+        v.wake.set()
+
+    async def _sender(self, v: Viewer) -> None:
+        """Sends the viewer its JSON messages (first) and packets, one at a time, as it can take them."""
+        t = v.transport
+        try:
+            while True:
+                if v.texts:
+                    await t.send_text(v.texts.popleft())
+                elif v.queue:
+                    packet, _ = v.queue.popleft()
+                    v.sending = True
+                    await t.send_bytes(packet)
+                    v.sending = False
+                    v.sent += 1
+                    self.counts["sent"] += 1
+                    if v.need_key:
+                        v.need_key = False
+                        if v.waiting and v.session is not None:
+                            self._want_keyframe(v.session)
+                else:
+                    v.wake.clear()
+                    await v.wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the connection is gone: so is the viewer
+            self.remove(v)
+
+    # --- sessions ------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Forget sessions not seen for ``session_timeout_ns`` (auto viewers follow to another);
+        tell every viewer when the set of live sessions changed."""
+        now = self.clock()
+        gone = [s for s, t in self.seen.items() if now - t > self.session_timeout_ns]
+        for s in gone:
+            del self.seen[s]
+        if self.kf_last:  # an ask older than the interval limits nothing any more
+            self.kf_last = {s: t for s, t in self.kf_last.items() if now - t < self.keyframe_min_interval_ns}
+        if gone:
+            self.sessions_changed = True
+            for s in gone:
+                for v in [v for v in self.watched.get(s, {}).values() if v.auto]:
+                    self.subscribe(v, None, v.lod)
+        if self.sessions_changed:
+            self.sessions_changed = False
+            text = json.dumps({"type": "sessions", "sessions": list(self.seen)})
+            for v in self.viewers.values():
+                v.texts.append(text)
+                v.wake.set()
+
+    # --- upstream ------------------------------------------------------------------------------
+    def _want_keyframe(self, session: str) -> None:
+        now = self.clock()
+        last = self.kf_last.get(session)
+        if last is None or now - last >= self.keyframe_min_interval_ns:
+            self.kf_last[session] = now
+            self.counts["keyframe_requests"] += 1
+            self.request({"keyframe": [session]})
+        elif session not in self.kf_deferred:
+            self.kf_deferred.add(session)
+            delay = (last + self.keyframe_min_interval_ns - now) / 1e9
+            asyncio.get_running_loop().call_later(delay, self._deferred_keyframe, session)
+
+    def _deferred_keyframe(self, session: str) -> None:
+        self.kf_deferred.discard(session)
+        if any(v.waiting for v in self.watched.get(session, {}).values()):
+            self._want_keyframe(session)
+
+    def _watch(self, v: Viewer) -> None:
+        s = v.session
+        assert s is not None
+        viewers = self.watched.setdefault(s, {})
+        if not viewers:
+            self.rings[s] = [None] * _RING
+        viewers[v.id] = v
+        self._want_keyframe(s)
+        self._ask_lod(s)
+
+    def _unwatch(self, v: Viewer) -> None:
+        s = v.session
+        viewers = self.watched.get(s) if s is not None else None
+        if viewers is None or viewers.pop(v.id, None) is None:
+            return
+        if not viewers:
+            del self.watched[s]
+            del self.rings[s]
+        self._ask_lod(s)  # type: ignore[arg-type]
+
+    def _ask_lod(self, session: str) -> None:
+        """Ask the lod node for the finest level any viewer of the session wants (None: its default)."""
+        levels = [v.lod for v in self.watched.get(session, {}).values() if v.lod is not None]
+        want = min(levels) if levels else None
+        if want == self.lod_asked.get(session):
+            return
+        if want is None:
+            del self.lod_asked[session]
+        else:
+            self.lod_asked[session] = want
+        self.counts["lod_requests"] += 1
+        self.request({"lod": {session: want}})
+
+    @staticmethod
+    def _send(v: Viewer, msg: dict) -> None:
+        v.texts.append(json.dumps(msg))
+        v.wake.set()
+
+    # --- stats ---------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        n = min(self.counts["echoes"], _LATENCY_RING)
+        p50, p99 = np.percentile(self.latency_us[:n], [50, 99]).tolist() if n else (0.0, 0.0)
+        kinds: dict[str, int] = {}
+        for v in self.viewers.values():
+            kinds[v.transport.kind] = kinds.get(v.transport.kind, 0) + 1
+        return {
+            **self.counts, "viewers": len(self.viewers), "viewers_by_transport": kinds,
+            "sessions": len(self.seen), "watched": len(self.watched),
+            "waiting": sum(v.waiting and v.session is not None for v in self.viewers.values()),
+            "echo_latency_us_p50": round(p50, 1), "echo_latency_us_p99": round(p99, 1),
+            "viewer_list": [v.info() for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
+        }
+
+
+def check_session(value: Any, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SESSION_ID:
+        raise ProtocolError(f"'session' must be a session id (1..{MAX_SESSION_ID} characters)"
+                            f"{' or null' if optional else ''}, got {value!r}")
+    return value
+
+
+def check_lod(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < N_LEVELS:
+        raise ProtocolError(f"'lod' must be a level 0..{N_LEVELS - 1} or null, got {value!r}")
+    return value
+
+
+__all__ = ["ProtocolError", "Transport", "Viewer", "Viewers", "check_lod", "check_session", "is_keyframe",
+           "packet_seq"]
