@@ -3,7 +3,9 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-GRAPH   ?= graphs/demo.yaml
+GRAPH   ?= graphs/face.yaml
+# the face graph's page calls the control API (unauthenticated: loopback only, and said explicitly)
+RUN_ARGS ?= $(if $(filter graphs/face.yaml,$(GRAPH)),api=http://127.0.0.1:8081 --api 127.0.0.1:8081 --api-insecure-local --api-cors http://127.0.0.1:8080)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test bench clean system-deps
@@ -37,7 +39,7 @@ system-deps:
 setup: $(STAMP) system-deps $(WEB_STAMP) web/assets/face.glb
 
 run: setup
-	$(VENV)/bin/avatar run $(GRAPH)
+	$(VENV)/bin/avatar run $(GRAPH) $(RUN_ARGS)
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

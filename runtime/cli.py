@@ -92,6 +92,8 @@ def _run(graph: Graph, a: argparse.Namespace) -> int:
     def echo(msg: dict[str, Any]) -> None:
         with lock:
             print(to_json_line(msg), flush=True)
+            if msg.get("type") == "INFO" and msg.get("url"):  # a page to open: say so to the person too
+                print(f"avatar: {msg.get('node')}: open {msg['url']}", file=sys.stderr, flush=True)
 
     runner.bus.subscribe(echo)
     stop = threading.Event()
