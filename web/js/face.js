@@ -14,6 +14,20 @@ import * as THREE from "three";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
 import { TABLES } from "./wireformat.js";
 
+// Multisampling costs little on a GPU but several milliseconds a frame in a software renderer
+// (headless browsers, machines without a GPU), where it delays every message the page handles:
+// on by default only on real GPUs; ?antialias=0|1 decides.
+function softwareRenderer() {
+  try {
+    const gl = document.createElement("canvas").getContext("webgl2") || document.createElement("canvas").getContext("webgl");
+    const info = gl && gl.getExtension("WEBGL_debug_renderer_info");
+    return !gl || /swiftshader|llvmpipe|software/i.test(info ? gl.getParameter(info.UNMASKED_RENDERER_WEBGL) : "");
+  } catch (e) {
+    return true;
+  }
+}
+const AA_PARAM = new URLSearchParams(location.search).get("antialias");
+const ANTIALIAS = AA_PARAM === null ? !softwareRenderer() : AA_PARAM === "1";
 const EYE_FULL_RAD = 0.6;
 const key = (name) => String(name).toLowerCase();
 // node names (lower case): Head, CC_Base_Head, mixamorig:Head; EyeLeft, LeftEye, CC_Base_L_Eye, Eye_L
@@ -27,7 +41,9 @@ export function columnNames(names) {
 }
 
 export class Face {
-  constructor(canvas) {
+  /** @param {{render?: boolean}} [opts] render: false keeps the morphs up to date but never draws
+   *  (a viewer that only decodes: many of them in one browser for a benchmark). */
+  constructor(canvas, { render = true } = {}) {
     this.canvas = canvas;
     this.scene = new THREE.Scene();
     this.scene.background = new THREE.Color(0x1b1d22);
@@ -40,7 +56,7 @@ export class Face {
     this.scene.add(key1, fill);
     this.renderer = null; this.webglError = null;
     try {
-      this.renderer = new THREE.WebGLRenderer({ canvas, antialias: true });
+      this.renderer = new THREE.WebGLRenderer({ canvas, antialias: ANTIALIAS });
       this.renderer.setPixelRatio(Math.min(2, window.devicePixelRatio || 1));
     } catch (e) {
       this.webglError = String(e && e.message ? e.message : e);
@@ -56,8 +72,10 @@ export class Face {
     this._euler = new THREE.Euler(0, 0, 0, "YXZ"); this._q = new THREE.Quaternion();
     window.addEventListener("resize", () => this.resize());
     this.resize();
-    const loop = () => { this.render(); requestAnimationFrame(loop); };
-    requestAnimationFrame(loop);
+    if (render) {
+      const loop = () => { this.render(); requestAnimationFrame(loop); };
+      requestAnimationFrame(loop);
+    }
   }
 
   resize() {

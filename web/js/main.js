@@ -1,6 +1,7 @@
 // The page: connects to the sink, decodes packets, drives the face, shows the overlay, and calls
 // the control API's /emotion. URL params: ?transport=websocket|webrtc, ?session=ID, ?lod=0..3,
-// ?model=URL (a GLB on this origin), ?echo=0 (no echo messages), ?resume=1 (tolerant decoding);
+// ?model=URL (a GLB on this origin), ?echo=0 (no echo messages), ?resume=1 (tolerant decoding),
+// ?render=0 (decode and set the morphs, never draw: many viewers in one browser for a benchmark);
 // fragment #token=... (the API's bearer token, kept in sessionStorage, then dropped from the URL).
 //
 // Test hooks: window.avatar (see the bottom) and document.body.dataset.state.
@@ -19,7 +20,7 @@ const intParam = (name, lo, hi) => {
 };
 
 const overlay = new Overlay();
-const face = new Face(document.getElementById("view"));
+const face = new Face(document.getElementById("view"), { render: params.get("render") !== "0" });
 const transport = new Transport({ params, session: params.get("session") || null, lod: intParam("lod", 0, 3) });
 overlay.setPicks(transport.session, transport.lod);
 
