@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 # output recorded so the page's morphs can be checked against what the graph made.
 REPLAY = """
 name: browser-replay
-args: {take: "", dir: "", port: 8080}
+args: {take: "", dir: "", port: 8080, api: ""}
 link_defaults: {policy: leaky, size: 4}
 nodes:
   take: {type: arkit_replay, params: {path: "${take}", loop: true, session: replay}}
@@ -46,7 +46,7 @@ nodes:
   face: {type: blender, params: {rate: 60}}
   detail: {type: lod}
   encode: {type: compressor, params: {bits: 8, keyframe_interval: 120}}
-  web: {type: webrtc_sink, params: {host: 127.0.0.1, port: "${port}", ice_addresses: [127.0.0.1]}}
+  web: {type: webrtc_sink, params: {host: 127.0.0.1, port: "${port}", api: "${api}", ice_addresses: [127.0.0.1]}}
   rec_in: {type: recorder, params: {path: "${dir}/in.msgpack", flush_every: 1}}
   rec_out: {type: recorder, params: {path: "${dir}/out.msgpack", flush_every: 1}}
 links:
@@ -96,10 +96,10 @@ def browser(netns, tmp_path_factory):
 @pytest.fixture
 def graph(netns, avatar_run, graph_file, tmp_path):
     """Start a graph inside the namespace; returns (process, page URL)."""
-    def start(text: str, **args):
-        port = 8080 if netns else 0
+    def start(text: str, *flags: str, port: int | None = None, **args):
+        port = port if port is not None else 8080 if netns else 0
         path = graph_file(text)
-        proc = avatar_run("run", path, f"port={port}", *(f"{k}={v}" for k, v in args.items()),
+        proc = avatar_run("run", path, f"port={port}", *(f"{k}={v}" for k, v in args.items()), *flags,
                           prefix=netns.prefix if netns else ())
         proc.wait_playing()
         url = proc.wait_for(lambda m: str(m.get("url", "")).startswith("http"))["url"]
@@ -209,6 +209,32 @@ def test_the_page_reconnects_after_the_sink_is_killed_and_restarted(graph, page,
     until(page, f"document.body.dataset.state === 'live' && window.avatar.framesDecoded >= {before} + 120", 45,
           "frames flowing again after the restart")
     assert page.evaluate("() => window.avatar.transport") == "webrtc"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_emotion_buttons_call_the_control_api_with_the_token(graph, page, tmp_path, netns, monkeypatch):
+    from runtime.api.auth import make_token
+
+    secret = "s" * 40
+    monkeypatch.setenv("AVATAR_API_SECRET", secret)  # the runner's API takes its secret from here
+    web, api = (8080, 8081) if netns else (free_port(), free_port())
+    proc, url = graph(REPLAY, "--api", f"127.0.0.1:{api}", "--api-cors", f"http://127.0.0.1:{web}", port=web,
+                      take=TAKE, dir=tmp_path, api=f"http://127.0.0.1:{api}")
+    page.goto(url + "#token=" + make_token(secret, "operator", 300))
+    until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+    page.click("[data-emotion=happy]")
+    until(page, "document.querySelector('[data-emotion=happy]').classList.contains('active')", 10, "the API's answer")
+    stats = page.evaluate(f"""async () => (await (await fetch('http://127.0.0.1:{api}/stats',
+        {{headers: {{Authorization: 'Bearer {make_token(secret, "viewer", 300)}'}}}})).json())""")
+    assert stats["nodes"]["face"]["params"]["emotion"] == "happy"  # the blender changed, live
+    assert not page.errors, page.errors
 
 
 def _png(data: bytes) -> np.ndarray:
