@@ -186,7 +186,10 @@ def test_metrics_parse_as_prometheus_text(api):
         count = next(s.value for s in samples if s.name == f"{name}_count")
         assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == count > 0
         assert [b.value for b in buckets] == sorted(b.value for b in buckets)
-        assert next(s.value for s in samples if s.name == f"{name}_sum") > 0
+        total = next(s.value for s in samples if s.name == f"{name}_sum")
+        # processing takes time; latency from pts can be negative (frame clocks may stamp a frame
+        # slightly ahead when a late timer catches up), so only its magnitude is bounded
+        assert total > 0 if name == "avatar_node_processing_seconds" else abs(total) < 60 * count
 
 
 def test_openapi_is_served_and_documents_bearer_auth(api):
