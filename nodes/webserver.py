@@ -174,11 +174,19 @@ def page_app(web_root: Path, config: Callable[[], dict], api: Callable[[], str |
 
 
 # --- the server thread ------------------------------------------------------------------------
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; RuntimeError saying why not."""
+def bind(host: str, port: int, *, replacing: bool = False) -> socket.socket:
+    """A listening TCP socket; RuntimeError saying why not.
+
+    Every sink listens with SO_REUSEPORT so that a hot-swapped sink can start on the port while the
+    process it replaces still serves it (the kernel spreads new connections over both until the old
+    one exits). So that two graphs never share a port by mistake, a first process (not
+    ``replacing``) checks the port is free before it binds.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        if port and not replacing:
+            socket.create_server((host, port), family=family).close()  # EADDRINUSE: someone serves it
+        sock = socket.create_server((host, port), family=family, backlog=128, reuse_port=True)
     except OSError as exc:
         raise RuntimeError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)

@@ -30,6 +30,7 @@ class NodeContext(Protocol):
     def unwatch(self, fd: Any) -> None: ...
     def post(self, level: str, text: str, **fields: Any) -> None: ...
     def now_ns(self) -> int: ...
+    instance: int  # 0 for the first process of a node, then +1 for each restart or hot-swap
 
 
 class Node:
@@ -98,6 +99,12 @@ class Node:
 
     def unwatch(self, fd: Any) -> None:
         self.ctx.unwatch(fd)
+
+    @property
+    def replacement(self) -> bool:
+        """True in a process that replaces an earlier one of this node (restart or hot-swap): during
+        a swap the old process still runs, so e.g. a listening port must be shared, not refused."""
+        return getattr(self.ctx, "instance", 0) > 0
 
     def now_ns(self) -> int:
         """The pts clock (CLOCK_MONOTONIC ns); simulated under ``runtime.testing.NodeHarness``."""

@@ -33,6 +33,7 @@ class NodeHarness:
 
     def __init__(self, node_type: str | type[Node], name: str = "node", **params: Any):
         self.cls = get_node_type(node_type) if isinstance(node_type, str) else node_type
+        self.instance = 0
         self.now = 0.0
         self.outputs: list[tuple[str, Message]] = []
         self.bus: list[tuple[str, str, dict]] = []
