@@ -4,10 +4,23 @@ Every device (v6 device id, or JSON ``session``) is a session with a slot in num
 datagram overwrites its slot, and a timer emits all slots as one ``arkit/blendshapes`` batch.
 Bad datagrams are counted by reason, reported as at most one WARNING a second, and dropped:
 no input can kill this node.
+
+Thousands of devices send tens of thousands of packets a second, so the per-packet Python work
+is a receive and a dict lookup: a v6 packet's header (version, device id, subject) is the same
+in every packet of a device, so once ``parse_packet`` has accepted one, later packets with that
+header go to the device's slot directly, and their fixed-size tails (frame, values) are checked
+and stored for all the packets of a wake-up at once with numpy (``livelink.parse_tails``).
+Anything else (a new device, JSON, a damaged packet) takes the full parser.
+
+A packet's arrival is the kernel's receive timestamp (``SO_TIMESTAMPNS``, on the pts clock), so
+it stays exact however late the node reads. With a rate, batches go out only at ticks, so after
+a read the node leaves the socket alone for ``_READ_PAUSE_S`` (packets wait in the kernel's
+buffer): a flood of small datagrams costs a few hundred wake-ups a second, not one per packet.
 """
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -15,12 +28,20 @@ import numpy as np
 from runtime import Message, Node, Pad, Param
 from runtime.clock import now_ns
 
-from .livelink import N_BLENDSHAPES, N_POSE, LiveLinkFrame, PacketError, parse_datagram
+from .livelink import (N_BLENDSHAPES, N_POSE, TAIL_BYTES, VERSION, LiveLinkFrame, PacketError, header_of,
+                       parse_datagram, parse_tails)
 
 CAPS = "arkit/blendshapes"
 _MAX_DRAIN = 4096  # datagrams per wake-up, so a flood cannot starve the timer
 _RECV_BYTES = 65536  # a whole datagram, so an oversized one is seen as such, not cut
 _WARN_EVERY_NS = 1_000_000_000
+_HEADERS_PER_SESSION = 4  # packet headers remembered per session (a device may rename its subject)
+_WAIT_STEP_US = 100  # bins of the gather-wait histogram (arrival -> tick); the last bin takes the rest
+_WAIT_BINS = 2001
+_READ_PAUSE_S = 0.004  # with a rate: after a read, the socket is left alone this long
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
+_STAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+_NO_STAMP = bytes(16)
 
 
 class ArkitSource(Node):
@@ -38,6 +59,9 @@ class ArkitSource(Node):
 
     def setup(self) -> None:
         self.slots: dict[str, int] = {}  # session id -> slot, in join order
+        self.headers: dict[bytes, int] = {}  # v6 packet header (before the tail) -> slot: the fast path
+        self.slot_headers: dict[int, list[bytes]] = {}
+        self.wait_hist = np.zeros(_WAIT_BINS, np.int64)
         self.ids: list[str | None] = []  # slot -> session id
         self.free: list[int] = []
         self._alloc(16)
@@ -51,6 +75,7 @@ class ArkitSource(Node):
         self.window_start_ns = self.last_warn_ns = -_WARN_EVERY_NS
         self.last_bad = ""
         self.paused_ns = 0
+        self.rewatch = None
         self.sock = self._bind(self.p.host, self.p.port)
         self.bound = (self.p.host, self.p.port)
         self.watch(self.sock, self._read)
@@ -103,6 +128,8 @@ class ArkitSource(Node):
         del self.slots[sid]
         self.ids[slot] = None
         self.used[slot] = self.active[slot] = False
+        for header in self.slot_headers.pop(slot, ()):
+            del self.headers[header]
         self.free.append(slot)
         self.left += 1
         self.dirty = True
@@ -115,32 +142,109 @@ class ArkitSource(Node):
             fresh = np.flatnonzero(self.active[: self.cap])
             if len(fresh):
                 self._emit(fresh, [self.ids[i] for i in fresh.tolist()], int(self.arrival[fresh].min()))
+        elif self.rewatch is None:  # batches go out at ticks: read again after a pause (or at the tick)
+            self.unwatch(self.sock)
+            self.rewatch = self.call_later(_READ_PAUSE_S, self._rewatch)
+
+    def _rewatch(self) -> None:
+        self.rewatch = None
+        self.watch(self.sock, self._read)
 
     def _drain(self) -> None:
         """Read every datagram the socket holds (up to a budget); the latest per session wins."""
-        recv = self.sock.recvfrom
+        recv = self.sock.recvmsg
+        datas: list[bytes] = []
+        addrs: list[Any] = []
+        kstamps: list[bytes] = []  # struct timespec (CLOCK_REALTIME) of each datagram, from the kernel
         for _ in range(_MAX_DRAIN):
             try:
-                data, addr = recv(_RECV_BYTES)
+                data, anc, _, addr = recv(_RECV_BYTES, _STAMP_SPACE)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # e.g. ICMP errors surfacing on the socket: never fatal
                 self._bad("socket", f"receive failed: {exc}", None)
-                return
-            self.received += 1
-            try:
-                frame = parse_datagram(data)
-            except PacketError as exc:
-                self._bad(exc.reason, str(exc), addr)
+                break
+            datas.append(data)
+            addrs.append(addr)
+            kstamps.append(anc[0][2] if anc else _NO_STAMP)
+        if not datas:
+            return
+        now = now_ns()
+        spec = np.frombuffer(b"".join(kstamps), np.int64).reshape(-1, 2)
+        arrival = spec[:, 0] * 1_000_000_000 + spec[:, 1] + (now - time.clock_gettime_ns(time.CLOCK_REALTIME))
+        arrival[(spec[:, 0] == 0) | (arrival > now)] = now  # no stamp (or a clock step): now
+        stamps = arrival.tolist()
+        self.received += len(datas)
+        headers = self.headers
+        known: list[int] = []  # rows of datas whose header is known, and their slots
+        slots: list[int] = []
+        for i, data in enumerate(datas):
+            slot = headers.get(data[:-TAIL_BYTES])
+            if slot is not None:
+                known.append(i)
+                slots.append(slot)
                 continue
-            self._store(frame, addr)
+            if known:  # what came before this one is stored first: the latest packet wins
+                self._store_known(datas, addrs, stamps, known, slots)
+                known, slots = [], []
+            self._parse_one(datas[i], addrs[i], stamps[i])
+        if known:
+            self._store_known(datas, addrs, stamps, known, slots)
 
-    def _store(self, f: LiveLinkFrame, addr: Any) -> None:
+    def _parse_one(self, data: bytes, addr: Any, stamp: int) -> None:
+        """The full parser, for a packet whose header is not known yet (or a bad one)."""
+        try:
+            frame = parse_datagram(data)
+        except PacketError as exc:
+            self._bad(exc.reason, str(exc), addr)
+            return
+        slot = self._store(frame, addr, stamp)
+        if slot >= 0 and data[0] == VERSION:
+            mine = self.slot_headers.setdefault(slot, [])
+            if len(mine) < _HEADERS_PER_SESSION:
+                header = header_of(data)
+                mine.append(header)
+                self.headers[header] = slot
+
+    def _store_known(self, datas: list[bytes], addrs: list, stamps: list[int], rows: list[int], slots: list[int]) -> None:
+        """Packets of known devices, all at once: check their tails, clamp, store the latest per slot."""
+        frames, values, ok = parse_tails(b"".join([datas[i][-TAIL_BYTES:] for i in rows]))
+        slot_arr = np.array(slots, dtype=np.intp)
+        arrival = np.array(stamps, dtype=np.int64)[rows]
+        if not ok.all():
+            for j in np.flatnonzero(~ok).tolist():  # the full parser says what is wrong
+                self._parse_one(datas[rows[j]], addrs[rows[j]], stamps[rows[j]])
+            slot_arr, values, frames, arrival = slot_arr[ok], values[ok], frames[ok], arrival[ok]
+            if not len(slot_arr):
+                return
+        weights = values[:, :N_BLENDSHAPES]
+        clipped = np.clip(weights, 0.0, 1.0)
+        off = clipped != weights
+        n_off = int(np.count_nonzero(off))
+        if n_off:
+            self.clamped += n_off
+            self.clamped_packets += int(np.count_nonzero(off.any(axis=1)))
+        self.packets += len(slot_arr)
+        if len(slot_arr) > 1:  # a device sent twice since the last read: its latest packet wins
+            _, last = np.unique(slot_arr[::-1], return_index=True)
+            if len(last) < len(slot_arr):
+                keep = len(slot_arr) - 1 - last
+                slot_arr, clipped, values, frames, arrival = (
+                    slot_arr[keep], clipped[keep], values[keep], frames[keep], arrival[keep])
+        self.weights[slot_arr] = clipped
+        self.pose[slot_arr] = values[:, N_BLENDSHAPES:]
+        self.frame[slot_arr] = frames
+        self.arrival[slot_arr] = arrival
+        self.last_ns[slot_arr] = arrival
+        self.active[slot_arr] = True
+
+    def _store(self, f: LiveLinkFrame, addr: Any, stamp: int) -> int:
+        """One parsed packet into its session's slot (joining it if new); returns the slot, -1 if refused."""
         slot = self.slots.get(f.device_id)
         if slot is None:
             slot = self._join(f.device_id, addr)
             if slot < 0:
-                return
+                return -1
         row = self.weights[slot]
         np.clip(f.weights, 0.0, 1.0, out=row)
         off = int(np.count_nonzero(row != f.weights))
@@ -149,10 +253,10 @@ class ArkitSource(Node):
             self.clamped_packets += 1
         self.pose[slot] = f.pose
         self.frame[slot] = f.frame
-        t = now_ns()
-        self.arrival[slot] = self.last_ns[slot] = t
+        self.arrival[slot] = self.last_ns[slot] = stamp
         self.active[slot] = True
         self.packets += 1
+        return slot
 
     def _bad(self, reason: str, text: str, addr: Any) -> None:
         """Count a dropped datagram; warn at once unless we warned less than a second ago."""
@@ -185,6 +289,7 @@ class ArkitSource(Node):
         return now
 
     def _tick(self) -> None:
+        self._drain()  # what came since the last read belongs to this tick
         now = self._expire()
         if not self.slots:
             return
@@ -197,7 +302,13 @@ class ArkitSource(Node):
     def _emit(self, idx: np.ndarray, ids: list[str], pts_ns: int) -> None:
         arrays = {"weights": self.weights[idx], "pose": self.pose[idx],
                   "arrival_ns": self.arrival[idx], "frame": self.frame[idx]}
-        data = {"active": self.active[idx].tolist()}
+        active = self.active[idx]
+        data = {"active": active.tolist()}
+        if self.p.rate > 0:  # how long fresh packets waited for this tick
+            wait_us = (pts_ns - self.arrival[idx][active]) / 1000.0
+            if len(wait_us):
+                self.wait_hist += np.bincount(np.clip(wait_us // _WAIT_STEP_US, 0, _WAIT_BINS - 1).astype(np.intp),
+                                              minlength=_WAIT_BINS)
         self.active[:] = False
         self.batches += 1
         self.emit("out", Message(CAPS, data, arrays, pts_ns=pts_ns, session=ids))
@@ -220,6 +331,10 @@ class ArkitSource(Node):
         except OSError:
             pass
         try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # arrival times from the kernel
+        except OSError:
+            pass
+        try:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
@@ -231,6 +346,9 @@ class ArkitSource(Node):
         if "rate" in changed:
             self.timer.cancel()
             self.timer = self._start_timer()
+            if self.p.rate == 0 and self.rewatch is not None:  # reads emit again: watch at once
+                self.rewatch.cancel()
+                self._rewatch()
         if "host" in changed or "port" in changed:
             try:
                 sock = self._bind(self.p.host, self.p.port)
@@ -242,6 +360,9 @@ class ArkitSource(Node):
             self.sock.close()
             self.sock = sock
             self.bound = (self.p.host, self.p.port)
+            if self.rewatch is not None:
+                self.rewatch.cancel()
+                self.rewatch = None
             self.watch(sock, self._read)
 
     def teardown(self) -> None:
@@ -255,7 +376,18 @@ class ArkitSource(Node):
             "received": self.received, "packets": self.packets, "bad": sum(self.bad.values()),
             "bad_reasons": dict(self.bad), "clamped": self.clamped, "clamped_packets": self.clamped_packets,
             "sessions": len(self.slots), "joined": self.joined, "left": self.left, "batches": self.batches,
+            "gather_wait_us_p50": _percentile(self.wait_hist, 50), "gather_wait_us_p99": _percentile(self.wait_hist, 99),
+            "gather_wait_hist": {"step_us": _WAIT_STEP_US, "bins": (nz := np.flatnonzero(self.wait_hist)).tolist(),
+                                 "counts": self.wait_hist[nz].tolist()},
         }
+
+
+def _percentile(hist: np.ndarray, q: float) -> float:
+    """Upper edge (µs) of the bin holding the q-th percentile of a histogram of _WAIT_STEP_US bins."""
+    n = int(hist.sum())
+    if not n:
+        return 0.0
+    return float((np.searchsorted(np.cumsum(hist), q / 100.0 * n) + 1) * _WAIT_STEP_US)
 
 
 def _addr(addr: Any) -> str:

@@ -25,7 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
-from runtime.sessions import batch_sessions
+from runtime.clock import now_ns
+from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .one_euro import OneEuro
@@ -47,6 +48,7 @@ _STATE: dict[str, tuple[int, Any, Any]] = {
     "seen": (0, float, 0.0), "pinned": (0, bool, False),
     "cap_w": (N_W, float, 0.0), "cap_pose": (N_P, float, 0.0), "cap_t": (0, float, _NEVER),
     "cap_flag": (0, bool, False), "cap_mix": (0, float, 0.0),
+    "cap_arrival": (0, np.int64, 0), "cap_fresh": (0, bool, False),
     "vis_w": (N_W, float, 0.0), "vis_t": (0, float, _NEVER), "vis_flag": (0, bool, False),
     "speak_mix": (0, float, 0.0),
     "emo_from": (N_W, float, 0.0), "emo_to": (N_W, float, 0.0), "emo_t0": (0, float, 0.0),
@@ -121,6 +123,9 @@ class Blender(FrameClockNode):
         "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0),
         "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01),
         "seed": Param(int, 0, "seed of the random generator (blinks, gaze, micro-expressions)"),
+        "tick_on_capture": Param(bool, False, "tick as soon as a capture batch arrives (at most once per 0.7 frame "
+                                              "period; the timer takes over 1.5 periods after the last tick), so a "
+                                              "capture frame does not wait up to a period for the next tick"),
     }
 
     def setup(self) -> None:
@@ -129,11 +134,12 @@ class Blender(FrameClockNode):
         self.rng = np.random.default_rng(self.p.seed)
         self.t = 0.0
         self.start_clock()
-        self.frames = 0
-        self.ids: list[str | None] = []
-        self.slot_of: dict[str, int] = {}
+        self.frames = self.capture_ticks = 0
+        self.last_tick_ns = -(1 << 62)
+        self.slots = SessionSlots()
         for name, (cols, dtype, _) in _STATE.items():
-            setattr(self, name, np.zeros((0, cols) if cols else 0, dtype=dtype))
+            setattr(self, name, np.zeros((self.slots.capacity, cols) if cols else self.slots.capacity, dtype=dtype))
+        self.layout: tuple[np.ndarray, list[str]] | None = None  # live slots and their ids, until one joins or leaves
         self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
         self._good = {k: getattr(self.p, k) for k in _CHECKED}
         self._pin_params()
@@ -188,14 +194,13 @@ class Blender(FrameClockNode):
 
     def _pin_params(self) -> None:
         """Sessions named in params are animated until the params stop naming them."""
-        named = {str(s) for s in self.p.sessions} | {str(s) for s in self.p.emotions}
+        named = list(dict.fromkeys([str(s) for s in self.p.sessions] + [str(s) for s in self.p.emotions]))
         self.pinned[:] = False
-        for sid in named:
-            slot = self._slot(sid)
-            self.pinned[slot] = True
+        if named:
+            self.pinned[self._lookup(named)] = True
 
     def _target(self, slot: int) -> np.ndarray:
-        own = {str(k): v for k, v in self.p.emotions.items()}.get(self.ids[slot])
+        own = {str(k): v for k, v in self.p.emotions.items()}.get(self.slots.ids[slot])
         name, level = self._parse_emotion(own) if own is not None else (self.p.emotion, self.p.intensity)
         return self.presets[name] * level
 
@@ -217,53 +222,56 @@ class Blender(FrameClockNode):
         self.emo_dur[slots] = duration_s
 
     # --- sessions ----------------------------------------------------------------------------
-    def _slot(self, sid: str) -> int:
-        slot = self.slot_of.get(sid)
-        if slot is not None:
-            self.seen[slot] = self.t
-            return slot
-        free = [i for i, s in enumerate(self.ids) if s is None]
-        if free:
-            slot = free[0]
-            self.ids[slot] = sid
-        else:
-            slot = len(self.ids)
-            self.ids.append(sid)
-            for name, (cols, dtype, fill) in _STATE.items():
-                arr = getattr(self, name)
-                setattr(self, name, np.concatenate([arr, np.full((1, cols) if cols else 1, fill, dtype=dtype)]))
-        self.slot_of[sid] = slot
-        for name, (_, _, fill) in _STATE.items():
-            getattr(self, name)[slot] = fill
-        self._init_slot(slot, sid)
-        return slot
+    def _lookup(self, sessions: list[str]) -> np.ndarray:
+        """Slots of these sessions (first-seen ones get a fresh state); marks them seen now."""
+        slots, new = self.slots.lookup(sessions)
+        if self.cap_w.shape[0] != self.slots.capacity:
+            cap = self.slots.capacity
+            for name in _STATE:
+                setattr(self, name, fit(getattr(self, name), cap))
+        if new.any():
+            fresh = slots[new]
+            for name, (_, _, fill) in _STATE.items():
+                getattr(self, name)[fresh] = fill
+            self._init_slots(fresh)
+            self.layout = None
+        self.seen[slots] = self.t
+        return slots
 
-    def _init_slot(self, slot: int, sid: str) -> None:
-        """A new session: its own random rhythms, its emotion already in place, a fresh smoother."""
-        rng, t = self.rng, self.t
-        self.seen[slot] = t
-        self.blink_next[slot] = t + rng.uniform(0.3, 1.0) * self.p.blink_interval_s
-        self.breath_hz[slot] = self.p.breath_hz * rng.uniform(0.8, 1.2)
-        self.breath_phase[slot] = rng.uniform(0, 2 * np.pi)
-        self.gaze_next[slot] = t + rng.uniform(self.p.saccade_min_s, max(self.p.saccade_min_s, self.p.saccade_max_s))
-        self.micro_next[slot] = t + self._micro_wait(1)[0]
-        self.emo_to[slot] = self.emo_from[slot] = self._target(slot)
-        self.euro.reset([slot])
+    def _init_slots(self, slots: np.ndarray) -> None:
+        """New sessions: their own random rhythms, their emotion already in place, a fresh smoother."""
+        rng, t, n = self.rng, self.t, len(slots)
+        self.blink_next[slots] = t + rng.uniform(0.3, 1.0, n) * self.p.blink_interval_s
+        self.breath_hz[slots] = self.p.breath_hz * rng.uniform(0.8, 1.2, n)
+        self.breath_phase[slots] = rng.uniform(0, 2 * np.pi, n)
+        self.gaze_next[slots] = t + rng.uniform(self.p.saccade_min_s, max(self.p.saccade_min_s, self.p.saccade_max_s), n)
+        self.micro_next[slots] = t + self._micro_wait(n)
+        if self.p.emotions:
+            targets = np.stack([self._target(int(s)) for s in slots])
+        else:
+            targets = self.presets[self.p.emotion] * self.p.intensity
+        self.emo_to[slots] = self.emo_from[slots] = targets
+        self.euro.reset(slots)
 
     def _micro_wait(self, n: int) -> np.ndarray:
         rate = self.p.micro_per_min / 60.0
         return self.rng.exponential(1.0 / rate, n) if rate > 0 else np.full(n, np.inf)
 
     def _live(self) -> np.ndarray:
-        return np.array([i for i, s in enumerate(self.ids) if s is not None], dtype=np.intp)
+        return np.flatnonzero(self.slots.used)
+
+    def _live_layout(self) -> tuple[np.ndarray, list[str]]:
+        """Live slots and their session ids (recomputed only after a join or leave)."""
+        if self.layout is None:
+            live = self._live()
+            self.layout = (live, [self.slots.ids[i] for i in live.tolist()])
+        return self.layout
 
     def _expire(self) -> None:
-        old = (self.t - self.seen > self.p.session_timeout_s) & ~self.pinned
-        for slot in np.flatnonzero(old):
-            sid = self.ids[slot]
-            if sid is not None:
-                del self.slot_of[sid]
-                self.ids[slot] = None
+        old = np.flatnonzero(self.slots.used & (self.t - self.seen > self.p.session_timeout_s) & ~self.pinned)
+        if len(old):
+            self.slots.release(old)
+            self.layout = None
 
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
@@ -271,18 +279,33 @@ class Blender(FrameClockNode):
         w = msg.arrays.get("weights")
         if w is None or not sessions:
             return
-        w = np.asarray(w, dtype=np.float64).reshape(len(sessions), -1)[:, :N_W]
-        slots = np.array([self._slot(str(s)) for s in sessions], dtype=np.intp)
+        w = np.asarray(w).reshape(len(sessions), -1)[:, :N_W]
+        if not isinstance(sessions[0], str):
+            sessions = [str(s) for s in sessions]
+        slots = self._lookup(sessions)
         data = msg.data if isinstance(msg.data, dict) else {}
         if pad == "capture":
             self.cap_w[slots, :w.shape[1]] = w
             pose = msg.arrays.get("pose")
-            self.cap_pose[slots] = 0.0
             if pose is not None:
-                pose = np.asarray(pose, dtype=np.float64).reshape(len(sessions), -1)[:, :N_P]
-                self.cap_pose[slots, :pose.shape[1]] = pose
-            self.cap_flag[slots] = np.asarray(data.get("active", [True] * len(sessions)), dtype=bool)
+                pose = np.asarray(pose).reshape(len(sessions), -1)[:, :N_P]
+                if pose.shape[1] == N_P:
+                    self.cap_pose[slots] = pose
+                else:
+                    self.cap_pose[slots] = 0.0
+                    self.cap_pose[slots, :pose.shape[1]] = pose
+            else:
+                self.cap_pose[slots] = 0.0
+            active = data.get("active")
+            active = np.ones(len(sessions), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+            self.cap_flag[slots] = active
             self.cap_t[slots] = self.t
+            arrival = msg.arrays.get("arrival_ns")
+            if arrival is not None and arrival.shape == (len(sessions),):
+                self.cap_arrival[slots] = arrival
+                self.cap_fresh[slots] |= active
+            if self.p.tick_on_capture and self.timer is not None:
+                self._capture_tick()
         else:
             self.vis_w[slots, :w.shape[1]] = w
             speaking = data.get("speaking")
@@ -292,22 +315,44 @@ class Blender(FrameClockNode):
             self.vis_t[slots] = self.t
 
     # --- output ------------------------------------------------------------------------------
-    def tick(self) -> None:
+    def _capture_tick(self) -> None:
+        """A capture batch came: tick now (unless the last tick was less than 0.7 period ago), and
+        let the timer take over only if no capture comes within 1.5 periods."""
+        now = self.now_ns()
+        if now - self.last_tick_ns < 0.7 * self.period_ns:
+            return
+        self.timer.cancel()
+        self.capture_ticks += 1
+        self.tick(synced=True)
+        self.timer = self.call_later(1.5 / self.p.rate, self._resume_timer)
+
+    def _resume_timer(self) -> None:
+        self.timer = self.every(1.0 / self.p.rate, self.tick)
+        self.tick()
+
+    def tick(self, synced: bool = False) -> None:
         """Advance time one period and emit one frame for every known session."""
         dt = 1.0 / self.p.rate
         self.t += dt
-        self.step_clock()
+        if synced:  # a frame made now: pts is now
+            self.clock_ns = max(self.clock_ns + 1, now_ns())
+        else:
+            self.step_clock()
+        self.last_tick_ns = self.now_ns()
         if self.frames % max(1, int(self.p.rate)) == 0:
             self._expire()
-        live = self._live()
+        live, ids = self._live_layout()
         self.frames += 1
         if not live.size:
             return
         weights, pose, active, speaking = self.frame(live, dt)
+        # when the capture packet each row shows arrived, for rows showing it for the first time (else 0)
+        arrival = np.where(self.cap_fresh[live], self.cap_arrival[live], 0)
+        self.cap_fresh[live] = False
         self.emit("out", Message(
             "arkit/blendshapes", {"active": active.tolist(), "speaking": speaking.tolist()},
-            {"weights": weights.astype(np.float32), "pose": pose.astype(np.float32)},
-            pts_ns=self.clock_ns, session=[self.ids[i] for i in live]))
+            {"weights": weights.astype(np.float32), "pose": pose.astype(np.float32), "arrival_ns": arrival},
+            pts_ns=self.clock_ns, session=ids))
 
     def frame(self, s: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Weights (L, 52), pose (L, 9), capture-active and speaking flags for slots ``s`` at time t."""
@@ -386,7 +431,7 @@ class Blender(FrameClockNode):
         return self.micro[self.micro_idx[s]] * bump[:, None]
 
     def stats(self) -> dict:
-        return {"frames": self.frames, "sessions": len(self.slot_of)}
+        return {"frames": self.frames, "sessions": len(self.slots), "capture_ticks": self.capture_ticks}
 
 
 def _approach(x: np.ndarray, target: np.ndarray, dt: float, fade_ms: float) -> np.ndarray:

@@ -22,7 +22,8 @@ class Compressor(Node):
         "in": Pad(("arkit/blendshapes", "morphs/*"), "batches: session list, weights (S, M), pose (S, 9) optional"),
         "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}", required=False),
     }
-    outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row")}
+    outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row; "
+                                           "arrays arrival_ns (S,) passed through when the input has it")}
     params = {
         "bits": Param(int, 8, "weight precision in bits: a decoded weight is within half a step of the input",
                       min=2, max=16),
@@ -68,7 +69,9 @@ class Compressor(Node):
         if msg.pts_ns >= self.next_expiry:
             self.enc.expire(msg.pts_ns, int(self.p.idle_s * _SECOND_NS))
             self.next_expiry = msg.pts_ns + _SECOND_NS
-        return Message("avatar/packet", {"packets": packets}, pts_ns=msg.pts_ns, session=sessions, trace=msg.trace)
+        arrival = msg.arrays.get("arrival_ns")  # capture arrival per row, for end-to-end latency at the sinks
+        arrays = {"arrival_ns": arrival} if arrival is not None and arrival.shape == (len(sessions),) else {}
+        return Message("avatar/packet", {"packets": packets}, arrays, msg.pts_ns, sessions, msg.trace)
 
     def _batch(self, msg: Message) -> tuple[list[str], wf.Names | list[str]]:
         """Session ids and names table of a batch, or ValueError saying what is wrong."""

@@ -40,6 +40,12 @@ SAMPLE_CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "li
 _TAIL = struct.Struct(">ifiiB")  # frame, sub-frame, fps numerator, fps denominator, count
 _VALUES_BYTES = 4 * N_VALUES
 _BE_F32 = np.dtype(">f4")
+# What follows the two names of a v6 packet: the same 261 bytes in every packet, so a batch of
+# packets whose headers are known is parsed in one go (``parse_tails``).
+TAIL_BYTES = _TAIL.size + _VALUES_BYTES
+TAIL_DTYPE = np.dtype([("frame", ">i4"), ("subframe", ">f4"), ("fps_num", ">i4"), ("fps_den", ">i4"),
+                       ("count", "u1"), ("values", ">f4", (N_VALUES,))])
+assert TAIL_DTYPE.itemsize == TAIL_BYTES
 
 
 class PacketError(ValueError):
@@ -117,6 +123,23 @@ def parse_packet(data: bytes | bytearray | memoryview) -> LiveLinkFrame:
     values = np.frombuffer(data, _BE_F32, N_VALUES, pos).astype(np.float32)
     _check_finite(values)
     return LiveLinkFrame(device, subject, frame, sub, (num, den), values[:N_BLENDSHAPES], values[N_BLENDSHAPES:])
+
+
+def header_of(data: bytes) -> bytes:
+    """The part of a v6 packet before its tail (version, device id, subject): equal for every
+    packet a device sends, so a receiver can map it to the device once ``parse_packet`` accepted it."""
+    return data[:-TAIL_BYTES]
+
+
+def parse_tails(tails: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tails (``TAIL_BYTES`` each, concatenated) of packets whose headers are known good:
+    frame numbers (int64), values (float32, (N, 61)) and which tails are valid (count 61, a
+    positive frame rate, finite numbers). ``parse_packet`` says what is wrong with an invalid one."""
+    rec = np.frombuffer(tails, TAIL_DTYPE)
+    values = rec["values"].astype(np.float32)
+    ok = ((rec["count"] == N_VALUES) & (rec["fps_num"] > 0) & (rec["fps_den"] > 0)
+          & np.isfinite(rec["subframe"]) & np.isfinite(values).all(axis=1))
+    return rec["frame"].astype(np.int64), values, ok
 
 
 def _string(data: Any, pos: int, what: str, allow_empty: bool) -> tuple[str, int]:

@@ -190,7 +190,8 @@ class Mapper(Node):
 
     inputs = {"in": Pad("arkit/blendshapes", doc="batches of ARKit weights (S, 52), optional pose (S, 9)")}
     outputs = {"out": Pad(OUTPUT_CAPS, doc="morphs/cc4 weights (S, M) with data names; "
-                                           "arkit/blendshapes for the identity profile; pose passed through")}
+                                           "arkit/blendshapes for the identity profile; other per-row arrays "
+                                           "(pose, arrival_ns, frame) passed through")}
     params = {
         "profile": Param(str, "standard", "standard, extended, identity, or the path of a mapping table"),
     }
@@ -239,8 +240,9 @@ class Mapper(Node):
                           f"({len(sessions)}, {self.table.matrix.shape[0]}), got {shape}")
             return None
         arrays = {"weights": self.table.apply(weights)}
-        if "pose" in msg.arrays:
-            arrays["pose"] = msg.arrays["pose"]
+        for name, arr in msg.arrays.items():  # pose, arrival_ns, frame...: per-row arrays pass through
+            if name != "weights" and arr.shape[:1] == (len(sessions),):
+                arrays[name] = arr
         data = msg.data
         if self.table.caps == "morphs/cc4":
             data = {**(data if isinstance(data, dict) else {}), "names": self.names}

@@ -32,6 +32,9 @@ N_LEVELS = 4  # lod levels 0..3
 MAX_SESSION_ID = 1024  # characters, as in the wire format
 _RING = 256  # packets remembered per watched session for echoes
 _LATENCY_RING = 1024
+_PIPE_RING = 8192  # rows remembered for pipeline latency (capture arrival -> dispatch)
+_PIPE_STEP_US = 100  # bin width of the cumulative pipeline latency histogram; the last bin takes the rest
+_PIPE_BINS = 2001
 _TEXT_QUEUE = 32  # JSON messages waiting for a viewer (the oldest go first: 'sessions' supersedes itself)
 _LISTED_VIEWERS = 32  # viewers detailed in stats
 _KEYFRAME_FIRST = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])  # msgpack array: a keyframe
@@ -139,6 +142,9 @@ class Viewers:
         self._index: dict[str, int] = {}
         self._index_of: list = []
         self.latency_us = np.zeros(_LATENCY_RING, np.float64)
+        self.pipe_us = np.zeros(_PIPE_RING, np.float64)
+        self.pipe_hist = np.zeros(_PIPE_BINS, np.int64)
+        self.pipe_rows = 0
         self.overruns_seen = 0
         self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
                        "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0}
@@ -254,15 +260,20 @@ class Viewers:
             raise ProtocolError(f"unknown message type {kind!r} (subscribe, keyframe, echo)")
 
     # --- packets -------------------------------------------------------------------------------
-    def dispatch(self, sessions: list, packets: list, pts_ns: int, overruns: int = 0) -> None:
+    def dispatch(self, sessions: list, packets: list, pts_ns: int, overruns: int = 0,
+                 arrival_ns: np.ndarray | None = None) -> None:
         """One batch: row i of ``packets`` is session ``sessions[i]``'s packet.
 
         ``overruns`` counts batches the node could not hand over (the loop fell behind): when it
-        grows, every viewer missed a packet and waits for a keyframe.
+        grows, every viewer missed a packet and waits for a keyframe. ``arrival_ns`` (optional):
+        per row, when the capture packet it shows first arrived (0: not a new one), for the
+        pipeline latency in ``stats``.
         """
         self.counts["batches"] += 1
         self.counts["rows"] += len(sessions)
         now = self.clock()
+        if arrival_ns is not None and len(arrival_ns) == len(sessions):
+            self._pipeline_latency(now, arrival_ns)
         seen = self.seen
         n = len(seen)
         seen.update(dict.fromkeys(sessions, now))
@@ -294,6 +305,22 @@ class Viewers:
                 self.rings[session][seq % _RING] = (seq, pts_ns)
             for v in viewers.values():
                 self._push(v, packet, key)
+
+    def _pipeline_latency(self, now: int, arrival_ns: np.ndarray) -> None:
+        lat = (now - arrival_ns[arrival_ns > 0]) / 1000.0
+        n = len(lat)
+        if not n:
+            return
+        self.pipe_hist += np.bincount(np.minimum(lat // _PIPE_STEP_US, _PIPE_BINS - 1).astype(np.intp),
+                                      minlength=_PIPE_BINS)
+        if n >= _PIPE_RING:
+            self.pipe_us[:] = lat[-_PIPE_RING:]
+        else:
+            i = self.pipe_rows % _PIPE_RING
+            first = min(n, _PIPE_RING - i)
+            self.pipe_us[i:i + first] = lat[:first]
+            self.pipe_us[:n - first] = lat[first:]
+        self.pipe_rows += n
 
     def _push(self, v: Viewer, packet: bytes, key: bool) -> None:
         if v.waiting:
@@ -432,6 +459,9 @@ class Viewers:
     def stats(self) -> dict[str, Any]:
         n = min(self.counts["echoes"], _LATENCY_RING)
         p50, p99 = np.percentile(self.latency_us[:n], [50, 99]).tolist() if n else (0.0, 0.0)
+        m = min(self.pipe_rows, _PIPE_RING)
+        q50, q99 = np.percentile(self.pipe_us[:m], [50, 99]).tolist() if m else (0.0, 0.0)
+        hist = np.flatnonzero(self.pipe_hist)
         kinds: dict[str, int] = {}
         for v in self.viewers.values():
             kinds[v.transport.kind] = kinds.get(v.transport.kind, 0) + 1
@@ -440,6 +470,10 @@ class Viewers:
             "sessions": len(self.seen), "watched": len(self.watched),
             "waiting": sum(v.waiting and v.session is not None for v in self.viewers.values()),
             "echo_latency_us_p50": round(p50, 1), "echo_latency_us_p99": round(p99, 1),
+            "pipeline_rows": self.pipe_rows,
+            "pipeline_latency_us_p50": round(q50, 1), "pipeline_latency_us_p99": round(q99, 1),
+            "pipeline_latency_hist": {"step_us": _PIPE_STEP_US, "bins": hist.tolist(),
+                                      "counts": self.pipe_hist[hist].tolist()},
             "viewer_list": [v.info() for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
         }
 

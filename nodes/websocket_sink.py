@@ -177,7 +177,7 @@ class WebSocketSink(Node):
         if len(self.pending) >= _LAG_LIMIT:  # the loop is far behind: drop, and the viewers resync
             self.overruns += 1
             return
-        self.pending.append((sessions, packets, msg.pts_ns, self.overruns))
+        self.pending.append((sessions, packets, msg.pts_ns, self.overruns, msg.arrays.get("arrival_ns")))
         if not self.pump_woken:  # the pump clears this before it drains: no wake-up is lost
             self.pump_woken = True
             server.call(self._pump_wake.set)

@@ -103,20 +103,46 @@ def _eg(v: np.ndarray, k: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pack_rows(widths: np.ndarray, values: np.ndarray) -> list[bytes]:
-    """Row i: its (value, width) bit fields MSB-first, zero-padded to a whole byte."""
+    """Row i: its (value, width) bit fields MSB-first, zero-padded to a whole byte.
+
+    Widths are at most 64 bits. The rows are laid end to end (each from a byte boundary) in one
+    array of 64-bit words: each field is added to the word it starts in and, if it crosses a word
+    boundary, to the next; fields never overlap, so adding is or-ing.
+    """
     rows = widths.shape[0]
-    pad = (-widths.sum(axis=1)) % 8
-    widths = np.hstack([widths, pad[:, None]])
-    values = np.hstack([values, np.zeros((rows, 1), dtype=np.int64)])
-    nbytes = (widths.sum(axis=1) // 8).tolist()
-    keep = widths.ravel() > 0
-    w, v = widths.ravel()[keep], values.ravel()[keep]
-    ends = np.cumsum(w)
-    owner = np.repeat(np.arange(w.size), w)  # the field each bit belongs to
-    shift = ends[owner] - 1 - np.arange(ends[-1]) if w.size else np.zeros(0, dtype=np.int64)
-    flat = np.packbits(((v[owner] >> shift) & 1).astype(np.uint8)).tobytes()
-    cuts = np.cumsum([0] + nbytes).tolist()
-    return [flat[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    widths = np.asarray(widths, dtype=np.int64)
+    row_bits = widths.sum(axis=1)
+    row_bytes = (row_bits + 7) // 8
+    cuts = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(row_bytes, out=cuts[1:])
+    ends = np.cumsum(widths, axis=1)
+    ends += (8 * cuts[:-1])[:, None]  # each field's end, in bits from the start of row 0
+    keep = widths > 0
+    w, e = widths[keep], ends[keep]
+    v = np.asarray(values)[keep].astype(np.uint64)
+    total = int(cuts[-1])
+    words = np.zeros((total + 7) // 8 + 1, dtype=np.uint64)
+    if w.size:
+        a = (e - w) >> 6  # the word each field starts in
+        limit = (a + 1) << 6  # the end of that word
+        cross = e > limit
+        shift = np.where(cross, 0, limit - e).astype(np.uint64)
+        head = np.where(cross, v >> (np.maximum(e - limit, 0)).astype(np.uint64), v << shift)
+        np.add.at(words, a, head)
+        if cross.any():
+            rest = (e - limit)[cross].astype(np.uint64)
+            tail = (v[cross] & ((np.uint64(1) << rest) - np.uint64(1))) << (np.uint64(64) - rest)
+            np.add.at(words, a[cross] + 1, tail)
+    flat = words.byteswap().tobytes()
+    bounds = cuts.tolist()
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(rows)]
+
+
+def _bin_headers(nbytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The msgpack ``bin`` header of a body of n bytes, as one bit field (value, width) per row."""
+    n = nbytes.astype(np.int64)
+    value = np.where(n < 256, (0xC4 << 8) | n, np.where(n < 65536, (0xC5 << 16) | n, (0xC6 << 32) | n))
+    return value, np.where(n < 256, 16, np.where(n < 65536, 24, 40))
 
 
 class BitReader:
@@ -161,38 +187,125 @@ def max_delta_bytes(columns: int) -> int:
 
 
 # --- value sections -------------------------------------------------------------------------
-def section_fields(r: np.ndarray, cls: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bit fields (widths, values), shape (S, 4*M), coding residuals ``r`` (S, M) of the given classes.
+class Fields(NamedTuple):
+    """Bit fields of many rows, in any order, each at its place: ``end`` bits after its section's
+    start in row ``row``. Dense fields (a row of fields per row) have 2-D arrays, and ``row`` None
+    (all rows) or one index per row. A field of width 0 has value 0. Values are below 2**width (uint64)."""
+
+    row: np.ndarray | None
+    end: np.ndarray
+    width: np.ndarray
+    value: np.ndarray
+
+    def rows(self, keep: np.ndarray, new_index: np.ndarray | None = None) -> "Fields":
+        """The fields of the rows where ``keep`` (a mask by row), the rows renamed by ``new_index``."""
+        if self.row is None:
+            kept = np.flatnonzero(keep)
+            return Fields(kept if new_index is None else new_index[kept], self.end[kept], self.width[kept],
+                          self.value[kept])  # still one row of fields per row: row is the row index
+        m = keep[self.row]
+        row = self.row[m]
+        return Fields(row if new_index is None else new_index[row], self.end[m], self.width[m], self.value[m])
+
+
+def section_fields(r: np.ndarray, cls: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, list[Fields]]:
+    """The bits coding residuals ``r`` (S, M) of the given classes: per row its length, and the fields.
 
     Columns go in class order (FLOOR, QUIET, MOVING), column order within a class. Each list class
     is a flag (any nonzero?) then, per nonzero, the zero run before it and its value, then the
     zero run to the list's end if it is not empty; a MOVING column is its zigzag value alone.
+    Nonzeros in lists are few, so lists are worked out on them alone; moving columns densely.
     """
     s, m = r.shape
-    j = np.arange(m)
-    order = np.argsort(cls * m + j, axis=1)
-    r, cls, k = (np.take_along_axis(a, order, axis=1) for a in (r, cls, k))
-    listed = cls != MOVING
-    nz = r != 0
-    first = listed & np.hstack([np.ones((s, 1), bool), cls[:, 1:] != cls[:, :-1]])
-    last = listed & np.hstack([cls[:, :-1] != cls[:, 1:], np.ones((s, 1), bool)])
-    any_nz = np.stack([(nz & (cls == c)).any(axis=1) for c in (FLOOR, QUIET)], axis=1)
-    flag = np.take_along_axis(any_nz, np.minimum(cls, QUIET), axis=1) & listed
-    # position of the previous nonzero of the same list (or the list's start - 1), inclusive/exclusive
-    start_mark = np.where(first, j - 1, -1)
-    nz_mark = np.where(nz & listed, j, -1)
-    prev = np.maximum.accumulate(np.maximum(start_mark, np.hstack([np.full((s, 1), -1), nz_mark[:, :-1]])), axis=1)
-    kr = np.where(cls == FLOOR, RUN_K[FLOOR], RUN_K[QUIET])
-    run_v, run_w = _eg(np.maximum(j - prev - 1, 0), kr)
-    trail_v, trail_w = _eg(np.maximum(j - prev, 0), kr)
-    list_v, list_w = _eg(np.maximum(_zigzag(r) - 1, 0), LIST_VALUE_K)
-    move_v, move_w = _moving_code(_zigzag(r), k)
-    widths = np.stack([np.where(first, 1, 0),
-                       np.where(listed & nz, run_w, 0),
-                       np.where(listed, np.where(nz, list_w, 0), move_w),
-                       np.where(last & flag & ~nz, trail_w, 0)], axis=2)
-    values = np.stack([flag.astype(np.int64), run_v, np.where(listed, list_v, move_v), trail_v], axis=2)
-    return widths.reshape(s, 4 * m), values.reshape(s, 4 * m)
+    moving = cls == MOVING
+    mv_v, mv_w = _moving_code(_zigzag(r), k)
+    all_moving = bool(moving.all())
+    parts: list[Fields] = []
+    start = np.zeros(s, dtype=np.int64)  # where the next block starts, per row
+    if not all_moving:
+        mv_w = mv_w * moving
+        mv_v = mv_v * moving
+        for c in (FLOOR, QUIET):
+            members = cls == c
+            size = members.sum(axis=1)
+            has = size > 0
+            if not has.any():
+                continue
+            entries = members & (r != 0)
+            er, ec = np.nonzero(entries)  # row-major: by row, then list order
+            flag_rows = np.flatnonzero(has)
+            any_nz = np.zeros(s, dtype=bool)
+            any_nz[er] = True
+            parts.append(Fields(flag_rows, start[flag_rows] + 1, np.ones(flag_rows.size, dtype=np.int64),
+                                any_nz[flag_rows].astype(np.uint64)))
+            bits = has.astype(np.int64)
+            if er.size:
+                pos = (np.cumsum(members, axis=1) - 1)[er, ec]  # index in the list
+                same = np.zeros(er.size, dtype=bool)
+                same[1:] = er[1:] == er[:-1]
+                prev = np.where(same, np.concatenate([[-1], pos[:-1]]), -1)
+                run_v, run_w = _eg(pos - prev - 1, RUN_K[c])
+                val_v, val_w = _eg(_zigzag(r[er, ec]) - 1, LIST_VALUE_K)
+                width = run_w + val_w
+                value = (run_v.astype(np.uint64) << val_w.astype(np.uint64)) | val_v.astype(np.uint64)
+                cum = np.cumsum(width)
+                first = np.flatnonzero(~same)
+                group = np.cumsum(~same) - 1
+                within = cum - (cum[first] - width[first])[group]
+                parts.append(Fields(er, start[er] + 1 + within, width, value))
+                sums = np.zeros(s, dtype=np.int64)
+                sums[er[first]] = np.add.reduceat(width, first)
+                bits += sums
+                last = np.append(first[1:], er.size) - 1  # each row's last nonzero
+                tail = size[er[last]] - 1 - pos[last]  # the zero run after it, to the list's end
+                t = last[tail > 0]
+                if t.size:
+                    tr = er[t]
+                    tv, tw = _eg(tail[tail > 0], RUN_K[c])
+                    parts.append(Fields(tr, start[tr] + bits[tr] + tw, tw, tv.astype(np.uint64)))
+                    bits[tr] += tw
+            start = start + bits
+    mv_end = np.cumsum(mv_w, axis=1)
+    mv_end += start[:, None]
+    parts.append(Fields(None, mv_end, mv_w, mv_v.astype(np.uint64)))
+    return mv_end[:, -1], parts
+
+
+def _place(sections: list[tuple[list[Fields], np.ndarray]], row_bits: np.ndarray) -> list[bytes]:
+    """Each row's fields at their places, MSB-first, the row zero-padded to a whole byte.
+
+    ``sections``: fields, and where their section starts in each row (bits). Widths are at most
+    64 bits. The rows are laid end to end (each from a byte boundary) in one array of 64-bit words:
+    each field is added to the word it starts in and, if it crosses a word boundary, to the next;
+    fields never overlap, so adding is or-ing.
+    """
+    row_bytes = (row_bits + 7) // 8
+    cuts = np.zeros(len(row_bits) + 1, dtype=np.int64)
+    np.cumsum(row_bytes, out=cuts[1:])
+    words = np.zeros((int(cuts[-1]) + 7) // 8 + 1, dtype=np.uint64)
+    u = np.uint64
+    for parts, origin in sections:
+        base = 8 * cuts[:-1] + origin  # each row's section start, in bits from the start of row 0
+        for f in parts:
+            if f.end.ndim == 2:  # one row of fields per row (of all rows, or of rows ``row``)
+                e = (f.end + (base if f.row is None else base[f.row])[:, None]).ravel()
+                w, v = f.width.ravel(), f.value.ravel()
+            else:
+                e, w, v = f.end + base[f.row], f.width, f.value
+            if not e.size:
+                continue
+            a = (e - w) >> 6  # the word each field starts in
+            room = ((a + 1) << 6) - e  # bits left in that word after the field (negative: it crosses)
+            np.add.at(words, a, v << np.maximum(room, 0).astype(u))
+            cross = np.flatnonzero(room < 0)
+            if cross.size:
+                over = (-room[cross]).astype(u)
+                vc = v[cross]
+                words[a[cross]] += (vc >> over) - (vc << u(0))  # undo the unshifted add, add the high part
+                np.add.at(words, a[cross] + 1, (vc & ((u(1) << over) - u(1))) << (u(64) - over))
+    flat = words.byteswap().tobytes()
+    bounds = cuts.tolist()
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(len(row_bits))]
 
 
 def _moving_code(z: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -372,6 +485,7 @@ class Encoder:
         self._owner: list[str | None] = []
         self._names: Names | None = None
         self._m = 0
+        self._last_batch: tuple[tuple, np.ndarray] | None = None  # the last batch's sessions and their slots
         self._alloc(0)
         self.counts = {"packets": 0, "keyframes": 0, "bytes": 0}
         self._pack = msgpack.Packer(use_bin_type=True).pack
@@ -407,6 +521,8 @@ class Encoder:
         """Give back the slots of sessions not seen for ``idle_ns``; returns their ids."""
         live = np.flatnonzero(self._live & (self._seen_ns < now_ns - idle_ns))
         gone = [self._owner[i] for i in live.tolist()]
+        if gone:
+            self._last_batch = None
         for slot, s in zip(live.tolist(), gone):
             del self._slots[s]
             self._owner[slot] = None
@@ -421,17 +537,22 @@ class Encoder:
         if w.ndim != 2 or w.shape[0] != len(sessions):
             raise ValueError(f"weights must be (S, M) with S = {len(sessions)} sessions, got shape {w.shape}")
         names = _names(names if isinstance(names, int) else list(names))  # what a decoder would accept
-        if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
-            raise ValueError("session ids must be strings of at most 1024 characters")
         if names_size(names) != w.shape[1]:
             raise ValueError(f"{w.shape[1]} weight columns, but the names table has {names_size(names)}")
         if pose is not None and np.shape(pose) != (len(sessions), POSE_COLUMNS):
             raise ValueError(f"pose must be (S, {POSE_COLUMNS}), got shape {np.shape(pose)}")
-        if len(set(sessions)) != len(sessions):
-            raise ValueError("a session appears twice in one batch")
+        batch = tuple(sessions)
+        if self._last_batch is not None and self._last_batch[0] == batch:  # the same sessions as last time
+            slots = self._last_batch[1]
+        else:
+            if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
+                raise ValueError("session ids must be strings of at most 1024 characters")
+            if len(set(sessions)) != len(sessions):
+                raise ValueError("a session appears twice in one batch")
+            slots = np.array([self._slot_for(s) for s in sessions], dtype=np.int64)
+            self._last_batch = (batch, slots)
         if names != self._names:
             self._set_columns(names, w.shape[1])
-        slots = np.array([self._slot_for(s) for s in sessions], dtype=np.int64)
         self._seen_ns[slots] = pts_ns
         has_pose = pose is not None
         q = quantize(w, self.bits, *WEIGHT_RANGE)
@@ -456,10 +577,12 @@ class Encoder:
                 out[i] = self._pack([VERSION, int(slots[i]), int(seq[i]), pts_ms, sessions[i], wire_names, self.bits,
                                      self.pose_bits if has_pose else 0, body])
         d = np.flatnonzero(~key)
-        if d.size:
-            for i, body in zip(d.tolist(), self._deltas(slots[d], seq[d], ref[d], back[d], pts_res[d], motion[d],
-                                                        q[d], None if qp is None else qp[d])):
-                out[i] = self._pack(body)
+        if d.size == len(slots):  # no keyframe: every row a delta, in order
+            out = self._deltas(slots, seq, ref, back, pts_res, motion, q, qp)
+        elif d.size:
+            for i, packet in zip(d.tolist(), self._deltas(slots[d], seq[d], ref[d], back[d], pts_res[d], motion[d],
+                                                          q[d], None if qp is None else qp[d])):
+                out[i] = packet
         r = slots[ref]
         self._prev_q[r], self._ref_q[r] = self._ref_q[r], q[ref]
         self._prev_seq[r], self._ref_seq[r] = self._ref_seq[r], seq[ref]
@@ -478,32 +601,52 @@ class Encoder:
 
     def _deltas(self, slots: np.ndarray, seq: np.ndarray, ref: np.ndarray, back: np.ndarray, pts_res: np.ndarray,
                 motion: np.ndarray, q: np.ndarray, qp: np.ndarray | None) -> list[bytes]:
-        """The bit streams of these delta rows (each the content of a msgpack bin)."""
+        """These delta rows' packets: each a msgpack bin holding the row's bit stream."""
+        n = slots.size
         link = 2 * (back - 1) + (~ref).astype(np.int64)
-        header = [_eg(slots, 0), (seq, np.full(slots.size, 16)), _eg(link, 0), _eg(_zigzag(pts_res), 0)]
+        pts_v, pts_w = _eg(_zigzag(pts_res), 0)  # up to 65 bits: split in two fields of at most 32
+        header = [_eg(slots, 0), (seq, np.full(n, 16)), _eg(link, 0),
+                  (pts_v >> 32, np.maximum(pts_w - 32, 0)), (pts_v & 0xFFFFFFFF, np.minimum(pts_w, 32))]
         sections = [(q, self._ref_q[slots], self._prev_q[slots], self.bits)]
         if qp is not None:
             sections.append((qp, self._ref_pose[slots], self._prev_pose[slots], self.pose_bits))
-        def fields(rows: np.ndarray, wide: bool) -> tuple[np.ndarray, np.ndarray]:
-            parts = []
-            for now, refq, prevq, bits in sections:
-                prev = np.where(motion[rows, None], prevq[rows], refq[rows])
-                pred, cls, k = predict(refq[rows], prev, bits, wide)
-                parts.append(section_fields(now[rows] - pred, cls, k))
-            return np.hstack([w for w, _ in parts]), np.hstack([v for _, v in parts])
 
-        widths, values = fields(np.arange(slots.size), False)
+        def fields(rows: np.ndarray | None, wide: bool) -> tuple[np.ndarray, list[Fields]]:
+            """Bits per row and fields (from the value sections' start) of these rows (None: all)."""
+            parts: list[Fields] = []
+            total = None
+            for now, refq, prevq, bits in sections:
+                if rows is not None:
+                    now, refq, prevq, moving = now[rows], refq[rows], prevq[rows], motion[rows]
+                else:
+                    moving = motion
+                prev = prevq if moving.all() else np.where(moving[:, None], prevq, refq)
+                pred, cls, k = predict(refq, prev, bits, wide)
+                size, f = section_fields(now - pred, cls, k)
+                if total is not None:
+                    f = [x._replace(end=x.end + total[:, None] if x.end.ndim == 2 else x.end + total[x.row]) for x in f]
+                parts += f
+                total = size if total is None else total + size
+            return total, parts
+
+        bits, body = fields(None, False)
         still = np.flatnonzero(~motion)  # no motion: the encoder may send the wide variant, if smaller
-        wide = np.zeros(slots.size, dtype=bool)
+        wide = np.zeros(n, dtype=bool)
         if still.size:
-            ww, wv = fields(still, True)
-            smaller = ww.sum(axis=1) < widths[still].sum(axis=1)
-            widths[still[smaller]], values[still[smaller]] = ww[smaller], wv[smaller]
-            wide[still[smaller]] = True
+            wbits, wbody = fields(still, True)
+            smaller = wbits < bits[still]
+            if smaller.any():
+                wide[still[smaller]] = True
+                bits[still[smaller]] = wbits[smaller]
+                body = [f.rows(~wide) for f in body] + [f.rows(smaller, still) for f in wbody]
         header.append((wide.astype(np.int64), np.where(motion, 0, 1)))  # the W bit, only without motion
-        widths = np.hstack([np.stack([h[1] for h in header], axis=1), widths])
-        values = np.hstack([np.stack([h[0] for h in header], axis=1), values])
-        return _pack_rows(widths, values)
+        head_bits = sum(h[1] for h in header)
+        header.insert(0, _bin_headers((bits + head_bits + 7) // 8))  # the msgpack bin around the stream
+        hw = np.stack([h[1] for h in header], axis=1)
+        hv = np.stack([h[0] for h in header], axis=1)
+        head_bits = hw.sum(axis=1)
+        head = Fields(None, np.cumsum(hw, axis=1), hw, hv.astype(np.uint64))
+        return _place([([head], np.zeros(n, dtype=np.int64)), (body, head_bits)], head_bits + bits)
 
     def _alloc(self, n: int) -> None:
         """(Re)size the slot arrays to ``n`` slots, keeping what they hold."""
