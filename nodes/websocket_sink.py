@@ -79,7 +79,7 @@ class WebSocketSink(Node):
         self.last_warn_ns, self.warns_held = -_WARN_EVERY_NS, 0
         self.inbox = Inbox()
         self.watch(self.inbox.fd, self._on_inbox)
-        self._start(bind(self.p.host, self.p.port))
+        self._start(bind(self.p.host, self.p.port, replacing=self.replacement))
 
     def _start(self, sock: Any) -> None:
         """Serve on ``sock``, with a fresh viewer registry."""

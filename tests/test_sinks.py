@@ -417,3 +417,30 @@ def test_viewers_split_batches_wait_for_keyframes_and_drop_the_oldest_when_slow(
         await reg.close_all()
 
     asyncio.run(run())
+
+
+# --- hot-swap on a fixed port -------------------------------------------------------------------
+def test_a_sink_on_a_fixed_port_hot_swaps_and_serves_on(graph) -> None:
+    from nodes.webserver import bind
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        fixed = s.getsockname()[1]
+    runner, port = graph(port=fixed)
+    assert port == fixed
+    with pytest.raises(RuntimeError, match=f"cannot serve HTTP on 127.0.0.1:{fixed}"):
+        bind("127.0.0.1", fixed)  # a second graph on the port is refused...
+    bind("127.0.0.1", fixed, replacing=True).close()  # ...a node's replacement may share it
+
+    old = runner.pids()["sink"]
+    new = runner.swap("sink", params={"queue_size": 16})  # starts while the old one still listens
+    assert new != old and wait_gone([old]) == []
+
+    async def view() -> list:
+        async with websockets.connect(f"ws://127.0.0.1:{fixed}/ws") as ws:
+            await ws.send(json.dumps({"type": "subscribe", "session": "s1"}))
+            return (await receive_packets(ws, 60))[0]
+
+    check_frames(asyncio.run(view()))
+    assert runner.stats()["nodes"]["sink"]["params"]["queue_size"] == 16
+    assert not runner.bus.messages("ERROR")
