@@ -21,6 +21,7 @@ POLICIES = ("leaky", "block")
 RESTART_POLICIES = ("always", "on-failure", "never")
 DEFAULT_LINK = {"policy": "leaky", "size": 8}
 LINK_OPTIONS = ("policy", "size", "feedback")
+HOST_KEYS = ("address", "port", "bind")  # a hosts table entry (runtime.endpoints says what they do)
 _ARG = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -48,6 +49,7 @@ class LinkSpec:
     size: int = 8
     line: int | None = None
     feedback: bool = False  # runs upstream (a sink's requests back to an encoder): may close a cycle
+    port: int | None = None  # TCP port when the link crosses hosts (default: derived, runtime.endpoints)
 
     @property
     def forward(self) -> bool:
@@ -76,8 +78,11 @@ class Graph:
         """Names of the nodes one runner starts: all of them, or those placed on ``host``."""
         if host is None:
             return list(self.nodes)
-        first = next(iter(self.hosts), None)
-        return [n for n, s in self.nodes.items() if (s.host or first) == host]
+        return [n for n in self.nodes if self.host_of(n) == host]
+
+    def host_of(self, node: str) -> str | None:
+        """The host a node runs on: its ``host:``, else the first of the hosts table (None without one)."""
+        return self.nodes[node].host or next(iter(self.hosts), None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +95,7 @@ class Graph:
             },
             "links": [
                 {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy, "size": l.size,
-                 **({"feedback": True} if l.feedback else {})}
+                 **({"feedback": True} if l.feedback else {}), **({"port": l.port} if l.port is not None else {})}
                 for l in self.links
             ],
         }
@@ -178,6 +183,7 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
     for i, entry in enumerate(doc.get("links") or []):
         lline = line(doc.get("links"), i)
         opts = dict(defaults)
+        port = None
         if isinstance(entry, str):
             chain = entry
         elif isinstance(entry, Mapping):
@@ -190,8 +196,17 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
                 continue
             opts.update({k: v for k, v in entry.items() if k in LINK_OPTIONS})
             for key in entry:
-                if key not in ("from", "to", "chain", *LINK_OPTIONS):
-                    p(f"link: unknown key '{key}' (allowed: from, to, chain, {', '.join(LINK_OPTIONS)})", line(entry, key))
+                if key not in ("from", "to", "chain", "port", *LINK_OPTIONS):
+                    p(f"link: unknown key '{key}' (allowed: from, to, chain, port, {', '.join(LINK_OPTIONS)})", line(entry, key))
+            if "port" in entry:  # only here: in link_defaults it would give every link one port
+                given = entry["port"]
+                if not isinstance(given, int) or isinstance(given, bool) or not 1 <= given <= 65535:
+                    p(f"link '{chain}': port must be a TCP port number (1 .. 65535), got {given!r}", line(entry, "port"))
+                elif "chain" in entry and len(str(entry["chain"]).split("->")) > 2:
+                    p(f"link '{chain}': 'port' names one link's port, and a chain makes several; give each its own link",
+                      line(entry, "port"))
+                else:
+                    port = given
         else:
             p(f"bad link entry {entry!r}", lline)
             continue
@@ -213,13 +228,50 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
             src, _, spad = a.partition(".")
             dst, _, dpad = b.partition(".")
             links.append(LinkSpec(src, spad or None, dst, dpad or None, opts["policy"], opts["size"], lline,
-                                 opts.get("feedback") is True))
+                                 opts.get("feedback") is True, port))
 
-    hosts = dict(doc.get("hosts") or {})
+    hosts = _hosts(doc, p, line)
     return Graph(
         name=str(doc.get("name") or default_name), nodes=nodes, links=links, args=args,
         hosts=hosts, file=file, state_store=doc.get("state"), problems=problems,
     )
+
+
+def _hosts(doc: Mapping[str, Any], p, line) -> dict[str, dict[str, Any]]:
+    """The hosts table: name -> {address, port, bind}; ``name: ADDRESS`` is short for ``{address: ADDRESS}``."""
+    raw = doc.get("hosts")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        p("'hosts' must be a mapping of host name -> {address, port, bind}", line(doc, "hosts"))
+        return {}
+    hosts: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
+        hline = line(raw, name)
+        if not isinstance(name, str) or not _NAME.match(name):
+            p(f"bad host name '{name}': use letters, digits, '_' and '-'", hline)
+            continue
+        if isinstance(entry, str):
+            entry = {"address": entry}
+        if not isinstance(entry, Mapping):
+            p(f"host '{name}': expected {{address: ..., port: ...}} or an address, got {entry!r}", hline)
+            continue
+        for key in entry:
+            if key not in HOST_KEYS:
+                p(f"host '{name}': unknown key '{key}' (allowed: {', '.join(HOST_KEYS)})", line(entry, key))
+        address = entry.get("address")
+        if address is None or address == "":
+            p(f"host '{name}' needs an 'address' (the IP address or DNS name the other hosts reach it at)", hline)
+        elif not isinstance(address, str):
+            p(f"host '{name}': address must be a string (an IP address or DNS name), got {address!r}", line(entry, "address"))
+        port = entry.get("port")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
+            p(f"host '{name}': port must be a TCP port number (1 .. 65535), got {port!r}", line(entry, "port"))
+        bind = entry.get("bind")
+        if bind is not None and (not isinstance(bind, str) or not bind):
+            p(f"host '{name}': bind must be an interface address (or '*'), got {bind!r}", line(entry, "bind"))
+        hosts[name] = dict(entry)
+    return hosts
 
 
 def _substitute(value: Any, args: Mapping[str, Any], problems: list[Problem], file: str,

@@ -18,13 +18,14 @@ import zmq
 import zmq.asyncio
 
 from .bus import Bus
-from .errors import ControlError, GraphError, ParamError
+from .endpoints import tcp_links
+from .errors import ControlError, GraphError, ParamError, Problem
 from .graph import Graph, LinkSpec
 from .params import check_params
 from .proctools import exit_cause
 from .states import NULL, PAUSED, PLAYING, READY, rank
 from .supervisor import NodeProcess, RestartBudget
-from .transport import ipc_endpoint
+from .transport import BIND_RETRY_S, ipc_endpoint
 from .validate import validate_graph
 
 
@@ -34,6 +35,9 @@ class Runner:
     def __init__(self, graph: Graph, *, host: str | None = None, control: str | None = None,
                  start_timeout: float = 30.0, drain_timeout: float = 5.0, stop_on_eos: bool = True):
         self.types = validate_graph(graph)
+        if host is not None and host not in graph.hosts:
+            known = ", ".join(graph.hosts) if graph.hosts else "none: the graph has no 'hosts:' table"
+            raise GraphError([Problem(f"no host '{host}' in the graph's hosts ({known})", graph.file)])
         self.graph = graph
         self.host = host
         self.control_endpoint = control
@@ -43,7 +47,10 @@ class Runner:
         self.local = graph.nodes_on(host)
         self.procs: dict[str, NodeProcess] = {}
         self.by_identity: dict[bytes, NodeProcess] = {}
-        self.endpoints = {l.id: ipc_endpoint(self.run_id, l.id, 0) for l in graph.links}
+        # links to or from another host: tcp, on the same ports every host's runner derives (runtime.endpoints)
+        self.tcp = tcp_links(graph) if host is not None else {}
+        self.endpoints = {l.id: self.tcp[l.id].connect if l.id in self.tcp else ipc_endpoint(self.run_id, l.id, 0)
+                          for l in graph.links}
         self.budgets = {n: RestartBudget(graph.nodes[n].max_restarts) for n in self.local}
         self.state = NULL
         self.exit_code = 0
@@ -200,7 +207,7 @@ class Runner:
         elif op == "drained":
             fut = self._drained.get(np.name)
             if fut and not fut.done():
-                fut.set_result(msg["seqs"])
+                fut.set_result(msg)
 
     async def _request(self, np: NodeProcess, op: str, timeout: float = 5.0, **fields: Any) -> Any:
         rid = next(self._ids)
@@ -227,15 +234,39 @@ class Runner:
     def _links_out(self, name: str) -> list[LinkSpec]:
         return [l for l in self.graph.links if l.src == name]
 
-    def _spawn(self, name: str, instance: int) -> NodeProcess:
+    def _entries(self) -> set[str]:
+        """Local nodes fed by no local node: the sources, and the first nodes of this host's part of
+        a multi-host graph. They play last and are the ones asked to end the stream on a drain."""
+        local = set(self.local)
+        return {n for n in self.local if not any(l.src in local for l in self._links_in(n, forward=True))}
+
+    def _terminals(self) -> list[str]:
+        """Local nodes that feed no local node; EOS here is all of them having ended their stream."""
+        local = set(self.local)
+        return [n for n in self.local if not any(l.forward and l.dst in local for l in self._links_out(n))]
+
+    def _spawn(self, name: str, instance: int, defer: tuple[str, ...] = ()) -> NodeProcess:
+        """``defer``: tcp inputs the new process binds only when told (``bind``: a hot-swap)."""
         spec = self.graph.nodes[name]
+        tcp = self.tcp
+        inputs = []
+        for l in self._links_in(name):
+            d = {"id": l.id, "pad": l.dst_pad, "policy": l.policy, "size": l.size, "feedback": l.feedback}
+            if l.id in tcp:  # from another host: the same port for every instance, it cannot be relinked
+                d.update(endpoint=tcp[l.id].bind, peer=tcp[l.id].src_host, defer=l.id in defer)
+            else:
+                d["endpoint"] = ipc_endpoint(self.run_id, l.id, instance)
+            inputs.append(d)
+        outputs = []
+        for l in self._links_out(name):
+            d = {"id": l.id, "pad": l.src_pad, "endpoint": self.endpoints[l.id], "policy": l.policy, "size": l.size}
+            if l.id in tcp:
+                d["peer"] = tcp[l.id].dst_host
+            outputs.append(d)
         wire = {
-            "name": name, "type": spec.type, "params": spec.params, "instance": instance,
+            "name": name, "type": spec.type, "params": spec.params, "instance": instance, "host": self.host,
             "run_id": self.run_id, "control": self.node_endpoint, "parent_pid": os.getpid(),
-            "inputs": [{"id": l.id, "pad": l.dst_pad, "endpoint": ipc_endpoint(self.run_id, l.id, instance),
-                        "policy": l.policy, "size": l.size, "feedback": l.feedback} for l in self._links_in(name)],
-            "outputs": [{"id": l.id, "pad": l.src_pad, "endpoint": self.endpoints[l.id],
-                         "policy": l.policy, "size": l.size} for l in self._links_out(name)],
+            "inputs": inputs, "outputs": outputs,
         }
         np = NodeProcess(name, instance, wire)
         self.by_identity[np.identity] = np
@@ -272,7 +303,7 @@ class Runner:
     async def _set_graph_state(self, target: str) -> str:
         if target not in (PAUSED, PLAYING):
             raise ControlError(f"state must be PAUSED or PLAYING, got '{target}'")
-        sources = {n for n in self.local if not self._links_in(n, forward=True)}
+        sources = self._entries()
         if target == PLAYING:  # everything downstream first, so sources lose nothing
             await self._all_to(PAUSED, self.procs)
             await self._all_to(PLAYING, {n: p for n, p in self.procs.items() if n not in sources})
@@ -323,13 +354,15 @@ class Runner:
 
     async def _relink_upstream(self, name: str, instance: int) -> None:
         for link in self._links_in(name):
+            if link.id in self.tcp:  # the sender is on another host: it reconnects to the same port by itself
+                continue
             self.endpoints[link.id] = ipc_endpoint(self.run_id, link.id, instance)
             src = self.procs.get(link.src)
             if src is not None and src.state != NULL and not src.exited.done():
                 await self._request(src, "relink", link=link.id, endpoint=self.endpoints[link.id])
 
     def _check_eos(self) -> None:
-        terminals = [n for n in self.local if not any(l.forward for l in self._links_out(n))]
+        terminals = self._terminals()
         if self.eos_reached or not all(self.procs[n].eos for n in terminals):
             return
         self.eos_reached = True
@@ -345,7 +378,8 @@ class Runner:
 
     async def _do_stop(self, drain: bool) -> None:
         if drain and self.state == PLAYING and not self.eos_reached:
-            sources = [p for n, p in self.procs.items() if not self._links_in(n, forward=True)]
+            entries = self._entries()
+            sources = [p for n, p in self.procs.items() if n in entries]
             await asyncio.gather(*(self._request(p, "eos", timeout=2) for p in sources), return_exceptions=True)
             for _ in range(int(self.drain_timeout * 50)):
                 if self.eos_reached:
@@ -371,6 +405,9 @@ class Runner:
     def _proc(self, name: str) -> NodeProcess:
         np = self.procs.get(name)
         if np is None:
+            if self.host is not None and name in self.graph.nodes:
+                raise ControlError(f"no node '{name}' runs here: it runs on host '{self.graph.host_of(name)}', "
+                                   f"this runner is host '{self.host}'; ask that host's runner")
             raise ControlError(f"no node '{name}' runs here (nodes: {', '.join(self.procs)})")
         return np
 
@@ -385,14 +422,24 @@ class Runner:
             res["restarts"] = self.budgets[name].used
             nodes[name] = res
         links = {}
+        local = set(self.local)
         for l in self.graph.links:
+            if l.src not in local and l.dst not in local:  # between two other hosts
+                continue
             out = nodes.get(l.src, {}).get("outputs", {}).get(l.id, {})
             inp = nodes.get(l.dst, {}).get("inputs", {}).get(l.id, {})
             links[l.id] = {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy,
                            "size": l.size, "sent": out.get("sent"), "received": inp.get("received"),
                            "gaps": inp.get("gaps"), "drops": (out.get("drops") or 0) + (inp.get("drops") or 0),
                            "depth": inp.get("depth")}
-        return {"graph": self.graph.name, "state": self.state, "nodes": nodes, "links": links}
+            t = self.tcp.get(l.id)
+            if t is not None:  # one end here, the other on another host: that end's numbers are there
+                end = out if l.src in local else inp
+                links[l.id].update(transport="tcp", port=t.port, peer=t.peer_of(self.host), up=end.get("up"))
+        result = {"graph": self.graph.name, "state": self.state, "nodes": nodes, "links": links}
+        if self.host is not None:
+            result["host"] = self.host
+        return result
 
     async def _set_params(self, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         np = self._proc(name)
@@ -424,7 +471,10 @@ class Runner:
         try:
             saved = self.graph.nodes[name]
             self.graph.nodes[name] = trial.nodes[name]
-            new = self._spawn(name, old.instance + 1)
+            # inputs from another host arrive on a fixed port: the old node lets go of it when it
+            # drains, and the new one binds it then (their senders reconnect by themselves)
+            remote_in = tuple(l.id for l in self._links_in(name) if l.id in self.tcp)
+            new = self._spawn(name, old.instance + 1, defer=remote_in)
             try:
                 await self._bring(new, PAUSED)
             except (RuntimeError, TimeoutError, ControlError) as exc:
@@ -440,18 +490,27 @@ class Runner:
             for l in outs:
                 self._marks[l.id] = loop.create_future()
             old.expected_exit = True
-            await self._request(old, "drain")
+            await self._request(old, "drain", release=list(remote_in))
             for l in self._links_in(name):
                 src = self.procs.get(l.src)
                 if src is not None and not src.exited.done():
                     await self._request(src, "hold", link=l.id)
             seqs: dict[str, int] = {}
+            expected: dict[str, int] = {}
             try:
-                seqs = await asyncio.wait_for(asyncio.shield(self._drained[name]), timeout)
+                drained = await asyncio.wait_for(asyncio.shield(self._drained[name]), timeout)
+                seqs, expected = drained["seqs"], drained.get("expected") or {}
                 await asyncio.wait_for(asyncio.gather(*(self._marks[l.id] for l in outs if l.dst in self.procs)), timeout)
             except asyncio.TimeoutError:
                 self.bus.post("WARNING", node=name, text=f"swap: '{name}' did not drain within {timeout}s; killing it")
             await old.kill(grace=5.0)
+            if remote_in:
+                try:
+                    await self._request(new, "bind", timeout=BIND_RETRY_S + 5,
+                                        links={i: expected.get(i) for i in remote_in})
+                except ControlError as exc:
+                    self.bus.post("ERROR", node=name, pid=new.pid, text=f"swap: the new '{name}' gets nothing from "
+                                  f"other hosts: {exc}")
             for l in outs:
                 if l.id in seqs:
                     await self._request(new, "relink", link=l.id, seq=seqs[l.id])
@@ -470,5 +529,7 @@ class Runner:
         info = self.graph.to_dict()
         info["state"] = self.state
         info["pids"] = self.pids()
+        if self.host is not None:
+            info["host"], info["local"] = self.host, list(self.local)
         return info
 

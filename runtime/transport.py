@@ -3,14 +3,27 @@
 Queue policy is applied at both ends: ``block`` never drops (the sender waits for room);
 ``leaky`` keeps the newest ``size`` messages and counts every one it drops. Sequence numbers
 are per link, so the receiver counts gaps instead of guessing loss.
+
+A link between hosts is ``tcp://`` (see ``runtime.endpoints``): its sockets send heartbeats, and a
+``LinkWatch`` follows their peers through a ZeroMQ socket monitor (a socket the worker polls, so
+nothing is added per message) to report LINK_UP and LINK_DOWN.
 """
 from __future__ import annotations
 
+import struct
+import time
 from collections import deque
 
 import zmq
 
+from .endpoints import CONNECT_TIMEOUT_MS, HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, RECONNECT_IVL_MAX_MS
 from .message import ZERO_COPY_MIN, Kind, Message, decode, decode_header, encode, frame_nbytes, is_large
+
+_WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                     zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+BIND_RETRY_S = 5.0  # a restarted node's port may still be held for a moment by the process it replaces
 
 
 def ipc_endpoint(run_id: str, link_id: str, instance: int) -> str:
@@ -18,11 +31,85 @@ def ipc_endpoint(run_id: str, link_id: str, instance: int) -> str:
     return f"ipc://@avatar-{run_id}/{link_id}/{instance}"
 
 
+def is_tcp(endpoint: str) -> bool:
+    return endpoint.startswith("tcp://")
+
+
+def _tcp_options(sock: zmq.Socket) -> None:
+    """Heartbeats, so a peer that vanished without closing (host gone) is noticed in seconds."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+class LinkWatch:
+    """Follows the peers of one tcp link end through a socket monitor: up when the first ZeroMQ
+    peer completed its handshake, down when the last one went away (closed, reset or silent).
+
+    A TCP connection that never completes a handshake (a port scanner, a load balancer's probe)
+    is reported by the monitor as a failed handshake right before its disconnect, and is ignored.
+    """
+
+    def __init__(self, sock: zmq.Socket, link_id: str, direction: str, peer: str | None, endpoint: str):
+        self.link, self.direction, self.peer, self.endpoint = link_id, direction, peer, endpoint
+        self.mon = sock.get_monitor_socket(_WATCHED)
+        self.peers = 0
+        self.failed = 0  # handshakes failed whose disconnect is still to come
+        self.up = False
+        self.changes = 0
+        self.since = time.time()
+        self.warned = False  # about being down for long, once per down spell
+
+    def read(self) -> list[bool]:
+        """Handle the monitor's events; the up/down transitions they made (True = up), in order."""
+        changes: list[bool] = []
+        while True:
+            try:
+                frames = self.mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return changes
+            except zmq.ZMQError:  # closed under us
+                return changes
+            event = struct.unpack_from("=H", frames[0])[0]  # uint16 event, uint32 value; then the endpoint
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.peers += 1
+            elif event in _HANDSHAKE_FAILED:
+                self.failed += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                if self.failed:
+                    self.failed -= 1
+                elif self.peers:
+                    self.peers -= 1
+            up = self.peers > 0
+            if up != self.up:
+                self.up, self.since, self.warned = up, time.time(), False
+                self.changes += 1
+                changes.append(up)
+
+    def overdue(self, after_s: float) -> bool:
+        """Down for ``after_s`` seconds and not yet said so (True once per down spell)."""
+        if self.up or self.warned or time.time() - self.since < after_s:
+            return False
+        self.warned = True
+        return True
+
+    def stats(self) -> dict:
+        return {"up": self.up, "peer": self.peer, "endpoint": self.endpoint, "since": round(self.since, 3),
+                "changes": self.changes}
+
+    def close(self) -> None:
+        self.mon.close(0)
+
+
 class InLink:
-    """The receiving end of one link: a bound PULL socket and a policy-bounded queue."""
+    """The receiving end of one link: a bound PULL socket and a policy-bounded queue.
+
+    ``defer``: create the socket but bind it only on ``bind()`` (a hot-swap's new node, whose tcp
+    port is still held by the node it replaces).
+    """
 
     def __init__(self, ctx: zmq.Context, link_id: str, pad: str, endpoint: str, policy: str, size: int,
-                 feedback: bool = False):
+                 feedback: bool = False, peer: str | None = None, defer: bool = False):
         self.id, self.pad, self.endpoint = link_id, pad, endpoint
         self.feedback = feedback  # runs upstream; its EOS comes after ours, so it never holds ours back
         self.leaky = policy == "leaky"
@@ -31,10 +118,37 @@ class InLink:
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, size)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(endpoint)
+        self.watch: LinkWatch | None = None
+        if is_tcp(endpoint):
+            _tcp_options(self.sock)
+            self.watch = LinkWatch(self.sock, link_id, "in", peer, endpoint)
+        self.bound = self.released = False
+        if not defer:
+            self.bind()
         self.expected = -1
         self.received = self.gaps = self.drops = self.resets = self.malformed = 0
         self.ended = self.marked = False
+
+    def bind(self, retry_s: float = BIND_RETRY_S) -> None:
+        """Bind the endpoint; a tcp port still held (by the process this one replaces) is retried."""
+        deadline = time.monotonic() + (retry_s if is_tcp(self.endpoint) else 0.0)
+        while True:
+            try:
+                self.sock.bind(self.endpoint)
+                self.bound = True
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() >= deadline:
+                    raise zmq.ZMQError(exc.errno, f"link {self.id}: cannot bind {self.endpoint}: {exc.strerror}") from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        """Hot-swap of a node fed from another host: keep what has arrived, close the port for the
+        new node, and end what is queued with a MARK (the sender is on a runner we cannot ask)."""
+        self.read_available()
+        self.close()
+        self.released = True
+        self.queue.append(Message(caps="", kind=Kind.MARK))
 
     def read_available(self) -> None:
         """Move what the socket holds into the queue, as far as the policy allows."""
@@ -86,11 +200,16 @@ class InLink:
         self.expected = seq + 1
 
     def stats(self) -> dict:
-        return {"pad": self.pad, "received": self.received, "gaps": self.gaps, "drops": self.drops,
-                "depth": len(self.queue), "resets": self.resets, "malformed": self.malformed}
+        out = {"pad": self.pad, "received": self.received, "gaps": self.gaps, "drops": self.drops,
+               "depth": len(self.queue), "resets": self.resets, "malformed": self.malformed}
+        if self.watch is not None:
+            out.update(self.watch.stats())
+        return out
 
     def close(self) -> None:
         self.sock.close(0)
+        if self.watch is not None:
+            self.watch.close()
 
 
 class OutLink:
@@ -101,8 +220,9 @@ class OutLink:
     """
 
     def __init__(self, ctx: zmq.Context, link_id: str, pad: str, endpoint: str, policy: str, size: int,
-                 seq_start: int = 0, hold: bool = False):
-        self.ctx, self.id, self.pad = ctx, link_id, pad
+                 seq_start: int = 0, hold: bool = False, peer: str | None = None):
+        self.ctx, self.id, self.pad, self.peer = ctx, link_id, pad, peer
+        self.watch: LinkWatch | None = None
         self.leaky = policy == "leaky"
         self.size = size
         self.seq = seq_start
@@ -113,15 +233,25 @@ class OutLink:
         self.connect(endpoint)
 
     def connect(self, endpoint: str) -> None:
+        """(Re)connect; a tcp link gets a new ``watch`` (the worker re-registers it)."""
         if self.sock is not None:
             self.sock.close(0)
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
         self.endpoint = endpoint
         s = self.ctx.socket(zmq.PUSH)
         s.setsockopt(zmq.SNDHWM, self.size)
         s.setsockopt(zmq.IMMEDIATE, 1)  # queue in our outbox, never in a pipe to a dead peer
         s.setsockopt(zmq.LINGER, 2000)
         s.setsockopt(zmq.RECONNECT_IVL, 10)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        if is_tcp(endpoint):  # another host: it may be away for long, and may vanish silently
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            s.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            _tcp_options(s)
+            self.watch = LinkWatch(s, self.id, "out", self.peer, endpoint)
+        else:
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
         s.connect(endpoint)
         self.sock = s
 
@@ -179,12 +309,17 @@ class OutLink:
         return len(self.outbox) > (self.size if self.hold else 0)
 
     def stats(self) -> dict:
-        return {"pad": self.pad, "sent": self.sent, "drops": self.drops, "pending": len(self.outbox),
-                "seq": self.seq, "held": self.hold}
+        out = {"pad": self.pad, "sent": self.sent, "drops": self.drops, "pending": len(self.outbox),
+               "seq": self.seq, "held": self.hold}
+        if self.watch is not None:
+            out.update(self.watch.stats())
+        return out
 
     def close(self, linger_ms: int = 2000) -> None:
         if self.sock is not None:
             self.sock.close(linger_ms)
+        if self.watch is not None:
+            self.watch.close()
 
 
 def _kind(frames: list) -> int:

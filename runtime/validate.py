@@ -9,6 +9,7 @@ import difflib
 import networkx as nx
 
 from .caps import ANY, CapsSpec, caps_compatible, caps_text
+from .endpoints import port_problems
 from .errors import GraphError, NodeTypeError, ParamError, Problem
 from .graph import Graph, LinkSpec
 from .node import Node
@@ -42,8 +43,15 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
         if params_ok:
             for problem in cls.check_config(check_params(cls.params, spec.params)):
                 p(f"node '{name}' ({spec.type}): {problem}", spec.line)
-        if graph.hosts and spec.host is not None and spec.host not in graph.hosts:
-            p(f"node '{name}': host '{spec.host}' is not in the graph's hosts ({', '.join(graph.hosts)})", spec.line)
+        if spec.host is not None:
+            if not isinstance(spec.host, str):
+                p(f"node '{name}': host must be a host name of the graph's hosts table, got {spec.host!r}", spec.line)
+            elif not graph.hosts:
+                p(f"node '{name}': host '{spec.host}' needs a 'hosts:' table naming it (with its address)", spec.line)
+            elif spec.host not in graph.hosts:
+                close = difflib.get_close_matches(spec.host, list(graph.hosts), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                p(f"node '{name}': host '{spec.host}' is not in the graph's hosts ({', '.join(graph.hosts)}){hint}", spec.line)
 
     seen: dict[tuple, LinkSpec] = {}
     good_links: list[LinkSpec] = []
@@ -108,6 +116,11 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
 
     if not cycle:
         _check_caps(graph, types, good_links, g, p)
+
+    if graph.hosts and len(good_links) == len(graph.links) and not any(
+            isinstance(s.host, str) and s.host not in graph.hosts for s in graph.nodes.values()):
+        for message, line in port_problems(graph):  # every pad is resolved by now: link ids are final
+            p(message, line)
 
     if problems:
         raise GraphError(problems)

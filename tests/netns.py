@@ -4,12 +4,15 @@ Tests that open servers a browser talks to run them inside one, so every packet 
 loopback nobody else shares, and fixed ports never collide with anything on the machine.
 Where namespaces cannot be made (not root, no ``ip``), ``NetNS.make`` returns None and the
 caller runs on the host's loopback instead, saying so.
+
+Two namespaces joined by a veth pair (``NetNS.join``) act as two machines on one network.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import secrets
+import signal
 import shutil
 import socket
 import subprocess
@@ -24,14 +27,55 @@ class NetNS:
         self.name = name
 
     @classmethod
-    def make(cls) -> "NetNS | None":
+    def make(cls, name: str | None = None) -> "NetNS | None":
         if os.geteuid() != 0 or shutil.which("ip") is None:
             return None
-        ns = cls(f"avatar-test-{os.getpid()}-{secrets.token_hex(2)}")
+        ns = cls(name or f"avatar-test-{os.getpid()}-{secrets.token_hex(2)}")
         if subprocess.run(["ip", "netns", "add", ns.name], capture_output=True).returncode != 0:
             return None
         subprocess.run(["ip", "-n", ns.name, "link", "set", "lo", "up"], check=True)
         return ns
+
+    def join(self, other: "NetNS", address: str, other_address: str, prefix: int = 24) -> tuple[str, str]:
+        """A veth pair between the two namespaces, one end in each with its address, both up.
+
+        Returns the two interface names (this namespace's, the other's). Removing either namespace
+        removes the pair. Raises CalledProcessError if it cannot be made.
+        """
+        tag = secrets.token_hex(3)
+        mine, theirs = f"avm{tag}a", f"avm{tag}b"  # interface names: at most 15 characters
+        subprocess.run(["ip", "link", "add", mine, "type", "veth", "peer", "name", theirs], check=True,
+                       capture_output=True)
+        try:
+            for ns, dev, addr in ((self, mine, address), (other, theirs, other_address)):
+                subprocess.run(["ip", "link", "set", dev, "netns", ns.name], check=True, capture_output=True)
+                subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{addr}/{prefix}", "dev", dev], check=True,
+                               capture_output=True)
+                subprocess.run(["ip", "-n", ns.name, "link", "set", dev, "up"], check=True, capture_output=True)
+        except subprocess.CalledProcessError:
+            for dev in (mine, theirs):  # still in our namespace if the move failed
+                subprocess.run(["ip", "link", "del", dev], capture_output=True)
+            raise
+        return mine, theirs
+
+    def set_link(self, dev: str, up: bool) -> None:
+        """Take an interface of the namespace down (a pulled cable: no reset, no FIN) or up again."""
+        subprocess.run(["ip", "-n", self.name, "link", "set", dev, "up" if up else "down"], check=True)
+
+    def pids(self) -> list[int]:
+        """Processes running inside the namespace (``ip netns pids``)."""
+        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every process inside the namespace (all of them started by the test); their pids."""
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
 
     @staticmethod
     def reason() -> str:
