@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
 from typing import Any, Sequence
 
+from . import logs
 from .bus import to_json_line
 from .control import ControlClient, control_endpoint
 from .dot import to_dot
@@ -62,6 +64,44 @@ def cmd_dot(a: argparse.Namespace) -> int:
     return 0
 
 
+def _expose(items: Sequence[str]) -> dict[str | None, list[int]]:
+    out: dict[str | None, list[int]] = {}
+    for item in items:
+        host, eq, port = item.rpartition("=")
+        if not port.isdigit():
+            raise SystemExit(f"avatar: --expose takes PORT or HOST=PORT, got '{item}'")
+        out.setdefault(host if eq else None, []).append(int(port))
+    return out
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .k8s import ExportOptions, export_k8s, to_yaml
+
+    try:
+        with open(a.graph) as f:
+            text = f.read()
+    except OSError as exc:
+        print(f"avatar: cannot read graph {a.graph}: {exc.strerror}", file=sys.stderr)
+        return 2
+    options = ExportOptions(image=a.image, namespace=a.namespace, api_port=a.api, api_secret=a.api_secret,
+                            max_replicas=a.max_replicas, cpu_target=a.cpu_target, cpu_request=a.cpu_request,
+                            memory_request=a.memory_request, expose=_expose(a.expose or []),
+                            log_format=a.log_format, drain_timeout=a.drain_timeout)
+    stem = a.graph.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    try:
+        objects = export_k8s(text, a.graph, _kv(a.args, "graph args"), options, default_name=stem)
+    except ValueError as exc:
+        print(f"avatar: {exc}", file=sys.stderr)
+        return 2
+    out = to_yaml(objects)
+    if a.output:
+        with open(a.output, "w") as f:
+            f.write(out)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
 def _api_config(a: argparse.Namespace):
     """The control API's settings from ``--api*`` flags (None without ``--api``); checked here."""
     if not a.api:
@@ -79,11 +119,32 @@ def _api_config(a: argparse.Namespace):
     return config
 
 
+def _setup_logs(a: argparse.Namespace) -> bool:
+    """Logs of the runner and (through the environment) of its node processes; False if refused."""
+    try:
+        a.log_format = logs.configure(fmt=a.log_format)
+    except ValueError as exc:  # a bad $AVATAR_LOG_FORMAT
+        print(f"avatar: {exc}", file=sys.stderr)
+        return False
+    logs.pass_to_nodes(a.log_format)
+    return True
+
+
+def _say(a: argparse.Namespace, text: str) -> None:
+    """A problem for the person at the terminal: a plain line, or a JSON log record."""
+    if getattr(a, "log_format", "text") == "json":
+        logging.getLogger("avatar.runner").error(text)
+    else:
+        print(f"avatar: {text}", file=sys.stderr, flush=True)
+
+
 def _run(graph: Graph, a: argparse.Namespace) -> int:
+    if not _setup_logs(a):
+        return 2
     try:
         api_config = _api_config(a)
     except ValueError as exc:  # ApiConfigError
-        print(f"avatar: {exc}", file=sys.stderr)
+        _say(a, str(exc))
         return 2
     control = None if a.no_control else (a.control or control_endpoint(graph.name))
     runner = Runner(graph, host=getattr(a, "host", None), control=control, drain_timeout=a.drain_timeout)
@@ -92,7 +153,7 @@ def _run(graph: Graph, a: argparse.Namespace) -> int:
     def echo(msg: dict[str, Any]) -> None:
         with lock:
             print(to_json_line(msg), flush=True)
-            if msg.get("type") == "INFO" and msg.get("url"):  # a page to open: say so to the person too
+            if msg.get("type") == "INFO" and msg.get("url") and a.log_format == "text":  # a page to open: say so
                 print(f"avatar: {msg.get('node')}: open {msg['url']}", file=sys.stderr, flush=True)
 
     runner.bus.subscribe(echo)
@@ -102,7 +163,7 @@ def _run(graph: Graph, a: argparse.Namespace) -> int:
     try:
         runner.start()
     except (RuntimeError, TimeoutError, ControlError) as exc:
-        print(f"avatar: graph '{graph.name}' did not start: {exc}", file=sys.stderr)
+        _say(a, f"graph '{graph.name}' did not start: {exc}")
         return 1
     api = None
     if api_config is not None:
@@ -111,7 +172,7 @@ def _run(graph: Graph, a: argparse.Namespace) -> int:
         try:
             api = ApiServer(runner, api_config).start()
         except (OSError, RuntimeError, ValueError) as exc:
-            print(f"avatar: {exc}", file=sys.stderr)
+            _say(a, str(exc))
             runner.stop(drain=False)
             return 1
     try:
@@ -191,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-control", action="store_true", help="serve no control channel")
         sp.add_argument("--drain-timeout", type=float, default=5.0, metavar="S",
                         help="on Ctrl-C, how long sources' EOS may take to reach the sinks (default 5)")
+        sp.add_argument("--log-format", choices=logs.FORMATS, default=None,
+                        help="stderr logs of the runner and every node: text lines, or one JSON object per "
+                             "line (default: $AVATAR_LOG_FORMAT, else text)")
         api = sp.add_argument_group("control API (HTTP, see docs/api.md)")
         api.add_argument("--api", metavar="HOST:PORT", help="serve the control API here (e.g. 127.0.0.1:8081)")
         api.add_argument("--api-secret-file", metavar="F",
@@ -234,6 +298,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="*", metavar="key=value")
     sp.add_argument("-o", "--output", help="file to write (default stdout)")
     sp.set_defaults(fn=cmd_dot)
+
+    sp = sub.add_parser("export", help="render a graph for a cluster: avatar export k8s G.yaml > avatar.yaml",
+                        description="Kubernetes objects that run the graph: a ConfigMap with the graph, and per "
+                                    "host group a Deployment, a Service for the ports it listens on and a "
+                                    "HorizontalPodAutoscaler (docs/operations.md).")
+    sp.add_argument("target", choices=("k8s",), help="what to render (k8s: Kubernetes manifests)")
+    sp.add_argument("graph")
+    sp.add_argument("args", nargs="*", metavar="key=value", help="graph args, baked into the ConfigMap's graph")
+    sp.add_argument("-o", "--output", help="file to write (default stdout)")
+    sp.add_argument("--image", default="avatar-engine:latest", help="container image with avatar installed "
+                    "(default avatar-engine:latest)")
+    sp.add_argument("--namespace", help="namespace of every object (default: kubectl's)")
+    sp.add_argument("--api", type=int, metavar="PORT", help="serve the control API on this port in every pod, "
+                    "with /health probes; its secret comes from a Secret (--api-secret)")
+    sp.add_argument("--api-secret", metavar="NAME", help="Secret whose key 'secret' holds the API's JWT secret "
+                    "(default <graph>-api)")
+    sp.add_argument("--max-replicas", type=int, default=1, metavar="N",
+                    help="autoscaler maximum per host group (default 1; each replica is an independent copy)")
+    sp.add_argument("--cpu-target", type=int, default=80, metavar="PCT",
+                    help="average CPU utilisation the autoscaler aims at (default 80)")
+    sp.add_argument("--cpu-request", metavar="Q", help="CPU request per pod (default 100m per node)")
+    sp.add_argument("--memory-request", metavar="Q", help="memory request per pod (default 128Mi per node)")
+    sp.add_argument("--expose", action="append", metavar="[HOST=]PORT",
+                    help="another port a node listens on (a web page); without HOST, on the first host group")
+    sp.add_argument("--log-format", choices=logs.FORMATS, default="json", help="the pods' log format (default json)")
+    sp.add_argument("--drain-timeout", type=float, default=5.0, metavar="S", help="the runners' --drain-timeout")
+    sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("token", help="print a control API bearer token signed with the configured secret")
     sp.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer",

@@ -23,15 +23,18 @@ import zmq
 from .clock import now_ns
 from .errors import ParamError
 from .histogram import PROC_BOUNDS_US, RingHistogram
+from .logs import configure as configure_logging
 from .message import Kind, Message
 from .node import Node
 from .params import check_params
 from .proctools import die_with_parent
 from .registry import get_node_type
 from .states import NULL, PAUSED, PLAYING, READY
-from .transport import InLink, OutLink
+from .transport import InLink, LinkWatch, OutLink
 
 HEARTBEAT_S = 1.0
+# a tcp link down this long gets a WARNING (the other host's runner not started, or with another graph?)
+LINK_WAIT_WARN_S = float(os.environ.get("AVATAR_LINK_WARN_S", "10"))
 _RING = 1024
 
 
@@ -85,17 +88,21 @@ class Worker:
         self.out_links: dict[str, OutLink] = {}
         self.out_by_pad: dict[str, list[OutLink]] = {}
         self.waiting_out: set[OutLink] = set()
+        self.watches: dict[zmq.Socket, LinkWatch] = {}  # tcp links' socket monitors -> LINK_UP / LINK_DOWN
 
         self.cls: type[Node] = get_node_type(spec["type"])
         params = check_params(self.cls.params, spec.get("params", {}))
         for d in spec.get("inputs", []):
             self.in_links.append(InLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
-                                        d.get("feedback", False)))
+                                        d.get("feedback", False), d.get("peer"), d.get("defer", False)))
+            self._add_watch(self.in_links[-1].watch)
         for d in spec.get("outputs", []):
             link = OutLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
-                           d.get("seq", 0), d.get("hold", False))
+                           d.get("seq", 0), d.get("hold", False), d.get("peer"))
+            self._add_watch(link.watch)
             self.out_links[link.id] = link
             self.out_by_pad.setdefault(link.pad, []).append(link)
+        self.host = spec.get("host")
         for pad in self.cls.outputs:
             self.out_by_pad.setdefault(pad, [])
         self.node: Node = self.cls(self.name, params, self)
@@ -178,13 +185,15 @@ class Worker:
         events = dict(self.poller.poll(self._timeout_ms()))
         if self.control in events:
             self._handle_control()
+        if self.watches:
+            self._check_watches(events)
         if self.deferred and not self.nested:
             self._run_deferred()
         if self.draining:
             self._maybe_drained()
         if self.state == PLAYING:
             for link in self.in_links:
-                if link.sock in events:
+                if link.sock in events and not link.released:  # released: a hot-swap closed it this turn
                     link.read_available()
             self._process_queued(256)
             for fd, fn in list(self.watchers.items()):  # before timers: input waiting makes this tick
@@ -270,7 +279,8 @@ class Worker:
             for link in self.out_links.values():
                 link.flush()
             time.sleep(0.001)
-        self._send({"op": "drained", "seqs": {l.id: l.seq for l in self.out_links.values()}})
+        self._send({"op": "drained", "seqs": {l.id: l.seq for l in self.out_links.values()},
+                    "expected": {l.id: l.expected for l in self.in_links if l.released}})
         self.stopping = True
         raise NodeStop
 
@@ -327,9 +337,53 @@ class Worker:
                 poller.unregister(sock)
             if self.control in events:
                 self._handle_control()
+            if self.watches:
+                self._check_watches(events)
             link.flush()
             if time.monotonic() >= self.next_periodic:
                 self._periodic()
+
+    # --- tcp links to other hosts ------------------------------------------------------------------
+    def _add_watch(self, watch: LinkWatch | None) -> None:
+        if watch is not None:
+            self.watches[watch.mon] = watch
+            self.poller.register(watch.mon, zmq.POLLIN)
+            self.wait_poller.register(watch.mon, zmq.POLLIN)
+
+    def _drop_watch(self, watch: LinkWatch | None) -> None:
+        if watch is not None and self.watches.pop(watch.mon, None) is not None:
+            self.poller.unregister(watch.mon)
+            self.wait_poller.unregister(watch.mon)
+
+    def _check_watches(self, events: dict) -> None:
+        for mon, watch in list(self.watches.items()):
+            if mon in events:
+                for up in watch.read():
+                    kind = "LINK_UP" if up else "LINK_DOWN"
+                    way = "to" if watch.direction == "out" else "from"
+                    self._send({"op": "bus", "type": kind, "link": watch.link, "direction": watch.direction,
+                                "host": self.host, "peer": watch.peer, "endpoint": watch.endpoint,
+                                "text": f"link {watch.link} {way} host '{watch.peer}' is {'up' if up else 'down'}"})
+
+    def _warn_links_down(self) -> None:
+        for watch in self.watches.values():
+            if watch.overdue(LINK_WAIT_WARN_S):
+                if watch.direction == "out":
+                    text = (f"link {watch.link}: host '{watch.peer}' not reached at {watch.endpoint} for "
+                            f"{LINK_WAIT_WARN_S:.0f}s; is its runner up, with the same graph?")
+                else:
+                    text = (f"link {watch.link}: host '{watch.peer}' has not connected to {watch.endpoint} for "
+                            f"{LINK_WAIT_WARN_S:.0f}s; is its runner up, with the same graph?")
+                self._send({"op": "bus", "type": "WARNING", "text": text, "link": watch.link, "peer": watch.peer})
+
+    def _release_inputs(self, ids: list[str]) -> None:
+        """Hot-swap: let go of the tcp inputs (their senders are on other hosts) for the new node."""
+        for link in self.in_links:
+            if link.id in ids and not link.released:
+                if self.state == PLAYING:
+                    self.poller.unregister(link.sock)
+                self._drop_watch(link.watch)
+                link.release()
 
     def _periodic(self) -> None:
         self.next_periodic = time.monotonic() + HEARTBEAT_S
@@ -341,6 +395,8 @@ class Worker:
             self._send({"op": "bus", "type": "QOS", "dropped": drops - self.reported_drops, "total": drops,
                         "links": {l.id: l.drops for l in [*self.in_links, *self.out_links.values()] if l.drops}})
             self.reported_drops = drops
+        if self.watches:
+            self._warn_links_down()
         self._send({"op": "hb"})
 
     # --- control -----------------------------------------------------------------------------
@@ -404,14 +460,30 @@ class Worker:
                 if link in self.waiting_out:
                     self.waiting_out.discard(link)
                     self.poller.unregister(link.sock)
+                self._drop_watch(link.watch)
                 link.connect(req["endpoint"])
+                self._add_watch(link.watch)
             link.hold = False
             link.flush()
             if link.outbox:
                 self._want_out(link)
             self._reply(req)
         elif op == "drain":
+            for link in self.in_links:  # a MARK seen before (an earlier swap upstream) is not this drain's
+                link.marked = False
+            self._release_inputs(req.get("release") or [])
             self.draining = True  # acted on in the loop, never inside node code
+            self._reply(req)
+        elif op == "bind":  # hot-swap: the node we replace has let go of these tcp ports
+            for link in self.in_links:
+                if link.id in req["links"] and not link.bound:
+                    try:
+                        link.bind()
+                    except zmq.ZMQError as exc:
+                        raise ValueError(str(exc)) from None
+                    expected = req["links"][link.id]
+                    if expected is not None:
+                        link.expected = expected  # loss at the hand-over is counted as gaps
             self._reply(req)
         elif op == "eos":
             if not self.finished:
@@ -430,7 +502,8 @@ class Worker:
         was_playing = self.state == PLAYING
         if target == PLAYING:
             for link in self.in_links:
-                self.poller.register(link.sock, zmq.POLLIN)
+                if not link.released:
+                    self.poller.register(link.sock, zmq.POLLIN)
             for fd in self.watchers:
                 self.poller.register(fd, zmq.POLLIN)
             now = time.monotonic()
@@ -440,7 +513,8 @@ class Worker:
             self._guarded(self.node.on_play)
         elif was_playing:
             for link in self.in_links:
-                self.poller.unregister(link.sock)
+                if not link.released:
+                    self.poller.unregister(link.sock)
             for fd in self.watchers:
                 self.poller.unregister(fd)
             self.state = target
@@ -492,8 +566,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
-    logging.basicConfig(level=os.environ.get("AVATAR_LOG", "WARNING"), stream=sys.stderr,
-                        format=f"%(asctime)s {spec['name']}[%(process)d] %(levelname)s %(message)s")
+    configure_logging(node=spec["name"])
     die_with_parent(spec.get("parent_pid", os.getppid()))
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -502,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     except NodeStop:
         return 0
     except Exception as exc:
-        print(f"avatar: node '{spec['name']}' ({spec['type']}) could not start: {exc}", file=sys.stderr)
+        logging.getLogger(f"avatar.worker.{spec['name']}").error("node '%s' (%s) could not start: %s",
+                                                                  spec["name"], spec["type"], exc)
         return 2
     return worker.run()
 
