@@ -194,6 +194,7 @@ class Lod(Node):
             merged.pop(sid, None)
         self.session_levels = merged
         self.p.levels = merged
+        self.keep("levels")  # a restarted lod node serves the viewers' levels still
         self.requests += 1
         self._relevel()
 

@@ -15,6 +15,7 @@ import yaml
 
 from .errors import GraphError, Problem
 from .params import parse_value
+from .state import check_state_url
 from .yamlsource import LineDict, LineList, load_yaml
 
 POLICIES = ("leaky", "block")
@@ -231,6 +232,9 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
                                  opts.get("feedback") is True, port))
 
     hosts = _hosts(doc, p, line)
+    state_problem = check_state_url(doc.get("state"))
+    if state_problem:
+        p(state_problem, line(doc, "state"))
     return Graph(
         name=str(doc.get("name") or default_name), nodes=nodes, links=links, args=args,
         hosts=hosts, file=file, state_store=doc.get("state"), problems=problems,

@@ -29,6 +29,7 @@ class NodeContext(Protocol):
     def watch(self, fd: Any, fn: Callable[[], None]) -> None: ...
     def unwatch(self, fd: Any) -> None: ...
     def post(self, level: str, text: str, **fields: Any) -> None: ...
+    def keep(self, params: Mapping[str, Any]) -> None: ...
     def now_ns(self) -> int: ...
     instance: int  # 0 for the first process of a node, then +1 for each restart or hot-swap
 
@@ -109,6 +110,12 @@ class Node:
     def now_ns(self) -> int:
         """The pts clock (CLOCK_MONOTONIC ns); simulated under ``runtime.testing.NodeHarness``."""
         return self.ctx.now_ns()
+
+    def keep(self, *names: str) -> None:
+        """These params were changed by the node itself (say, a viewer's request): the runner keeps
+        them, so the node's next process (restart, hot-swap, or the graph started again with a
+        Redis state store) starts with them, as it does for params set from outside."""
+        self.ctx.keep({n: getattr(self.p, n) for n in names})
 
     def warn(self, text: str, **fields: Any) -> None:
         """A WARNING on the runner's bus, naming this node."""

@@ -23,6 +23,7 @@ from .errors import ControlError, GraphError, ParamError, Problem
 from .graph import Graph, LinkSpec
 from .params import check_params
 from .proctools import exit_cause
+from .state import StateStore, open_store
 from .states import NULL, PAUSED, PLAYING, READY, rank
 from .supervisor import NodeProcess, RestartBudget
 from .transport import BIND_RETRY_S, ipc_endpoint
@@ -67,6 +68,7 @@ class Runner:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.store: StateStore | None = None
 
     # --- public, blocking API ------------------------------------------------------------------
     def start(self) -> "Runner":
@@ -208,6 +210,8 @@ class Runner:
             fut = self._drained.get(np.name)
             if fut and not fut.done():
                 fut.set_result(msg)
+        elif op == "keep":
+            self._keep(np.name, msg.get("params") or {})
 
     async def _request(self, np: NodeProcess, op: str, timeout: float = 5.0, **fields: Any) -> Any:
         rid = next(self._ids)
@@ -285,6 +289,7 @@ class Runner:
         if self._control_error is not None:
             raise RuntimeError(f"cannot serve control at {self.control_endpoint}: {self._control_error} "
                                f"(is a graph named '{self.graph.name}' already running?)")
+        self._restore_state()
         for name in self.local:
             self.procs[name] = self._spawn(name, 0)
         results = await asyncio.gather(*(p.wait_state(READY, self.start_timeout) for p in self.procs.values()),
@@ -299,6 +304,26 @@ class Runner:
         self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=NULL, new=READY, run_id=self.run_id,
                       pids=self.pids())
         await self._set_graph_state(PLAYING)
+
+    def _restore_state(self) -> None:
+        """Start every node with the live params its store kept (a graph started again, after a
+        runner crash: the emotion, the viewers' levels of detail). Stale ones are reported, not used."""
+        self.store = open_store(self.graph.state_store, self.graph.name)
+        for name, saved in self.store.load().items():
+            if name not in self.local or name not in self.types:
+                continue
+            try:
+                self.graph.nodes[name].params.update(check_params(self.types[name].params, saved, fill_defaults=False))
+            except ParamError as exc:
+                self.bus.post("WARNING", node=name, text=f"saved params in {self.store.url} not used: {exc}")
+
+    def _keep(self, name: str, params: Mapping[str, Any], replace: bool = False) -> None:
+        """Live params are state: the next process of this node (restart, swap) starts with them."""
+        self.graph.nodes[name].params.update(params)
+        try:
+            self.store.save(name, params, replace)
+        except Exception as exc:  # a store that went away must not take the graph with it
+            self.bus.post("WARNING", node=name, text=f"state store {self.store.url}: params not saved: {exc}")
 
     async def _set_graph_state(self, target: str) -> str:
         if target not in (PAUSED, PLAYING):
@@ -398,6 +423,8 @@ class Runner:
         await asyncio.gather(*(p.kill() for p in procs))
         old, self.state = self.state, NULL
         self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=old, new=NULL)
+        if self.store is not None:
+            self.store.close()
         if not self._finished.done():
             self._finished.set_result(None)
 
@@ -449,7 +476,7 @@ class Runner:
         except ParamError as exc:
             raise ControlError(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
         result = await self._request(np, "params", params=changed)
-        self.graph.nodes[name].params.update(changed)
+        self._keep(name, changed)
         return result
 
     async def _swap(self, name: str, type_: str | None, params: dict[str, Any], timeout: float) -> int:
@@ -522,6 +549,7 @@ class Runner:
             self._drained.pop(name, None)
             for l in self._links_out(name):
                 self._marks.pop(l.id, None)
+        self._keep(name, dict(self.graph.nodes[name].params), replace=True)
         self.bus.post("NODE_SWAPPED", node=name, pid=new.pid, old_pid=old.pid, node_type=self.graph.nodes[name].type)
         return new.pid
 

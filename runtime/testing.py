@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 from .graph import Graph, graph_from_dict, parse_graph
@@ -34,6 +34,7 @@ class NodeHarness:
     def __init__(self, node_type: str | type[Node], name: str = "node", **params: Any):
         self.cls = get_node_type(node_type) if isinstance(node_type, str) else node_type
         self.instance = 0
+        self.kept: dict[str, Any] = {}  # what the node asked the runner to keep (Node.keep)
         self.now = 0.0
         self.outputs: list[tuple[str, Message]] = []
         self.bus: list[tuple[str, str, dict]] = []
@@ -68,6 +69,9 @@ class NodeHarness:
 
     def post(self, level: str, text: str, **fields: Any) -> None:
         self.bus.append((level, text, fields))
+
+    def keep(self, params: Mapping[str, Any]) -> None:
+        self.kept.update(params)
 
     def now_ns(self) -> int:
         return int(round(self.now * 1e9))

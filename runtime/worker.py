@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from array import array
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import msgpack
 import zmq
@@ -156,6 +156,9 @@ class Worker:
 
     def post(self, level: str, text: str, **fields: Any) -> None:
         self._send({"op": "bus", "type": level, "text": text, **fields})
+
+    def keep(self, params: Mapping[str, Any]) -> None:
+        self._send({"op": "keep", "params": dict(params)})
 
     now_ns = staticmethod(now_ns)
 

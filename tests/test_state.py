@@ -1,0 +1,123 @@
+"""State that outlives a node process: live params in the runner's store (memory, or a real Redis)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from runtime import ControlError, GraphError, Message, Node, Pad, Runner, parse_graph
+from runtime.state import StateError, open_store
+from tests.helpers import wait_gone
+
+GRAPH = """
+name: state-test
+state: STATE
+link_defaults: {policy: leaky, size: 4}
+nodes:
+  face: {type: blender, params: {rate: 60, sessions: [s1]}}  # idle motion for s1, no capture
+  detail: {type: lod}
+  asker: {type: "tests.test_state:LodAsker"}
+links:
+  - face -> detail -> asker
+  - {from: asker.requests, to: detail.requests, feedback: true}
+"""
+
+
+class LodAsker(Node):
+    """A viewer stand-in: once it sees session s1, asks the lod node for level 2 for it."""
+
+    inputs = {"in": Pad()}
+    outputs = {"requests": Pad("avatar/request")}
+
+    def setup(self) -> None:
+        self.asked = False
+
+    def process(self, pad, msg):
+        if not self.asked:
+            self.asked = True
+            self.emit("requests", Message("avatar/request", {"keyframe": [], "lod": {"s1": 2}}))
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make test installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def wait_for(fn, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def params(runner: Runner, node: str) -> dict:
+    return runner.stats()["nodes"][node]["params"]
+
+
+def kill_and_wait_restart(runner: Runner, node: str) -> None:
+    old = runner.pids()[node]
+    os.kill(old, signal.SIGKILL)
+    assert wait_gone([old]) == []
+    assert wait_for(lambda: runner.pids().get(node) not in (None, old) and
+                    runner.stats()["nodes"][node]["state"] == "PLAYING"), f"{node} was not restarted"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_restarted_node_resumes_with_the_state_it_had(store, request):
+    url = request.getfixturevalue("redis_url") if store == "redis" else "memory"
+    runner = Runner(parse_graph(GRAPH.replace("STATE", url), "<test>")).start()
+    try:
+        runner.set_params("face", emotion="happy", intensity=0.7)  # an operator's change
+        # a viewer's wish, made inside the lod node (its requests pad), not through the runner
+        assert wait_for(lambda: params(runner, "detail")["levels"] == {"s1": 2})
+        assert wait_for(lambda: runner.graph.nodes["detail"].params.get("levels") == {"s1": 2})
+        for node in ("face", "detail"):
+            kill_and_wait_restart(runner, node)
+        assert params(runner, "face")["emotion"] == "happy" and params(runner, "face")["intensity"] == 0.7
+        assert params(runner, "detail")["levels"] == {"s1": 2}
+    finally:
+        runner.stop(drain=False)
+    if store == "redis":  # the store outlives the runner too: the graph starts where it was
+        again = Runner(parse_graph(GRAPH.replace("STATE", url), "<test>")).start()
+        try:
+            assert params(again, "face")["emotion"] == "happy"
+            assert params(again, "detail")["levels"] == {"s1": 2}
+        finally:
+            again.stop(drain=False)
+
+
+def test_a_bad_or_unreachable_store_is_a_clear_error():
+    with pytest.raises(GraphError, match="state must be 'memory' or a redis:// URL"):
+        Runner(parse_graph(GRAPH.replace("STATE", "postgres://x"), "<test>"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    with pytest.raises(StateError, match=f"state store redis://127.0.0.1:{port}/0"):
+        open_store(f"redis://127.0.0.1:{port}/0", "g")
