@@ -16,7 +16,7 @@ import yaml
 from .errors import GraphError, Problem
 from .params import parse_value
 from .state import check_state_url
-from .yamlsource import LineDict, LineList, load_yaml
+from .yamlsource import MAX_DEPTH, LineDict, LineList, NestingError, line_at, load_yaml
 
 POLICIES = ("leaky", "block")
 RESTART_POLICIES = ("always", "on-failure", "never")
@@ -25,6 +25,7 @@ LINK_OPTIONS = ("policy", "size", "feedback")
 HOST_KEYS = ("address", "port", "bind")  # a hosts table entry (runtime.endpoints says what they do)
 _ARG = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+MAX_VALUES = 100_000  # values a graph may hold once its YAML aliases are expanded (a 'billion laughs' guard)
 
 
 @dataclass
@@ -106,9 +107,15 @@ def load_graph(path: str | Path, overrides: Mapping[str, str] | None = None) -> 
     """Load a graph file; raises GraphError with file and line for every problem found."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise GraphError([Problem(f"cannot read graph: {exc.strerror}", str(path))]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise GraphError([Problem(f"not UTF-8 text: byte {data[exc.start]:#04x} ({exc.reason}); a graph file is "
+                                  f"UTF-8", str(path), line)]) from None
     return parse_graph(text, str(path), overrides, default_name=path.stem)
 
 
@@ -118,11 +125,18 @@ def parse_graph(text: str, file: str = "<graph>", overrides: Mapping[str, str] |
         doc = load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
+        line = line_at(text, mark.index) if mark else None
         what = exc.problem or str(exc)
-        raise GraphError([Problem(f"YAML syntax error: {what}", file, line)]) from None
+        kind = "YAML" if isinstance(exc, NestingError) else "YAML syntax error:"
+        raise GraphError([Problem(f"{kind} {what}", file, line)]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: located by position
+        line = line_at(text, exc.position) if isinstance(exc.position, int) else None
+        raise GraphError([Problem(f"YAML syntax error: unacceptable character #x{exc.character:04x}: {exc.reason}",
+                                  file, line)]) from None
     except yaml.YAMLError as exc:
         raise GraphError([Problem(f"YAML syntax error: {exc}", file)]) from None
+    except RecursionError:  # yamlsource limits the nesting first: a safety net, never a crash
+        raise GraphError([Problem("YAML nested too deeply", file)]) from None
     if not isinstance(doc, LineDict):
         raise GraphError([Problem("a graph is a YAML mapping with 'nodes' and 'links'", file, 1)])
     return graph_from_dict(doc, file, overrides, default_name)
@@ -134,21 +148,39 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
     p = lambda msg, line=None: problems.append(Problem(msg, file, line))  # noqa: E731
     line = lambda d, k=None: d.line_of(k) if isinstance(d, (LineDict, LineList)) else None  # noqa: E731
 
+    _check_size(doc, file)  # before anything walks it: aliases may make it huge
     for key in doc:
         if key not in ("name", "description", "args", "hosts", "nodes", "links", "link_defaults", "state"):
             p(f"unknown top-level key '{key}' (allowed: name, description, args, hosts, nodes, links, link_defaults, state)", line(doc, key))
 
-    args = dict(doc.get("args") or {})
+    raw_args = doc.get("args")
+    args: dict[str, Any] = {}
+    if raw_args is not None and not isinstance(raw_args, Mapping):
+        p(f"'args' must be a mapping of arg name -> value, got {_kind(raw_args)}", line(doc, "args"))
+    for key, value in (raw_args.items() if isinstance(raw_args, Mapping) else ()):
+        if not isinstance(key, str) or not _ARG.fullmatch(f"${{{key}}}"):
+            p(f"bad arg name {key!r}: use letters, digits and '_', not starting with a digit", line(raw_args, key))
+        else:
+            args[key] = value
     for key, raw in (overrides or {}).items():
         if key not in args:
             known = ", ".join(sorted(args)) or "none"
             p(f"unknown arg '{key}' given on the command line; the graph's args: {known}")
         else:
             args[key] = parse_value(raw) if isinstance(raw, str) else raw
+            _check_size(args[key], file, f"arg '{key}' given on the command line")
     doc = _substitute(doc, args, problems, file, skip=("args",))
 
     defaults = dict(DEFAULT_LINK)
-    defaults.update(doc.get("link_defaults") or {})
+    raw_defaults = doc.get("link_defaults")
+    if raw_defaults is not None and not isinstance(raw_defaults, Mapping):
+        p(f"'link_defaults' must be a mapping like {{policy: leaky, size: 8}}, got {_kind(raw_defaults)}",
+          line(doc, "link_defaults"))
+    for key, value in (raw_defaults.items() if isinstance(raw_defaults, Mapping) else ()):
+        if key in LINK_OPTIONS:
+            defaults[key] = value
+        else:
+            p(f"link_defaults: unknown key '{key}' (allowed: {', '.join(LINK_OPTIONS)})", line(raw_defaults, key))
     nodes: dict[str, NodeSpec] = {}
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, Mapping) or not raw_nodes:
@@ -167,22 +199,42 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
         for key in spec:
             if key not in ("type", "params", "host", "restart", "max_restarts"):
                 p(f"node '{name}': unknown key '{key}' (allowed: type, params, host, restart, max_restarts)", line(spec, key))
-        params = spec.get("params") or {}
-        if not isinstance(params, Mapping):
-            p(f"node '{name}': 'params' must be a mapping", line(spec, "params"))
-            params = {}
+        raw_params = spec.get("params") or {}
+        params: dict[str, Any] = {}
+        if not isinstance(raw_params, Mapping):
+            p(f"node '{name}': 'params' must be a mapping of param name -> value, got {_kind(raw_params)}",
+              line(spec, "params"))
+            raw_params = {}
+        for key, value in raw_params.items():
+            if isinstance(key, str):
+                params[key] = value
+            else:
+                p(f"node '{name}': a param name is a string, got {type(key).__name__} {key!r}", line(raw_params, key))
+        ntype = spec["type"]
+        if not isinstance(ntype, str) or not ntype:
+            p(f"node '{name}': type must be a node type name or 'module:Class', got {ntype!r}", line(spec, "type"))
+            continue
         restart = spec.get("restart", "on-failure")
-        if restart not in RESTART_POLICIES:
-            p(f"node '{name}': restart must be one of {', '.join(RESTART_POLICIES)}, got '{restart}'", line(spec, "restart"))
+        if not isinstance(restart, str) or restart not in RESTART_POLICIES:
+            p(f"node '{name}': restart must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}", line(spec, "restart"))
+        max_restarts = spec.get("max_restarts", 10)
+        if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+            p(f"node '{name}': max_restarts must be a whole number >= 0, got {max_restarts!r}", line(spec, "max_restarts"))
+            max_restarts = 10
         nodes[name] = NodeSpec(
-            name=name, type=str(spec["type"]), params=dict(params), host=spec.get("host"),
-            restart=restart, max_restarts=int(spec.get("max_restarts", 10)), line=nline,
-            type_line=line(spec, "type"), param_lines={k: line(params, k) for k in params},
+            name=name, type=ntype, params=params, host=spec.get("host"),
+            restart=restart, max_restarts=max_restarts, line=nline,
+            type_line=line(spec, "type"), param_lines={k: line(raw_params, k) for k in params},
         )
 
     links: list[LinkSpec] = []
-    for i, entry in enumerate(doc.get("links") or []):
-        lline = line(doc.get("links"), i)
+    raw_links = doc.get("links") or []
+    if not isinstance(raw_links, list):
+        p(f"'links' must be a list of links ('a.out -> b.in' or {{from: a.out, to: b.in}}), got {_kind(raw_links)}",
+          line(doc, "links"))
+        raw_links = []
+    for i, entry in enumerate(raw_links):
+        lline = line(raw_links, i)
         opts = dict(defaults)
         port = None
         if isinstance(entry, str):
@@ -276,6 +328,79 @@ def _hosts(doc: Mapping[str, Any], p, line) -> dict[str, dict[str, Any]]:
             p(f"host '{name}': bind must be an interface address (or '*'), got {bind!r}", line(entry, "bind"))
         hosts[name] = dict(entry)
     return hosts
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, for a message: 'a list', 'int 5'."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _line(container: Any, key: Any, default: int | None) -> int | None:
+    return container.line_of(key) if isinstance(container, (LineDict, LineList)) else default
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int | None):
+        self.line = line
+
+
+def _check_size(doc: Any, file: str, what: str = "") -> None:
+    """Refuse a document that YAML aliases (``&a`` ... ``*a``) expand beyond MAX_VALUES values, or nest
+    deeper than MAX_DEPTH, before anything walks it as a tree: nine lines of aliases nested ten by ten
+    are 10**8 strings (a 'billion laughs'). Each shared object is measured once (memoized by id)."""
+    sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}  # levels of lists and mappings below and including a value
+    shared = False
+
+    def size(value: Any, depth: int, where: int | None) -> int:
+        nonlocal shared
+        if isinstance(value, str):
+            return 1 + len(value) // 100
+        if not isinstance(value, (Mapping, list, tuple)):
+            return 1
+        if depth >= MAX_DEPTH:
+            raise _TooDeep(where)
+        known = sizes.get(id(value))
+        if known is not None:  # measured before: how deep it goes from here still counts
+            shared = True
+            if depth + heights[id(value)] > MAX_DEPTH:
+                raise _TooDeep(where)
+            return known
+        n, height = 1, 1
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for k, v in items:
+            if isinstance(value, Mapping):
+                n += size(k, depth + 1, where)
+            n += size(v, depth + 1, _line(value, k, where))
+            height = max(height, 1 + heights.get(id(v), 0))
+        sizes[id(value)], heights[id(value)] = n, height
+        return n
+
+    prefix = f"{what}: " if what else ""
+    try:
+        total = size(doc, 0, getattr(doc, "line", None))
+    except _TooDeep as exc:
+        raise GraphError([Problem(f"{prefix}nested too deeply (more than {MAX_DEPTH} levels of lists and "
+                                  f"mappings, counting what aliases refer to)", file, exc.line)]) from None
+    if total <= MAX_VALUES or not shared:
+        return
+    # point at the smallest value that is too big: descend while a child is
+    value, where = doc, getattr(doc, "line", None)
+    while True:
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        big = next(((k, v) for k, v in items
+                    if isinstance(v, (Mapping, list, tuple)) and sizes[id(v)] > MAX_VALUES), None)
+        if big is None:
+            break
+        where = _line(value, big[0], where)
+        value = big[1]
+    raise GraphError([Problem(f"{prefix}YAML aliases expand this value to {sizes[id(value)]} values, more than "
+                              f"the {MAX_VALUES} a graph may have (each *alias repeats what its &anchor names)",
+                              file, where)])
 
 
 def _substitute(value: Any, args: Mapping[str, Any], problems: list[Problem], file: str,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -9,6 +10,7 @@ import yaml
 
 from .errors import ParamError
 
+INT_LIMIT = 2 ** 63  # ints are 64-bit signed on the wire (msgpack)
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", list: "list", dict: "dict"}
 
 
@@ -40,12 +42,23 @@ class Param:
         """Return the value as this param's type, or raise ParamError saying what is allowed."""
         t = self.type
         ok = isinstance(value, t) and not (t is not bool and isinstance(value, bool))
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT_LIMIT <= value < INT_LIMIT:
+            # nor would it fit a float's precision, nor msgpack (live changes): refuse it before any
+            # message shows its repr (beyond 4300 digits even that is a ValueError)
+            raise ParamError(f"param '{name}' must be {self.type_name}"
+                             f"{' in ' + self.range_text() if self.range_text() else ''}, got an int beyond 64 bits")
         if t is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
             raise ParamError(
                 f"param '{name}' must be {self.type_name}, got {type(value).__name__} {value!r}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN compares False with everything: it would pass every min/max check below
+            if math.isnan(value):
+                raise ParamError(f"param '{name}' must be a number, got nan")
+            if self.min is not None or self.max is not None:  # a range means a finite number in it
+                raise ParamError(f"param '{name}' must be a finite number in {self.range_text()}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise ParamError(f"param '{name}' must be {self.range_text()}, got {value!r}")
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
@@ -57,7 +70,7 @@ def parse_value(text: str) -> Any:
     """Parse a command-line value the way YAML would (``60`` is an int, ``true`` a bool)."""
     try:
         return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # RecursionError: nested too deeply for PyYAML
         return text
 
 
@@ -66,6 +79,9 @@ def check_params(declared: Mapping[str, Param], given: Mapping[str, Any], *, fil
     problems: list[str] = []
     out: dict[str, Any] = {k: p.default for k, p in declared.items()} if fill_defaults else {}
     for name, value in given.items():
+        if not isinstance(name, str):
+            problems.append(f"a param name is a string, got {type(name).__name__} {name!r}")
+            continue
         spec = declared.get(name)
         if spec is None:
             allowed = ", ".join(sorted(declared)) or "none"

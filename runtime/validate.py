@@ -25,6 +25,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
     problems: list[Problem] = list(graph.problems)
     p = lambda msg, line: problems.append(Problem(msg, graph.file, line))  # noqa: E731
     types: dict[str, type[Node]] = {}
+    bad_params: set[str] = set()  # their caps cannot be worked out from params that are wrong
 
     for name, spec in graph.nodes.items():
         try:
@@ -39,6 +40,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
                 check_params(cls.params, {key: value}, fill_defaults=False)
             except ParamError as exc:
                 params_ok = False
+                bad_params.add(name)
                 p(f"node '{name}' ({spec.type}): {exc}", spec.param_lines.get(key) or spec.line)
         if params_ok:
             for problem in cls.check_config(check_params(cls.params, spec.params)):
@@ -115,7 +117,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
                 p(f"node '{name}' ({graph.nodes[name].type}): required input '{pad_name}' is not connected", graph.nodes[name].line)
 
     if not cycle:
-        _check_caps(graph, types, good_links, g, p)
+        _check_caps(graph, types, good_links, g, p, bad_params)
 
     if graph.hosts and len(good_links) == len(graph.links) and not any(
             isinstance(s.host, str) and s.host not in graph.hosts for s in graph.nodes.values()):
@@ -129,7 +131,8 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
     return types
 
 
-def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec], g: nx.MultiDiGraph, p) -> None:
+def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec], g: nx.MultiDiGraph, p,
+                bad_params: set[str] = frozenset()) -> None:
     """Propagate caps in topological order; a mismatch names both pads and both caps."""
     arriving: dict[tuple[str, str], CapsSpec] = {}
     for name in nx.topological_sort(g):
@@ -139,7 +142,10 @@ def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec
         params = graph.nodes[name].params
         for link in (l for l in links if l.src == name):
             pad = cls.outputs[link.src_pad]
-            produced = cls.output_caps(link.src_pad, {**{k: v.default for k, v in cls.params.items()}, **params})
+            if name in bad_params:  # already reported: anything may come out of it
+                produced = ANY
+            else:
+                produced = cls.output_caps(link.src_pad, {**{k: v.default for k, v in cls.params.items()}, **params})
             if produced is None:
                 produced = arriving.get((name, pad.same_as), ANY)
             dst_cls = types.get(link.dst)
