@@ -20,6 +20,7 @@ only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.frameclock``,
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,7 +31,7 @@ from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .one_euro import OneEuro
-from .tables import arkit_names, arkit_pose_names, load_table
+from .tables import TABLE_RULE, arkit_names, arkit_pose_names, load_mapping
 from .viseme import load_viseme_tables
 
 _NAMES = arkit_names()
@@ -75,14 +76,25 @@ def blink_curve(p: np.ndarray) -> np.ndarray:
 
 
 def weight_table(entries: Mapping[str, Mapping[str, float]], where: str) -> tuple[list[str], np.ndarray]:
-    """Names and an (K, 52) array from a YAML mapping of name -> {ARKit shape: weight}."""
-    names = list(entries)
+    """Names and an (K, 52) array from a YAML mapping of name -> {ARKit shape: weight}; a table
+    of another shape raises ParamError naming the file and the entry."""
+    if not isinstance(entries, Mapping):
+        raise ParamError(f"{where}: must map names to {{ARKit shape: weight}}, got a {type(entries).__name__}")
+    names = [str(n) for n in entries]
     table = np.zeros((len(names), N_W))
-    for i, name in enumerate(names):
-        for shape, w in (entries[name] or {}).items():
+    for i, (name, shapes) in enumerate(entries.items()):
+        if not isinstance(shapes or {}, Mapping):
+            raise ParamError(f"{where}: '{name}': must map ARKit shapes to weights, got a {type(shapes).__name__}")
+        for shape, w in (shapes or {}).items():
             if shape not in _COL:
                 raise ParamError(f"{where}: '{name}': unknown ARKit blendshape '{shape}'")
-            table[i, _COL[shape]] = float(w)
+            try:
+                value = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else math.nan
+            except OverflowError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise ParamError(f"{where}: '{name}': '{shape}': a weight must be a finite number, got {w!r}")
+            table[i, _COL[shape]] = value
     return names, table
 
 
@@ -101,8 +113,9 @@ class Blender(FrameClockNode):
         "intensity": Param(float, 1.0, "strength of that emotion", min=0.0, max=1.0),
         "emotions": Param(dict, {}, "per-session emotion: {session: [emotion, intensity]}"),
         "transition_ms": Param(float, 400.0, "eased transition time when an emotion changes", min=0.0, max=60000.0),
-        "emotion_table": Param(str, "mappings/emotions.yaml", "emotion presets and micro-expressions"),
-        "viseme_table": Param(str, "mappings/viseme_arkit.yaml", "which channels visemes own and articulate"),
+        "emotion_table": Param(str, "mappings/emotions.yaml", f"emotion presets and micro-expressions ({TABLE_RULE})"),
+        "viseme_table": Param(str, "mappings/viseme_arkit.yaml",
+                              f"which channels visemes own and articulate ({TABLE_RULE})"),
         "sessions": Param(list, [], "sessions always animated, even before any input names them"),
         "session_timeout_s": Param(float, 60.0, "forget a session with no input for this long", min=0.1),
         "capture_timeout_ms": Param(float, 500.0, "capture counts as gone after this long without a frame", min=1.0),
@@ -145,11 +158,20 @@ class Blender(FrameClockNode):
         self._pin_params()
 
     def _load_tables(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """Presets, micro-expressions, mouth channels and articulated channels from the tables."""
-        doc = load_table(self.p.emotion_table) or {}
-        names, table = weight_table(doc.get("presets") or {}, self.p.emotion_table)
-        _, micro = weight_table(doc.get("micro_expressions") or {}, self.p.emotion_table)
-        vt = load_viseme_tables("mappings/phoneme_viseme.yaml", self.p.viseme_table)
+        """Presets, micro-expressions, mouth channels and articulated channels from the tables.
+        Raises ParamError naming the file (FileNotFoundError if there is none): never anything
+        else, so a bad table given live is refused and the node keeps the tables it has."""
+        where = self.p.emotion_table
+        doc = load_mapping(where, "an emotion table (presets, micro_expressions)")
+        names, table = weight_table(doc.get("presets") or {}, f"{where}: presets")
+        _, micro = weight_table(doc.get("micro_expressions") or {}, f"{where}: micro_expressions")
+        load_mapping(self.p.viseme_table, "a viseme table (visemes, channels)")
+        try:
+            vt = load_viseme_tables("mappings/phoneme_viseme.yaml", self.p.viseme_table)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+            if isinstance(exc, ParamError):
+                raise
+            raise ParamError(f"{self.p.viseme_table}: not a viseme table: {type(exc).__name__}: {exc}") from None
         return dict(zip(names, table)), micro, vt.channels, (vt.weights > 0).any(axis=0)
 
     # --- params ------------------------------------------------------------------------------

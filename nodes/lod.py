@@ -30,7 +30,7 @@ import numpy as np
 from runtime import Message, Node, Pad, Param
 from nodes.mapper import load_morph_table
 from runtime.sessions import SessionSlots, batch_sessions, fit
-from nodes.tables import arkit_names, load_table, table_path
+from nodes.tables import TABLE_RULE, arkit_names, load_table, table_path
 
 N_LEVELS = 4
 
@@ -100,7 +100,7 @@ class Lod(Node):
     params = {
         "level": Param(int, 0, "level of sessions not named in 'levels'", min=0, max=N_LEVELS - 1),
         "levels": Param(dict, {}, "session id -> level, overriding 'level'"),
-        "table": Param(str, "mappings/lod.yaml", "YAML table of the levels"),
+        "table": Param(str, "mappings/lod.yaml", f"YAML table of the levels ({TABLE_RULE})"),
         "session_timeout": Param(float, 5.0, "seconds (pts) without a frame before a session is forgotten", min=0.01),
     }
 

@@ -18,7 +18,7 @@ import numpy as np
 from runtime import Message, Node, Pad, Param
 from runtime.sessions import batch_sessions
 from runtime.caps import CapsSpec
-from nodes.tables import arkit_names, load_table, table_path
+from nodes.tables import TABLE_RULE, arkit_names, load_table, table_path
 
 PROFILES = {
     "standard": "mappings/cc4_standard.yaml",
@@ -193,7 +193,8 @@ class Mapper(Node):
                                            "arkit/blendshapes for the identity profile; other per-row arrays "
                                            "(pose, arrival_ns, frame) passed through")}
     params = {
-        "profile": Param(str, "standard", "standard, extended, identity, or the path of a mapping table"),
+        "profile": Param(str, "standard",
+                         f"standard, extended, identity, or the path of a mapping table ({TABLE_RULE})"),
     }
 
     @classmethod

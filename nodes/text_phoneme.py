@@ -20,7 +20,7 @@ from runtime.sessions import batch_sessions
 from runtime.clock import now_ns
 
 from .audio_source import RATE, Resampler, to_int16
-from .tables import load_table
+from .tables import TABLE_RULE, load_table
 
 _SYNCHRONOUS = 2  # AUDIO_OUTPUT_SYNCHRONOUS
 _INIT_PHONEME_EVENTS = 0x0001
@@ -201,7 +201,7 @@ class TextPhoneme(Node):
         "realtime": Param(bool, True, "send audio chunks as they are due; false = all at once"),
         "chunk_ms": Param(int, 20, "duration of one audio chunk", min=10, max=20),
         "eos_after_text": Param(bool, False, "end the stream once the 'text' param is spoken (no text input linked)"),
-        "mapping": Param(str, MAPPING, "YAML table of espeak mnemonics -> ARPAbet"),
+        "mapping": Param(str, MAPPING, f"YAML table of espeak mnemonics -> ARPAbet ({TABLE_RULE})"),
     }
 
     def setup(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import reprlib
 from collections import deque
 from typing import Any, Callable, Protocol
 
@@ -30,6 +31,7 @@ from runtime.clock import now_ns
 
 N_LEVELS = 4  # lod levels 0..3
 MAX_SESSION_ID = 1024  # characters, as in the wire format
+MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
 _RING = 256  # packets remembered per watched session for echoes
 _LATENCY_RING = 1024
 _PIPE_RING = 8192  # rows remembered for pipeline latency (capture arrival -> dispatch)
@@ -233,6 +235,8 @@ class Viewers:
             self._handle(v, text)
         except ProtocolError as exc:
             self.error(v, str(exc))
+        except RecursionError:  # JSON nested thousands deep: json.loads gives up, the viewer stays
+            self.error(v, "JSON nested too deeply")
 
     def error(self, v: Viewer, text: str) -> None:
         """Tell the viewer what it got wrong (``{"type": "error"}``); counted."""
@@ -240,8 +244,12 @@ class Viewers:
         self._send(v, {"type": "error", "error": text})
 
     def _handle(self, v: Viewer, text: str) -> None:
+        if len(text) > MAX_TEXT:  # the WebSocket server refuses these itself; WebRTC's channel may not
+            raise ProtocolError(f"message longer than {MAX_TEXT} characters")
         try:
             msg = json.loads(text)
+        except RecursionError:
+            raise ProtocolError("JSON nested too deeply") from None
         except ValueError:
             raise ProtocolError("not JSON") from None
         if not isinstance(msg, dict):
@@ -254,10 +262,10 @@ class Viewers:
         elif kind == "echo":
             seq = msg.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 0xFFFF:
-                raise ProtocolError(f"echo: 'seq' must be an int 0..65535, got {seq!r}")
+                raise ProtocolError(f"echo: 'seq' must be an int 0..65535, got {_short(seq)}")
             self.echo(check_session(msg.get("session"), False), seq)
         else:
-            raise ProtocolError(f"unknown message type {kind!r} (subscribe, keyframe, echo)")
+            raise ProtocolError(f"unknown message type {_short(kind)} (subscribe, keyframe, echo)")
 
     # --- packets -------------------------------------------------------------------------------
     def dispatch(self, sessions: list, packets: list, pts_ns: int, overruns: int = 0,
@@ -478,12 +486,22 @@ class Viewers:
         }
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 80, 80, 6, 6
+
+
+def _short(value: Any) -> str:
+    """A client's value in an error message: cut short, and never deep (a repr of JSON nested
+    a thousand deep would recurse out of the stack)."""
+    return _REPR.repr(value)
+
+
 def check_session(value: Any, optional: bool) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= MAX_SESSION_ID:
         raise ProtocolError(f"'session' must be a session id (1..{MAX_SESSION_ID} characters)"
-                            f"{' or null' if optional else ''}, got {value!r}")
+                            f"{' or null' if optional else ''}, got {_short(value)}")
     return value
 
 
@@ -491,7 +509,7 @@ def check_lod(value: Any) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < N_LEVELS:
-        raise ProtocolError(f"'lod' must be a level 0..{N_LEVELS - 1} or null, got {value!r}")
+        raise ProtocolError(f"'lod' must be a level 0..{N_LEVELS - 1} or null, got {_short(value)}")
     return value
 
 

@@ -32,7 +32,7 @@ from runtime import Message, Pad, Param, ParamError
 from runtime.sessions import batch_sessions
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
-from .tables import arkit_names, load_table
+from .tables import TABLE_RULE, arkit_names, load_mapping
 
 VISEMES = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou")
 SIL = 0
@@ -55,9 +55,18 @@ class VisemeTables:
 
 def load_viseme_tables(phoneme_table: str, viseme_table: str) -> VisemeTables:
     """Load and check both tables; raises ParamError naming the file and the bad entry."""
+    try:
+        return _load_viseme_tables(phoneme_table, viseme_table)
+    except ParamError:
+        raise
+    except (AttributeError, TypeError, ValueError) as exc:  # an entry of the wrong shape
+        raise ParamError(f"{viseme_table} / {phoneme_table}: malformed table: {exc}") from None
+
+
+def _load_viseme_tables(phoneme_table: str, viseme_table: str) -> VisemeTables:
     names = arkit_names()
     col = {n: i for i, n in enumerate(names)}
-    vis_doc = load_table(viseme_table) or {}
+    vis_doc = load_mapping(viseme_table, "viseme table")
     vis = vis_doc.get("visemes") or {}
     missing = [v for v in VISEMES if v not in vis]
     if missing:
@@ -85,7 +94,7 @@ def load_viseme_tables(phoneme_table: str, viseme_table: str) -> VisemeTables:
         channels[col[name]] = True
     index = {v: i for i, v in enumerate(VISEMES)}
     phones: dict[str, int] = {}
-    for phone, v in ((load_table(phoneme_table) or {}).get("phonemes") or {}).items():
+    for phone, v in (load_mapping(phoneme_table, "phoneme table").get("phonemes") or {}).items():
         if v is not None and v not in index:
             raise ParamError(f"{phoneme_table}: phoneme '{phone}' maps to unknown viseme '{v}'")
         phones[str(phone).upper()] = -1 if v is None else index[v]
@@ -125,8 +134,8 @@ class Viseme(FrameClockNode):
         "release_ms": Param(float, 100.0, "dominance is released over this long after a phoneme ends",
                             min=1.0, max=1000.0),
         "ramp": Param(str, "cosine", "shape of the dominance ramps", choices=("cosine", "exp")),
-        "phoneme_table": Param(str, "mappings/phoneme_viseme.yaml", "ARPAbet -> OVR viseme table"),
-        "viseme_table": Param(str, "mappings/viseme_arkit.yaml", "OVR viseme -> ARKit weights table"),
+        "phoneme_table": Param(str, "mappings/phoneme_viseme.yaml", f"ARPAbet -> OVR viseme table ({TABLE_RULE})"),
+        "viseme_table": Param(str, "mappings/viseme_arkit.yaml", f"OVR viseme -> ARKit weights table ({TABLE_RULE})"),
         "session_timeout_s": Param(float, 30.0, "a session with no phonemes for this long is forgotten",
                                    min=0.1, max=86400.0),
     }

@@ -29,6 +29,63 @@ from .supervisor import NodeProcess, RestartBudget
 from .transport import BIND_RETRY_S, ipc_endpoint
 from .validate import validate_graph
 
+MAX_PARAM_DEPTH = 100  # lists and mappings nested deeper than this are refused (see wire_problem)
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack carries: int64 .. uint64
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A user-given string for a message: lone surrogates escaped, cut to ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def wire_problem(value: Any) -> str | None:
+    """Why a param value cannot be sent to a node process, or None if it can.
+
+    Params travel to node processes as msgpack (live changes) and JSON (a new process's spec),
+    and come back in replies: only None, bool, int (64 bits: -2**63 .. 2**64-1), float, str
+    (valid UTF-8: no lone surrogates), bytes, lists and string-keyed mappings, nested at most
+    ``MAX_PARAM_DEPTH`` deep. Walked without recursion, so a value nested thousands deep is
+    refused with a message, not a RecursionError.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if v is None or isinstance(v, (bool, float, bytes)):
+            continue
+        if isinstance(v, int):
+            if not _INT_MIN <= v <= _INT_MAX:
+                return f"an integer beyond 64 bits ({v.bit_length()} bits; the range is -2**63 .. 2**64-1)"
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"a string that is not valid UTF-8 (a lone surrogate): '{_shown(v)}'"
+        elif isinstance(v, (list, tuple, dict)):
+            if depth >= MAX_PARAM_DEPTH:
+                return f"lists or mappings nested more than {MAX_PARAM_DEPTH} deep"
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        return f"a mapping key that is not a string ({type(k).__name__})"
+                    stack.append((k, depth + 1))
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in v)
+        else:
+            return f"a value of type '{type(v).__name__}'"
+    return None
+
+
+def check_wire(params: Mapping[str, Any]) -> None:
+    """Raise ParamError naming the first param whose name or value cannot be sent to a node."""
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise ParamError(f"param names must be strings, got {type(name).__name__}")
+        why = wire_problem(name) or wire_problem(value)
+        if why is not None:
+            raise ParamError(f"param '{_shown(name)}': {why}: it cannot be sent to the node process")
+
 
 class Runner:
     """Runs the nodes of one graph (or of one host of it) as OS processes."""
@@ -62,6 +119,11 @@ class Runner:
         self._marks: dict[str, asyncio.Future] = {}
         self._drained: dict[str, asyncio.Future] = {}
         self._swapping: set[str] = set()
+        # the next process of a node gets the next instance number (its own ipc endpoints): one
+        # counter per node, shared by restarts and swaps, so two new processes never collide
+        self.next_instance = {n: 1 for n in self.local}
+        self._restarts: dict[str, asyncio.Task] = {}  # pending restarts (asleep, or bringing up)
+        self._respawned: set[str] = set()  # nodes whose pending restart has already spawned its process
         self._stop_task: asyncio.Future | None = None
         self._control_error: zmq.ZMQError | None = None  # the control endpoint could not be bound
         self._done = threading.Event()
@@ -204,8 +266,11 @@ class Runner:
             self._check_eos()
         elif op == "mark":
             fut = self._marks.get(msg["link"])
-            if fut and not fut.done():
-                fut.set_result(True)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(True)
+            elif self.procs.get(np.name) is np and np.name not in self._swapping:
+                self._release_stray_mark(msg["link"])
         elif op == "drained":
             fut = self._drained.get(np.name)
             if fut and not fut.done():
@@ -248,6 +313,11 @@ class Runner:
         """Local nodes that feed no local node; EOS here is all of them having ended their stream."""
         local = set(self.local)
         return [n for n in self.local if not any(l.forward and l.dst in local for l in self._links_out(n))]
+
+    def _new_instance(self, name: str) -> int:
+        n = self.next_instance.get(name, 1)
+        self.next_instance[name] = n + 1
+        return n
 
     def _spawn(self, name: str, instance: int, defer: tuple[str, ...] = ()) -> NodeProcess:
         """``defer``: tcp inputs the new process binds only when told (``bind``: a hot-swap)."""
@@ -313,6 +383,7 @@ class Runner:
             if name not in self.local or name not in self.types:
                 continue
             try:
+                check_wire(saved)
                 self.graph.nodes[name].params.update(check_params(self.types[name].params, saved, fill_defaults=False))
             except ParamError as exc:
                 self.bus.post("WARNING", node=name, text=f"saved params in {self.store.url} not used: {exc}")
@@ -355,27 +426,76 @@ class Runner:
         self.bus.post("ERROR", node=np.name, pid=np.pid, text=text, returncode=rc)
         restart = spec.restart == "always" or (spec.restart == "on-failure" and rc != 0)
         if restart and self.budgets[np.name].take():
-            asyncio.ensure_future(self._restart(np))
+            self._schedule_restart(np)
             return
         why = f"restart policy '{spec.restart}'" if not restart else f"{spec.max_restarts} restarts within 60s"
         self.bus.post("ERROR", node=np.name, text=f"node '{np.name}' is not restarted ({why}); stopping the graph")
         self.exit_code = 1
         asyncio.ensure_future(self._stop(drain=False))
 
-    async def _restart(self, old: NodeProcess) -> None:
+    def _schedule_restart(self, old: NodeProcess) -> None:
         name = old.name
-        await asyncio.sleep(min(2.0, 0.05 * 2 ** (self.budgets[name].used - 1)))
-        if self.stopping:
-            return
-        new = self._spawn(name, old.instance + 1)
-        self.procs[name] = new
+        task = self._restarts[name] = asyncio.ensure_future(self._restart(old))
+        task.add_done_callback(lambda t: self._restarts.pop(name) if self._restarts.get(name) is t else None)
+
+    async def _restart(self, old: NodeProcess) -> None:
+        """Start a new process for a node that died. A swap of the node, begun while this one
+        waits, replaces the dead process itself: the restart then spawns nothing."""
+        name = old.name
         try:
-            await self._bring(new, self.state)
-            await self._relink_upstream(name, new.instance)
-        except (RuntimeError, TimeoutError, ControlError) as exc:
-            self.bus.post("WARNING", node=name, text=f"restart of '{name}' did not complete: {exc}")
+            await asyncio.sleep(min(2.0, 0.05 * 2 ** (self.budgets[name].used - 1)))
+            if self.stopping:
+                return
+            if name in self._swapping or self.procs.get(name) is not old:
+                self.bus.post("INFO", node=name, text=f"restart of '{name}' not needed: a swap replaces it")
+                return
+            new = self._spawn(name, self._new_instance(name))
+            self.procs[name] = new
+            self._respawned.add(name)
+            try:
+                await self._bring(new, self.state)
+                await self._relink_upstream(name, new.instance)
+            except (RuntimeError, TimeoutError, ControlError) as exc:
+                self.bus.post("WARNING", node=name, text=f"restart of '{name}' did not complete: {exc}")
+                return
+            self.bus.post("NODE_RESTARTED", node=name, pid=new.pid, restarts=self.budgets[name].used)
+        finally:
+            self._respawned.discard(name)
+
+    async def _settle_restart(self, name: str, timeout: float) -> None:
+        """Before a swap: a restart still asleep is called off (the swap replaces the dead
+        process); one already bringing its process up is waited for (the swap replaces that one)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            task = self._restarts.get(name)
+            if task is None or task.done():
+                return
+            if name not in self._respawned:
+                task.cancel()
+                self._restarts.pop(name, None)
+                return
+            left = deadline - asyncio.get_running_loop().time()
+            try:  # its process may die again, and the next restart be pending: look again
+                await asyncio.wait_for(asyncio.shield(task), max(left, 0.0))
+            except asyncio.TimeoutError:
+                raise ControlError(f"node '{name}' is being restarted; try the swap again later") from None
+
+    def _release_stray_mark(self, link_id: str) -> None:
+        """A hold's MARK reached a node no swap is draining (the node it was meant for died before
+        taking it, and the sender's relink carried it on to the new one): the sender holds that
+        link since, for nothing. Release it."""
+        link = next((l for l in self.graph.links if l.id == link_id), None)
+        src = self.procs.get(link.src) if link is not None else None
+        if src is None or src.exited.done() or link_id in self.tcp or link.src in self._swapping:
             return
-        self.bus.post("NODE_RESTARTED", node=name, pid=new.pid, restarts=self.budgets[name].used)
+
+        async def release() -> None:
+            try:
+                await self._request(src, "relink", link=link_id, endpoint=self.endpoints[link_id])
+            except ControlError as exc:
+                self.bus.post("WARNING", node=link.src, text=f"link {link_id}: not released after a swap: {exc}")
+
+        asyncio.ensure_future(release())
 
     async def _relink_upstream(self, name: str, instance: int) -> None:
         for link in self._links_in(name):
@@ -413,6 +533,8 @@ class Runner:
             else:
                 self.bus.post("WARNING", node=None, text=f"drain did not reach EOS within {self.drain_timeout}s")
         self.stopping = True
+        for task in list(self._restarts.values()):  # restarts still asleep: nothing to restart any more
+            task.cancel()
         procs = [p for p in self.procs.values() if p.proc and not p.exited.done()]
         for p in procs:
             p.expected_exit = True
@@ -472,6 +594,7 @@ class Runner:
         np = self._proc(name)
         cls = self.types[name]
         try:
+            check_wire(params)  # first: nothing below walks a value nested thousands deep
             changed = check_params(cls.params, params, fill_defaults=False)
         except ParamError as exc:
             raise ControlError(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
@@ -480,10 +603,20 @@ class Runner:
         return result
 
     async def _swap(self, name: str, type_: str | None, params: dict[str, Any], timeout: float) -> int:
-        """GStreamer's recipe: block upstream, drain the old node, start the new one, release."""
-        old = self._proc(name)
+        """GStreamer's recipe: block upstream, drain the old node, start the new one, release.
+
+        A node that died and waits for its restart is swapped too: the swap replaces the dead
+        process and the restart is called off; a restart already bringing its process up is
+        waited for, and that process is the one replaced. Either way one new process starts, with
+        an instance number of its own (``next_instance``).
+        """
+        self._proc(name)
         if name in self._swapping:
             raise ControlError(f"node '{name}' is already being swapped")
+        try:
+            check_wire(params)  # before the deepcopy below, which recurses into every value
+        except ParamError as exc:
+            raise ControlError(f"cannot swap '{name}': {exc}") from None
         trial = copy.deepcopy(self.graph)
         spec = trial.nodes[name]
         if type_ and type_ != spec.type:
@@ -494,14 +627,19 @@ class Runner:
             types = validate_graph(trial)
         except GraphError as exc:
             raise ControlError(f"cannot swap '{name}': " + "; ".join(p.message for p in exc.problems)) from None
+        except Exception as exc:  # a type the registry cannot even look up (':', '.x:Y', a module failing to import)
+            raise ControlError(f"cannot swap '{name}': node type '{_shown(spec.type, 200)}': "
+                               f"{type(exc).__name__}: {_shown(str(exc), 300)}") from None
         self._swapping.add(name)
         try:
+            await self._settle_restart(name, timeout)
+            old = self._proc(name)
             saved = self.graph.nodes[name]
             self.graph.nodes[name] = trial.nodes[name]
             # inputs from another host arrive on a fixed port: the old node lets go of it when it
             # drains, and the new one binds it then (their senders reconnect by themselves)
             remote_in = tuple(l.id for l in self._links_in(name) if l.id in self.tcp)
-            new = self._spawn(name, old.instance + 1, defer=remote_in)
+            new = self._spawn(name, self._new_instance(name), defer=remote_in)
             try:
                 await self._bring(new, PAUSED)
             except (RuntimeError, TimeoutError, ControlError) as exc:
@@ -509,27 +647,50 @@ class Runner:
                 new.expected_exit = True
                 if not new.exited.done():
                     await new.kill(grace=0.5)
+                if old.exited.done() and not self.stopping and name not in self._restarts:
+                    # the old process had died and its restart was left to this swap: restart it now
+                    self._schedule_restart(old)
                 raise ControlError(f"cannot swap '{name}': the new node did not start: {exc}") from None
             self.types[name] = types[name]
             loop = asyncio.get_running_loop()
-            self._drained[name] = loop.create_future()
+            drained_fut = self._drained[name] = loop.create_future()
             outs = self._links_out(name)
             for l in outs:
                 self._marks[l.id] = loop.create_future()
             old.expected_exit = True
-            await self._request(old, "drain", release=list(remote_in))
-            for l in self._links_in(name):
-                src = self.procs.get(l.src)
+            dead = old.exited.done()
+            if dead:
+                self.bus.post("INFO", node=name, text=f"swap: the old '{name}' (pid {old.pid}) had exited; "
+                              "nothing to drain")
+            else:
+                try:
+                    await self._request(old, "drain", release=list(remote_in))
+                except ControlError as exc:
+                    self.bus.post("WARNING", node=name, text=f"swap: {exc}; killing it")
+                    dead = True
+            for l in self._links_in(name) if not dead else ():  # a dead node takes no MARK: senders
+                src = self.procs.get(l.src)                      # queue until relinked to the new one
                 if src is not None and not src.exited.done():
-                    await self._request(src, "hold", link=l.id)
+                    try:
+                        await self._request(src, "hold", link=l.id)
+                    except ControlError as exc:
+                        self.bus.post("WARNING", node=name, text=f"swap: {exc}")
             seqs: dict[str, int] = {}
             expected: dict[str, int] = {}
-            try:
-                drained = await asyncio.wait_for(asyncio.shield(self._drained[name]), timeout)
-                seqs, expected = drained["seqs"], drained.get("expected") or {}
-                await asyncio.wait_for(asyncio.gather(*(self._marks[l.id] for l in outs if l.dst in self.procs)), timeout)
-            except asyncio.TimeoutError:
-                self.bus.post("WARNING", node=name, text=f"swap: '{name}' did not drain within {timeout}s; killing it")
+            if not dead:
+                try:
+                    await asyncio.wait([drained_fut, old.exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    if not drained_fut.done() and old.exited.done():  # it exits once drained: its
+                        await asyncio.wait([drained_fut], timeout=1.0)  # exit may be seen before its last word
+                    if not drained_fut.done():
+                        raise asyncio.TimeoutError
+                    drained = drained_fut.result()
+                    seqs, expected = drained["seqs"], drained.get("expected") or {}
+                    await asyncio.wait_for(asyncio.gather(*(self._marks[l.id] for l in outs if l.dst in self.procs)),
+                                           timeout)
+                except asyncio.TimeoutError:
+                    self.bus.post("WARNING", node=name, text=f"swap: '{name}' did not drain within {timeout}s "
+                                  "(or exited first); killing it")
             await old.kill(grace=5.0)
             if remote_in:
                 try:

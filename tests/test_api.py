@@ -274,6 +274,69 @@ def test_bad_requests_get_clear_4xx(api, runner, path, body, status, says):
     assert (face_params(api)["emotion"], runner.pids()) == before  # refused: nothing changed
 
 
+DEEP = b"[" * 600 + b"]" * 600
+
+
+@pytest.mark.parametrize("path, raw, ctype, says", [
+    # the 422 itself must render: NaN, bytes that are not UTF-8, lone surrogates echoed back
+    ("/emotion", b'{"emotion": "happy", "intensity": NaN}', "application/json", '"input": "NaN"'),
+    ("/emotion", b'{"emotion": "happy", "transition_ms": -Infinity}', "application/json", '"input": "-Infinity"'),
+    ("/nodes/mid/params", b"\xff", "text/plain", "valid dictionary"),
+    ("/nodes/mid/params", b'{"params": ' + DEEP + b"}", "application/json", "valid dictionary"),
+    ("/nodes/mid/params", b'{"params": {"\\udc00": 1}}', "application/json", "not valid UTF-8"),  # a param name
+    # values that cannot travel to a node process: refused by the runner before sending, naming the param
+    ("/nodes/face/params", b'{"params": {"seed": 99999999999999999999999}}', "application/json",
+     "param 'seed': an integer beyond 64 bits"),
+    ("/nodes/mid/params", b'{"params": {"label": "\\ud800"}}', "application/json",
+     "param 'label': a string that is not valid UTF-8"),
+    ("/nodes/face/params", b'{"params": {"sessions": ' + DEEP + b"}}", "application/json",
+     "param 'sessions': lists or mappings nested more than 100 deep"),
+    ("/nodes/mid/swap", b'{"params": {"label": ' + DEEP + b"}}", "application/json", "cannot swap 'mid': param 'label'"),
+    ("/nodes/mid/swap", b'{"params": {"label": "\\ud800"}}', "application/json", "cannot swap 'mid': param 'label'"),
+    # a node type the registry cannot even look up
+    ("/nodes/mid/swap", b'{"type": ":"}', "application/json", "cannot swap 'mid'"),
+    ("/nodes/mid/swap", b'{"type": "..x:Y"}', "application/json", "cannot swap 'mid'"),
+])
+def test_bodies_that_used_to_be_500_get_a_4xx(api, runner, path, raw, ctype, says):
+    """Found by tests/test_fuzz.py: each of these was a 500 (an error renderer or msgpack failing)."""
+    before = face_params(api), runner.pids()
+    r = client(api, "admin").post(path, content=raw, headers={"Content-Type": ctype})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert says in json.dumps(r.json()["detail"]), r.text
+    assert (face_params(api), runner.pids()) == before  # refused: nothing changed
+    assert not runner.bus.messages("ERROR")
+
+
+def test_tables_outside_the_allowed_folders_are_refused(api, runner, tmp_path):
+    """A table param names a file on the runner's host: only graphs/ and $AVATAR_TABLE_PATH folders."""
+    listed = tmp_path / "list.yaml"
+    listed.write_text("[1, 2, 3]\n")
+    before = face_params(api), runner.pids()
+    c = client(api, "operator")
+    for table in (str(listed), "/etc/hostname", "/nonexistent/x.yaml", "../../../../etc/hostname"):
+        r = c.post("/nodes/face/params", json={"params": {"emotion_table": table}})
+        assert r.status_code == 422 and "outside the folders tables may come from" in r.json()["detail"], r.text
+    r = c.post("/nodes/face/params", json={"params": {"viseme_table": "/etc/hostname"}})
+    assert r.status_code == 422 and "AVATAR_TABLE_PATH" in r.json()["detail"], r.text
+    assert (face_params(api), runner.pids()) == before  # the blender runs on, with its tables
+    assert c.post("/emotion", json={"emotion": "happy", "intensity": 0.5}).status_code == 200
+    assert not runner.bus.messages("ERROR")
+
+
+def test_answers_always_render():
+    """What an answer may quote from a request (NaN, bytes, lone surrogates, nesting thousands
+    deep) becomes strict JSON that UTF-8 can encode: rendering an error never fails."""
+    from runtime.api.app import _finite, _spelled
+
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    out = _finite({"a\ud800": [b"\xff", float("nan"), float("-inf"), 2**70, deep, ValueError("x")]}, _spelled)
+    text = json.dumps(out, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert json.loads(text)["a\\ud800"][:4] == ["\ufffd", "NaN", "-Infinity", 2**70]
+
+
 def test_malformed_json_and_large_bodies(api):
     c = client(api, "operator")
     r = c.post("/emotion", content=b"{not json", headers={"Content-Type": "application/json"})

@@ -1,13 +1,16 @@
 """blender: capture + visemes + emotion + idle motion -> one ARKit frame per session per tick."""
 from __future__ import annotations
 
+import os
+import re
 import time
 
 import numpy as np
 import pytest
 
 from nodes.blender import Blender
-from nodes.tables import arkit_names
+from nodes import tables
+from nodes.tables import TablePathError, arkit_names
 from runtime import Message, ParamError
 from runtime.testing import NodeHarness
 
@@ -187,7 +190,8 @@ def test_viseme_frames_through_the_blender_keep_closures() -> None:
     assert not speaking[0] and any(speaking) and not speaking[-1]
 
 
-def test_bad_tables_are_refused_and_the_old_ones_kept(tmp_path) -> None:
+def test_bad_tables_are_refused_and_the_old_ones_kept(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))  # tables outside graphs/ must be allowed
     bad = tmp_path / "emotions.yaml"
     bad.write_text("presets: {neutral: {}, smug: {mouthSmirk: 0.5}}\n")
     with pytest.raises(ParamError, match="unknown ARKit blendshape 'mouthSmirk'"):
@@ -203,6 +207,58 @@ def test_bad_tables_are_refused_and_the_old_ones_kept(tmp_path) -> None:
         h.set_params(emotion_table=str(only_neutral))
     assert "happy" in h.node.presets and len(h.node.micro) > 0
     h.advance(0.5)
+
+
+def test_tables_of_the_wrong_shape_are_refused_and_the_old_ones_kept(tmp_path, monkeypatch) -> None:
+    """A table that is not a mapping (or holds the wrong shapes) used to crash the node with an
+    AttributeError; now it is a ParamError naming the file, and the node runs on."""
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))
+    h = NodeHarness(Blender, sessions=["a"])
+    cases = {
+        "list.yaml": ("[1, 2, 3]\n", "must be a YAML mapping, got a list"),
+        "presets_list.yaml": ("presets: [happy]\n", "presets: must map names"),
+        "entry_list.yaml": ("presets: {neutral: [1]}\n", "'neutral': must map ARKit shapes"),
+        "weight_text.yaml": ("presets: {neutral: {jawOpen: wide}}\n", "a weight must be a finite number"),
+        "not_yaml.yaml": ("presets: {neutral: [\n", "cannot read the table"),
+    }
+    for name, (text, says) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ParamError, match=re.escape(says)) as err:
+            h.set_params(emotion_table=str(tmp_path / name))
+        assert name in str(err.value)
+        assert h.node.p.emotion_table == "mappings/emotions.yaml" and "happy" in h.node.presets
+    for text in ("[1, 2]\n", "visemes: [1]\n", "visemes: {sil: [1]}\n"):
+        (tmp_path / "vis.yaml").write_text(text)
+        with pytest.raises(ParamError, match="vis.yaml"):
+            h.set_params(viseme_table=str(tmp_path / "vis.yaml"))
+        assert h.node.p.viseme_table == "mappings/viseme_arkit.yaml"
+    with pytest.raises(ParamError, match="must be a YAML mapping"):
+        NodeHarness(Blender, emotion_table=str(tmp_path / "list.yaml"))
+    h.set_params(emotion="happy")
+    assert h.advance(0.2)
+
+
+def test_tables_only_come_from_graphs_or_the_table_path(tmp_path, monkeypatch) -> None:
+    """Table params may name files in graphs/ or in a folder of $AVATAR_TABLE_PATH, nothing else."""
+    monkeypatch.delenv("AVATAR_TABLE_PATH", raising=False)
+    good = tmp_path / "emotions.yaml"
+    good.write_text("presets: {neutral: {}, happy: {mouthSmileLeft: 0.5}}\n")
+    h = NodeHarness(Blender, sessions=["a"])
+    for path in (str(good), "/etc/hostname", "/nonexistent.yaml", "../../../../../etc/hostname",
+                 "mappings/../../../etc/hostname"):
+        with pytest.raises(ParamError, match="outside the folders tables may come from"):
+            h.set_params(emotion_table=path)
+        assert h.node.p.emotion_table == "mappings/emotions.yaml"
+    h.set_params(emotion_table=str(tables.GRAPHS_DIR / "mappings" / "emotions.yaml"))  # graphs/, absolute
+    h.set_params(emotion_table="mappings/emotions.yaml")
+    monkeypatch.setenv("AVATAR_TABLE_PATH", os.pathsep.join(["/nonexistent", str(tmp_path)]))
+    h.set_params(emotion_table=str(good))
+    assert sorted(h.node.presets) == ["happy", "neutral"]
+    (tmp_path / "link.yaml").symlink_to("/etc/hostname")  # a link out of an allowed folder is followed
+    with pytest.raises(ParamError, match="outside the folders"):
+        h.set_params(emotion_table=str(tmp_path / "link.yaml"))
+    with pytest.raises(TablePathError):  # the error class of nodes.tables, before the node words it
+        tables.load_table("/etc/hostname")
 
 
 def test_idle_motion_only_when_capture_is_gone() -> None:

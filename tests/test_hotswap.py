@@ -1,6 +1,8 @@
 """Hot-swap a node while a 60 Hz source streams: nothing lost, other processes untouched."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from runtime import ControlError, Runner, parse_graph
 from runtime.clock import now_ns
 from runtime.recording import read_records
+from tests.helpers import alive
 
 GRAPH = """
 name: swap
@@ -74,3 +77,70 @@ def test_swap_to_another_type(tmp_path):
     records = list(read_records(tmp_path / "out.msgpack"))
     assert [r["data"]["n"] for r in records] == list(range(len(records)))
     assert any(r["data"].get("passed") for r in records)
+
+
+def _flowing(tmp_path, runner: Runner, after: int) -> bool:
+    """The recorder got a message later than the ``after``-th."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if runner.stats()["nodes"]["rec"]["in"] > after:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3], ids=["restart-asleep", "restart-due", "restart-bringing-up",
+                                                               "restart-done"])
+def test_swap_of_a_node_just_killed_starts_one_process(tmp_path, delay):
+    """SIGKILL a node, then swap it: the restart and the swap both took ``old.instance + 1``, so two
+    processes bound the same ipc endpoints ('Address already in use (ipc://.../1)') and the swap
+    timed out. Now one instance counter serves both, a sleeping restart stands down for the swap,
+    and a swap waits for a restart already bringing its process up: one new process either way."""
+    runner = start(tmp_path)
+    try:
+        time.sleep(0.5)
+        victim = runner.pids()["mid"]
+        mark = len(runner.bus)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(delay)
+        pid = runner.swap("mid", params={"label": "new"}, timeout=5)
+        time.sleep(0.5)
+        assert runner.pids()["mid"] == pid != victim and alive(pid)
+        mid = runner.stats()["nodes"]["mid"]
+        assert mid["state"] == "PLAYING" and mid["params"]["label"] == "new"
+        after = list(runner.bus)[mark:]
+        errors = [m["text"] for m in after if m["type"] == "ERROR"]
+        assert errors == [f"node 'mid' (identity, pid {victim}) killed by SIGKILL"], errors
+        assert [m["pid"] for m in after if m["type"] == "NODE_SWAPPED"] == [pid]
+        assert len([m for m in after if m["type"] == "NODE_RESTARTED"]) <= 1
+        assert _flowing(tmp_path, runner, runner.stats()["nodes"]["rec"]["in"])
+    finally:
+        assert runner.stop(drain=True) == 0
+    ns = [r["data"]["n"] for r in read_records(tmp_path / "out.msgpack")]
+    assert ns == sorted(ns) and len(ns) > 30
+
+
+def test_swap_out_of_a_crash_restart_loop(tmp_path):
+    """A node failing on every start (error_after) is restarted again and again; a swap with a
+    fixed param, at any point of that loop, ends it with one process and nothing bound twice."""
+    text = GRAPH.replace("mid: {type: identity, params: {label: old}}",
+                         "mid: {type: identity, params: {label: old, error_after: 3}, max_restarts: 100}")
+    runner = start(tmp_path, text)
+    try:
+        for wait in (0.05, 0.13, 0.21, 0.34, 0.55):
+            time.sleep(wait)
+            runner.swap("mid", params={"error_after": 3}, timeout=5)  # into the loop again, at another phase
+        mark = len(runner.bus)
+        pid = runner.swap("mid", params={"error_after": -1}, timeout=5)
+        swapped = len(runner.bus)
+        time.sleep(1.0)
+        assert runner.pids()["mid"] == pid and alive(pid)
+        assert [m["pid"] for m in list(runner.bus)[mark:] if m["type"] == "NODE_SWAPPED"] == [pid]
+        assert pid not in [m.get("pid") for m in list(runner.bus)[mark:] if m["type"] == "ERROR"]
+        assert not [m for m in list(runner.bus)[swapped:] if m["type"] in ("ERROR", "NODE_RESTARTED")]
+        texts = [m.get("text", "") for m in runner.bus.messages("ERROR")]
+        assert not [t for t in texts if "already in use" in t], texts
+        assert runner.stats()["nodes"]["mid"]["state"] == "PLAYING"
+        assert _flowing(tmp_path, runner, runner.stats()["nodes"]["rec"]["in"])
+    finally:
+        assert runner.stop(drain=True) == 0

@@ -128,7 +128,8 @@ def test_identity_keeps_arkit_caps_and_names():
     np.testing.assert_allclose(m.arrays["weights"][0], expected, atol=1e-6)
 
 
-def test_live_profile_change_and_bad_profile_keeps_the_old_one(tmp_path):
+def test_live_profile_change_and_bad_profile_keeps_the_old_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))  # tables outside graphs/ must be allowed
     h = NodeHarness("mapper", profile="standard")
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape == (1, len(load_morph_table("standard").names))
     h.set_params(profile="extended")
@@ -170,7 +171,8 @@ def _full_map(**override: str) -> str:
     (GOOD.replace("{MAP}", _full_map()).replace("Mouth_Close]", "Jaw_Open]"), "morphs[1]", "listed twice"),
     (GOOD.replace("{MAP}", _full_map()) + "extra: 1\n", "extra", "unknown key"),
 ])
-def test_bad_table_names_file_and_entry(tmp_path, text, where, what):
+def test_bad_table_names_file_and_entry(tmp_path, monkeypatch, text, where, what):
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))
     path = tmp_path / "bad_table.yaml"
     path.write_text(text)
     with pytest.raises(TableError) as err:
@@ -178,7 +180,8 @@ def test_bad_table_names_file_and_entry(tmp_path, text, where, what):
     assert str(path) in str(err.value) and f": {where}:" in str(err.value) and what in str(err.value)
 
 
-def test_good_custom_table(tmp_path):
+def test_good_custom_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))
     path = tmp_path / "tiny.yaml"
     path.write_text(GOOD.replace("{MAP}", _full_map()))
     h = NodeHarness("mapper", profile=str(path))

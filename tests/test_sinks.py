@@ -419,6 +419,69 @@ def test_viewers_split_batches_wait_for_keyframes_and_drop_the_oldest_when_slow(
     asyncio.run(run())
 
 
+def test_any_bad_text_gets_one_error_and_the_viewer_stays() -> None:
+    """Deeply nested JSON used to raise RecursionError out of the handler (the viewer was dropped
+    without a word); over-long texts (WebRTC's channel has no 64 KiB cap of its own) are refused too."""
+    deep = "[" * 30000 + "]" * 30000
+    texts = {
+        deep: "nested too deeply",
+        '{"type": "subscribe", "session": ' + "[" * 900 + "]" * 900 + "}": "'session' must be a session id",
+        '{"type": ' + "[" * 900 + "]" * 900 + "}": "unknown message type",
+        '{"type": "echo", "session": "a", "seq": ' + "{" * 1 + '"x": ' + "[" * 900 + "]" * 900 + "}}": "'seq' must be",
+        " " * (64 * 1024 + 1): "longer than 65536",
+        "x" * 100: "not JSON",
+    }
+
+    async def run() -> None:
+        reg = Viewers(queue_size=4, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda r: None)
+        t = _FakeTransport()
+        v = reg.add(t)
+        await asyncio.sleep(0)
+        assert [a["type"] for a in t.texts] == ["hello"]
+        for text, says in texts.items():
+            before = len(t.texts)
+            reg.handle_text(v, text)
+            await asyncio.sleep(0)
+            answers = t.texts[before:]
+            assert [a["type"] for a in answers] == ["error"] and says in answers[0]["error"], answers
+            assert len(answers[0]["error"]) < 400  # a short quote of the value, never all of it
+        reg.handle_text(v, json.dumps({"type": "subscribe", "session": "a"}))
+        await asyncio.sleep(0)
+        assert t.texts[-1] == {"type": "subscribed", "session": "a", "lod": None}
+        assert reg.stats()["viewers"] == 1 and reg.counts["protocol_errors"] == len(texts)
+        await reg.close_all()
+
+    asyncio.run(run())
+
+
+def test_websocket_viewer_sending_deep_or_huge_text(graph) -> None:
+    """On a real /ws: deep JSON gets an error and the viewer stays; over 64 KiB closes with 1009."""
+    runner, port = graph()
+
+    async def view() -> tuple[dict, dict, int | None]:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
+            await ws.send("[" * 30000 + "]" * 30000)
+            error = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(json.dumps({"type": "subscribe", "session": "s1"}))
+            async with asyncio.timeout(5):
+                while isinstance(m := await ws.recv(), bytes) or json.loads(m)["type"] != "subscribed":
+                    pass
+            subscribed = json.loads(m)
+            await ws.send("x" * (64 * 1024 + 1))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+            return error, subscribed, closed.value.rcvd.code if closed.value.rcvd else None
+
+    error, subscribed, code = asyncio.run(view())
+    assert error["type"] == "error" and "nested too deeply" in error["error"]
+    assert subscribed["session"] == "s1"
+    assert code == 1009
+    assert runner.stats()["nodes"]["sink"]["restarts"] == 0 and not runner.bus.messages("ERROR")
+
+
 # --- hot-swap on a fixed port -------------------------------------------------------------------
 def test_a_sink_on_a_fixed_port_hot_swaps_and_serves_on(graph) -> None:
     from nodes.webserver import bind

@@ -168,7 +168,8 @@ def test_idle_sessions_are_forgotten() -> None:
     assert h.node.stats()["sessions"] == 0
 
 
-def test_bad_table_is_refused(tmp_path) -> None:
+def test_bad_table_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))  # tables outside graphs/ must be allowed
     bad = tmp_path / "phonemes.yaml"
     bad.write_text("phonemes: {AA: aah}\n")
     with pytest.raises(ParamError, match="'AA' maps to unknown viseme 'aah'"):
@@ -215,3 +216,19 @@ links:
     lips = by_pts[centre].arrays["weights"][0]
     assert lips[COL["jawOpen"]] < 0.01 and lips[COL["mouthClose"]] >= 0.6
     assert any(m.data["speaking"][0] for m in msgs) and not msgs[-1].data["speaking"][0]
+
+
+def test_a_table_that_is_not_a_mapping_is_refused_live_and_the_node_runs_on(tmp_path, monkeypatch):
+    from runtime import ParamError
+    from runtime.testing import NodeHarness
+
+    monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))
+    (tmp_path / "list.yaml").write_text("[1, 2, 3]\n")
+    (tmp_path / "bad_entry.yaml").write_text("visemes: {sil: 5}\n")
+    h = NodeHarness("viseme")
+    for table in ("list.yaml", "bad_entry.yaml"):
+        with pytest.raises(ParamError, match=table):
+            h.set_params(viseme_table=str(tmp_path / table))
+    with pytest.raises(ParamError, match="list.yaml"):
+        h.set_params(phoneme_table=str(tmp_path / "list.yaml"))
+    assert h.node.p.viseme_table == "mappings/viseme_arkit.yaml"  # the old tables stay in use

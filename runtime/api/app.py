@@ -30,13 +30,14 @@ import re
 from typing import Any, Callable, Literal, Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..dot import to_dot
 from ..errors import ControlError
@@ -79,21 +80,66 @@ class SwapBody(BaseModel):
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def _finite(obj: Any) -> Any:
-    """JSON-safe: non-finite floats become null (strict JSON has no NaN or Infinity)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
+_MAX_DEPTH = 200  # deeper parts of an answer are cut (the runner refuses params nested over 100)
+
+
+def _text(s: str) -> str:
+    """A string UTF-8 can encode: lone surrogates (from JSON's ``\\ud800``) become ``\\ud800`` text."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _finite(obj: Any, nonfinite: Callable[[float], Any] = lambda f: None, depth: int = 0) -> Any:
+    """JSON-safe: non-finite floats become ``nonfinite(x)`` (null; strict JSON has no NaN or
+    Infinity), bytes and strings valid UTF-8, other objects their ``str``, and anything nested
+    over ``_MAX_DEPTH`` deep the string ``...``, so rendering never fails (nor recurses without end)."""
+    if obj is None or isinstance(obj, (bool, int)):
         return obj
-    return str(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else nonfinite(obj)
+    if isinstance(obj, str):
+        return _text(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).decode("utf-8", "replace")
+    if isinstance(obj, (dict, list, tuple)) and depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():  # loops, not comprehensions: one frame per level
+            out[_text(str(k))] = _finite(v, nonfinite, depth + 1)
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = []
+        for v in obj:
+            items.append(_finite(v, nonfinite, depth + 1))
+        return items
+    try:
+        return _text(str(obj))
+    except Exception:  # noqa: BLE001 - an object whose str() fails: its type will do
+        return type(obj).__name__
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(_finite(content), status_code=status)
+
+
+def _spelled(f: float) -> str:
+    """NaN and the infinities as JSON texts spell them, for echoing a refused input."""
+    return "NaN" if f != f else ("Infinity" if f > 0 else "-Infinity")
+
+
+def _validation_errors(exc: RequestValidationError) -> list:
+    """FastAPI's list of errors, each field JSON-safe: the input a client sent may hold NaN,
+    bytes that are not UTF-8, lone surrogates or deep nesting, none of which may make the
+    answer itself fail (a 500)."""
+    try:
+        errors = exc.errors()
+    except Exception:  # noqa: BLE001 - cannot happen with pydantic 2, but the answer must come
+        return [{"type": "invalid", "loc": ["body"], "msg": "the request does not fit its schema"}]
+    return _finite(list(errors), _spelled)
 
 
 def _http_error(exc: ControlError | TimeoutError) -> HTTPException:
@@ -103,7 +149,7 @@ def _http_error(exc: ControlError | TimeoutError) -> HTTPException:
     text = str(exc)
     if text.startswith("no node '"):
         return HTTPException(404, text)
-    if "already being swapped" in text:
+    if "already being swapped" in text or "is being restarted" in text:
         return HTTPException(409, text)
     if text == "the graph is not running" or "is not reachable" in text or "did not answer" in text:
         return HTTPException(503, text)
@@ -278,6 +324,8 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
             return fn()
         except (ControlError, TimeoutError) as exc:
             raise _http_error(exc) from None
+        except RecursionError:  # the runner refuses deep params first; this is the last guard
+            raise HTTPException(422, "a value is nested too deeply") from None
 
     def running_nodes() -> dict[str, dict[str, Any]]:
         blender = _blender_class()  # imported here, not on the runner's loop
@@ -366,8 +414,15 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
             try:
                 principal(request, role)
             except HTTPException as denied:
-                return await http_exception_handler(request, denied)
-        return await request_validation_exception_handler(request, exc)
+                return await http_error(request, denied)
+        return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own handler, with a detail made JSON-safe (it may quote a param name or a
+        node type the client sent, lone surrogates included)."""
+        safe = StarletteHTTPException(exc.status_code, _finite(exc.detail, _spelled), getattr(exc, "headers", None))
+        return await http_exception_handler(request, safe)
 
     docs_html, docs_csp = _docs_page(app.title)
 
