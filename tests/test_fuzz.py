@@ -20,10 +20,7 @@ error every time.
 
 Every hypothesis test is derandomized with no example database (the same examples on every run,
 in CI too), and bounded in examples so the file runs in well under a minute (about 35 s). Bugs
-found here in code this file does not own are kept as ``xfail`` reproducers at the end (the fuzz
-strategies leave those inputs out, or tolerate exactly those exceptions, so the rest stays
-meaningful); when one is fixed its reproducer shows as XPASS (``pytest -rX``): then remove its
-marker and the matching exclusion. The Python decoders (Live Link Face, wire format) and the
+found here, all fixed, are kept as regression reproducers at the end. The Python decoders (Live Link Face, wire format) and the
 JavaScript one held: no bug found in them.
 """
 from __future__ import annotations
@@ -417,14 +414,9 @@ def graph_texts(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Crashes of the graph loader found by this file (reproducers at the end): tolerated in the fuzz
-# tests by exception type and message so the rest stays checked, and xfail'd below.
-KNOWN_GRAPH_CRASHES = [
-    (TypeError, r"cannot convert dictionary update sequence|dictionary update sequence|unhashable type|"
-                r"object is not iterable|int\(\) argument must be|sequence item \d+: expected str|"
-                r"not supported between instances"),
-    (ValueError, r"invalid literal for int\(\)|dictionary update sequence element|Empty module name"),
-]
+# Crashes of the graph loader found by this file (reproducers at the end), tolerated in the fuzz
+# tests by exception type and message while unfixed; none are left.
+KNOWN_GRAPH_CRASHES: list[tuple[type, str]] = []  # all fixed; a new one found goes here with its reproducer
 
 
 def check_graph(text: str) -> None:
@@ -1046,11 +1038,9 @@ def test_websocket_sink_keeps_serving_after_the_fuzz(ws_sink):
 
 
 # =================================================================================================
-# Known bugs found by this file, in code it does not own: minimal reproducers
-# =================================================================================================
-# Each is xfail(strict=False): once fixed it XPASSes, which fails the run, so whoever fixes it
-# removes the marker here and the matching exclusion above (KNOWN_GRAPH_CRASHES, API_SKIP_PARAMS
-# and the SAFE_* strategies, _utf8, the WebSocket nesting limit).
+# Bugs this file found (all fixed): their minimal reproducers, kept as regression tests. The
+# strategies above still steer clear of some of these inputs (API_SKIP_PARAMS, the SAFE_*
+# strategies, _utf8, the WebSocket nesting limit); the reproducers cover them.
 def _strict_graph(text: str) -> None:
     """parse + validate: success or GraphError naming the file, nothing else."""
     try:
@@ -1072,8 +1062,6 @@ GRAPH_CRASHES = {
 }
 
 
-@pytest.mark.xfail(strict=False, raises=(TypeError, ValueError, RecursionError),
-                   reason="runtime graph loader: a crash instead of a GraphError")
 @pytest.mark.parametrize("text", list(GRAPH_CRASHES.values()), ids=list(GRAPH_CRASHES))
 def test_known_bug_graph_loader_crashes(text):
     _strict_graph(text)
@@ -1084,8 +1072,6 @@ LAUGHS = "args:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     "nodes: {n: {type: testsrc, params: {caps: *a7}}}\n"
 
 
-@pytest.mark.xfail(strict=False, reason="runtime/graph.py _substitute expands YAML aliases: 10**8 strings "
-                                       "from a 9-line file (a 'billion laughs'), minutes of CPU")
 def test_known_bug_graph_alias_expansion_hangs(tmp_path):
     """A graph of 9 lines whose aliases expand to 10**8 strings must be refused or loaded at once."""
     (tmp_path / "laughs.yaml").write_text(LAUGHS)
@@ -1115,7 +1101,9 @@ def scratch_api(tmp_path_factory) -> Iterator[str]:
     with open(d / "stderr.txt", "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(d / "g.yaml"), "--no-control",
                                  "--api", "127.0.0.1:0", "--api-secret-file", str(d / "secret")],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, process_group=0)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, process_group=0,
+                                # tables the reproducers write in their tmp_path are allowed (nodes/tables.py)
+                                env={**os.environ, "AVATAR_TABLE_PATH": str(tmp_path_factory.getbasetemp())})
     try:
         url = None
         deadline = time.monotonic() + 30
@@ -1157,14 +1145,11 @@ API_BUGS = {  # the bodies answered 500 (runtime/api/app.py and what it calls)
 }
 
 
-@pytest.mark.xfail(strict=False, reason="control API: a 500 instead of a 4xx")
 @pytest.mark.parametrize("case", list(API_BUGS.values()), ids=list(API_BUGS))
 def test_known_bug_api_500(scratch_api, case):
     check_answer(_scratch_post(scratch_api, *case))
 
 
-@pytest.mark.xfail(strict=False, reason="nodes/blender.py: a table file that is not a mapping crashes the node "
-                                       "(AttributeError in _load_tables); the API answers 503 after 5 s")
 def test_known_bug_blender_table_that_is_not_a_mapping(scratch_api, tmp_path):
     table = tmp_path / "list.yaml"
     table.write_text("[1, 2, 3]\n")
@@ -1173,15 +1158,11 @@ def test_known_bug_blender_table_that_is_not_a_mapping(scratch_api, tmp_path):
     assert r.status_code == 422, (r.status_code, r.text)
 
 
-@pytest.mark.xfail(strict=False, reason="runtime/params.py Param.coerce lets NaN through every min/max check: the "
-                                       "API accepts delay_ms=NaN and the node then fails on every message")
 def test_known_bug_nan_param_is_accepted(scratch_api):
     r = _scratch_post(scratch_api, "/nodes/mid/params", b'{"params": {"delay_ms": NaN}}')
     assert r.status_code == 422, (r.status_code, r.text)
 
 
-@pytest.mark.xfail(strict=False, reason="nodes/viewers.py _handle catches ValueError, not the RecursionError of "
-                                       "deeply nested JSON: the viewer is dropped without an error message")
 def test_known_bug_websocket_deep_json_drops_the_viewer(ws_sink):
     import websockets
 
