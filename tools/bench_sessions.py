@@ -62,31 +62,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
 
+from capture_pipeline import capture_pipeline  # noqa: E402
 from llf_send import device_ids, synthetic_values  # noqa: E402
 from nodes.livelink import build_packets  # noqa: E402
 
 PERIOD_BUDGET_MS = 1000.0 / 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-GRAPH = """
-name: bench_sessions
-link_defaults: {{policy: leaky, size: 4}}
-nodes:
-  capture:
-    type: arkit_source
-    params: {{host: 127.0.0.1, port: 0, rate: {rate}, session_timeout: 2.0, max_sessions: {max_sessions}}}
-  retarget: {{type: mapper, params: {{profile: identity}}}}
-  face: {{type: blender, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
-  detail: {{type: lod}}
-  encode: {{type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
-  web: {{type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
-links:
-  - {{chain: "capture -> retarget -> face.capture", size: 2}}
-  - face -> detail -> encode.in
-  - encode.out -> web.in
-  - {{from: web.requests, to: encode.requests, feedback: true}}
-  - {{from: web.requests, to: detail.requests, feedback: true}}
-"""
 
 
 # --- load generator (runs as its own process) -----------------------------------------------------
@@ -258,7 +240,7 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
     from runtime import Runner
     from runtime.graph import parse_graph
 
-    graph = parse_graph(GRAPH.format(rate=a.rate, max_sessions=max(4096, s), sync=str(not a.timer_blender).lower()), "<bench_sessions>")
+    graph = parse_graph(capture_pipeline("bench_sessions", rate=a.rate, max_sessions=max(4096, s), tick_on_capture=not a.timer_blender), "<bench_sessions>")
     runner = Runner(graph).start()
     senders: list[subprocess.Popen] = []
     viewers = None

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from jsonable import jsonable  # noqa: E402
 from nodes import wireformat as wf  # noqa: E402
 from nodes.tables import arkit_names  # noqa: E402
 
@@ -311,18 +312,6 @@ def print_comparison(a: dict[str, Any], b: dict[str, Any], worst: int) -> None:
             f"{n} {_f(sa['morphs'][n]['rmse'], '.3f')}->{_f(sb['morphs'][n]['rmse'], '.3f')}" for n in delta))
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else round(x, 6)
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -356,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ap.error("give a graph, --compare A B, or --recording FILE --reference TAKE")
     if a.json:
-        print(json.dumps(_jsonable(results if len(results) > 1 else results[0]), indent=1))
+        print(json.dumps(jsonable(results if len(results) > 1 else results[0]), indent=1))
     elif a.compare:
         for r in results:
             print_report(r, a.worst)

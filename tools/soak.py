@@ -45,25 +45,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
 
-PIPELINE = """
-name: {name}
-link_defaults: {{policy: leaky, size: 4}}
-nodes:
-  capture:
-    type: arkit_source
-    params: {{host: 127.0.0.1, port: 0, rate: 60, session_timeout: 3.0, max_sessions: {max_sessions}}}
-  retarget: {{type: mapper, params: {{profile: identity}}}}
-  face: {{type: blender, params: {{rate: 60, tick_on_capture: true}}}}
-  detail: {{type: lod}}
-  encode: {{type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
-  web: {{type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
-links:
-  - {{chain: "capture -> retarget -> face.capture", size: 2}}
-  - face -> detail -> encode.in
-  - encode.out -> web.in
-  - {{from: web.requests, to: encode.requests, feedback: true}}
-  - {{from: web.requests, to: detail.requests, feedback: true}}
-"""
+from capture_pipeline import capture_pipeline  # noqa: E402
+from jsonable import jsonable  # noqa: E402
+
 PER_SENDER = 1000
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -234,7 +218,7 @@ def start_pipeline(graph_path: str | None, overrides: dict[str, str], max_sessio
     tmp = tempfile.TemporaryDirectory(prefix=f"avatar-{name}-")
     if graph_path is None:
         graph_path = str(Path(tmp.name) / "pipeline.yaml")
-        Path(graph_path).write_text(PIPELINE.format(name=name, max_sessions=max(4096, max_sessions)))
+        Path(graph_path).write_text(capture_pipeline(name, max_sessions=max(4096, max_sessions), session_timeout=3.0))
     graph, sink = prepare_graph(graph_path, overrides, None)
     for n, s in graph.nodes.items():
         if s.type == "recorder":
@@ -354,18 +338,6 @@ def print_summary(r: dict[str, Any]) -> None:
           f"(lost {r['udp_lost']}); viewers: {v.get('viewers', 0)}, lost {v.get('lost', 0)}, closed {v.get('closed', 0)}")
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else round(x, 4)
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -396,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     r = soak(a)
     print_summary(r)
     if a.json:
-        Path(a.json).write_text(json.dumps(_jsonable(r), indent=1))
+        Path(a.json).write_text(json.dumps(jsonable(r, 4), indent=1))
     bad = a.max_growth is not None and (any(g > a.max_growth for g in r["growth_mb_per_min"].values() if not math.isnan(g))
                                         or any(r["restarts"].values()))
     return 1 if bad else 0

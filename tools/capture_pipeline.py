@@ -1,0 +1,34 @@
+"""The full capture pipeline the scale tools drive, as graph YAML text.
+
+arkit_source (UDP on 127.0.0.1, a free port) -> mapper (identity) -> blender -> lod -> compressor
+-> websocket_sink (a free port), with the sink's keyframe and LOD requests on feedback links:
+graphs/capture.yaml's chain, with loopback addresses and free ports for benchmarks.
+"""
+from __future__ import annotations
+
+_GRAPH = """
+name: {name}
+link_defaults: {{policy: leaky, size: 4}}
+nodes:
+  capture:
+    type: arkit_source
+    params: {{host: 127.0.0.1, port: 0, rate: {rate}, session_timeout: {session_timeout}, max_sessions: {max_sessions}}}
+  retarget: {{type: mapper, params: {{profile: identity}}}}
+  face: {{type: blender, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
+  detail: {{type: lod}}
+  encode: {{type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
+  web: {{type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
+links:
+  - {{chain: "capture -> retarget -> face.capture", size: 2}}
+  - face -> detail -> encode.in
+  - encode.out -> web.in
+  - {{from: web.requests, to: encode.requests, feedback: true}}
+  - {{from: web.requests, to: detail.requests, feedback: true}}
+"""
+
+
+def capture_pipeline(name: str, *, rate: float = 60.0, max_sessions: int = 4096, session_timeout: float = 2.0,
+                     tick_on_capture: bool = True) -> str:
+    """Graph text; ``tick_on_capture``: the blender ticks as capture arrives (else on its own timer)."""
+    return _GRAPH.format(name=name, rate=rate, max_sessions=max_sessions, session_timeout=session_timeout,
+                         sync=str(tick_on_capture).lower())
