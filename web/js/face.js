@@ -27,7 +27,12 @@ function softwareRenderer() {
   }
 }
 const AA_PARAM = new URLSearchParams(location.search).get("antialias");
-const ANTIALIAS = AA_PARAM === null ? !softwareRenderer() : AA_PARAM === "1";
+const SOFTWARE = softwareRenderer();
+const ANTIALIAS = AA_PARAM === null ? !SOFTWARE : AA_PARAM === "1";
+// A software renderer draws every pixel on the CPU, on the thread that also handles the packets:
+// half the resolution there is a quarter of the work (?scale=N overrides).
+const SCALE_PARAM = Number(new URLSearchParams(location.search).get("scale"));
+const RENDER_SCALE = SCALE_PARAM > 0 && SCALE_PARAM <= 2 ? SCALE_PARAM : SOFTWARE ? 0.5 : 1;
 const EYE_FULL_RAD = 0.6;
 const key = (name) => String(name).toLowerCase();
 // node names (lower case): Head, CC_Base_Head, mixamorig:Head; EyeLeft, LeftEye, CC_Base_L_Eye, Eye_L
@@ -57,7 +62,7 @@ export class Face {
     this.renderer = null; this.webglError = null;
     try {
       this.renderer = new THREE.WebGLRenderer({ canvas, antialias: ANTIALIAS });
-      this.renderer.setPixelRatio(Math.min(2, window.devicePixelRatio || 1));
+      this.renderer.setPixelRatio(Math.min(2, window.devicePixelRatio || 1) * RENDER_SCALE);
     } catch (e) {
       this.webglError = String(e && e.message ? e.message : e);
       console.warn("no WebGL, the face is not drawn:", this.webglError);
