@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from runtime.clock import now_ns
+from runtime.histogram import LATENCY_BOUNDS_US
 
 N_LEVELS = 4  # lod levels 0..3
 MAX_SESSION_ID = 1024  # characters, as in the wire format
@@ -482,8 +483,21 @@ class Viewers:
             "pipeline_latency_us_p50": round(q50, 1), "pipeline_latency_us_p99": round(q99, 1),
             "pipeline_latency_hist": {"step_us": _PIPE_STEP_US, "bins": hist.tolist(),
                                       "counts": self.pipe_hist[hist].tolist()},
+            "latency_hist": self._latency_hist(),  # the same, in runtime.histogram's form (/metrics)
             "viewer_list": [v.info() for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
         }
+
+    def _latency_hist(self) -> dict:
+        """Arrival -> handed to viewers, as cumulative counts at LATENCY_BOUNDS_US; a fine bin counts
+        under a bound only when all of it lies below (bins are _PIPE_STEP_US wide, the last open)."""
+        upper = (np.arange(_PIPE_BINS) + 1) * _PIPE_STEP_US
+        upper[-1] = np.iinfo(np.int64).max
+        cum = np.cumsum(self.pipe_hist)
+        idx = np.searchsorted(upper, np.asarray(LATENCY_BOUNDS_US), side="right") - 1
+        buckets = [int(cum[i]) if i >= 0 else 0 for i in idx] + [int(cum[-1])]
+        centers = (np.arange(_PIPE_BINS) + 0.5) * _PIPE_STEP_US
+        return {"le_us": list(LATENCY_BOUNDS_US), "buckets": buckets,
+                "sum_us": float((self.pipe_hist * centers).sum()), "count": int(cum[-1])}
 
 
 _REPR = reprlib.Repr()

@@ -507,3 +507,16 @@ def test_a_sink_on_a_fixed_port_hot_swaps_and_serves_on(graph) -> None:
     check_frames(asyncio.run(view()))
     assert runner.stats()["nodes"]["sink"]["params"]["queue_size"] == 16
     assert not runner.bus.messages("ERROR")
+
+
+def test_pipeline_latency_is_also_a_histogram_that_metrics_can_export() -> None:
+    from runtime.api.metrics import _add_histogram
+    from prometheus_client.core import HistogramMetricFamily
+
+    v = Viewers(queue_size=8, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda *a: None)
+    v.pipe_hist[[1, 3, 30, 2000]] = [5, 2, 1, 1]  # 100-200 us x5, 300-400 x2, 3.0-3.1 ms, the open last bin
+    h = v.stats()["latency_hist"]
+    assert h["buckets"][:6] == [0, 5, 7, 7, 7, 8] and h["buckets"][-1] == h["count"] == 9
+    fam = HistogramMetricFamily("x", "x", labels=["node"])
+    _add_histogram(fam, ["sink"], h)
+    assert [s.value for s in fam.samples if s.name == "x_count"] == [9]
