@@ -352,6 +352,13 @@ class Blender(FrameClockNode):
         self.timer = self.every(1.0 / self.p.rate, self.tick)
         self.tick()
 
+    def on_eos(self) -> None:
+        """The inputs ended (a file played out, a drain): show what arrived since the last tick,
+        then let speech and capture fade out as they would live, so the last word is not cut."""
+        fade_ms = max(self.p.speech_fade_ms, self.p.capture_fade_ms)
+        for _ in range(1 + int(np.ceil(fade_ms / 1000.0 * self.p.rate))):
+            self.tick()
+
     def tick(self, synced: bool = False) -> None:
         """Advance time one period and emit one frame for every known session."""
         dt = 1.0 / self.p.rate

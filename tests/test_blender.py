@@ -166,6 +166,18 @@ def test_visemes_own_the_mouth_while_speaking() -> None:
     assert series(out, "jawOpen")[-1] == pytest.approx(0.5, abs=1e-3)
 
 
+def test_at_the_end_of_the_input_the_last_frame_is_shown_and_the_fades_run_out() -> None:
+    h = NodeHarness(Blender, speech_fade_ms=100.0, capture_fade_ms=50.0, **QUIET, **RAW)
+    run(h, 0.3, visemes=shapes(mouthClose=0.2))
+    # the last viseme frame of a file arrives between two ticks, then the stream ends
+    h.feed("visemes", Message("arkit/blendshapes", {"speaking": [True]}, {"weights": shapes(mouthClose=0.7)},
+                              session=["a"]))
+    out = h.eos()
+    frames = [m for pad, m in out if pad == "out"]
+    assert len(frames) == 1 + 6  # this tick, then 100 ms (the longer fade) at 60 Hz
+    assert series(out, "mouthClose")[0] == pytest.approx(0.7, abs=0.01)  # the last word is shown, not cut
+
+
 def test_viseme_frames_through_the_blender_keep_closures() -> None:
     """viseme -> blender in lock-step: PP still closes and FF still tucks after blending and smoothing."""
     from nodes.viseme import Viseme
