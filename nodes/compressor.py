@@ -28,7 +28,8 @@ class Compressor(Node):
         "bits": Param(int, 8, "weight precision in bits: a decoded weight is within half a step of the input",
                       min=2, max=16),
         "pose_bits": Param(int, 12, "head/eye pose precision in bits over -pi..pi radians", min=2, max=16),
-        "keyframe_interval": Param(int, 60, "frames from one keyframe of a session to the next",
+        "keyframe_interval": Param(int, 120, "frames from one keyframe of a session to the next (viewers also ask "
+                                                                "for one when they join or lose a packet)",
                                    min=1, max=wf.MAX_KEYFRAME_INTERVAL),
         "ref_interval": Param(int, 1, "1: every frame is a reference, deltas are predicted from the previous two "
                                       "frames (the smallest packets; after a loss the decoder waits for a "
