@@ -38,6 +38,15 @@ def _load(path: str, overrides: Sequence[str]) -> Graph:
     return graph
 
 
+def _write_output(path: str | None, text: str) -> None:
+    """``-o FILE``, or standard output."""
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
     graph = _load(a.graph, a.args)
     print(f"{a.graph}: ok ({len(graph.nodes)} nodes, {len(graph.links)} links)")
@@ -55,12 +64,7 @@ def cmd_dot(a: argparse.Namespace) -> int:
     validate_graph(graph)
     for name, params in given.items():  # draw what the user wrote, not every default
         graph.nodes[name].params = params
-    text = to_dot(graph)
-    if a.output:
-        with open(a.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    _write_output(a.output, to_dot(graph))
     return 0
 
 
@@ -93,12 +97,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"avatar: {exc}", file=sys.stderr)
         return 2
-    out = to_yaml(objects)
-    if a.output:
-        with open(a.output, "w") as f:
-            f.write(out)
-    else:
-        sys.stdout.write(out)
+    _write_output(a.output, to_yaml(objects))
     return 0
 
 

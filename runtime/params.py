@@ -109,3 +109,64 @@ class ParamValues:
 
     def __repr__(self) -> str:
         return f"ParamValues({self.__dict__!r})"
+
+
+# --- what can travel to a node process ------------------------------------------------------
+# Live changes reach a node as msgpack, a new process's spec as JSON: Param.coerce checks a
+# value's type and range, these check that every part of it can make that trip.
+MAX_PARAM_DEPTH = 100  # lists and mappings nested deeper than this are refused (see wire_problem)
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack carries: int64 .. uint64
+
+
+def shown_text(text: str, limit: int = 40) -> str:
+    """A user-given string for a message: lone surrogates escaped, cut to ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def wire_problem(value: Any) -> str | None:
+    """Why a param value cannot be sent to a node process, or None if it can.
+
+    Params travel to node processes as msgpack (live changes) and JSON (a new process's spec),
+    and come back in replies: only None, bool, int (64 bits: -2**63 .. 2**64-1), float, str
+    (valid UTF-8: no lone surrogates), bytes, lists and string-keyed mappings, nested at most
+    ``MAX_PARAM_DEPTH`` deep. Walked without recursion, so a value nested thousands deep is
+    refused with a message, not a RecursionError.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if v is None or isinstance(v, (bool, float, bytes)):
+            continue
+        if isinstance(v, int):
+            if not _INT_MIN <= v <= _INT_MAX:
+                return f"an integer beyond 64 bits ({v.bit_length()} bits; the range is -2**63 .. 2**64-1)"
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"a string that is not valid UTF-8 (a lone surrogate): '{shown_text(v)}'"
+        elif isinstance(v, (list, tuple, dict)):
+            if depth >= MAX_PARAM_DEPTH:
+                return f"lists or mappings nested more than {MAX_PARAM_DEPTH} deep"
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        return f"a mapping key that is not a string ({type(k).__name__})"
+                    stack.append((k, depth + 1))
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in v)
+        else:
+            return f"a value of type '{type(v).__name__}'"
+    return None
+
+
+def check_wire(params: Mapping[str, Any]) -> None:
+    """Raise ParamError naming the first param whose name or value cannot be sent to a node."""
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise ParamError(f"param names must be strings, got {type(name).__name__}")
+        why = wire_problem(name) or wire_problem(value)
+        if why is not None:
+            raise ParamError(f"param '{shown_text(name)}': {why}: it cannot be sent to the node process")

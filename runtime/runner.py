@@ -21,70 +21,13 @@ from .bus import Bus
 from .endpoints import tcp_links
 from .errors import ControlError, GraphError, ParamError, Problem
 from .graph import Graph, LinkSpec
-from .params import check_params
+from .params import check_params, check_wire, shown_text
 from .proctools import exit_cause
 from .state import StateStore, open_store
 from .states import NULL, PAUSED, PLAYING, READY, rank
 from .supervisor import NodeProcess, RestartBudget
 from .transport import BIND_RETRY_S, ipc_endpoint
 from .validate import validate_graph
-
-MAX_PARAM_DEPTH = 100  # lists and mappings nested deeper than this are refused (see wire_problem)
-_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack carries: int64 .. uint64
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """A user-given string for a message: lone surrogates escaped, cut to ``limit`` characters."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def wire_problem(value: Any) -> str | None:
-    """Why a param value cannot be sent to a node process, or None if it can.
-
-    Params travel to node processes as msgpack (live changes) and JSON (a new process's spec),
-    and come back in replies: only None, bool, int (64 bits: -2**63 .. 2**64-1), float, str
-    (valid UTF-8: no lone surrogates), bytes, lists and string-keyed mappings, nested at most
-    ``MAX_PARAM_DEPTH`` deep. Walked without recursion, so a value nested thousands deep is
-    refused with a message, not a RecursionError.
-    """
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        if v is None or isinstance(v, (bool, float, bytes)):
-            continue
-        if isinstance(v, int):
-            if not _INT_MIN <= v <= _INT_MAX:
-                return f"an integer beyond 64 bits ({v.bit_length()} bits; the range is -2**63 .. 2**64-1)"
-        elif isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"a string that is not valid UTF-8 (a lone surrogate): '{_shown(v)}'"
-        elif isinstance(v, (list, tuple, dict)):
-            if depth >= MAX_PARAM_DEPTH:
-                return f"lists or mappings nested more than {MAX_PARAM_DEPTH} deep"
-            if isinstance(v, dict):
-                for k, item in v.items():
-                    if not isinstance(k, str):
-                        return f"a mapping key that is not a string ({type(k).__name__})"
-                    stack.append((k, depth + 1))
-                    stack.append((item, depth + 1))
-            else:
-                stack.extend((item, depth + 1) for item in v)
-        else:
-            return f"a value of type '{type(v).__name__}'"
-    return None
-
-
-def check_wire(params: Mapping[str, Any]) -> None:
-    """Raise ParamError naming the first param whose name or value cannot be sent to a node."""
-    for name, value in params.items():
-        if not isinstance(name, str):
-            raise ParamError(f"param names must be strings, got {type(name).__name__}")
-        why = wire_problem(name) or wire_problem(value)
-        if why is not None:
-            raise ParamError(f"param '{_shown(name)}': {why}: it cannot be sent to the node process")
 
 
 class Runner:
@@ -628,8 +571,8 @@ class Runner:
         except GraphError as exc:
             raise ControlError(f"cannot swap '{name}': " + "; ".join(p.message for p in exc.problems)) from None
         except Exception as exc:  # a type the registry cannot even look up (':', '.x:Y', a module failing to import)
-            raise ControlError(f"cannot swap '{name}': node type '{_shown(spec.type, 200)}': "
-                               f"{type(exc).__name__}: {_shown(str(exc), 300)}") from None
+            raise ControlError(f"cannot swap '{name}': node type '{shown_text(spec.type, 200)}': "
+                               f"{type(exc).__name__}: {shown_text(str(exc), 300)}") from None
         self._swapping.add(name)
         try:
             await self._settle_restart(name, timeout)

@@ -364,9 +364,9 @@ class Worker:
                 for up in watch.read():
                     kind = "LINK_UP" if up else "LINK_DOWN"
                     way = "to" if watch.direction == "out" else "from"
-                    self._send({"op": "bus", "type": kind, "link": watch.link, "direction": watch.direction,
-                                "host": self.host, "peer": watch.peer, "endpoint": watch.endpoint,
-                                "text": f"link {watch.link} {way} host '{watch.peer}' is {'up' if up else 'down'}"})
+                    self.post(kind, f"link {watch.link} {way} host '{watch.peer}' is {'up' if up else 'down'}",
+                              link=watch.link, direction=watch.direction, host=self.host, peer=watch.peer,
+                              endpoint=watch.endpoint)
 
     def _warn_links_down(self) -> None:
         for watch in self.watches.values():
@@ -377,7 +377,7 @@ class Worker:
                 else:
                     text = (f"link {watch.link}: host '{watch.peer}' has not connected to {watch.endpoint} for "
                             f"{LINK_WAIT_WARN_S:.0f}s; is its runner up, with the same graph?")
-                self._send({"op": "bus", "type": "WARNING", "text": text, "link": watch.link, "peer": watch.peer})
+                self.post("WARNING", text, link=watch.link, peer=watch.peer)
 
     def _release_inputs(self, ids: list[str]) -> None:
         """Hot-swap: let go of the tcp inputs (their senders are on other hosts) for the new node."""

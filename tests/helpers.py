@@ -86,3 +86,19 @@ class AvatarProcess:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+
+
+# The graph the control API tests (test_api.py, test_fuzz.py) run: a chain to set params on and
+# swap, and a blender for /emotion.
+API_TEST_GRAPH = """
+name: {name}
+nodes:
+  src: {{type: testsrc, params: {{rate: 100}}}}
+  mid: {{type: identity}}
+  sink: {{type: fakesink}}
+  face: {{type: blender, params: {{sessions: [a], micro_per_min: 0}}}}
+  facesink: {{type: fakesink}}
+links:
+  - src -> mid -> sink
+  - face.out -> facesink.in
+"""

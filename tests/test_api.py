@@ -19,23 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.api import ApiConfig, ApiConfigError, ApiServer, make_token
 from runtime.histogram import RingHistogram
 from runtime.testing import start_graph
-from tests.helpers import avatar
+from tests.helpers import API_TEST_GRAPH, avatar
 
 SECRET = "test-secret-" + "s" * 32
 ORIGIN = "https://console.example"
 
-GRAPH = """
-name: apitest
-nodes:
-  src: {type: testsrc, params: {rate: 100}}
-  mid: {type: identity}
-  sink: {type: fakesink}
-  face: {type: blender, params: {sessions: [a], micro_per_min: 0}}
-  facesink: {type: fakesink}
-links:
-  - src -> mid -> sink
-  - face.out -> facesink.in
-"""
+GRAPH = API_TEST_GRAPH.format(name="apitest")
 
 
 @pytest.fixture(scope="module")

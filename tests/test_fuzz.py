@@ -58,7 +58,7 @@ from runtime.errors import GraphError
 from runtime.graph import parse_graph
 from runtime.testing import NodeHarness
 from runtime.validate import validate_graph
-from tests.helpers import ROOT
+from tests.helpers import API_TEST_GRAPH, ROOT
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore:Generating overly large repr")]
 FUZZ = dict(derandomize=True, database=None, deadline=None,
@@ -698,18 +698,7 @@ def test_js_decoder_throws_only_errors_keeps_its_state_and_agrees_with_python(tm
 # The control API: hypothesis bodies against a real runner
 # =================================================================================================
 API_SECRET = "fuzz-secret-" + "f" * 32
-API_GRAPH = """
-name: fuzzapi
-nodes:
-  src: {type: testsrc, params: {rate: 100}}
-  mid: {type: identity}
-  sink: {type: fakesink}
-  face: {type: blender, params: {sessions: [a], micro_per_min: 0}}
-  facesink: {type: fakesink}
-links:
-  - src -> mid -> sink
-  - face.out -> facesink.in
-"""
+API_GRAPH = API_TEST_GRAPH.format(name="fuzzapi")
 # Params left out of the fuzz because a valid value stops or floods the graph by design (a finite
 # num_buffers ends the stream, error_after raises on purpose, dump prints every message, a huge
 # rate or width or delay makes the machine the bottleneck), or because they hit a known bug
