@@ -11,7 +11,6 @@ ZeroMQ frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Sequence
 
@@ -25,27 +24,54 @@ class Kind(IntEnum):
     MARK = 2  # drain marker: the sender holds the link after it (hot-swap)
 
 
-@dataclass(slots=True)
 class Message:
     """One message: caps, timing, session, small msgpack-able ``data`` and named numpy arrays.
 
     ``session`` is one session id, or a list of ids for a batch whose arrays have one row per
     session. ``seq`` is set by the transport (per link) on receipt.
+
+    A received message builds its numpy arrays only when node code first reads ``arrays``: a node
+    that passes a message on without looking at them (identity, a tee, a recorder of headers)
+    forwards the received bytes as they are, and never pays for numpy on its path.
     """
 
-    caps: str
-    data: Any = None
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    pts_ns: int = 0
-    session: Any = None
-    trace: str | None = None
-    seq: int = -1
-    kind: Kind = Kind.DATA
+    __slots__ = ("caps", "data", "_arrays", "pts_ns", "session", "trace", "seq", "kind", "_wire")
+
+    def __init__(self, caps: str, data: Any = None, arrays: dict[str, np.ndarray] | None = None, pts_ns: int = 0,
+                 session: Any = None, trace: str | None = None, seq: int = -1, kind: "Kind" = Kind.DATA):
+        self.caps, self.data, self.pts_ns, self.session, self.trace, self.seq, self.kind = (
+            caps, data, pts_ns, session, trace, seq, kind)
+        self._arrays: dict[str, np.ndarray] | None = {} if arrays is None else arrays
+        self._wire: tuple[list, list] | None = None  # (array descriptions, their frames) as received
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        arrays = self._arrays
+        if arrays is None:
+            arrays = self._arrays = _build_arrays(*self._wire)
+        return arrays
+
+    @arrays.setter
+    def arrays(self, value: dict[str, np.ndarray]) -> None:
+        self._arrays, self._wire = value, None
 
     def replace(self, **changes: Any) -> "Message":
-        fields = {name: getattr(self, name) for name in self.__slots__}
-        fields.update(changes)
-        return Message(**fields)
+        out = Message.__new__(Message)
+        for name in Message.__slots__:
+            setattr(out, name, getattr(self, name))
+        if "arrays" in changes:
+            out.arrays = changes.pop("arrays")
+        for name, value in changes.items():
+            if name not in Message.__slots__ or name.startswith("_"):
+                raise TypeError(f"Message has no field '{name}'")
+            setattr(out, name, value)
+        return out
+
+    def __repr__(self) -> str:
+        arrays = ("(not yet decoded)" if self._arrays is None
+                  else {k: f"{a.dtype}{list(a.shape)}" for k, a in self._arrays.items()})
+        return (f"Message(caps={self.caps!r}, kind={self.kind.name}, seq={self.seq}, pts_ns={self.pts_ns}, "
+                f"session={self.session!r}, data={self.data!r}, arrays={arrays}, trace={self.trace!r})")
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -63,13 +89,18 @@ _dtypes: dict[str, np.dtype] = {}
 def _dtype(name: str) -> np.dtype:
     dt = _dtypes.get(name)
     if dt is None:
-        dt = _dtypes[name] = np.dtype(name)
+        dt = np.dtype(name)
+        if len(_dtypes) < 256:  # a sender cannot grow the cache without bound
+            _dtypes[name] = dt
     return dt
 
 
 def encode(msg: Message, seq: int) -> list:
     """Frames for one message on a link with sequence number ``seq``."""
-    arrays = msg.arrays
+    arrays = msg._arrays
+    if arrays is None:  # received and never looked at: the arrays go on as they came
+        desc, rest = msg._wire
+        return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, desc, msg.trace)), *rest]
     if not arrays:
         return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, (), msg.trace))]
     desc = []
@@ -89,7 +120,7 @@ def encode(msg: Message, seq: int) -> list:
 def is_large(frames: list) -> bool:
     """True when some array frame is big enough to be worth sending without a copy."""
     for f in frames[1:]:
-        if f.nbytes >= ZERO_COPY_MIN:
+        if _nbytes(f) >= ZERO_COPY_MIN:
             return True
     return False
 
@@ -121,23 +152,73 @@ def frame_nbytes(desc: list) -> list[int]:
 
 
 def decode(frames: Sequence, head: list | None = None) -> Message:
-    """Message from received frames (``bytes`` or ``zmq.Frame``); raises ValueError if malformed."""
-    try:
-        kind, caps, seq, pts, session, data, desc, trace = head if head is not None else decode_header(frames[0])
-        arrays = {}
-        i = 1
-        for entry in desc:
-            if len(entry) == 4:
-                buf = entry[3]
-            else:
-                buf = _buf(frames[i])
-                i += 1
-            arrays[entry[0]] = np.frombuffer(buf, dtype=_dtype(entry[1])).reshape(entry[2])
-        return Message(caps, data, arrays, pts, session, trace, seq, _KINDS[kind])
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"malformed message: {exc}") from exc
+    """Message from received frames (``bytes`` or ``zmq.Frame``); raises ValueError if malformed.
+
+    Every array description is checked here (so a bad one is the link's error, never the node's),
+    but the numpy arrays are built on first use (``Message.arrays``).
+    """
+    kind, caps, seq, pts, session, data, desc, trace = head if head is not None else decode_header(frames[0])
+    if not isinstance(kind, int) or not 0 <= kind < len(_KINDS):
+        raise ValueError(f"malformed message: unknown kind {kind!r}")
+    msg = Message(caps, data, None, pts, session, trace, seq, _KINDS[kind])
+    if desc:
+        rest = [_buf(f) for f in frames[1:]]
+        _check_arrays(desc, rest)
+        msg._arrays, msg._wire = None, (desc, rest)
+    return msg
+
+
+def _check_arrays(desc: list, frames: list) -> None:
+    """Raise ValueError unless every description is well-formed and its bytes fit its shape."""
+    i = 0
+    for entry in desc:
+        if not isinstance(entry, list) or len(entry) not in (3, 4) or not isinstance(entry[0], str):
+            raise ValueError(f"malformed message: bad array description {entry!r:.80}")
+        name, shape = entry[0], entry[2]
+        try:
+            dt = _dtype(entry[1])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed message: array '{name}': bad dtype: {exc}") from None
+        if dt.hasobject or not dt.itemsize or dt.shape:
+            raise ValueError(f"malformed message: array '{name}': dtype {entry[1]!r} cannot travel as raw bytes")
+        if not isinstance(shape, list):
+            raise ValueError(f"malformed message: array '{name}': shape {shape!r:.40} is not a list")
+        n = dt.itemsize
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise ValueError(f"malformed message: array '{name}': bad dimension {d!r:.40}")
+            n *= d
+        if len(entry) == 4:
+            buf = entry[3]
+            if not isinstance(buf, (bytes, bytearray)):
+                raise ValueError(f"malformed message: array '{name}': inline data is not bytes")
+        elif i < len(frames):
+            buf = frames[i]
+            i += 1
+        else:
+            raise ValueError("malformed message: fewer frames than arrays")
+        if _nbytes(buf) != n:
+            raise ValueError(f"malformed message: array '{name}': {_nbytes(buf)} bytes for shape {shape} of {entry[1]}")
+    if i != len(frames):
+        raise ValueError("malformed message: more frames than arrays")
+
+
+def _build_arrays(desc: list, frames: list) -> dict[str, np.ndarray]:
+    arrays = {}
+    i = 0
+    for entry in desc:
+        if len(entry) == 4:
+            buf = entry[3]
+        else:
+            buf = frames[i]
+            i += 1
+        arrays[entry[0]] = np.frombuffer(buf, dtype=_dtype(entry[1])).reshape(entry[2])
+    return arrays
 
 
 def _buf(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
 
+
+def _nbytes(buf: Any) -> int:
+    return len(buf) if isinstance(buf, (bytes, bytearray)) else memoryview(buf).nbytes
