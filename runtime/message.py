@@ -75,6 +75,7 @@ class Message:
 
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
 _KINDS = tuple(Kind)
 
 # Arrays up to this size travel inside the header (one frame, one send); larger ones as their own
@@ -93,6 +94,22 @@ def _dtype(name: str) -> np.dtype:
         if len(_dtypes) < 256:  # a sender cannot grow the cache without bound
             _dtypes[name] = dt
     return dt
+
+
+_itemsizes: dict[str, int] = {}  # dtype strings seen on links that can travel as raw bytes
+
+
+def _wire_itemsize(name: str, dtype: Any) -> int:
+    """Item size of an array dtype a link may carry; ValueError for one it may not."""
+    try:
+        dt = _dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"malformed message: array '{name}': bad dtype: {exc}") from None
+    if dt.hasobject or not dt.itemsize or dt.shape:
+        raise ValueError(f"malformed message: array '{name}': dtype {dtype!r} cannot travel as raw bytes")
+    if len(_itemsizes) < 256:
+        _itemsizes[dtype] = dt.itemsize
+    return dt.itemsize
 
 
 def encode(msg: Message, seq: int) -> list:
@@ -128,79 +145,63 @@ def is_large(frames: list) -> bool:
 def decode_header(head: Any) -> list:
     """The header fields of frame 0; raises ValueError if it is not a message header."""
     try:
-        fields = msgpack.unpackb(_buf(head), use_list=True, raw=False, strict_map_key=False)
+        fields = _unpackb(head if type(head) is bytes else _buf(head), use_list=True, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"malformed message: {exc}") from exc
-    if not isinstance(fields, list) or len(fields) != 8 or not isinstance(fields[6], list):
+    if type(fields) is not list or len(fields) != 8 or type(fields[6]) is not list:
         raise ValueError("malformed message: header is not an 8-field array")
     return fields
 
 
-def frame_nbytes(desc: list) -> list[int]:
-    """Byte size of each array that follows the header as its own frame (inline ones excluded)."""
+def array_sizes(desc: list) -> list[int]:
+    """Check every array description of a header (so a bad one is the link's error, never the
+    node's) and return the byte size of each array that follows as its own frame."""
     sizes = []
-    try:
-        for entry in desc:
-            if len(entry) == 3:
-                n = _dtype(entry[1]).itemsize
-                for d in entry[2]:
-                    n *= d
-                sizes.append(n)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"malformed message: bad array description: {exc}") from exc
-    return sizes
-
-
-def decode(frames: Sequence, head: list | None = None) -> Message:
-    """Message from received frames (``bytes`` or ``zmq.Frame``); raises ValueError if malformed.
-
-    Every array description is checked here (so a bad one is the link's error, never the node's),
-    but the numpy arrays are built on first use (``Message.arrays``).
-    """
-    kind, caps, seq, pts, session, data, desc, trace = head if head is not None else decode_header(frames[0])
-    if not isinstance(kind, int) or not 0 <= kind < len(_KINDS):
-        raise ValueError(f"malformed message: unknown kind {kind!r}")
-    msg = Message(caps, data, None, pts, session, trace, seq, _KINDS[kind])
-    if desc:
-        rest = [_buf(f) for f in frames[1:]]
-        _check_arrays(desc, rest)
-        msg._arrays, msg._wire = None, (desc, rest)
-    return msg
-
-
-def _check_arrays(desc: list, frames: list) -> None:
-    """Raise ValueError unless every description is well-formed and its bytes fit its shape."""
-    i = 0
     for entry in desc:
-        if not isinstance(entry, list) or len(entry) not in (3, 4) or not isinstance(entry[0], str):
+        if type(entry) is not list or len(entry) not in (3, 4) or type(entry[0]) is not str:
             raise ValueError(f"malformed message: bad array description {entry!r:.80}")
         name, shape = entry[0], entry[2]
-        try:
-            dt = _dtype(entry[1])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"malformed message: array '{name}': bad dtype: {exc}") from None
-        if dt.hasobject or not dt.itemsize or dt.shape:
-            raise ValueError(f"malformed message: array '{name}': dtype {entry[1]!r} cannot travel as raw bytes")
-        if not isinstance(shape, list):
+        n = _itemsizes.get(entry[1]) if type(entry[1]) is str else None
+        if n is None:
+            n = _wire_itemsize(name, entry[1])
+        if type(shape) is not list:
             raise ValueError(f"malformed message: array '{name}': shape {shape!r:.40} is not a list")
-        n = dt.itemsize
         for d in shape:
             if type(d) is not int or d < 0:
                 raise ValueError(f"malformed message: array '{name}': bad dimension {d!r:.40}")
             n *= d
-        if len(entry) == 4:
-            buf = entry[3]
-            if not isinstance(buf, (bytes, bytearray)):
-                raise ValueError(f"malformed message: array '{name}': inline data is not bytes")
-        elif i < len(frames):
-            buf = frames[i]
-            i += 1
-        else:
-            raise ValueError("malformed message: fewer frames than arrays")
-        if _nbytes(buf) != n:
-            raise ValueError(f"malformed message: array '{name}': {_nbytes(buf)} bytes for shape {shape} of {entry[1]}")
-    if i != len(frames):
-        raise ValueError("malformed message: more frames than arrays")
+        if len(entry) == 3:
+            sizes.append(n)
+        elif type(entry[3]) is not bytes or len(entry[3]) != n:
+            raise ValueError(f"malformed message: array '{name}': inline data is not {n} bytes for shape {shape} "
+                             f"of {entry[1]}")
+    return sizes
+
+
+def decode(frames: Sequence, head: list | None = None, sizes: list[int] | None = None) -> Message:
+    """Message from received frames (``bytes`` or ``zmq.Frame``); raises ValueError if malformed.
+
+    ``head`` and ``sizes``: what ``decode_header`` and ``array_sizes`` gave for ``frames[0]``, when
+    the caller needed them to receive the frames. The numpy arrays are built on first use
+    (``Message.arrays``).
+    """
+    if head is None:
+        head = decode_header(frames[0])
+    kind, caps, seq, pts, session, data, desc, trace = head
+    if type(kind) is not int or not 0 <= kind < 3:
+        raise ValueError(f"malformed message: unknown kind {kind!r:.40}")
+    msg = Message(caps, data, None, pts, session, trace, seq, _KINDS[kind])
+    if desc:
+        if sizes is None:
+            sizes = array_sizes(desc)
+        if len(frames) != len(sizes) + 1:
+            raise ValueError(f"malformed message: {len(frames) - 1} array frames for {len(sizes)} arrays")
+        rest = [_buf(f) for f in frames[1:]]
+        for buf, n in zip(rest, sizes):
+            if _nbytes(buf) != n:
+                raise ValueError(f"malformed message: an array frame of {_nbytes(buf)} bytes, {n} expected")
+        msg._arrays, msg._wire = None, (desc, rest)
+    return msg
 
 
 def _build_arrays(desc: list, frames: list) -> dict[str, np.ndarray]:
@@ -217,7 +218,7 @@ def _build_arrays(desc: list, frames: list) -> dict[str, np.ndarray]:
 
 
 def _buf(frame: Any) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
+    return frame if type(frame) is bytes else getattr(frame, "buffer", frame)
 
 
 def _nbytes(buf: Any) -> int:

@@ -17,7 +17,7 @@ from collections import deque
 import zmq
 
 from .endpoints import CONNECT_TIMEOUT_MS, HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, RECONNECT_IVL_MAX_MS
-from .message import ZERO_COPY_MIN, Kind, Message, decode, decode_header, encode, frame_nbytes, is_large
+from .message import ZERO_COPY_MIN, Kind, Message, array_sizes, decode, decode_header, encode, is_large
 
 _WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
@@ -150,9 +150,29 @@ class InLink:
         self.released = True
         self.queue.append(Message(caps="", kind=Kind.MARK))
 
+    def read_one(self) -> bool:
+        """Move one message into the queue, if it has room; True if one was read.
+
+        A wake-up at frame rate brings one message, so the worker reads it, processes it and
+        sends the result before it asks the socket for more (``read_available``).
+        """
+        if not self.leaky and len(self.queue) >= self.size:
+            return False
+        try:
+            msg = self._recv(self.sock)
+        except zmq.Again:
+            return False
+        except ValueError:
+            self.malformed += 1
+            return True
+        self._enqueue(msg)
+        return True
+
     def read_available(self) -> None:
         """Move what the socket holds into the queue, as far as the policy allows."""
         q, sock = self.queue, self.sock
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a receive that fails
+            return
         while self.leaky or len(q) < self.size:
             try:
                 msg = self._recv(sock)
@@ -161,34 +181,41 @@ class InLink:
             except ValueError:
                 self.malformed += 1
                 continue
-            if msg.kind != Kind.DATA:
-                q.append(msg)
-                continue
-            self._count(msg.seq)
-            self.received += 1
-            if self.leaky and len(q) >= self.size and q[0].kind == Kind.DATA:
-                q.popleft()
-                self.drops += 1
+            self._enqueue(msg)
+
+    def _enqueue(self, msg: Message) -> None:
+        q = self.queue
+        if msg.kind != Kind.DATA:
             q.append(msg)
+            return
+        self._count(msg.seq)
+        self.received += 1
+        if self.leaky and len(q) >= self.size and q[0].kind == Kind.DATA:
+            q.popleft()
+            self.drops += 1
+        q.append(msg)
 
     @staticmethod
     def _recv(sock: zmq.Socket) -> Message:
         """Header first; then each array frame by copy if small, as a zero-copy frame if large."""
-        frames = [sock.recv(zmq.NOBLOCK)]
+        head = sock.recv(zmq.NOBLOCK)
         try:
-            head = decode_header(frames[0])
-            sizes = frame_nbytes(head[6])
+            fields = decode_header(head)
+            sizes = array_sizes(fields[6]) if fields[6] else ()
+            if not sizes:  # the common case: one frame (a stray extra frame fails as a header of its own)
+                return decode((head,), fields, sizes)
+            frames = [head]
             for size in sizes:
                 if not sock.getsockopt(zmq.RCVMORE):
                     raise ValueError("malformed message: fewer frames than arrays")
                 frames.append(sock.recv(copy=size < ZERO_COPY_MIN))
-            if sizes and sock.getsockopt(zmq.RCVMORE):
+            if sock.getsockopt(zmq.RCVMORE):
                 raise ValueError("malformed message: more frames than arrays")
         except ValueError:
             while sock.getsockopt(zmq.RCVMORE):  # the rest of this message, never the next one's
                 sock.recv()
             raise
-        return decode(frames, head)
+        return decode(frames, fields, sizes)
 
     def _count(self, seq: int) -> None:
         exp = self.expected

@@ -36,6 +36,7 @@ HEARTBEAT_S = 1.0
 # a tcp link down this long gets a WARNING (the other host's runner not started, or with another graph?)
 LINK_WAIT_WARN_S = float(os.environ.get("AVATAR_LINK_WARN_S", "10"))
 _RING = 1024
+_NO_EVENTS: dict = {}
 
 
 class NodeStop(Exception):
@@ -185,7 +186,8 @@ class Worker:
         return code
 
     def _turn(self) -> None:
-        events = dict(self.poller.poll(self._timeout_ms()))
+        polled = self.poller.poll(self._timeout_ms())
+        events = dict(polled) if polled else _NO_EVENTS
         if self.control in events:
             self._handle_control()
         if self.watches:
@@ -195,13 +197,16 @@ class Worker:
         if self.draining:
             self._maybe_drained()
         if self.state == PLAYING:
-            for link in self.in_links:
-                if link.sock in events and not link.released:  # released: a hot-swap closed it this turn
-                    link.read_available()
+            read = [link for link in self.in_links if link.sock in events and not link.released and link.read_one()]
             self._process_queued(256)
-            for fd, fn in list(self.watchers.items()):  # before timers: input waiting makes this tick
-                if fd in events or (hasattr(fd, "fileno") and fd.fileno() in events):
-                    self._guarded(fn)
+            for link in read:  # the rest of a burst, after the first message has gone on
+                if not link.released:  # released: a hot-swap closed it this turn
+                    link.read_available()
+                    self._process_queued(256)
+            if self.watchers:
+                for fd, fn in list(self.watchers.items()):  # before timers: input waiting makes this tick
+                    if fd in events or (hasattr(fd, "fileno") and fd.fileno() in events):
+                        self._guarded(fn)
             if self.timers:
                 self._run_timers()
         if self.waiting_out:

@@ -35,6 +35,22 @@ def test_received_arrays_are_views_of_the_frame():
     assert np.shares_memory(got.arrays["v"], np.frombuffer(buf, dtype=np.uint8))
 
 
+def test_a_message_passed_on_unread_keeps_its_received_bytes():
+    """A node that never reads the arrays (identity) forwards the frames it got: no numpy on its path."""
+    big, small = np.arange(20000, dtype=np.float32), np.arange(52, dtype=np.float32)
+    frames = encode(Message("x", {"n": 1}, {"small": small, "big": big}, pts_ns=5, session="s"), 0)
+    got = decode([frames[0], bytes(np.asarray(frames[1]).data)])
+    assert got._arrays is None  # not built yet
+    again = encode(got.replace(data={"n": 2}), 9)
+    assert again[1] is got._wire[1][0]  # the received frame itself, not a copy
+    out = decode([again[0], again[1]])
+    assert (out.seq, out.data, out.session) == (9, {"n": 2}, "s")
+    np.testing.assert_array_equal(out.arrays["big"], big)
+    np.testing.assert_array_equal(out.arrays["small"], small)
+    got.arrays["small"] = small * 2  # read and changed: the new arrays travel
+    np.testing.assert_array_equal(decode(encode(got, 1)).arrays["small"], small * 2)
+
+
 def test_non_contiguous_arrays_are_sent_correctly():
     a = np.arange(20, dtype=np.float32).reshape(4, 5)[:, ::2]
     got = decode([bytes(f) if not isinstance(f, np.ndarray) else f.tobytes() for f in encode(Message("x", arrays={"a": a}), 0)])
@@ -48,6 +64,10 @@ def test_non_contiguous_arrays_are_sent_correctly():
     [msgpack.packb([0, "x", 0, 0, None, None, [["a", "nonsense", [1]]], None]), b"abcd"],
     [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4], b"abc"]], None])],  # inline, wrong size
     [msgpack.packb([0, "x", 0, 0, None, None, 5, None])],
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "O", [1], b"abcdefgh"]], None])],  # objects: no raw bytes
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "(2,)<f4", [1], b"abcdefgh"]], None])],  # sub-array dtype
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [-1], b""]], None])],  # negative dimension
+    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [1]]], None]), b"abcd", b"efgh"],  # a frame too many
 ])
 def test_malformed_frames_raise_value_error(frames):
     with pytest.raises(ValueError, match="malformed message"):
