@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Runtime chain vs bare pyzmq chain: latency at 60 Hz and max throughput, measured in one run.
 
-    python tools/bench_chain.py [--sizes 1 4 8] [--seconds 5] [--messages 20000]
+    python tools/bench_chain.py [--sizes 1 4 8] [--seconds 5] [--rounds 3] [--messages 20000]
 
 The runtime chain is ``testsrc ! identity x N ! fakesink`` (block links). The baseline is the
 same number of plain processes: a source, N relays and a sink doing PUSH/PULL over ipc with a
 msgpack header and a 52 float32 payload, and nothing else. Latency is sink arrival time minus
-the source's timestamp (CLOCK_MONOTONIC, shared by processes on one host).
+the source's timestamp (CLOCK_MONOTONIC, shared by processes on one host). The 60 Hz latency
+runs alternate bare and runtime ``--rounds`` times and each side reports the median of its
+rounds' p50 (and p99), so a slow moment of the machine does not fall on one side only.
 """
 from __future__ import annotations
 
@@ -110,10 +112,15 @@ def run_runtime(n: int, rate: float, count: int) -> dict:
             "msgs_per_s": count / max(1e-9, (sink["last_ns"] - sink["first_ns"]) / 1e9)}
 
 
+def _median_round(runs: list[dict]) -> dict:
+    return {k: float(np.median([r[k] for r in runs])) for k in ("p50_us", "p99_us")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8], help="chain lengths N (default 1 4 8)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each 60 Hz latency run (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="60 Hz latency runs per side, alternating (default 3)")
     ap.add_argument("--messages", type=int, default=20000, help="messages per throughput run (default 20000)")
     ap.add_argument("--bare-role", help=argparse.SUPPRESS)
     ap.add_argument("--inp", help=argparse.SUPPRESS)
@@ -125,14 +132,15 @@ def main() -> None:
         bare_role(a.bare_role, a.inp or None, a.out or None, a.rate, a.count)
         return
     n60 = int(60 * a.seconds)
-    print(f"chain benchmark on {os.cpu_count()} cores: 60 Hz latency over {n60} messages, "
+    print(f"chain benchmark on {os.cpu_count()} cores: 60 Hz latency over {n60} messages x {a.rounds} rounds, "
           f"throughput over {a.messages} messages (block links, 52 float32 payload)\n")
     hdr = f"{'N':>2} | {'bare p50':>9} {'p99':>8} {'msg/s':>8} | {'runtime p50':>11} {'p99':>8} {'msg/s':>8} | {'lat ratio':>9} {'thr ratio':>9}"
     print(hdr)
     print("-" * len(hdr))
     rows = []
     for n in a.sizes:
-        bare_lat, rt_lat = run_bare(n, 60.0, n60), run_runtime(n, 60.0, n60)
+        rounds = [(run_bare(n, 60.0, n60), run_runtime(n, 60.0, n60)) for _ in range(max(1, a.rounds))]
+        bare_lat, rt_lat = (_median_round([r[i] for r in rounds]) for i in (0, 1))
         bare_thr, rt_thr = run_bare(n, 0.0, a.messages), run_runtime(n, 0.0, a.messages)
         lat_ratio = rt_lat["p50_us"] / bare_lat["p50_us"]
         thr_ratio = rt_thr["msgs_per_s"] / bare_thr["msgs_per_s"]
