@@ -1,7 +1,9 @@
 """arkit_source: face capture from Live Link Face devices over UDP, as one batch per tick.
 
 Every device (v6 device id, or JSON ``session``) is a session with a slot in numpy arrays; a
-datagram overwrites its slot, and a timer emits all slots as one ``arkit/blendshapes`` batch.
+datagram overwrites its slot, and a timer emits all slots as one ``arkit/blendshapes`` batch
+(or, with ``batch: fresh``, the slots with a new packet since the last tick: phones are not in
+step, so a fast gather tick bounds how long a packet waits without sending any row twice).
 Bad datagrams are counted by reason, reported as at most one WARNING a second, and dropped:
 no input can kill this node.
 
@@ -53,6 +55,11 @@ class ArkitSource(Node):
         "port": Param(int, 11111, "UDP port; 0 = any free port (stats show which)", min=0, max=65535),
         "rate": Param(float, 60.0, "batches per second; 0: a batch as soon as packets arrive (each wake-up's "
                                    "new frames: the lowest latency, for a few devices)", min=0.0, max=1000.0),
+        "batch": Param(str, "all", "what a tick's batch holds: 'all' sessions (the latest frame of each, 'active' "
+                                   "saying which are new), or only the 'fresh' ones, with a packet since the last "
+                                   "tick: with a rate above the devices' (e.g. 240 for 60 Hz phones) a packet then "
+                                   "waits at most a short tick, and each session still goes out once per frame",
+                       choices=("all", "fresh")),
         "session_timeout": Param(float, 2.0, "seconds without packets after which a session leaves", min=0.001, max=86400.0),
         "max_sessions": Param(int, 4096, "devices served at once; packets of further ones are dropped", min=1, max=1 << 20),
     }
@@ -297,6 +304,11 @@ class ArkitSource(Node):
             self.order = np.fromiter(self.slots.values(), np.intp, len(self.slots))
             self.order_ids = list(self.slots)
             self.dirty = False
+        if self.p.batch == "fresh":
+            fresh = self.order[self.active[self.order]]
+            if len(fresh):
+                self._emit(fresh, [self.ids[i] for i in fresh.tolist()], now)
+            return
         self._emit(self.order, self.order_ids, now)
 
     def _emit(self, idx: np.ndarray, ids: list[str], pts_ns: int) -> None:

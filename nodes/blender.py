@@ -17,6 +17,13 @@ All internal time is simulated seconds advanced by one period per tick, and rand
 come from one seeded generator, so the same inputs give the same frames. Output pts follow a
 frame clock that starts at ``runtime.clock.now_ns`` and counts frame periods, jumping forward
 only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.frameclock``, shared with ``viseme``).
+
+With ``tick_on_capture``, frames follow the capture instead: a session's frame is made as soon
+as its capture arrives, on the phase of its own device, so a capture packet never waits for a
+shared tick (phones are not in step with each other, and a shared 60 Hz tick alone would add up
+to 16.7 ms). Each output batch then holds the sessions whose capture just came; the timer makes
+the frames of the sessions without live capture. Internal time follows ``runtime.clock`` and
+each session advances by the time since its own last frame.
 """
 from __future__ import annotations
 
@@ -26,7 +33,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
-from runtime.clock import now_ns
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
@@ -49,7 +55,7 @@ _STATE: dict[str, tuple[int, Any, Any]] = {
     "seen": (0, float, 0.0), "pinned": (0, bool, False),
     "cap_w": (N_W, float, 0.0), "cap_pose": (N_P, float, 0.0), "cap_t": (0, float, _NEVER),
     "cap_flag": (0, bool, False), "cap_mix": (0, float, 0.0),
-    "cap_arrival": (0, np.int64, 0), "cap_fresh": (0, bool, False),
+    "cap_arrival": (0, np.int64, 0), "cap_fresh": (0, bool, False), "out_t": (0, float, _NEVER),
     "vis_w": (N_W, float, 0.0), "vis_t": (0, float, _NEVER), "vis_flag": (0, bool, False),
     "speak_mix": (0, float, 0.0),
     "emo_from": (N_W, float, 0.0), "emo_to": (N_W, float, 0.0), "emo_t0": (0, float, 0.0),
@@ -136,9 +142,10 @@ class Blender(FrameClockNode):
         "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0),
         "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01),
         "seed": Param(int, 0, "seed of the random generator (blinks, gaze, micro-expressions)"),
-        "tick_on_capture": Param(bool, False, "tick as soon as a capture batch arrives (at most once per 0.7 frame "
-                                              "period; the timer takes over 1.5 periods after the last tick), so a "
-                                              "capture frame does not wait up to a period for the next tick"),
+        "tick_on_capture": Param(bool, False, "frames follow the capture: a session's frame is made as soon as its "
+                                              "capture arrives (at most one per half period), so it never waits for "
+                                              "the next tick; the timer makes the frames of sessions without live "
+                                              "capture (none for 1.5 periods). Time then follows the clock"),
     }
 
     def setup(self) -> None:
@@ -147,8 +154,8 @@ class Blender(FrameClockNode):
         self.rng = np.random.default_rng(self.p.seed)
         self.t = 0.0
         self.start_clock()
-        self.frames = self.capture_ticks = 0
-        self.last_tick_ns = -(1 << 62)
+        self.frames = self.capture_ticks = self.ticks = self.rows = 0
+        self.t_ns = self.now_ns()  # with tick_on_capture: when self.t was last brought to the clock
         self.slots = SessionSlots()
         for name, (cols, dtype, _) in _STATE.items():
             setattr(self, name, np.zeros((self.slots.capacity, cols) if cols else self.slots.capacity, dtype=dtype))
@@ -320,6 +327,8 @@ class Blender(FrameClockNode):
                 self.cap_pose[slots] = 0.0
             active = data.get("active")
             active = np.ones(len(sessions), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+            if self.p.tick_on_capture:
+                self._follow_clock()
             self.cap_flag[slots] = active
             self.cap_t[slots] = self.t
             arrival = msg.arrays.get("arrival_ns")
@@ -327,7 +336,7 @@ class Blender(FrameClockNode):
                 self.cap_arrival[slots] = arrival
                 self.cap_fresh[slots] |= active
             if self.p.tick_on_capture and self.timer is not None:
-                self._capture_tick()
+                self._capture_frames(slots[active])
         else:
             self.vis_w[slots, :w.shape[1]] = w
             speaking = data.get("speaking")
@@ -337,62 +346,96 @@ class Blender(FrameClockNode):
             self.vis_t[slots] = self.t
 
     # --- output ------------------------------------------------------------------------------
-    def _capture_tick(self) -> None:
-        """A capture batch came: tick now (unless the last tick was less than 0.7 period ago), and
-        let the timer take over only if no capture comes within 1.5 periods."""
-        now = self.now_ns()
-        if now - self.last_tick_ns < 0.7 * self.period_ns:
-            return
-        self.timer.cancel()
-        self.capture_ticks += 1
-        self.tick(synced=True)
-        self.timer = self.call_later(1.5 / self.p.rate, self._resume_timer)
-
-    def _resume_timer(self) -> None:
-        self.timer = self.every(1.0 / self.p.rate, self.tick)
-        self.tick()
+    def on_play(self) -> None:
+        self.t_ns = self.now_ns()  # a pause is not time that passed for the faces
+        super().on_play()
 
     def on_eos(self) -> None:
         """The inputs ended (a file played out, a drain): show what arrived since the last tick,
         then let speech and capture fade out as they would live, so the last word is not cut."""
         fade_ms = max(self.p.speech_fade_ms, self.p.capture_fade_ms)
         for _ in range(1 + int(np.ceil(fade_ms / 1000.0 * self.p.rate))):
-            self.tick()
+            if self.p.tick_on_capture:  # no time passes here: step it, one period per frame
+                self.t += 1.0 / self.p.rate
+                self.t_ns += self.period_ns
+                live, _ = self._live_layout()
+                self._emit_frames(live, self.t_ns)
+            else:
+                self.tick()
 
-    def tick(self, synced: bool = False) -> None:
-        """Advance time one period and emit one frame for every known session."""
-        dt = 1.0 / self.p.rate
-        self.t += dt
-        if synced:  # a frame made now: pts is now
-            self.clock_ns = max(self.clock_ns + 1, now_ns())
-        else:
-            self.step_clock()
-        self.last_tick_ns = self.now_ns()
-        if self.frames % max(1, int(self.p.rate)) == 0:
+    def tick(self) -> None:
+        """Timer: advance time one period and emit one frame for every known session (with
+        ``tick_on_capture``: for the sessions whose frames the capture is not making)."""
+        self.ticks += 1
+        if self.p.tick_on_capture:
+            now = self._follow_clock()
+            if self.ticks % max(1, int(self.p.rate)) == 0:
+                self._expire()
+            live, _ = self._live_layout()
+            late = 1.5 / self.p.rate
+            t = self.t
+            driven = self.cap_flag[live] & (t - self.cap_t[live] <= late) & (t - self.out_t[live] < late)
+            self._emit_frames(live[~driven], now)
+            return
+        self.t += 1.0 / self.p.rate
+        self.step_clock()
+        if self.ticks % max(1, int(self.p.rate)) == 0:
             self._expire()
         live, ids = self._live_layout()
-        self.frames += 1
-        if not live.size:
+        self._emit_frames(live, self.clock_ns, ids)
+
+    def _follow_clock(self) -> int:
+        """``tick_on_capture``: bring internal time to the clock."""
+        now = self.now_ns()
+        if now > self.t_ns:
+            self.t += (now - self.t_ns) / 1e9
+            self.t_ns = now
+        return now
+
+    def _capture_frames(self, slots: np.ndarray) -> None:
+        """Frames now for the sessions whose capture just came (but not twice in half a period)."""
+        slots = slots[self.t - self.out_t[slots] >= 0.5 / self.p.rate]
+        if slots.size:
+            self.capture_ticks += 1
+            self._emit_frames(slots, self.t_ns)
+
+    def _emit_frames(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None = None) -> None:
+        """One batch: a frame for each of these slots, each advanced by the time since its last one."""
+        if not slots.size:
             return
-        weights, pose, active, speaking = self.frame(live, dt)
+        period = 1.0 / self.p.rate
+        if self.p.tick_on_capture:
+            last = self.out_t[slots]
+            dt = np.where(last == _NEVER, period, np.clip(self.t - last, 1e-3, 4 * period))
+        else:
+            dt = period
+        self.out_t[slots] = self.t
+        weights, pose, active, speaking = self.frame(slots, dt)
         # when the capture packet each row shows arrived, for rows showing it for the first time (else 0)
-        arrival = np.where(self.cap_fresh[live], self.cap_arrival[live], 0)
-        self.cap_fresh[live] = False
+        arrival = np.where(self.cap_fresh[slots], self.cap_arrival[slots], 0)
+        self.cap_fresh[slots] = False
+        if ids is None:
+            names = self.slots.ids
+            ids = [names[i] for i in slots.tolist()]
+        self.frames += 1
+        self.rows += len(slots)
         self.emit("out", Message(
             "arkit/blendshapes", {"active": active.tolist(), "speaking": speaking.tolist()},
             {"weights": weights.astype(np.float32), "pose": pose.astype(np.float32), "arrival_ns": arrival},
-            pts_ns=self.clock_ns, session=ids))
+            pts_ns=pts_ns, session=ids))
 
-    def frame(self, s: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Weights (L, 52), pose (L, 9), capture-active and speaking flags for slots ``s`` at time t."""
+    def frame(self, s: np.ndarray, dt: float | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Weights (L, 52), pose (L, 9), capture-active and speaking flags for slots ``s`` at time t;
+        ``dt``: the step since their last frame, one for all or one per slot."""
         t, p = self.t, self.p
+        col = dt[:, None] if isinstance(dt, np.ndarray) else dt
         active = self.cap_flag[s] & (t - self.cap_t[s] <= p.capture_timeout_ms / 1000.0)
         speaking = self.vis_flag[s] & (t - self.vis_t[s] <= p.viseme_timeout_ms / 1000.0)
         self.cap_mix[s] = _approach(self.cap_mix[s], active, dt, p.capture_fade_ms)
         self.speak_mix[s] = _approach(self.speak_mix[s], speaking, dt, p.speech_fade_ms)
         cap, spk = smoothstep(self.cap_mix[s])[:, None], smoothstep(self.speak_mix[s])[:, None]
 
-        idle_w, idle_pose = self._idle(s, dt)
+        idle_w, idle_pose = self._idle(s, col)
         w = cap * self.cap_w[s] + (1 - cap) * idle_w
         pose = cap * self.cap_pose[s] + (1 - cap) * idle_pose
         m = self.mouth
@@ -400,10 +443,10 @@ class Blender(FrameClockNode):
         expressive = self._emotion_now(s) + self._micro(s)
         w += expressive * (1.0 - spk * self.articulated[None, :])
 
-        out = self.euro(np.concatenate([np.clip(w, 0.0, 1.0), pose], axis=1), dt, s)
+        out = self.euro(np.concatenate([np.clip(w, 0.0, 1.0), pose], axis=1), col, s)
         return np.clip(out[:, :N_W], 0.0, 1.0), out[:, N_W:], active, speaking
 
-    def _idle(self, s: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    def _idle(self, s: np.ndarray, dt: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blinks, breathing and gaze saccades for slots ``s`` (advances their schedules)."""
         t, p, rng = self.t, self.p, self.rng
         w, pose = np.zeros((len(s), N_W)), np.zeros((len(s), N_P))
@@ -460,7 +503,8 @@ class Blender(FrameClockNode):
         return self.micro[self.micro_idx[s]] * bump[:, None]
 
     def stats(self) -> dict:
-        return {"frames": self.frames, "sessions": len(self.slots), "capture_ticks": self.capture_ticks}
+        return {"frames": self.frames, "rows": self.rows, "sessions": len(self.slots),
+                "capture_ticks": self.capture_ticks}
 
 
 def _approach(x: np.ndarray, target: np.ndarray, dt: float, fade_ms: float) -> np.ndarray:

@@ -102,6 +102,23 @@ def test_rate_0_emits_each_read_at_once_with_only_the_fresh_sessions(udp):
         h.close()
 
 
+def test_fresh_batches_hold_only_the_sessions_with_a_new_packet(udp):
+    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, rate=240.0, batch="fresh")
+    try:
+        b = np.full(52, 0.5, np.float32)
+        _deliver(h, udp, PACKETS[0], build_packet(DEV36, b, np.zeros(9, np.float32), frame=1))
+        first = _only(h.advance(1 / 240))
+        assert first.session == [DEV32, DEV36] and first.data == {"active": [True, True]}
+        assert h.advance(1 / 240) == []  # nothing new: no batch, nobody repeated
+        _deliver(h, udp, build_packet(DEV36, b * 2, np.zeros(9, np.float32), frame=2))
+        second = _only(h.advance(1 / 240))
+        assert second.session == [DEV36] and np.array_equal(second.arrays["weights"][0], b * 2)
+        assert second.arrays["frame"].tolist() == [2] and second.arrays["arrival_ns"].shape == (1,)
+        assert h.node.stats()["sessions"] == 2  # the quiet one is still a session
+    finally:
+        h.close()
+
+
 def test_nothing_is_emitted_without_sessions(src):
     assert src.advance(1.0) == []
 

@@ -315,6 +315,38 @@ def test_sessions_come_and_go_with_their_input() -> None:
     assert out[-1][1].arrays["weights"].shape == (2, 52) and out[-1][1].arrays["pose"].shape == (2, 9)
 
 
+def test_with_tick_on_capture_each_session_gets_its_frame_when_its_capture_comes() -> None:
+    """Devices on their own phases: a capture batch's sessions get their frame at once (pts: now),
+    one frame per capture; sessions without capture stay on the timer; a capture that stops hands
+    its session back to the timer."""
+    h = NodeHarness(Blender, rate=60.0, tick_on_capture=True, sessions=["idle"], **QUIET)
+    face = shapes(jawOpen=0.6)
+    frames: dict[str, list[int]] = {"a": [], "b": [], "idle": []}
+    capture_batches = []
+    for k in range(60):  # one second: 'a' on phase 0, 'b' 7 ms later
+        for sid, phase in (("a", 0.0), ("b", 0.007)):
+            h.advance(k * DT + phase - h.now)
+            out = h.feed("capture", Message("arkit/blendshapes", {"active": [True]}, {"weights": face}, session=[sid]))
+            assert [m.session for _, m in out] == [[sid]]  # at once, alone
+            assert out[0][1].pts_ns == h.now_ns()
+            capture_batches.append(out[0][1])
+    for _, m in h.outputs:
+        for sid in m.session:
+            frames[sid].append(m.pts_ns)
+    assert len(frames["a"]) == len(frames["b"]) == 60  # one frame per capture packet, none from the timer
+    assert 58 <= len(frames["idle"]) <= 61  # the session without capture: the timer, at 60 Hz
+    assert all(m.session != ["a", "b"] for _, m in h.outputs)
+    jaw = [m.arrays["weights"][0, COL["jawOpen"]] for m in capture_batches[-10:]]
+    assert min(jaw) > 0.5  # the capture shows
+    # 'b' stops: after 1.5 periods without capture the timer makes its frames again
+    before = len(h.outputs)
+    for k in range(60, 90):
+        h.advance(k * DT - h.now)
+        h.feed("capture", Message("arkit/blendshapes", {"active": [True]}, {"weights": face}, session=["a"]))
+    later = [m.session for _, m in h.outputs[before:]]
+    assert sum("b" in s for s in later) >= 25 and all(s == ["a"] for s in later if "a" in s)
+
+
 def test_blender_in_a_real_graph(tmp_path) -> None:
     """blender (no inputs: idle animation) -> recorder as processes, with a live emotion change."""
     from runtime.recording import read_recording

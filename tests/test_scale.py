@@ -30,7 +30,7 @@ link_defaults: {policy: block, size: 64}
 nodes:
   capture: {type: arkit_source, params: {host: 127.0.0.1, port: 0, rate: 60, session_timeout: 0.4}}
   retarget: {type: mapper, params: {profile: identity}}
-  face: {type: blender, params: {rate: 60, tick_on_capture: true, session_timeout_s: 0.6}}
+  face: {type: blender, params: {rate: 60, session_timeout_s: 0.6}}  # on its timer: every batch holds every session
   detail: {type: lod, params: {session_timeout: 0.6}}
   encode: {type: compressor, params: {keyframe_interval: 120, idle_s: 0.6}}
   rec: {type: recorder, params: {path: "${out}"}}

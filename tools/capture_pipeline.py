@@ -12,7 +12,8 @@ link_defaults: {{policy: leaky, size: 4}}
 nodes:
   capture:
     type: arkit_source
-    params: {{host: 127.0.0.1, port: 0, rate: {rate}, session_timeout: {session_timeout}, max_sessions: {max_sessions}}}
+    params: {{host: 127.0.0.1, port: 0, rate: {gather_rate}, batch: {batch}, session_timeout: {session_timeout},
+             max_sessions: {max_sessions}}}
   retarget: {{type: mapper, params: {{profile: identity}}}}
   face: {{type: blender, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
   detail: {{type: lod}}
@@ -27,8 +28,10 @@ links:
 """
 
 
-def capture_pipeline(name: str, *, rate: float = 60.0, max_sessions: int = 4096, session_timeout: float = 2.0,
-                     tick_on_capture: bool = True) -> str:
-    """Graph text; ``tick_on_capture``: the blender ticks as capture arrives (else on its own timer)."""
-    return _GRAPH.format(name=name, rate=rate, max_sessions=max_sessions, session_timeout=session_timeout,
-                         sync=str(tick_on_capture).lower())
+def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None = None, batch: str = "all",
+                     max_sessions: int = 4096, session_timeout: float = 2.0, tick_on_capture: bool = True) -> str:
+    """Graph text. ``rate``: the blender's frame rate; ``gather_rate`` and ``batch``: arkit_source's
+    tick rate (default: ``rate``) and what a tick's batch holds (``all`` or ``fresh``);
+    ``tick_on_capture``: frames follow each session's capture (else the blender's timer alone)."""
+    return _GRAPH.format(name=name, rate=rate, gather_rate=gather_rate or rate, batch=batch, max_sessions=max_sessions,
+                         session_timeout=session_timeout, sync=str(tick_on_capture).lower())
