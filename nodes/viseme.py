@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
-from runtime.sessions import batch_sessions
+from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
 from .tables import TABLE_RULE, arkit_names, load_mapping
@@ -146,10 +146,8 @@ class Viseme(FrameClockNode):
         self.start_clock()
         self.frames = self.ticks = 0
         self.warned: set[str] = set()
-        # session slots
-        self.slot_of: dict[str, int] = {}
-        self.ids: list[str | None] = []
-        self.last_msg_ns = np.zeros(0, dtype=np.int64)
+        self.slots = SessionSlots()
+        self.last_msg_ns = np.zeros(self.slots.capacity, dtype=np.int64)
         # phoneme segments of every session, one row each
         self.seg_slot = np.zeros(0, dtype=np.intp)
         self.seg_vis = np.zeros(0, dtype=np.intp)
@@ -170,7 +168,10 @@ class Viseme(FrameClockNode):
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
         sessions = batch_sessions(msg)
-        rows = [self._slot(str(s)) for s in sessions]
+        if sessions and not isinstance(sessions[0], str):
+            sessions = [str(s) for s in sessions]
+        rows, _ = self.slots.lookup(sessions)
+        self.last_msg_ns = fit(self.last_msg_ns, self.slots.capacity)
         self.last_msg_ns[rows] = self.clock_ns
         slot, vis, start, end = [], [], [], []
         for row, phone, s_ns, e_ns in (msg.data or {}).get("phonemes") or []:
@@ -197,7 +198,7 @@ class Viseme(FrameClockNode):
 
     def _schedule(self, slot: np.ndarray, vis: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
         """Add segments; they replace the session's segments from the batch's first start on."""
-        first = np.full(len(self.ids), np.iinfo(np.int64).max, dtype=np.int64)
+        first = np.full(self.slots.capacity, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, slot, start)
         keep = self.seg_start < first[self.seg_slot]
         self.seg_slot = np.concatenate([self.seg_slot[keep], slot])
@@ -205,39 +206,26 @@ class Viseme(FrameClockNode):
         self.seg_start = np.concatenate([self.seg_start[keep], start])
         self.seg_end = np.concatenate([self.seg_end[keep], end])
 
-    def _slot(self, sid: str) -> int:
-        slot = self.slot_of.get(sid)
-        if slot is None:
-            free = [i for i, s in enumerate(self.ids) if s is None]
-            if free:
-                slot = free[0]
-                self.ids[slot] = sid
-            else:
-                slot = len(self.ids)
-                self.ids.append(sid)
-                self.last_msg_ns = np.append(self.last_msg_ns, np.int64(0))
-            self.slot_of[sid] = slot
-        return slot
-
     # --- output ------------------------------------------------------------------------------
     def tick(self) -> None:
         """One frame for every known session at pts = clock - lookahead."""
         self.step_clock()
         self.ticks += 1
         t = self.clock_ns - int(self.p.lookahead_ms * 1e6)
-        live = np.array([i for i, s in enumerate(self.ids) if s is not None], dtype=np.intp)
+        live = np.flatnonzero(self.slots.used)
         if live.size:
             weights, speaking = self.frame(t)
+            ids = self.slots.ids
             self.emit("out", Message(
                 "arkit/blendshapes", {"speaking": speaking[live].tolist()},
-                {"weights": weights[live].astype(np.float32)}, pts_ns=t, session=[self.ids[i] for i in live]))
+                {"weights": weights[live].astype(np.float32)}, pts_ns=t, session=[ids[i] for i in live.tolist()]))
             self.frames += 1
         self._expire(t)
 
     def frame(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Blended weights (slots, 52) and speaking flags (slots,) at pts t, for every slot at once."""
         tb = self.tables
-        n_slots, V = len(self.ids), len(VISEMES)
+        n_slots, V = self.slots.capacity, len(VISEMES)
         lead = self.p.lead_ms * 1e6 * tb.lead_scale[self.seg_vis]
         release = self.p.release_ms * 1e6 * tb.release_scale[self.seg_vis]
         near = (self.seg_start - lead <= t) & (t <= self.seg_end + release)
@@ -279,14 +267,10 @@ class Viseme(FrameClockNode):
         every = max(1, int(self.p.rate))
         if self.ticks % every:
             return
-        busy = np.zeros(len(self.ids), dtype=bool)
+        busy = np.zeros(self.slots.capacity, dtype=bool)
         busy[self.seg_slot] = True
-        idle = (self.clock_ns - self.last_msg_ns > self.p.session_timeout_s * 1e9) & ~busy
-        for slot in np.flatnonzero(idle):
-            sid = self.ids[slot]
-            if sid is not None:
-                del self.slot_of[sid]
-                self.ids[slot] = None
+        idle = self.slots.used & (self.clock_ns - self.last_msg_ns > self.p.session_timeout_s * 1e9) & ~busy
+        self.slots.release(np.flatnonzero(idle).tolist())
 
     def on_eos(self) -> None:
         """Input ended: emit the frames still scheduled (to the end of the last release), at once."""
@@ -300,4 +284,4 @@ class Viseme(FrameClockNode):
             limit -= 1
 
     def stats(self) -> dict:
-        return {"frames": self.frames, "sessions": len(self.slot_of), "segments": int(self.seg_end.size)}
+        return {"frames": self.frames, "sessions": len(self.slots), "segments": int(self.seg_end.size)}
