@@ -236,6 +236,8 @@ class Blender(FrameClockNode):
     def _emotion_now(self, slots: np.ndarray) -> np.ndarray:
         dur = self.emo_dur[slots]
         x = np.where(dur > 0, (self.t - self.emo_t0[slots]) / np.maximum(dur, 1e-9), 1.0)
+        if x.size and x.min() >= 1.0:  # no transition under way (the usual case)
+            return self.emo_to.take(slots, axis=0)
         return self.emo_from[slots] + (self.emo_to[slots] - self.emo_from[slots]) * smoothstep(x)[:, None]
 
     def _start_emotion(self, slots: np.ndarray, duration_s: float) -> None:
@@ -435,15 +437,24 @@ class Blender(FrameClockNode):
         self.speak_mix[s] = _approach(self.speak_mix[s], speaking, dt, p.speech_fade_ms)
         cap, spk = smoothstep(self.cap_mix[s])[:, None], smoothstep(self.speak_mix[s])[:, None]
 
-        idle_w, idle_pose = self._idle(s, col)
-        w = cap * self.cap_w[s] + (1 - cap) * idle_w
-        pose = cap * self.cap_pose[s] + (1 - cap) * idle_pose
-        m = self.mouth
-        w[:, m] += spk * (self.vis_w[s][:, m] - w[:, m])
-        expressive = self._emotion_now(s) + self._micro(s)
-        w += expressive * (1.0 - spk * self.articulated[None, :])
+        if len(s) and cap.min() >= 1.0:  # every row fully on capture (the usual batch): idle motion would weigh 0
+            w, pose = self.cap_w.take(s, axis=0), self.cap_pose.take(s, axis=0)
+        else:
+            idle_w, idle_pose = self._idle(s, col)
+            w = cap * self.cap_w[s] + (1 - cap) * idle_w
+            pose = cap * self.cap_pose[s] + (1 - cap) * idle_pose
+        expressive = self._emotion_now(s)
+        expressive += self._micro(s)
+        if len(s) and spk.max() > 0.0:
+            m = self.mouth
+            w[:, m] += spk * (self.vis_w[s][:, m] - w[:, m])
+            expressive *= 1.0 - spk * self.articulated[None, :]
+        w += expressive
 
-        out = self.euro(np.concatenate([np.clip(w, 0.0, 1.0), pose], axis=1), col, s)
+        x = np.empty((len(s), N_W + N_P))
+        np.clip(w, 0.0, 1.0, out=x[:, :N_W])
+        x[:, N_W:] = pose
+        out = self.euro(x, col, s)
         return np.clip(out[:, :N_W], 0.0, 1.0), out[:, N_W:], active, speaking
 
     def _idle(self, s: np.ndarray, dt: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
-    """Smoothing factor of a first-order low-pass with this cutoff (Hz) at time step dt (s)."""
-    tau = 1.0 / (2.0 * np.pi * cutoff)
-    return 1.0 / (1.0 + tau / dt)
+def _alpha(cutoff: np.ndarray | float, dt: float | np.ndarray) -> np.ndarray | float:
+    """Smoothing factor of a first-order low-pass with this cutoff (Hz) at time step dt (s):
+    1 / (1 + tau / dt) with tau = 1 / (2 pi cutoff), written as r / (1 + r), r = 2 pi cutoff dt."""
+    r = 2.0 * np.pi * cutoff * dt
+    return r / (1.0 + r)
 
 
 class OneEuro:
@@ -56,13 +57,23 @@ class OneEuro:
         if slots.size == 0:
             return x.copy()
         self._ensure(int(slots.max()) + 1)
-        prev, dprev, primed = self.x[slots], self.dx[slots], self.primed[slots]
-        dx = (x - prev) / dt
-        edx = dprev + _alpha(self.d_cutoff, dt) * (dx - dprev)
-        cutoff = self.min_cutoff + self.beta * np.abs(edx)
-        out = prev + _alpha(cutoff, dt) * (x - prev)
-        fresh = ~primed
-        if fresh.any():  # a slot's first frame passes unchanged with zero speed
+        prev, dprev, primed = self.x.take(slots, axis=0), self.dx.take(slots, axis=0), self.primed[slots]
+        # in place where it can be: this runs for every batch of every tick
+        diff = x - prev
+        edx = diff / dt
+        edx -= dprev
+        edx *= _alpha(self.d_cutoff, dt)
+        edx += dprev  # dprev + alpha_d * (dx - dprev)
+        a = np.abs(edx)
+        a *= self.beta
+        a += self.min_cutoff  # the cutoff; then its smoothing factor r / (1 + r), r = 2 pi cutoff dt
+        a *= 2.0 * np.pi * dt
+        np.divide(a, a + 1.0, out=a)
+        diff *= a
+        out = diff
+        out += prev
+        if not primed.all():  # a slot's first frame passes unchanged with zero speed
+            fresh = ~primed
             out[fresh] = x[fresh]
             edx[fresh] = 0.0
         self.x[slots] = out

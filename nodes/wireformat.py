@@ -16,6 +16,8 @@ every delta from the last keyframe, so a lost delta damages nothing else (for a 
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -78,8 +80,32 @@ def predict(ref: np.ndarray, prev: np.ndarray | None, bits: int,
     motion = np.zeros_like(ref) if prev is None else ref - prev
     pred = np.clip(ref + (3 * motion + 2) // 4, 0, (1 << bits) - 1)
     cls = np.where(pred == 0, FLOOR, np.where(wide | (motion != 0), MOVING, QUIET))
-    k = np.where(wide, max(0, bits - WIDE_K_OFFSET), np.maximum(_bit_length(np.abs(motion)) - MOVING_K_OFFSET, 0))
+    tables = _code_tables(bits)
+    if tables is not None:  # k by table lookup: one take instead of six array operations
+        k_of_motion = tables[0].take(motion + ((1 << bits) - 1))
+    else:
+        k_of_motion = np.maximum(_bit_length(np.abs(motion)) - MOVING_K_OFFSET, 0)
+    k = np.where(wide, max(0, bits - WIDE_K_OFFSET), k_of_motion) if wide is not False else k_of_motion
     return pred, cls, k
+
+
+_TABLE_MAX_BITS = 12  # code tables up to this precision (12 bits: 12 x 8191 entries)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_tables(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For ``bits`` of precision: k by motion + 2**bits - 1, and a MOVING column's code (value,
+    width) by k * (2**(bits+1) - 1) + residual + 2**bits - 1. The encoder's hot path looks codes
+    up instead of computing them; the tables are computed by the same functions (None: too big)."""
+    if bits > _TABLE_MAX_BITS:
+        return None
+    top = (1 << bits) - 1
+    span = np.arange(-top, top + 1, dtype=np.int64)  # every motion and every residual
+    k_of_motion = np.maximum(_bit_length(np.abs(span)) - MOVING_K_OFFSET, 0)
+    ks = np.arange(max(bits, bits - WIDE_K_OFFSET + 1, int(k_of_motion.max()) + 1), dtype=np.int64)
+    z = np.broadcast_to(_zigzag(span)[None, :], (ks.size, span.size))
+    value, width = _moving_code(z, np.broadcast_to(ks[:, None], z.shape))
+    return k_of_motion, np.ascontiguousarray(value).ravel(), np.ascontiguousarray(width).ravel()
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
@@ -208,7 +234,7 @@ class Fields(NamedTuple):
         return Fields(row if new_index is None else new_index[row], self.end[m], self.width[m], self.value[m])
 
 
-def section_fields(r: np.ndarray, cls: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, list[Fields]]:
+def section_fields(r: np.ndarray, cls: np.ndarray, k: np.ndarray, bits: int | None = None) -> tuple[np.ndarray, list[Fields]]:
     """The bits coding residuals ``r`` (S, M) of the given classes: per row its length, and the fields.
 
     Columns go in class order (FLOOR, QUIET, MOVING), column order within a class. Each list class
@@ -218,7 +244,15 @@ def section_fields(r: np.ndarray, cls: np.ndarray, k: np.ndarray) -> tuple[np.nd
     """
     s, m = r.shape
     moving = cls == MOVING
-    mv_v, mv_w = _moving_code(_zigzag(r), k)
+    tables = None if bits is None else _code_tables(bits)
+    if tables is not None:  # ``bits``: residuals are within +-(2**bits - 1), codes come from the table
+        top = (1 << bits) - 1
+        at = k * (2 * top + 1)
+        at += r
+        at += top
+        mv_v, mv_w = tables[1].take(at), tables[2].take(at)
+    else:
+        mv_v, mv_w = _moving_code(_zigzag(r), k)
     all_moving = bool(moving.all())
     parts: list[Fields] = []
     start = np.zeros(s, dtype=np.int64)  # where the next block starts, per row
@@ -545,11 +579,20 @@ class Encoder:
         if self._last_batch is not None and self._last_batch[0] == batch:  # the same sessions as last time
             slots = self._last_batch[1]
         else:
-            if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
-                raise ValueError("session ids must be strings of at most 1024 characters")
-            if len(set(sessions)) != len(sessions):
+            known = self._slots.get
+            try:
+                found = [known(s) for s in sessions]  # the common case: every session seen before
+            except TypeError:  # unhashable: not a session id
+                found = [None]
+            if None in found:
+                if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
+                    raise ValueError("session ids must be strings of at most 1024 characters")
+                if len(set(sessions)) != len(sessions):
+                    raise ValueError("a session appears twice in one batch")
+                found = [self._slot_for(s) for s in sessions]
+            elif len(set(found)) != len(found):
                 raise ValueError("a session appears twice in one batch")
-            slots = np.array([self._slot_for(s) for s in sessions], dtype=np.int64)
+            slots = np.array(found, dtype=np.int64)
             self._last_batch = (batch, slots)
         if names != self._names:
             self._set_columns(names, w.shape[1])
@@ -622,7 +665,7 @@ class Encoder:
                     moving = motion
                 prev = prevq if moving.all() else np.where(moving[:, None], prevq, refq)
                 pred, cls, k = predict(refq, prev, bits, wide)
-                size, f = section_fields(now - pred, cls, k)
+                size, f = section_fields(now - pred, cls, k, bits)
                 if total is not None:
                     f = [x._replace(end=x.end + total[:, None] if x.end.ndim == 2 else x.end + total[x.row]) for x in f]
                 parts += f

@@ -7,6 +7,7 @@ answered (stats, params, hold/relink for hot-swap, stop).
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -170,6 +171,7 @@ class Worker:
         try:
             self._send({"op": "hello", "pid": os.getpid()})
             self._guarded(self.node.setup)
+            gc.freeze()  # what exists now lives as long as the process: full collections skip it
             self._set_state(READY)
             while not self.stopping:
                 self._turn()
