@@ -20,7 +20,7 @@ nodes:
   encode: {{type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
   web: {{type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
 links:
-  - {{chain: "capture -> retarget -> face.capture", size: 2}}
+  - {{chain: "capture -> retarget -> face.capture", size: 8}}
   - face -> detail -> encode.in
   - encode.out -> web.in
   - {{from: web.requests, to: encode.requests, feedback: true}}
@@ -28,10 +28,11 @@ links:
 """
 
 
-def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None = None, batch: str = "all",
+def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None = 240.0, batch: str = "fresh",
                      max_sessions: int = 4096, session_timeout: float = 2.0, tick_on_capture: bool = True) -> str:
     """Graph text. ``rate``: the blender's frame rate; ``gather_rate`` and ``batch``: arkit_source's
-    tick rate (default: ``rate``) and what a tick's batch holds (``all`` or ``fresh``);
+    tick rate (None: ``rate``) and what a tick's batch holds (``all`` or ``fresh``), by default as
+    in graphs/capture.yaml;
     ``tick_on_capture``: frames follow each session's capture (else the blender's timer alone)."""
     return _GRAPH.format(name=name, rate=rate, gather_rate=gather_rate or rate, batch=batch, max_sessions=max_sessions,
                          session_timeout=session_timeout, sync=str(tick_on_capture).lower())
