@@ -11,6 +11,7 @@ class Identity(Node):
 
     inputs = {"in": Pad()}
     outputs = {"out": Pad(same_as="in")}
+    passthrough = True  # a message it does not label goes on as it came, never unpacked
     params = {
         "delay_ms": Param(float, 0.0, "sleep this long per message (simulates work)", min=0.0, max=10000.0),
         "label": Param(str, "", "when set, stamps data['via'] = label on dict payloads"),

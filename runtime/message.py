@@ -1,16 +1,20 @@
 """The message that travels on a link, and its ZeroMQ multipart encoding.
 
-Frame 0 is a small msgpack header; each large numpy array follows as one raw frame, sent and
-received without copies (a received array is a read-only view of the ZeroMQ frame).
-The header is a msgpack array, documented in ``docs/messages.md``::
+Frame 0 is a fixed 19-byte prefix, then a msgpack body; each large numpy array follows as one raw
+frame, sent and received without copies (a received array is a read-only view of the ZeroMQ
+frame). Documented in ``docs/messages.md``::
 
-    [kind, caps, seq, pts_ns, session, data, [[name, dtype, shape(, inline bytes)], ...], trace]
+    prefix (little-endian): kind u8, array frames that follow u16, seq u64, pts_ns i64
+    body (msgpack):         [caps, session, data, [[name, dtype, shape(, inline bytes)], ...], trace]
 
-Arrays of at most ``INLINE_MAX`` bytes ride inside the header, so a typical frame is one
-ZeroMQ frame.
+Arrays of at most ``INLINE_MAX`` bytes ride inside the body, so a typical frame is one ZeroMQ
+frame. What the transport needs of every message (kind, seq, pts, how many frames) is in the
+prefix; the body is unpacked when node code first reads it. A node that passes messages on
+unread (``Node.passthrough``, e.g. identity) forwards the received body and frames as they are.
 """
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
 from typing import Any, Sequence
 
@@ -24,61 +28,136 @@ class Kind(IntEnum):
     MARK = 2  # drain marker: the sender holds the link after it (hot-swap)
 
 
+class MalformedMessage(ValueError):
+    """A received message that cannot be decoded (raised when its body is first read)."""
+
+
+_LAZY: Any = object()  # a body field not unpacked yet
+
+
 class Message:
     """One message: caps, timing, session, small msgpack-able ``data`` and named numpy arrays.
 
     ``session`` is one session id, or a list of ids for a batch whose arrays have one row per
     session. ``seq`` is set by the transport (per link) on receipt.
 
-    A received message builds its numpy arrays only when node code first reads ``arrays``: a node
-    that passes a message on without looking at them (identity, a tee, a recorder of headers)
-    forwards the received bytes as they are, and never pays for numpy on its path.
+    A received message unpacks its body (caps, session, data, trace) when one of them is first
+    read or set, and builds its numpy arrays when ``arrays`` is first read: what a node never
+    looks at costs it nothing, and goes on as it came.
     """
 
-    __slots__ = ("caps", "data", "_arrays", "pts_ns", "session", "trace", "seq", "kind", "_wire")
+    __slots__ = ("_caps", "_data", "_arrays", "pts_ns", "_session", "_trace", "seq", "kind", "_wire", "_body")
 
     def __init__(self, caps: str, data: Any = None, arrays: dict[str, np.ndarray] | None = None, pts_ns: int = 0,
                  session: Any = None, trace: str | None = None, seq: int = -1, kind: "Kind" = Kind.DATA):
-        self.caps, self.data, self.pts_ns, self.session, self.trace, self.seq, self.kind = (
+        self._caps, self._data, self.pts_ns, self._session, self._trace, self.seq, self.kind = (
             caps, data, pts_ns, session, trace, seq, kind)
         self._arrays: dict[str, np.ndarray] | None = {} if arrays is None else arrays
         self._wire: tuple[list, list] | None = None  # (array descriptions, their frames) as received
+        self._body: bytes | None = None  # the msgpack body as received, while nobody has read it
+
+    @classmethod
+    def received(cls, kind: "Kind", seq: int, pts_ns: int, body: bytes, frames: list) -> "Message":
+        """A message off a link, its body still packed (see ``open``)."""
+        msg = cls.__new__(cls)
+        msg.kind, msg.seq, msg.pts_ns = kind, seq, pts_ns
+        msg._caps = msg._data = msg._session = msg._trace = _LAZY
+        msg._arrays, msg._wire, msg._body = None, ([], frames), body
+        return msg
+
+    def open(self) -> "Message":
+        """Unpack the body if it is still packed; MalformedMessage if it is not a valid one."""
+        body = self._body
+        if body is None:
+            return self
+        frames = self._wire[1]
+        try:
+            fields = _unpackb(body, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise MalformedMessage(f"malformed message: {exc}") from None
+        if type(fields) is not list or len(fields) != 5 or type(fields[3]) is not list:
+            raise MalformedMessage("malformed message: the body is not a 5-field array")
+        caps, session, data, desc, trace = fields
+        try:
+            sizes = array_sizes(desc)
+        except ValueError as exc:
+            raise MalformedMessage(str(exc)) from None
+        if len(frames) != len(sizes):
+            raise MalformedMessage(f"malformed message: {len(frames)} array frames for {len(sizes)} arrays")
+        for buf, n in zip(frames, sizes):
+            if _nbytes(buf) != n:
+                raise MalformedMessage(f"malformed message: an array frame of {_nbytes(buf)} bytes, {n} expected")
+        self._caps, self._session, self._data, self._trace = caps, session, data, trace
+        if desc:
+            self._wire = (desc, frames)
+        else:
+            self._arrays, self._wire = {}, None
+        self._body = None
+        return self
+
+    def _get(name: str) -> property:  # noqa: N805 (a helper run in the class body)
+        slot = "_" + name
+
+        def get(self: "Message") -> Any:
+            value = getattr(self, slot)
+            if value is _LAZY:
+                value = getattr(self.open(), slot)
+            return value
+
+        def put(self: "Message", value: Any) -> None:
+            if self._body is not None:
+                self.open()
+            setattr(self, slot, value)
+        return property(get, put)
+
+    caps = _get("caps")
+    session = _get("session")
+    data = _get("data")
+    trace = _get("trace")
+    del _get
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = self._arrays
         if arrays is None:
-            arrays = self._arrays = _build_arrays(*self._wire)
+            if self._body is not None:
+                self.open()
+            arrays = self._arrays
+            if arrays is None:
+                arrays = self._arrays = _build_arrays(*self._wire)
         return arrays
 
     @arrays.setter
     def arrays(self, value: dict[str, np.ndarray]) -> None:
+        if self._body is not None:
+            self.open()
         self._arrays, self._wire = value, None
 
     def replace(self, **changes: Any) -> "Message":
         out = Message.__new__(Message)
         for name in Message.__slots__:
             setattr(out, name, getattr(self, name))
-        if "arrays" in changes:
-            out.arrays = changes.pop("arrays")
         for name, value in changes.items():
-            if name not in Message.__slots__ or name.startswith("_"):
+            if name not in ("caps", "data", "arrays", "pts_ns", "session", "trace", "seq", "kind"):
                 raise TypeError(f"Message has no field '{name}'")
             setattr(out, name, value)
         return out
 
     def __repr__(self) -> str:
+        if self._body is not None:
+            return f"Message(kind={self.kind.name}, seq={self.seq}, pts_ns={self.pts_ns}, body not yet unpacked)"
         arrays = ("(not yet decoded)" if self._arrays is None
                   else {k: f"{a.dtype}{list(a.shape)}" for k, a in self._arrays.items()})
         return (f"Message(caps={self.caps!r}, kind={self.kind.name}, seq={self.seq}, pts_ns={self.pts_ns}, "
                 f"session={self.session!r}, data={self.data!r}, arrays={arrays}, trace={self.trace!r})")
 
 
+PREFIX = struct.Struct("<BHQq")  # kind, array frames that follow, seq, pts_ns
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
 _KINDS = tuple(Kind)
 
-# Arrays up to this size travel inside the header (one frame, one send); larger ones as their own
+# Arrays up to this size travel inside the body (one frame, one send); larger ones as their own
 # frames, sent and received without copies.
 INLINE_MAX = 4096
 # Below this size a frame is cheaper to copy than to hand over as a zero-copy zmq.Frame.
@@ -94,6 +173,59 @@ def _dtype(name: str) -> np.dtype:
         if len(_dtypes) < 256:  # a sender cannot grow the cache without bound
             _dtypes[name] = dt
     return dt
+
+
+def encode(msg: Message, seq: int) -> list:
+    """Frames for one message on a link with sequence number ``seq``."""
+    try:
+        if msg._body is not None:  # received and never read: body and arrays go on as they came
+            frames = msg._wire[1]
+            return [PREFIX.pack(msg.kind, len(frames), seq, msg.pts_ns) + msg._body, *frames]
+        arrays = msg._arrays
+        if arrays is None:  # arrays never read: as they came
+            desc, rest = msg._wire
+            body = _packb((msg._caps, msg._session, msg._data, desc, msg._trace))
+            return [PREFIX.pack(msg.kind, len(rest), seq, msg.pts_ns) + body, *rest]
+        if not arrays:
+            return [PREFIX.pack(msg.kind, 0, seq, msg.pts_ns) + _packb((msg._caps, msg._session, msg._data, (), msg._trace))]
+        desc = []
+        frames: list = [None]
+        for name, arr in arrays.items():
+            if arr.nbytes <= INLINE_MAX:
+                desc.append((name, arr.dtype.str, arr.shape, arr.tobytes()))
+                continue
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
+            desc.append((name, arr.dtype.str, arr.shape))
+            frames.append(arr)
+        frames[0] = PREFIX.pack(msg.kind, len(frames) - 1, seq, msg.pts_ns) + _packb(
+            (msg._caps, msg._session, msg._data, desc, msg._trace))
+        return frames
+    except struct.error as exc:
+        raise ValueError(f"a message's pts_ns must be an int64 and seq a uint64 "
+                         f"(pts_ns={msg.pts_ns!r}, seq={seq!r}): {exc}") from None
+
+
+def decode_prefix(head: Any) -> tuple[Kind, int, int, int]:
+    """(kind, array frames that follow, seq, pts_ns) of frame 0; ValueError if it is not a prefix."""
+    try:
+        kind, n, seq, pts = PREFIX.unpack_from(head)
+    except struct.error:
+        raise MalformedMessage(f"malformed message: a frame 0 of {len(head)} bytes, under the "
+                               f"{PREFIX.size}-byte prefix") from None
+    if kind > 2:
+        raise MalformedMessage(f"malformed message: unknown kind {kind}")
+    return _KINDS[kind], n, seq, pts
+
+
+def decode(frames: Sequence) -> Message:
+    """Message from received frames (``bytes`` or ``zmq.Frame``), its body unpacked and checked;
+    raises ValueError (MalformedMessage) if malformed."""
+    head = _buf(frames[0])
+    kind, n, seq, pts = decode_prefix(head)
+    if n != len(frames) - 1:
+        raise MalformedMessage(f"malformed message: the prefix announces {n} array frames, {len(frames) - 1} came")
+    return Message.received(kind, seq, pts, bytes(head[PREFIX.size:]), [_buf(f) for f in frames[1:]]).open()
 
 
 _itemsizes: dict[str, int] = {}  # dtype strings seen on links that can travel as raw bytes
@@ -112,45 +244,12 @@ def _wire_itemsize(name: str, dtype: Any) -> int:
     return dt.itemsize
 
 
-def encode(msg: Message, seq: int) -> list:
-    """Frames for one message on a link with sequence number ``seq``."""
-    arrays = msg._arrays
-    if arrays is None:  # received and never looked at: the arrays go on as they came
-        desc, rest = msg._wire
-        return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, desc, msg.trace)), *rest]
-    if not arrays:
-        return [_packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, (), msg.trace))]
-    desc = []
-    frames: list = [None]
-    for name, arr in arrays.items():
-        if arr.nbytes <= INLINE_MAX:
-            desc.append((name, arr.dtype.str, arr.shape, arr.tobytes()))
-            continue
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        desc.append((name, arr.dtype.str, arr.shape))
-        frames.append(arr)
-    frames[0] = _packb((int(msg.kind), msg.caps, seq, msg.pts_ns, msg.session, msg.data, desc, msg.trace))
-    return frames
-
-
 def is_large(frames: list) -> bool:
     """True when some array frame is big enough to be worth sending without a copy."""
     for f in frames[1:]:
         if _nbytes(f) >= ZERO_COPY_MIN:
             return True
     return False
-
-
-def decode_header(head: Any) -> list:
-    """The header fields of frame 0; raises ValueError if it is not a message header."""
-    try:
-        fields = _unpackb(head if type(head) is bytes else _buf(head), use_list=True, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ValueError(f"malformed message: {exc}") from exc
-    if type(fields) is not list or len(fields) != 8 or type(fields[6]) is not list:
-        raise ValueError("malformed message: header is not an 8-field array")
-    return fields
 
 
 def array_sizes(desc: list) -> list[int]:
@@ -176,32 +275,6 @@ def array_sizes(desc: list) -> list[int]:
             raise ValueError(f"malformed message: array '{name}': inline data is not {n} bytes for shape {shape} "
                              f"of {entry[1]}")
     return sizes
-
-
-def decode(frames: Sequence, head: list | None = None, sizes: list[int] | None = None) -> Message:
-    """Message from received frames (``bytes`` or ``zmq.Frame``); raises ValueError if malformed.
-
-    ``head`` and ``sizes``: what ``decode_header`` and ``array_sizes`` gave for ``frames[0]``, when
-    the caller needed them to receive the frames. The numpy arrays are built on first use
-    (``Message.arrays``).
-    """
-    if head is None:
-        head = decode_header(frames[0])
-    kind, caps, seq, pts, session, data, desc, trace = head
-    if type(kind) is not int or not 0 <= kind < 3:
-        raise ValueError(f"malformed message: unknown kind {kind!r:.40}")
-    msg = Message(caps, data, None, pts, session, trace, seq, _KINDS[kind])
-    if desc:
-        if sizes is None:
-            sizes = array_sizes(desc)
-        if len(frames) != len(sizes) + 1:
-            raise ValueError(f"malformed message: {len(frames) - 1} array frames for {len(sizes)} arrays")
-        rest = [_buf(f) for f in frames[1:]]
-        for buf, n in zip(rest, sizes):
-            if _nbytes(buf) != n:
-                raise ValueError(f"malformed message: an array frame of {_nbytes(buf)} bytes, {n} expected")
-        msg._arrays, msg._wire = None, (desc, rest)
-    return msg
 
 
 def _build_arrays(desc: list, frames: list) -> dict[str, np.ndarray]:

@@ -45,6 +45,11 @@ class Node:
     inputs: ClassVar[dict[str, Pad]] = {}
     outputs: ClassVar[dict[str, Pad]] = {}
     params: ClassVar[dict[str, Param]] = {}
+    # True for a node that mostly passes messages on without reading them (identity, a tee): its
+    # messages arrive with their body still packed and go on as they came, unless it reads them.
+    # A malformed one is then found when first read (MalformedMessage, which the runtime counts
+    # on the link and drops), not on receipt.
+    passthrough: ClassVar[bool] = False
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: NodeContext):
         self.name = name

@@ -17,7 +17,7 @@ from collections import deque
 import zmq
 
 from .endpoints import CONNECT_TIMEOUT_MS, HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, RECONNECT_IVL_MAX_MS
-from .message import ZERO_COPY_MIN, Kind, Message, array_sizes, decode, decode_header, encode, is_large
+from .message import PREFIX, ZERO_COPY_MIN, Kind, Message, decode_prefix, encode, is_large
 
 _WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
@@ -128,6 +128,7 @@ class InLink:
         self.expected = -1
         self.received = self.gaps = self.drops = self.resets = self.malformed = 0
         self.ended = self.marked = False
+        self.open_bodies = True  # false for a node that passes messages on unread (Node.passthrough)
 
     def bind(self, retry_s: float = BIND_RETRY_S) -> None:
         """Bind the endpoint; a tcp port still held (by the process this one replaces) is retried."""
@@ -195,27 +196,27 @@ class InLink:
             self.drops += 1
         q.append(msg)
 
-    @staticmethod
-    def _recv(sock: zmq.Socket) -> Message:
-        """Header first; then each array frame by copy if small, as a zero-copy frame if large."""
+    def _recv(self, sock: zmq.Socket) -> Message:
+        """The prefix says how many array frames follow; each is copied if small, kept as a
+        zero-copy frame if large. The body is unpacked here unless the node passes messages on
+        unread (``open_bodies`` false: ``Node.passthrough``)."""
         head = sock.recv(zmq.NOBLOCK)
         try:
-            fields = decode_header(head)
-            sizes = array_sizes(fields[6]) if fields[6] else ()
-            if not sizes:  # the common case: one frame (a stray extra frame fails as a header of its own)
-                return decode((head,), fields, sizes)
-            frames = [head]
-            for size in sizes:
+            kind, n, seq, pts = decode_prefix(head)
+            frames = []
+            for _ in range(n):
                 if not sock.getsockopt(zmq.RCVMORE):
-                    raise ValueError("malformed message: fewer frames than arrays")
-                frames.append(sock.recv(copy=size < ZERO_COPY_MIN))
-            if sock.getsockopt(zmq.RCVMORE):
-                raise ValueError("malformed message: more frames than arrays")
+                    raise ValueError("malformed message: fewer frames than the prefix announces")
+                f = sock.recv(copy=False)
+                frames.append(f.bytes if len(f) < ZERO_COPY_MIN else f.buffer)
+            if n and sock.getsockopt(zmq.RCVMORE):
+                raise ValueError("malformed message: more frames than the prefix announces")
         except ValueError:
             while sock.getsockopt(zmq.RCVMORE):  # the rest of this message, never the next one's
                 sock.recv()
             raise
-        return decode(frames, fields, sizes)
+        msg = Message.received(kind, seq, pts, head[PREFIX.size:], frames)
+        return msg.open() if self.open_bodies else msg
 
     def _count(self, seq: int) -> None:
         exp = self.expected
@@ -351,7 +352,7 @@ class OutLink:
 
 def _kind(frames: list) -> int:
     head = frames[0]
-    return head[1] if isinstance(head, (bytes, bytearray)) else bytes(head)[1]
+    return head[0] if isinstance(head, (bytes, bytearray)) else bytes(head)[0]
 
 
 def _is_control(frames: list) -> bool:

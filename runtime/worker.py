@@ -25,7 +25,7 @@ from .clock import now_ns
 from .errors import ParamError
 from .histogram import PROC_BOUNDS_US, RingHistogram
 from .logs import configure as configure_logging
-from .message import Kind, Message
+from .message import Kind, MalformedMessage, Message
 from .node import Node
 from .params import check_params
 from .proctools import die_with_parent
@@ -108,6 +108,8 @@ class Worker:
         for pad in self.cls.outputs:
             self.out_by_pad.setdefault(pad, [])
         self.node: Node = self.cls(self.name, params, self)
+        for link in self.in_links:
+            link.open_bodies = not self.cls.passthrough
         self.single_in = self.in_links[0] if len(self.in_links) == 1 else None
         self.default_out = self.cls.default_output()
 
@@ -256,6 +258,10 @@ class Worker:
                 out = node.process(link.pad, msg)
                 if out is not None:
                     self.emit(self.default_out, out)
+            except MalformedMessage as exc:  # a passthrough node read a bad one: the link's error
+                link.malformed += 1
+                if link.malformed & (link.malformed - 1) == 0:  # the 1st, 2nd, 4th...: no flood
+                    self.log.warning("link %s: dropped a malformed message (%d so far): %s", link.id, link.malformed, exc)
             finally:
                 self.nested -= 1
             self.proc_ns[self.proc_i % _RING] = time.perf_counter_ns() - t0

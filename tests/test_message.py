@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.message import Kind, Message, decode, encode
+from runtime.message import PREFIX, Kind, Message, decode, encode
 
 
 def test_round_trip_with_arrays_and_batch_sessions():
@@ -57,17 +57,22 @@ def test_non_contiguous_arrays_are_sent_correctly():
     np.testing.assert_array_equal(got.arrays["a"], a)
 
 
+def _frame0(body: list, kind: int = 0, arrays: int = 0) -> bytes:
+    return PREFIX.pack(kind, arrays, 0, 0) + msgpack.packb(body)
+
+
 @pytest.mark.parametrize("frames", [
-    [b""], [b"\xc1"], [msgpack.packb([0, "x"])], [msgpack.packb([9, "x", 0, 0, None, None, [], None])],
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4]]], None])],  # array frame missing
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4]]], None]), b"abc"],  # wrong size
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "nonsense", [1]]], None]), b"abcd"],
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [4], b"abc"]], None])],  # inline, wrong size
-    [msgpack.packb([0, "x", 0, 0, None, None, 5, None])],
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "O", [1], b"abcdefgh"]], None])],  # objects: no raw bytes
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "(2,)<f4", [1], b"abcdefgh"]], None])],  # sub-array dtype
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [-1], b""]], None])],  # negative dimension
-    [msgpack.packb([0, "x", 0, 0, None, None, [["a", "<f4", [1]]], None]), b"abcd", b"efgh"],  # a frame too many
+    [b""], [b"\xc1"], [PREFIX.pack(9, 0, 0, 0) + msgpack.packb(["x", None, None, [], None])],  # unknown kind
+    [_frame0(["x", None])], [PREFIX.pack(0, 0, 0, 0) + b"\xc1"],  # a body that is not 5 fields, or not msgpack
+    [_frame0(["x", None, None, [["a", "<f4", [4]]], None])],  # array frame missing
+    [_frame0(["x", None, None, [["a", "<f4", [4]]], None], arrays=1), b"abc"],  # wrong size
+    [_frame0(["x", None, None, [["a", "nonsense", [1]]], None], arrays=1), b"abcd"],
+    [_frame0(["x", None, None, [["a", "<f4", [4], b"abc"]], None])],  # inline, wrong size
+    [_frame0(["x", None, None, 5, None])],
+    [_frame0(["x", None, None, [["a", "O", [1], b"abcdefgh"]], None])],  # objects: no raw bytes
+    [_frame0(["x", None, None, [["a", "(2,)<f4", [1], b"abcdefgh"]], None])],  # sub-array dtype
+    [_frame0(["x", None, None, [["a", "<f4", [-1], b""]], None])],  # negative dimension
+    [_frame0(["x", None, None, [["a", "<f4", [1]]], None], arrays=1), b"abcd", b"efgh"],  # a frame too many
 ])
 def test_malformed_frames_raise_value_error(frames):
     with pytest.raises(ValueError, match="malformed message"):
