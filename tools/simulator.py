@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from nodes import wireformat as wf  # noqa: E402
+from jsonable import jsonable  # noqa: E402
 
 KEYFRAME_REQUEST_MIN_NS = 200_000_000  # as web/js/main.js
 KEEP_LIGHT = 36_000  # frames a light viewer remembers (10 minutes at 60 fps)
@@ -435,18 +436,6 @@ def print_table(rows: list[dict], summary: dict, sink: dict | None, out=sys.stdo
               f"drops {sink.get('drops')}, overruns {sink.get('overruns')}", file=out)
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else round(x, 6)
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    return x
-
-
 # --- main --------------------------------------------------------------------------------------------
 def simulate(a: argparse.Namespace) -> dict[str, Any]:
     runner = feeders = None
@@ -509,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     result = simulate(a)
     print_table(result["viewers"], result["summary"], result.get("sink"), out=sys.stderr if a.json else sys.stdout)
     if a.json:
-        print(json.dumps(_jsonable(result), indent=1))
+        print(json.dumps(jsonable(result), indent=1))
     return 0
 
 

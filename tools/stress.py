@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
 
-from soak import LoadGenerator, ViewerPool, _jsonable, cpu_seconds, link_totals, start_pipeline, wait_sessions  # noqa: E402
+from jsonable import jsonable  # noqa: E402
+from soak import LoadGenerator, ViewerPool, cpu_seconds, link_totals, start_pipeline, wait_sessions  # noqa: E402
 
 
 def hist_percentiles(before: dict | None, after: dict | None, qs: tuple[float, ...]) -> tuple[list[float], int]:
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nthe budget held up to the last step ({last['sessions']} sessions, {last['viewers']} viewers; "
               f"busiest node {last['busiest']} at {last['busiest_cores']:.2f} cores)" if last else "\nno step ran")
     if a.json:
-        Path(a.json).write_text(json.dumps(_jsonable(r), indent=1))
+        Path(a.json).write_text(json.dumps(jsonable(r), indent=1))
     return 0
 
 
