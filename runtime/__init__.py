@@ -4,7 +4,7 @@ from .caps import ANY, caps_compatible
 from .errors import ControlError, GraphError, NodeTypeError, ParamError, Problem
 from .graph import Graph, LinkSpec, NodeSpec, load_graph, parse_graph
 from .launch import parse_launch
-from .message import Kind, Message
+from .message import Kind, MalformedMessage, Message
 from .node import Node, NodeContext
 from .pads import Pad
 from .params import Param
@@ -15,7 +15,7 @@ from .control import ControlClient, control_endpoint
 from .validate import validate_graph
 
 __all__ = [
-    "ANY", "Bus", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "Message",
+    "ANY", "Bus", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "MalformedMessage", "Message",
     "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "Problem", "Runner", "SessionSlots",
     "batch_sessions", "caps_compatible", "control_endpoint", "get_node_type", "load_graph", "node_type_names", "parse_graph",
     "parse_launch", "validate_graph",
