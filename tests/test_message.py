@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.message import PREFIX, Kind, Message, decode, encode
+from runtime.message import PREFIX, Kind, MalformedMessage, Message, decode, encode
 
 
 def test_round_trip_with_arrays_and_batch_sessions():
@@ -86,3 +86,24 @@ def test_random_frames_never_raise_anything_but_value_error(frames):
         decode(frames)
     except ValueError:
         pass
+
+
+def test_a_body_left_unread_goes_on_byte_for_byte_and_opens_when_touched():
+    """What a passthrough node gets: the body still packed. Unread, it is forwarded as it came;
+    reading or setting any field unpacks it first, so nothing set is lost and nothing read is stale."""
+    from runtime.message import decode_prefix
+
+    msg = Message("x/y", {"n": 7}, {"v": np.arange(3, dtype=np.float32)}, pts_ns=11, session=["a", "b"], trace="t")
+    head = encode(msg, 4)[0]
+    kind, n, seq, pts = decode_prefix(head)
+    lazy = Message.received(kind, seq, pts, head[PREFIX.size:], [])
+    assert (lazy.kind, lazy.seq, lazy.pts_ns, lazy._body is not None) == (Kind.DATA, 4, 11, True)
+    again = encode(lazy, 5)[0]
+    assert again[PREFIX.size:] == head[PREFIX.size:] and decode([again]).seq == 5
+    lazy.data = {"n": 8}  # set before any read: the rest of the body is kept
+    out = decode(encode(lazy, 6))
+    assert (out.caps, out.session, out.data, out.trace) == ("x/y", ["a", "b"], {"n": 8}, "t")
+    np.testing.assert_array_equal(out.arrays["v"], [0, 1, 2])
+    bad = Message.received(Kind.DATA, 0, 0, b"\xc1", [])
+    with pytest.raises(MalformedMessage):
+        bad.caps
