@@ -17,6 +17,7 @@ class FakeSink(Node):
 
     inputs = {"in": Pad()}
     params = {"dump": Param(bool, False, "print each message's header to stdout")}
+    passthrough = True  # it reads pts and seq only (unless dump): the body is never unpacked
 
     def setup(self) -> None:
         self.count = 0
