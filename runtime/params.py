@@ -115,7 +115,7 @@ class ParamValues:
 # Live changes reach a node as msgpack, a new process's spec as JSON: Param.coerce checks a
 # value's type and range, these check that every part of it can make that trip.
 MAX_PARAM_DEPTH = 100  # lists and mappings nested deeper than this are refused (see wire_problem)
-_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack carries: int64 .. uint64
+_INT_MIN, _INT_MAX = -INT_LIMIT, INT_LIMIT - 1  # int64, as for an int param (Param.coerce)
 
 
 def shown_text(text: str, limit: int = 40) -> str:
@@ -128,7 +128,7 @@ def wire_problem(value: Any) -> str | None:
     """Why a param value cannot be sent to a node process, or None if it can.
 
     Params travel to node processes as msgpack (live changes) and JSON (a new process's spec),
-    and come back in replies: only None, bool, int (64 bits: -2**63 .. 2**64-1), float, str
+    and come back in replies: only None, bool, int (int64: -2**63 .. 2**63-1, as an int param), float, str
     (valid UTF-8: no lone surrogates), bytes, lists and string-keyed mappings, nested at most
     ``MAX_PARAM_DEPTH`` deep. Walked without recursion, so a value nested thousands deep is
     refused with a message, not a RecursionError.
@@ -140,7 +140,7 @@ def wire_problem(value: Any) -> str | None:
             continue
         if isinstance(v, int):
             if not _INT_MIN <= v <= _INT_MAX:
-                return f"an integer beyond 64 bits ({v.bit_length()} bits; the range is -2**63 .. 2**64-1)"
+                return f"an integer beyond 64 bits ({v.bit_length()} bits; the range is -2**63 .. 2**63-1)"
         elif isinstance(v, str):
             try:
                 v.encode("utf-8")

@@ -276,6 +276,8 @@ DEEP = b"[" * 600 + b"]" * 600
     # values that cannot travel to a node process: refused by the runner before sending, naming the param
     ("/nodes/face/params", b'{"params": {"seed": 99999999999999999999999}}', "application/json",
      "param 'seed': an integer beyond 64 bits"),
+    ("/nodes/face/params", b'{"params": {"sessions": [9223372036854775808]}}', "application/json",  # 2**63, nested:
+     "param 'sessions': an integer beyond 64 bits"),  # the same int64 rule as a typed int param
     ("/nodes/mid/params", b'{"params": {"label": "\\ud800"}}', "application/json",
      "param 'label': a string that is not valid UTF-8"),
     ("/nodes/face/params", b'{"params": {"sessions": ' + DEEP + b"}}", "application/json",
