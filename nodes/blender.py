@@ -360,8 +360,8 @@ class Blender(FrameClockNode):
             if self.p.tick_on_capture:  # no time passes here: step it, one period per frame
                 self.t += 1.0 / self.p.rate
                 self.t_ns += self.period_ns
-                live, _ = self._live_layout()
-                self._emit_frames(live, self.t_ns)
+                live, ids = self._live_layout()
+                self._emit_frames(live, self.t_ns, ids)
             else:
                 self.tick()
 
@@ -370,21 +370,19 @@ class Blender(FrameClockNode):
         ``tick_on_capture``: for the sessions whose frames the capture is not making)."""
         self.ticks += 1
         if self.p.tick_on_capture:
-            now = self._follow_clock()
-            if self.ticks % max(1, int(self.p.rate)) == 0:
-                self._expire()
-            live, _ = self._live_layout()
-            late = 1.5 / self.p.rate
-            t = self.t
-            driven = self.cap_flag[live] & (t - self.cap_t[live] <= late) & (t - self.out_t[live] < late)
-            self._emit_frames(live[~driven], now)
-            return
-        self.t += 1.0 / self.p.rate
-        self.step_clock()
+            pts = self._follow_clock()
+        else:
+            self.t += 1.0 / self.p.rate
+            self.step_clock()
+            pts = self.clock_ns
         if self.ticks % max(1, int(self.p.rate)) == 0:
             self._expire()
         live, ids = self._live_layout()
-        self._emit_frames(live, self.clock_ns, ids)
+        if self.p.tick_on_capture:  # leave out the sessions whose frames the capture makes
+            late, t = 1.5 / self.p.rate, self.t
+            driven = self.cap_flag[live] & (t - self.cap_t[live] <= late) & (t - self.out_t[live] < late)
+            live, ids = live[~driven], None
+        self._emit_frames(live, pts, ids)
 
     def _follow_clock(self) -> int:
         """``tick_on_capture``: bring internal time to the clock."""

@@ -17,7 +17,6 @@ every delta from the last keyframe, so a lost delta damages nothing else (for a 
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -102,7 +101,7 @@ def _code_tables(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     top = (1 << bits) - 1
     span = np.arange(-top, top + 1, dtype=np.int64)  # every motion and every residual
     k_of_motion = np.maximum(_bit_length(np.abs(span)) - MOVING_K_OFFSET, 0)
-    ks = np.arange(max(bits, bits - WIDE_K_OFFSET + 1, int(k_of_motion.max()) + 1), dtype=np.int64)
+    ks = np.arange(bits, dtype=np.int64)  # k < bits: at most bits - 2 from motion, bits - 4 in a wide packet
     z = np.broadcast_to(_zigzag(span)[None, :], (ks.size, span.size))
     value, width = _moving_code(z, np.broadcast_to(ks[:, None], z.shape))
     return k_of_motion, np.ascontiguousarray(value).ravel(), np.ascontiguousarray(width).ravel()
@@ -579,20 +578,11 @@ class Encoder:
         if self._last_batch is not None and self._last_batch[0] == batch:  # the same sessions as last time
             slots = self._last_batch[1]
         else:
-            known = self._slots.get
-            try:
-                found = [known(s) for s in sessions]  # the common case: every session seen before
-            except TypeError:  # unhashable: not a session id
-                found = [None]
-            if None in found:
-                if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
-                    raise ValueError("session ids must be strings of at most 1024 characters")
-                if len(set(sessions)) != len(sessions):
-                    raise ValueError("a session appears twice in one batch")
-                found = [self._slot_for(s) for s in sessions]
-            elif len(set(found)) != len(found):
+            if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
+                raise ValueError("session ids must be strings of at most 1024 characters")
+            if len(set(sessions)) != len(sessions):
                 raise ValueError("a session appears twice in one batch")
-            slots = np.array(found, dtype=np.int64)
+            slots = np.array([self._slot_for(s) for s in sessions], dtype=np.int64)
             self._last_batch = (batch, slots)
         if names != self._names:
             self._set_columns(names, w.shape[1])

@@ -171,18 +171,9 @@ class InLink:
 
     def read_available(self) -> None:
         """Move what the socket holds into the queue, as far as the policy allows."""
-        q, sock = self.queue, self.sock
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a receive that fails
-            return
-        while self.leaky or len(q) < self.size:
-            try:
-                msg = self._recv(sock)
-            except zmq.Again:
-                return
-            except ValueError:
-                self.malformed += 1
-                continue
-            self._enqueue(msg)
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a receive that fails
+            while self.read_one():
+                pass
 
     def _enqueue(self, msg: Message) -> None:
         q = self.queue
