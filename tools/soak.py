@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from capture_pipeline import capture_pipeline  # noqa: E402
 from jsonable import jsonable  # noqa: E402
+from simulator import Viewer, prepare_graph, run_websocket, wait_live_sessions  # noqa: E402
 
 PER_SENDER = 1000
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -148,8 +149,6 @@ class ViewerPool:
         return asyncio.Event()
 
     def add(self, sessions: list[str]) -> None:
-        from simulator import Viewer, run_websocket
-
         for s in sessions:
             v = Viewer(len(self.viewers), "websocket", s, None, keep=False)
             self.viewers.append(v)
@@ -213,7 +212,6 @@ def link_totals(stats: dict) -> dict[str, int]:
 def start_pipeline(graph_path: str | None, overrides: dict[str, str], max_sessions: int, name: str):
     """The pipeline (built in, or ``graph_path``) with free ports; returns (runner, source, sink, url, tmpdir)."""
     from runtime import Runner
-    from simulator import prepare_graph
 
     tmp = tempfile.TemporaryDirectory(prefix=f"avatar-{name}-")
     if graph_path is None:
@@ -231,17 +229,6 @@ def start_pipeline(graph_path: str | None, overrides: dict[str, str], max_sessio
     runner = Runner(graph, stop_on_eos=False).start()
     nodes = runner.stats()["nodes"]
     return runner, sources[0], sink, nodes[sink]["node"]["url"], tmp
-
-
-def wait_sessions(runner: Any, sink: str, n: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    have = 0
-    while time.monotonic() < deadline:
-        have = runner.stats()["nodes"][sink]["node"].get("sessions", 0)
-        if have >= n:
-            break
-        time.sleep(0.5)
-    return have
 
 
 def growth_mb_per_min(t_s: list[float], mb: list[float]) -> float:
@@ -263,7 +250,7 @@ def soak(a: argparse.Namespace) -> dict[str, Any]:
     try:
         gen = LoadGenerator(runner.stats()["nodes"][source]["node"]["port"], a.sessions)
         gen.grow(a.sessions)
-        joined = wait_sessions(runner, sink, a.sessions, 30 + a.sessions / 100)
+        joined = wait_live_sessions(runner, sink, a.sessions, 30 + a.sessions / 100)
         if a.viewers:
             ids = device_ids(a.sessions)
             pool = ViewerPool(url)

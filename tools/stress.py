@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import numpy as np  # noqa: E402
 
 from jsonable import jsonable  # noqa: E402
-from soak import LoadGenerator, ViewerPool, cpu_seconds, link_totals, start_pipeline, wait_sessions  # noqa: E402
+from simulator import wait_live_sessions  # noqa: E402
+from soak import LoadGenerator, ViewerPool, cpu_seconds, link_totals, start_pipeline  # noqa: E402
 
 
 def hist_percentiles(before: dict | None, after: dict | None, qs: tuple[float, ...]) -> tuple[list[float], int]:
@@ -133,7 +134,7 @@ def stress(a: argparse.Namespace) -> dict[str, Any]:
             if v > len(pool.viewers):  # new viewers, each on another session, spread over those live
                 chosen = np.linspace(0, s - 1, v).round().astype(int)
                 pool.add([ids[i] for i in chosen[len(pool.viewers):]])
-            joined = wait_sessions(runner, sink, s, 30 + s / 100)
+            joined = wait_live_sessions(runner, sink, s, 30 + s / 100)
             time.sleep(a.settle)
             r = {"sessions": s, "viewers": v, "joined": joined, **measure(runner, sink, pool, a.seconds, blender)}
             results.append(r)
