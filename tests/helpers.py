@@ -9,9 +9,10 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def alive(pid: int) -> bool:
@@ -23,14 +24,47 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+               what: str | Callable[[], str] = "the condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    The one place the tests wait by polling: a test waits for the condition it needs (a stats
+    counter reached, a file holding N records, a socket that answers), never for a fixed time.
+    After ``timeout`` seconds an AssertionError names ``what`` was awaited (a callable ``what`` is
+    called then, so the message can show the state the test gave up in)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
+def paced(rate_hz: float, stop: Callable[[], bool] = lambda: False) -> Iterator[int]:
+    """Yield 0, 1, 2, ... at ``rate_hz``, tick i at ``start + i / rate_hz`` (until ``stop()``).
+
+    For a sender whose pacing is the behaviour under test (a phone at 60 Hz): the ticks keep to
+    their deadlines, so a late one does not push the rest back as a sleep after each send would."""
+    start = time.monotonic()
+    i = 0
+    while not stop():
+        yield i
+        i += 1
+        delay = start + i / rate_hz - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def wait_gone(pids, timeout: float = 5.0) -> list[int]:
     """The pids still alive after ``timeout`` seconds (empty when all exited)."""
-    deadline = time.monotonic() + timeout
     left = [p for p in pids if alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [p for p in left if alive(p)]
-    return left
+    try:
+        wait_until(lambda: not [p for p in left if alive(p)], timeout, 0.05, "the processes to exit")
+    except AssertionError:
+        pass
+    return [p for p in left if alive(p)]
 
 
 def abstract_sockets(run_id: str) -> list[str]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import numpy as np
 import pytest
@@ -351,6 +350,7 @@ def test_blender_in_a_real_graph(tmp_path) -> None:
     """blender (no inputs: idle animation) -> recorder as processes, with a live emotion change."""
     from runtime.recording import read_recording
     from runtime.testing import start_graph
+    from tests.helpers import wait_until
 
     dst = tmp_path / "face.msgpack"
     runner = start_graph(f"""
@@ -368,13 +368,8 @@ links:
             return []  # not written yet, or a record half-flushed
 
     def wait_for(cond, timeout: float = 30.0) -> list:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msgs = frames()
-            if cond(msgs):
-                return msgs
-            time.sleep(0.05)
-        raise AssertionError("the recording never got there")
+        return wait_until(lambda: (msgs := frames()) and cond(msgs) and msgs, timeout, 0.05,
+                          "the recording to get there")
 
     try:
         msgs = wait_for(lambda m: len(m) >= 10)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 from runtime.recording import read_records
-from tests.helpers import abstract_sockets, avatar, wait_gone
+from tests.helpers import abstract_sockets, avatar, wait_gone, wait_until
 
 GRAPH = """
 name: {name}
@@ -34,7 +33,8 @@ def test_ctrl_c_drains_and_stops_everything(graph_file, avatar_run, tmp_path):
     run_id = proc.bus[-1]["run_id"]
     assert len(pids) == 3
     proc.wait_playing()
-    time.sleep(0.5)
+    # the recorder flushes every 60 messages: a file with bytes in it holds more than 10 records
+    wait_until(lambda: out.exists() and out.stat().st_size > 0, 20, what="the recorder's first flush")
     proc.proc.send_signal(signal.SIGINT)
     assert proc.finish() == 0, proc.stderr
     assert any(m["type"] == "EOS" for m in proc.bus)

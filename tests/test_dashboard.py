@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import pytest
@@ -100,21 +99,23 @@ def test_dashboard_is_an_importable_grafana_dashboard():
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> dict[str, str]:
     """Sample name -> family type, from the /metrics of a real `avatar run --api`."""
-    from tests.helpers import AvatarProcess
+    from tests.helpers import AvatarProcess, wait_until
 
     path = tmp_path_factory.mktemp("dash") / "g.yaml"
     path.write_text(GRAPH)
     proc = AvatarProcess("run", str(path), "--no-control", "--api", "127.0.0.1:0", "--api-insecure-local")
     try:
         url = proc.wait_for(lambda m: m["type"] == "API_LISTENING")["url"]
-        deadline = time.monotonic() + 30
-        while True:
-            text = httpx.get(f"{url}/metrics", timeout=20).text
-            samples = {s.name: f.type for f in text_string_to_metric_families(text) for s in f.samples}
+        last = {"text": ""}
+
+        def complete() -> dict[str, str] | None:
+            last["text"] = httpx.get(f"{url}/metrics", timeout=20).text
+            samples = {s.name: f.type for f in text_string_to_metric_families(last["text"]) for s in f.samples}
             if "avatar_sink_latency_seconds_bucket" in samples and "avatar_link_gaps_total" in samples:
                 return samples
-            assert time.monotonic() < deadline, f"metrics incomplete:\n{text}"
-            time.sleep(0.5)
+            return None
+
+        return wait_until(complete, 30, 0.2, lambda: f"complete metrics; the last scrape:\n{last['text']}")
     finally:
         proc.kill()
 

@@ -1,10 +1,8 @@
 """Feedback links: a downstream node's requests run back upstream (GStreamer's upstream events)."""
 from __future__ import annotations
 
-import time
-
 from runtime import Runner, parse_graph
-from tests.helpers import avatar
+from tests.helpers import avatar, wait_until
 
 LOOP = """
 name: feedback
@@ -23,10 +21,7 @@ links:
 def test_requests_flow_back_and_eos_still_reaches_the_end():
     runner = Runner(parse_graph(LOOP, "<test>"), stop_on_eos=False).start()
     try:
-        deadline = time.monotonic() + 30
-        while not runner.eos_reached and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert runner.eos_reached, "EOS did not come: a feedback input must not hold a node's EOS back"
+        wait_until(lambda: runner.eos_reached, 30, what="EOS (a feedback input must not hold a node's EOS back)")
         nodes = runner.stats()["nodes"]
     finally:
         runner.stop(drain=False)

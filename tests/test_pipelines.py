@@ -2,7 +2,6 @@
 run for real (one process per node) and record packets that decode to sane faces."""
 from __future__ import annotations
 
-import time
 import wave
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from nodes.tables import arkit_names
 from runtime import Runner
 from runtime.graph import load_graph
 from runtime.recording import read_records
-from tests.helpers import ROOT, avatar
+from tests.helpers import ROOT, avatar, wait_until
 
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
@@ -82,7 +81,8 @@ def test_replay_records_the_take_as_decodable_packets(tmp_path: Path) -> None:
     out = tmp_path / "replay.msgpack"
     runner = start("replay", take=TAKE, out=out)
     try:
-        time.sleep(2.5)
+        # 150 blender ticks (2.5 s at 60 Hz): the 60-frame take, looped, two and a half times
+        wait_until(lambda: runner.stats()["nodes"]["rec"]["in"] >= 150, 30, what="150 packets at the recorder")
         assert runner.stats()["state"] == "PLAYING"
     finally:
         code = runner.stop(drain=True)

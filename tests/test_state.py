@@ -6,13 +6,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 
 from runtime import ControlError, GraphError, Message, Node, Pad, Runner, parse_graph
 from runtime.state import StateError, open_store
-from tests.helpers import wait_gone
+from tests.helpers import wait_gone, wait_until
 
 GRAPH = """
 name: state-test
@@ -54,14 +53,14 @@ def redis_url(tmp_path):
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def answers() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                return True
             except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, 10, 0.05, "redis-server to accept connections")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
@@ -69,12 +68,11 @@ def redis_url(tmp_path):
 
 
 def wait_for(fn, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+    """``fn``'s value once truthy, or its last (falsy) value after ``timeout`` for the caller to assert."""
+    try:
+        return wait_until(fn, timeout, 0.05)
+    except AssertionError:
+        return fn()
 
 
 def params(runner: Runner, node: str) -> dict:
