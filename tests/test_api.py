@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.api import ApiConfig, ApiConfigError, ApiServer, make_token
 from runtime.histogram import RingHistogram
 from runtime.testing import start_graph
-from tests.helpers import API_TEST_GRAPH, avatar
+from tests.helpers import API_TEST_GRAPH, avatar, wait_until
 
 SECRET = "test-secret-" + "s" * 32
 ORIGIN = "https://console.example"
@@ -84,8 +84,16 @@ def test_a_stopped_graph_is_503():
         runner.stop(drain=False)
 
 
-def test_stats_give_nodes_links_and_a_processing_histogram(api):
-    time.sleep(0.3)  # some frames through
+def frames_through(runner) -> None:
+    """Frames have reached both sinks (so every counter and histogram has something in it)."""
+    def through() -> bool:
+        nodes = runner.stats()["nodes"]
+        return nodes["mid"]["in"] > 0 and nodes["sink"]["node"]["count"] > 0 and nodes["facesink"]["node"]["count"] > 0
+    wait_until(through, 10, what="frames through both sinks")
+
+
+def test_stats_give_nodes_links_and_a_processing_histogram(api, runner):
+    frames_through(runner)
     r = client(api, "viewer").get("/stats")
     assert r.status_code == 200
     stats = r.json()
@@ -152,8 +160,8 @@ def test_swap_by_admin(api, runner):
     runner.bus.wait_for("NODE_SWAPPED", node="sink", pid=body["pid"])
 
 
-def test_metrics_parse_as_prometheus_text(api):
-    time.sleep(0.3)
+def test_metrics_parse_as_prometheus_text(api, runner):
+    frames_through(runner)
     r = client(api, "viewer").get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}

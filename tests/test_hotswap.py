@@ -10,7 +10,7 @@ import pytest
 from runtime import ControlError, Runner, parse_graph
 from runtime.clock import now_ns
 from runtime.recording import read_records
-from tests.helpers import alive
+from tests.helpers import alive, wait_until
 
 GRAPH = """
 name: swap
@@ -29,14 +29,19 @@ def start(tmp_path, text: str = GRAPH) -> Runner:
     return Runner(parse_graph(text, "<test>", {"out": str(tmp_path / "out.msgpack")})).start()
 
 
+def wait_through(runner: Runner, node: str, n: int, what: str) -> None:
+    """Until ``node`` (its current process) has taken ``n`` messages in."""
+    wait_until(lambda: runner.stats()["nodes"][node]["in"] >= n, 20, what=f"{n} messages into {node} {what}")
+
+
 def test_hot_swap_loses_nothing_and_keeps_other_pids(tmp_path):
     runner = start(tmp_path)
     try:
-        time.sleep(1.0)
+        wait_through(runner, "rec", 60, "before the swap")
         before = runner.pids()
         new_pid = runner.swap("mid", params={"label": "new", "delay_ms": 1.0})
         swapped_at = now_ns()
-        time.sleep(1.0)
+        wait_through(runner, "mid", 60, "after the swap")
         after = runner.pids()
         assert new_pid == after["mid"] != before["mid"]
         assert after["src"] == before["src"] and after["rec"] == before["rec"]
@@ -62,7 +67,7 @@ def test_swap_to_another_type(tmp_path):
         "src -> mid -> rec", "src -> mid -> tail -> rec")
     runner = start(tmp_path, text)
     try:
-        time.sleep(0.5)
+        wait_through(runner, "rec", 10, "before the swaps")
         with pytest.raises(ControlError, match="has no output pad 'out'"):  # a sink cannot sit mid-chain
             runner.swap("tail", type="fakesink")
         with pytest.raises(ControlError, match="has no input pad 'in'"):
@@ -71,7 +76,7 @@ def test_swap_to_another_type(tmp_path):
             runner.swap("mid", params={"bogus": 1})
         assert runner.stats()["nodes"]["mid"]["state"] == "PLAYING"  # refused swaps leave it running
         runner.swap("tail", type="tests.strict_sink:PassThrough")
-        time.sleep(0.5)
+        wait_through(runner, "tail", 10, "of the new type")
     finally:
         runner.stop(drain=True)
     records = list(read_records(tmp_path / "out.msgpack"))
@@ -81,12 +86,10 @@ def test_swap_to_another_type(tmp_path):
 
 def _flowing(tmp_path, runner: Runner, after: int) -> bool:
     """The recorder got a message later than the ``after``-th."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if runner.stats()["nodes"]["rec"]["in"] > after:
-            return True
-        time.sleep(0.05)
-    return False
+    try:
+        return wait_until(lambda: runner.stats()["nodes"]["rec"]["in"] > after, 5, 0.05)
+    except AssertionError:
+        return False
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3], ids=["restart-asleep", "restart-due", "restart-bringing-up",
@@ -98,13 +101,14 @@ def test_swap_of_a_node_just_killed_starts_one_process(tmp_path, delay):
     and a swap waits for a restart already bringing its process up: one new process either way."""
     runner = start(tmp_path)
     try:
-        time.sleep(0.5)
+        wait_through(runner, "rec", 10, "before the kill")
         victim = runner.pids()["mid"]
         mark = len(runner.bus)
         os.kill(victim, signal.SIGKILL)
-        time.sleep(delay)
+        time.sleep(delay)  # the phase of the restart the swap meets is the parameter under test
         pid = runner.swap("mid", params={"label": "new"}, timeout=5)
-        time.sleep(0.5)
+        # half a second of frames through the new process: time for a second restart or bind to show
+        wait_through(runner, "mid", 30, "after the swap")
         assert runner.pids()["mid"] == pid != victim and alive(pid)
         mid = runner.stats()["nodes"]["mid"]
         assert mid["state"] == "PLAYING" and mid["params"]["label"] == "new"
@@ -128,12 +132,13 @@ def test_swap_out_of_a_crash_restart_loop(tmp_path):
     runner = start(tmp_path, text)
     try:
         for wait in (0.05, 0.13, 0.21, 0.34, 0.55):
-            time.sleep(wait)
+            time.sleep(wait)  # the phase of the crash loop the swap meets is what this test varies
             runner.swap("mid", params={"error_after": 3}, timeout=5)  # into the loop again, at another phase
         mark = len(runner.bus)
         pid = runner.swap("mid", params={"error_after": -1}, timeout=5)
         swapped = len(runner.bus)
-        time.sleep(1.0)
+        # a second of frames through the new process, far past the 3 it used to fail at
+        wait_through(runner, "mid", 60, "after the fixing swap")
         assert runner.pids()["mid"] == pid and alive(pid)
         assert [m["pid"] for m in list(runner.bus)[mark:] if m["type"] == "NODE_SWAPPED"] == [pid]
         assert pid not in [m.get("pid") for m in list(runner.bus)[mark:] if m["type"] == "ERROR"]

@@ -8,6 +8,7 @@ import pytest
 from runtime import ControlError, Runner, parse_graph
 from runtime.clock import now_ns
 from runtime.recording import read_records
+from tests.helpers import wait_until
 
 GRAPH = """
 args: {out: out.msgpack}
@@ -24,8 +25,9 @@ links:
 def test_param_change_takes_effect_on_next_message_and_bad_values_are_refused(tmp_path):
     out = tmp_path / "out.msgpack"
     runner = Runner(parse_graph(GRAPH, "<test>", {"out": str(out)})).start()
+    recorded = lambda: runner.stats()["nodes"]["rec"]["in"]  # noqa: E731
     try:
-        time.sleep(0.5)
+        wait_until(lambda: recorded() >= 10, 10, what="10 frames with the old label")
         pid = runner.pids()["mid"]
         result = runner.set_params("mid", label="b")
         changed_at = now_ns()
@@ -38,7 +40,8 @@ def test_param_change_takes_effect_on_next_message_and_bad_values_are_refused(tm
             runner.set_params("mid", colour="red")
         with pytest.raises(ControlError, match="no node 'nosuch' runs here"):
             runner.set_params("nosuch", label="x")
-        time.sleep(0.5)
+        at_change = recorded()
+        wait_until(lambda: recorded() >= at_change + 10, 10, what="10 frames after the refused changes")
         stats = runner.stats()["nodes"]["mid"]
         assert stats["pid"] == pid and stats["state"] == "PLAYING" and stats["params"]["label"] == "b"
         assert stats["params"]["delay_ms"] == 0.0
@@ -57,13 +60,15 @@ def test_source_rate_changes_live(tmp_path):
     runner = Runner(parse_graph(GRAPH, "<test>", {"out": str(tmp_path / "o.msgpack")})).start()
     try:
         runner.set_params("src", rate=200.0)
-        time.sleep(0.3)
+        recorded = lambda: runner.stats()["nodes"]["rec"]["in"]  # noqa: E731
+        wait_until(lambda: recorded() >= 20, 10, what="frames flowing at the new rate")
         assert runner.set_state("PAUSED") == "PAUSED"
-        n_paused = runner.stats()["nodes"]["rec"]["in"]
+        n_paused = recorded()
+        # Nothing flows while PAUSED: a paused graph makes no event that could mark the time, so the
+        # check is a quiet period in which a playing source at 200 Hz would have sent 60 messages.
         time.sleep(0.3)
-        assert runner.stats()["nodes"]["rec"]["in"] == n_paused  # nothing flows while PAUSED
+        assert recorded() == n_paused
         runner.set_state("PLAYING")
-        time.sleep(0.3)
-        assert runner.stats()["nodes"]["rec"]["in"] > n_paused
+        wait_until(lambda: recorded() > n_paused, 10, what="frames flowing again after PLAYING")
     finally:
         runner.stop(drain=False)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,7 +22,7 @@ from nodes.viewers import Viewers, is_keyframe, packet_seq
 from nodes.webrtc_sink import restrict_host_addresses
 from runtime.recording import read_records
 from runtime.testing import start_graph
-from tests.helpers import ROOT, wait_gone
+from tests.helpers import ROOT, wait_gone, wait_until
 
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
 
@@ -69,12 +68,11 @@ def sink_stats(runner: Any) -> dict:
 
 
 def wait_stats(runner: Any, pred: Callable[[dict], bool], timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = sink_stats(runner)
-        if pred(st) or time.monotonic() > deadline:
-            return st
-        time.sleep(0.1)
+    """The sink's stats once ``pred`` holds, or the last ones after ``timeout`` for the caller to assert."""
+    try:
+        return wait_until(lambda: st if pred(st := sink_stats(runner)) else None, timeout, 0.05)
+    except AssertionError:
+        return sink_stats(runner)
 
 
 async def receive_packets(ws: Any, n: int, echo: bool = False, timeout: float = 10.0) -> tuple[list, list[dict]]:
@@ -313,7 +311,14 @@ def test_subscriptions_ask_upstream_for_keyframes_and_levels_on_the_requests_pad
     error = next(t for t in texts if t["type"] == "error")
     assert "'lod'" in error["error"]
     wait_stats(runner, lambda s: s["viewers"] == 0 and s["keyframe_requests"] >= 2)
-    time.sleep(0.3)  # the last request on its way to the recorder
+
+    def level_back_recorded() -> bool:  # the last request (the default level again) reached the recorder
+        try:
+            return any(r["data"].get("lod") == {"s1": None} for r in read_records(out))
+        except (OSError, ValueError):
+            return False  # not written yet, or a record half-flushed
+
+    wait_until(level_back_recorded, 10, what="the request for the default level at the recorder")
     runner.stop(drain=False)
     recs = list(read_records(out))
     assert recs and all(r["caps"] == "avatar/request" for r in recs)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from runtime import Runner, parse_graph
 from runtime.recording import read_records
+from tests.helpers import wait_until
 
 GRAPH = """
 args: {out: out.msgpack, restart: on-failure, error_after: -1}
@@ -31,8 +31,9 @@ def recorded_ns(path) -> list[int]:
 
 def test_sigkill_of_middle_node_restarts_it_and_bounds_loss(tmp_path):
     runner = start(tmp_path)
+    nodes = lambda: runner.stats()["nodes"]  # noqa: E731
     try:
-        time.sleep(1.0)
+        wait_until(lambda: nodes()["rec"]["in"] >= 60, 20, what="60 frames recorded before the kill")
         victim = runner.pids()["mid"]
         mark = len(runner.bus)
         os.kill(victim, signal.SIGKILL)
@@ -40,9 +41,9 @@ def test_sigkill_of_middle_node_restarts_it_and_bounds_loss(tmp_path):
         assert "killed by SIGKILL" in err["text"] and str(victim) in err["text"]
         restarted = runner.bus.wait_for("NODE_RESTARTED", after=mark, node="mid", timeout=20)
         assert restarted["pid"] != victim and runner.pids()["mid"] == restarted["pid"]
-        time.sleep(1.0)
-        stats = runner.stats()
-        assert stats["nodes"]["mid"]["restarts"] == 1 and stats["nodes"]["mid"]["in"] > 20
+        wait_until(lambda: (n := nodes())["mid"]["in"] > 20 and n["rec"]["in"] > 110, 20,
+                   what="more than 20 frames through the restarted node, 110 recorded")
+        assert nodes()["mid"]["restarts"] == 1
     finally:
         assert runner.stop(drain=True) == 0
     ns = recorded_ns(tmp_path / "out.msgpack")
