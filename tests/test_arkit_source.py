@@ -14,6 +14,7 @@ import pytest
 from nodes.livelink import SAMPLE_CAPTURE, build_json_packet, build_packet, parse_packet, read_container
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, start_graph
+from tests.helpers import paced, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = SAMPLE_CAPTURE
@@ -149,7 +150,9 @@ def test_corrupt_packets_are_counted_warned_once_and_dropped(src, udp):
 def test_warnings_are_at_most_one_a_second_and_carry_the_counts(src, udp):
     started = time.monotonic()
     _deliver(src, udp, *[b"\x01junk"] * 5)
-    time.sleep(1.05)  # the next warning may go out a second after the last
+    # the warnings' rate limit runs on the real clock (runtime.clock, not the harness's): only a
+    # second of real time lets the next one out
+    time.sleep(1.05)
     src.advance(TICK)
     _deliver(src, udp, *[b"\x01junk"] * 3)
     src.advance(TICK)
@@ -173,7 +176,10 @@ def test_silent_sessions_leave_and_their_slot_is_reused(udp):
     try:
         _deliver(h, udp, build_packet("a", np.zeros(52)), build_packet("b", np.zeros(52)))
         assert _only(h.advance(TICK)).session == ["a", "b"]
-        time.sleep(0.55)  # longer than the timeout
+        # the session timeout runs on the real clock (kernel receive stamps, runtime.clock): only real
+        # time longer than the timeout makes a session silent; no tick may run meanwhile (it would let
+        # "b" leave too), so there is nothing to poll
+        time.sleep(0.55)
         _deliver(h, udp, build_packet("b", np.ones(52)))
         msg = _only(h.advance(TICK))
         assert msg.session == ["b"] and msg.data == {"active": [True]}
@@ -182,7 +188,7 @@ def test_silent_sessions_leave_and_their_slot_is_reused(udp):
         msg = _only(h.advance(TICK))
         assert msg.session == ["b", "c"] and msg.arrays["weights"][1, 0] == 0.25
         assert len(h.node.slots) == 2 and h.node.cap == 16  # "c" took the freed slot
-        time.sleep(0.55)
+        time.sleep(0.55)  # real time beyond the timeout again, for "b" and "c"
         assert h.advance(TICK) == []
         assert h.node.stats()["sessions"] == 0 and h.node.stats()["left"] == 3
     finally:
@@ -195,6 +201,8 @@ def test_a_pause_does_not_time_sessions_out(udp):
         _deliver(h, udp, PACKETS[0])
         h.advance(TICK)
         h.node.on_pause()  # what the runtime calls on PAUSED
+        # a pause longer than the (real-clock) timeout: that nothing times out is the behaviour under
+        # test, and a paused node makes no event to wait for
         time.sleep(1.1)
         h.node.on_play()
         assert _only(h.advance(TICK)).session == [DEV32]
@@ -270,13 +278,7 @@ links:
 
 
 def _wait(what: str, fn, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    return wait_until(fn, timeout, 0.02, what)
 
 
 def test_real_packets_through_the_runtime(tmp_path, udp):
@@ -289,14 +291,13 @@ def test_real_packets_through_the_runtime(tmp_path, udp):
         src_stats = lambda: runner.stats()["nodes"]["src"]["node"]  # noqa: E731
         target = ("127.0.0.1", src_stats()["port"])
         sent_bad = 0
-        for i, raw in enumerate(PACKETS):
+        for (i, raw), _ in zip(enumerate(PACKETS), paced(1000)):  # spread over the node's 2 ms ticks
             udp.sendto(raw, target)
             if i % 36 == 5:
                 udp.sendto(corrupt[sent_bad], target)
                 sent_bad += 1
             if i % 30 == 29:  # keep the socket's buffer far from full, however busy the machine
                 _wait("packets to be read", lambda: src_stats()["received"] >= i + 1 + sent_bad - 30)
-            time.sleep(0.001)
         udp.sendto(second, target)
         stats = _wait("all packets", lambda: (s := src_stats())["packets"] == 181 and s["bad"] == sent_bad and s)
         assert sent_bad == 5

@@ -24,7 +24,7 @@ from runtime.endpoints import cross_host_links, link_ports, tcp_links
 from runtime.errors import ControlError, GraphError
 from runtime.graph import parse_graph
 from runtime.validate import validate_graph
-from tests.helpers import ROOT, AvatarProcess, avatar, wait_gone
+from tests.helpers import ROOT, AvatarProcess, avatar, wait_gone, wait_until
 from tests.netns import NetNS
 
 TWO_HOSTS = """
@@ -147,14 +147,6 @@ def loopback(rate: float = 200, n: int = -1, policy: str = "leaky") -> str:
 
 def count(r: Runner) -> int:
     return r.stats()["nodes"]["sink"]["node"]["count"]
-
-
-def wait_until(fn: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not fn():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
 
 
 def test_frames_cross_hosts_and_survive_a_receiver_restart_and_swap(runners, monkeypatch):
@@ -335,7 +327,7 @@ def sink_count(ns: NetNS) -> int:
 
 def grows(ns: NetNS, by: int = 50, timeout: float = 10.0) -> None:
     start = sink_count(ns)
-    wait_until(lambda: sink_count(ns) >= start + by, timeout, f"sink count growing by {by} in {ns.name}")
+    wait_until(lambda: sink_count(ns) >= start + by, timeout, what=f"sink count growing by {by} in {ns.name}")
 
 
 def test_two_machines(machines, avatar_run, graph_file):
