@@ -38,7 +38,7 @@ import pytest
 
 from runtime import Runner, parse_graph
 from runtime.recording import read_records
-from tests.helpers import wait_gone
+from tests.helpers import wait_gone, wait_until
 
 SIZE = 4
 RATE = 100
@@ -65,13 +65,8 @@ def written(runner: Runner) -> int:
 
 
 def wait_written(runner: Runner, more_than: int, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = written(runner)
-        if n > more_than:
-            return n
-        time.sleep(0.05)
-    raise AssertionError(f"no frames reached the recorder within {timeout}s (still {more_than})")
+    return wait_until(lambda: n if (n := written(runner)) > more_than else 0, timeout, 0.05,
+                      f"frames at the recorder beyond {more_than}")
 
 
 @pytest.mark.timeout(120)
@@ -85,7 +80,7 @@ def test_random_sigkills_for_a_minute_keep_the_stream_going_with_bounded_loss(tm
         wait_written(runner, 50)
         start = time.monotonic()
         while time.monotonic() - start < KILL_PHASE_S:
-            time.sleep(rnd.uniform(3.0, 5.0))
+            time.sleep(rnd.uniform(3.0, 5.0))  # the fault schedule under test: a kill every 3-5 s
             victim = rnd.choice(VICTIMS)
             pid = runner.pids()[victim]
             all_pids.update(runner.pids().values())

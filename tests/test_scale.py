@@ -12,13 +12,13 @@ from __future__ import annotations
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 from nodes.livelink import build_packets
 from nodes.wireformat import Decoder
 from runtime.recording import read_recording
 from runtime.testing import start_graph
+from tests.helpers import paced, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from llf_send import device_ids, synthetic_values  # noqa: E402
@@ -57,26 +57,19 @@ class Devices(threading.Thread):
     def run(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         index = {d: i for i, d in enumerate(IDS)}
-        start = time.monotonic()
         try:
-            while not self.stop.is_set():
+            for _ in paced(60, self.stop.is_set):  # a phone's pace, kept by deadline
                 ids = list(self.active)
                 values = synthetic_values(self.frames / 60, len(IDS))[[index[d] for d in ids]]
                 for p in build_packets(ids, values, frame=self.frames):
                     sock.sendto(p, ("127.0.0.1", self.port))
                 self.frames += 1
-                delay = start + self.frames / 60 - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
         finally:
             sock.close()
 
 
 def _wait(what: str, cond, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    wait_until(cond, timeout, 0.1, what)
 
 
 def test_sessions_join_and_leave_while_the_others_flow_without_gaps(tmp_path) -> None:
@@ -85,18 +78,23 @@ def test_sessions_join_and_leave_while_the_others_flow_without_gaps(tmp_path) ->
     devices = None
     try:
         stats = lambda name: runner.stats()["nodes"][name]["node"]  # noqa: E731
+
+        def record_batches(n: int, what: str) -> None:  # the graph runs n ticks with these sessions
+            start = runner.stats()["nodes"]["rec"]["in"]
+            _wait(f"{n} batches recorded {what}", lambda: runner.stats()["nodes"]["rec"]["in"] >= start + n)
+
         devices = Devices(stats("capture")["port"])
         devices.active = STAY + GONE
         devices.start()
         _wait("200 sessions at the compressor", lambda: stats("encode")["sessions"] == 200)
-        time.sleep(0.5)
+        record_batches(30, "with the first 200")
         devices.active = STAY + NEW  # half go quiet, 100 new ones join
         _wait("the quiet ones to leave every node", lambda: stats("encode")["sessions"] == 200
               and stats("face")["sessions"] == 200 and stats("capture")["left"] == 100)
-        time.sleep(0.5)
+        record_batches(30, "after the first change")
         devices.active = STAY + NEW + LATE  # 50 more, in rows the quiet ones gave back
         _wait("250 sessions at the compressor", lambda: stats("encode")["sessions"] == 250)
-        time.sleep(0.5)
+        record_batches(30, "with all 250")
         capture = stats("capture")
         links = runner.stats()["links"]
     finally:
