@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 
 from nodes.wireformat import Decoder
 from runtime.recording import read_recording
-from tests.helpers import ROOT
+from tests.helpers import ROOT, paced, wait_until
 from tests.netns import NetNS
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -122,15 +121,17 @@ def page(browser):
 
 def until(page, expr: str, timeout: float = 30.0, what: str = ""):
     """Poll a page expression until truthy (the page's CSP forbids wait_for_function's eval)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(f"() => {expr}")
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            state = page.evaluate("() => ({state: document.body.dataset.state, frames: window.avatar && window.avatar.framesDecoded})")
-            raise AssertionError(f"{what or expr} not true after {timeout}s; page: {state}; errors: {page.errors}")
-        time.sleep(0.1)
+    def page_state() -> str:
+        state = page.evaluate("() => ({state: document.body.dataset.state, frames: window.avatar && window.avatar.framesDecoded})")
+        return f"{what or expr}; page: {state}; errors: {page.errors}"
+
+    return wait_until(lambda: page.evaluate(f"() => {expr}"), timeout, 0.1, page_state)
+
+
+def more(page, counter: str, n: int, what: str) -> None:
+    """Until ``window.avatar[counter]`` has gone up by ``n`` (frames decoded, renders drawn)."""
+    start = page.evaluate(f"() => window.avatar.{counter}")
+    until(page, f"window.avatar.{counter} >= {start + n}", 10, what)
 
 
 SAMPLE = """() => {
@@ -169,7 +170,7 @@ def watch_and_sample(page, url: str, n: int = 5) -> list[dict]:
     samples = []
     for _ in range(n):
         samples.append(page.evaluate(SAMPLE))
-        time.sleep(0.2)
+        more(page, "framesDecoded", 12, "12 more decoded frames between samples")  # 0.2 s of the stream
     return samples
 
 
@@ -177,7 +178,7 @@ def test_webrtc_viewer_gets_the_graphs_frames(graph, page, tmp_path):
     proc, url = graph(REPLAY, take=TAKE, dir=tmp_path)
     samples = watch_and_sample(page, url)
     assert page.evaluate("() => window.avatar.transport") == "webrtc"
-    time.sleep(0.5)
+    more(page, "framesDecoded", 30, "the stream to go on after the samples")
     proc.proc.send_signal(signal.SIGINT)
     assert proc.finish(30) == 0
     check_frames_match_the_graph(samples, tmp_path)
@@ -191,7 +192,7 @@ def test_without_webrtc_the_page_falls_back_to_websocket(graph, page, tmp_path):
     page.add_init_script("delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;")
     samples = watch_and_sample(page, url)
     assert page.evaluate("() => window.avatar.transport") == "websocket"
-    time.sleep(0.5)
+    more(page, "framesDecoded", 30, "the stream to go on after the samples")
     proc.proc.send_signal(signal.SIGINT)
     assert proc.finish(30) == 0
     check_frames_match_the_graph(samples, tmp_path)
@@ -250,9 +251,8 @@ def test_an_open_jaw_changes_the_mouth_region_of_the_picture(graph, page, netns,
     stop = threading.Event()
 
     def feed():  # a phone sending JSON frames at 60 Hz
-        while not stop.is_set():
+        for _ in paced(60, stop.is_set):
             udp.sendto(json.dumps({"session": "probe", "blendshapes": {"jawOpen": jaw["v"]}}).encode(), ("127.0.0.1", port))
-            time.sleep(1 / 60)
 
     t = threading.Thread(target=feed, daemon=True)
     t.start()
@@ -261,11 +261,11 @@ def test_an_open_jaw_changes_the_mouth_region_of_the_picture(graph, page, netns,
         until(page, "window.avatar && window.avatar.modelReady && window.avatar.framesDecoded >= 30", 45)
         until(page, "window.avatar.influences('jawOpen') === 0", 10)
         page.evaluate("() => { for (const id of ['overlay', 'controls']) document.getElementById(id).hidden = true; }")
-        time.sleep(0.3)
+        more(page, "renders", 5, "renders without the overlay")
         neutral = _png(page.screenshot(path=tmp_path / "neutral.png"))
         jaw["v"] = 1.0
         until(page, "window.avatar.influences('jawOpen') === 1", 10)
-        time.sleep(0.3)
+        more(page, "renders", 5, "renders of the open jaw")
         open_jaw = _png(page.screenshot(path=tmp_path / "jaw_open.png"))  # kept for a look when it fails
     finally:
         stop.set()
