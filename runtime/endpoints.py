@@ -67,7 +67,7 @@ def cross_host_links(graph: Graph) -> list[LinkSpec]:
 
 
 def _entry(graph: Graph, host: str | None) -> Mapping[str, Any]:
-    entry = graph.hosts.get(host)
+    entry = graph.hosts.get(host) if host is not None else None
     return entry if isinstance(entry, Mapping) else {}
 
 

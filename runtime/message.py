@@ -53,7 +53,8 @@ class Message:
         self._caps, self._data, self.pts_ns, self._session, self._trace, self.seq, self.kind = (
             caps, data, pts_ns, session, trace, seq, kind)
         self._arrays: dict[str, np.ndarray] | None = {} if arrays is None else arrays
-        self._wire: tuple[list, list] | None = None  # (array descriptions, their frames) as received
+        # (array descriptions, their frames) as received, or None; Any: read on hot paths only where set
+        self._wire: Any = None
         self._body: bytes | None = None  # the msgpack body as received, while nobody has read it
 
     @classmethod
@@ -95,7 +96,8 @@ class Message:
         self._body = None
         return self
 
-    def _get(name: str) -> property:  # noqa: N805 (a helper run in the class body)
+    @staticmethod
+    def _get(name: str) -> property:  # a helper run in the class body
         slot = "_" + name
 
         def get(self: "Message") -> Any:
@@ -179,8 +181,8 @@ def encode(msg: Message, seq: int) -> list:
     """Frames for one message on a link with sequence number ``seq``."""
     try:
         if msg._body is not None:  # received and never read: body and arrays go on as they came
-            frames = msg._wire[1]
-            return [PREFIX.pack(msg.kind, len(frames), seq, msg.pts_ns) + msg._body, *frames]
+            received = msg._wire[1]
+            return [PREFIX.pack(msg.kind, len(received), seq, msg.pts_ns) + msg._body, *received]
         arrays = msg._arrays
         if arrays is None:  # arrays never read: as they came
             desc, rest = msg._wire

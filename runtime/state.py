@@ -73,7 +73,7 @@ class RedisStore:
             except ValueError:
                 continue  # not ours to interpret; the YAML params stand
             if isinstance(params, dict):
-                out[node.decode()] = params
+                out[node.decode() if isinstance(node, bytes) else node] = params
         return out
 
     def save(self, node: str, params: Mapping[str, Any], replace: bool = False) -> None:

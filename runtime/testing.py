@@ -52,6 +52,13 @@ class NodeHarness:
             raise ValueError(f"no output pad '{pad}'")
         self.outputs.append((pad, decode(encode(msg, len(self.outputs)))))
 
+    def _default_output(self) -> str:
+        pad = self.cls.default_output()
+        if pad is None:
+            raise ValueError(f"{self.cls.__name__}.process returned a message, but the type has "
+                             f"{len(self.cls.outputs)} output pads: emit on one by name")
+        return pad
+
     def end_stream(self) -> None:
         self.ended = True
 
@@ -88,7 +95,7 @@ class NodeHarness:
         msg = decode(encode(msg, 0))
         out = self.node.process(pad, msg)
         if out is not None:
-            self.emit(self.cls.default_output(), out)
+            self.emit(self._default_output(), out)
         return self.outputs[start:]
 
     def advance(self, seconds: float) -> list[tuple[str, Message]]:

@@ -248,13 +248,14 @@ class OutLink:
         self.outbox: deque[list] = deque()
         self.hold = hold
         self.sent = self.drops = 0
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.Socket
         self.connect(endpoint)
 
     def connect(self, endpoint: str) -> None:
         """(Re)connect; a tcp link gets a new ``watch`` (the worker re-registers it)."""
-        if self.sock is not None:
-            self.sock.close(0)
+        old = getattr(self, "sock", None)  # none yet on the first connect
+        if old is not None:
+            old.close(0)
         if self.watch is not None:
             self.watch.close()
             self.watch = None
@@ -335,8 +336,7 @@ class OutLink:
         return out
 
     def close(self, linger_ms: int = 2000) -> None:
-        if self.sock is not None:
-            self.sock.close(linger_ms)
+        self.sock.close(linger_ms)
         if self.watch is not None:
             self.watch.close()
 

@@ -5,6 +5,7 @@ Every problem is collected, each with the YAML file and line, so a user fixes th
 from __future__ import annotations
 
 import difflib
+from collections.abc import Set as AbstractSet
 
 import networkx as nx
 
@@ -59,22 +60,22 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
     good_links: list[LinkSpec] = []
     for link in graph.links:
         ok = True
-        for end, node, attr, kind in ((0, link.src, "src_pad", "outputs"), (1, link.dst, "dst_pad", "inputs")):
+        for node, attr, kind in ((link.src, "src_pad", "outputs"), (link.dst, "dst_pad", "inputs")):
             if node not in graph.nodes:
                 close = difflib.get_close_matches(node, list(graph.nodes), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 p(f"link {_ends(link)}: unknown node '{node}'{hint}", link.line)
                 ok = False
                 continue
-            cls = types.get(node)
-            if cls is None:
+            end_cls = types.get(node)
+            if end_cls is None:
                 ok = False
                 continue
-            pads = getattr(cls, kind)
+            pads = getattr(end_cls, kind)
             pad = getattr(link, attr)
             word = "output" if kind == "outputs" else "input"
             if pad is None:
-                default = cls.default_output() if kind == "outputs" else cls.default_input()
+                default = end_cls.default_output() if kind == "outputs" else end_cls.default_input()
                 if default is not None:
                     setattr(link, attr, default)
                 else:
@@ -87,11 +88,11 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
                 ok = False
         if not ok:
             continue
-        key = (link.src, link.src_pad, link.dst, link.dst_pad)
-        if key in seen:
-            p(f"link {link} is declared twice (first at line {seen[key].line})", link.line)
+        ends = (link.src, link.src_pad, link.dst, link.dst_pad)
+        if ends in seen:
+            p(f"link {link} is declared twice (first at line {seen[ends].line})", link.line)
             continue
-        seen[key] = link
+        seen[ends] = link
         good_links.append(link)
 
     g = nx.MultiDiGraph()
@@ -132,7 +133,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
 
 
 def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec], g: nx.MultiDiGraph, p,
-                bad_params: set[str] = frozenset()) -> None:
+                bad_params: AbstractSet[str] = frozenset()) -> None:
     """Propagate caps in topological order; a mismatch names both pads and both caps."""
     arriving: dict[tuple[str, str], CapsSpec] = {}
     for name in nx.topological_sort(g):
@@ -141,13 +142,13 @@ def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec
             continue
         params = graph.nodes[name].params
         for link in (l for l in links if l.src == name):
+            assert link.src_pad is not None and link.dst_pad is not None  # good links: pads resolved above
             pad = cls.outputs[link.src_pad]
-            if name in bad_params:  # already reported: anything may come out of it
-                produced = ANY
-            else:
+            produced: CapsSpec | None = ANY  # a node already reported: anything may come out of it
+            if name not in bad_params:
                 produced = cls.output_caps(link.src_pad, {**{k: v.default for k, v in cls.params.items()}, **params})
             if produced is None:
-                produced = arriving.get((name, pad.same_as), ANY)
+                produced = arriving.get((name, pad.same_as or ""), ANY)
             dst_cls = types.get(link.dst)
             if dst_cls is None:
                 continue

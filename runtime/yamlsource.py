@@ -102,7 +102,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
         except TypeError:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark,
-                f"a key must be a name or other scalar, not a {_KINDS.get(type(key), type(key).__name__)}",
+                f"a key must be a name or other scalar, not a {_KINDS.get(type(key).__name__, type(key).__name__)}",
                 key_node.start_mark,
             ) from None
         if key in out:
@@ -115,7 +115,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     return out
 
 
-_KINDS = {LineDict: "mapping", LineList: "list"}
+_KINDS = {LineDict.__name__: "mapping", LineList.__name__: "list"}
 
 
 def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
