@@ -151,6 +151,9 @@ class Runner:
         if self.loop is None or self._done.is_set() or self.loop.is_closed():
             coro.close()
             raise ControlError("the graph is not running")
+        if self._thread is not None and threading.get_ident() == self._thread.ident:
+            coro.close()  # waiting here for the loop would wait for ever
+            raise RuntimeError("Runner.on_loop called on the runner's own loop; await the *_async method instead")
         try:
             fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         except RuntimeError:  # the loop closed between the check and now
