@@ -117,7 +117,8 @@ class Graph:
             "args": dict(self.args),
             "hosts": dict(self.hosts),
             "nodes": {
-                n: {"type": s.type, "params": dict(s.params), "host": s.host, "restart": s.restart}
+                n: {"type": s.type, "params": dict(s.params), "host": s.host, "restart": s.restart,
+                    "hang_timeout": s.hang_timeout}
                 for n, s in self.nodes.items()
             },
             "links": [
