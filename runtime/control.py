@@ -49,19 +49,19 @@ async def _answer(runner: "Runner", sock: Any, frames: list[bytes]) -> None:
 async def _dispatch(runner: "Runner", req: dict[str, Any]) -> Any:
     op = req.get("op")
     if op == "stats":
-        return await runner._stats()
+        return await runner.stats_async()
     if op == "params":
-        return await runner._set_params(req["node"], req["params"])
+        return await runner.set_params_async(req["node"], req["params"])
     if op == "swap":
-        return await runner._swap(req["node"], req.get("type"), req.get("params") or {}, req.get("timeout", 30.0))
+        return await runner.swap_async(req["node"], req.get("type"), req.get("params") or {}, req.get("timeout", 30.0))
     if op == "state":
-        return await runner._set_graph_state(req["state"])
+        return await runner.set_state_async(req["state"])
     if op == "graph":
         return runner.graph_info()
     if op == "bus":
         return runner.bus.messages()[int(req.get("since", 0)):]
     if op == "stop":
-        asyncio.ensure_future(runner._stop(bool(req.get("drain", True))))
+        asyncio.ensure_future(runner.stop_async(bool(req.get("drain", True))))
         return "stopping"
     raise ControlError(f"unknown op '{op}' (ops: stats, params, swap, state, graph, bus, stop)")
 

@@ -20,6 +20,8 @@ from .yamlsource import MAX_DEPTH, LineDict, LineList, NestingError, line_at, lo
 
 POLICIES = ("leaky", "block")
 RESTART_POLICIES = ("always", "on-failure", "never")
+NODE_KEYS = ("type", "params", "host", "restart", "max_restarts", "hang_timeout")
+DEFAULT_HANG_TIMEOUT = 5.0  # seconds without a heartbeat (or a turn of its loop) before a node counts as hung
 DEFAULT_LINK = {"policy": "leaky", "size": 8}
 LINK_OPTIONS = ("policy", "size", "feedback")
 HOST_KEYS = ("address", "port", "bind")  # a hosts table entry (runtime.endpoints says what they do)
@@ -36,6 +38,7 @@ class NodeSpec:
     host: str | None = None
     restart: str = "on-failure"
     max_restarts: int = 10
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT
     line: int | None = None
     type_line: int | None = None
     param_lines: dict[str, int] = field(default_factory=dict)
@@ -86,13 +89,36 @@ class Graph:
         """The host a node runs on: its ``host:``, else the first of the hosts table (None without one)."""
         return self.nodes[node].host or next(iter(self.hosts), None)
 
+    # --- topology ------------------------------------------------------------------------------
+    def links_in(self, name: str, forward: bool = False) -> list[LinkSpec]:
+        """Links into ``name``; ``forward``: without feedback links (a source may take requests)."""
+        return [l for l in self.links if l.dst == name and (l.forward or not forward)]
+
+    def links_out(self, name: str) -> list[LinkSpec]:
+        return [l for l in self.links if l.src == name]
+
+    def link(self, link_id: str) -> LinkSpec | None:
+        return next((l for l in self.links if l.id == link_id), None)
+
+    def entries(self, local: list[str]) -> set[str]:
+        """Nodes of ``local`` fed by none of them: the sources, and the first nodes of one host's part
+        of a multi-host graph. They play last and are the ones asked to end the stream on a drain."""
+        here = set(local)
+        return {n for n in local if not any(l.src in here for l in self.links_in(n, forward=True))}
+
+    def terminals(self, local: list[str]) -> list[str]:
+        """Nodes of ``local`` that feed none of them; EOS there is all of them having ended their stream."""
+        here = set(local)
+        return [n for n in local if not any(l.forward and l.dst in here for l in self.links_out(n))]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "args": dict(self.args),
             "hosts": dict(self.hosts),
             "nodes": {
-                n: {"type": s.type, "params": dict(s.params), "host": s.host, "restart": s.restart}
+                n: {"type": s.type, "params": dict(s.params), "host": s.host, "restart": s.restart,
+                    "hang_timeout": s.hang_timeout}
                 for n, s in self.nodes.items()
             },
             "links": [
@@ -197,8 +223,8 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
             p(f"node '{name}' needs a 'type'", nline)
             continue
         for key in spec:
-            if key not in ("type", "params", "host", "restart", "max_restarts"):
-                p(f"node '{name}': unknown key '{key}' (allowed: type, params, host, restart, max_restarts)", line(spec, key))
+            if key not in NODE_KEYS:
+                p(f"node '{name}': unknown key '{key}' (allowed: {', '.join(NODE_KEYS)})", line(spec, key))
         raw_params = spec.get("params") or {}
         params: dict[str, Any] = {}
         if not isinstance(raw_params, Mapping):
@@ -221,9 +247,15 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
         if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
             p(f"node '{name}': max_restarts must be a whole number >= 0, got {max_restarts!r}", line(spec, "max_restarts"))
             max_restarts = 10
+        hang_timeout = spec.get("hang_timeout", DEFAULT_HANG_TIMEOUT)
+        if (not isinstance(hang_timeout, (int, float)) or isinstance(hang_timeout, bool)
+                or not 0.2 <= hang_timeout <= 3600):
+            p(f"node '{name}': hang_timeout must be a number of seconds from 0.2 to 3600, got {hang_timeout!r}",
+              line(spec, "hang_timeout"))
+            hang_timeout = DEFAULT_HANG_TIMEOUT
         nodes[name] = NodeSpec(
             name=name, type=ntype, params=params, host=spec.get("host"),
-            restart=restart, max_restarts=max_restarts, line=nline,
+            restart=restart, max_restarts=max_restarts, hang_timeout=float(hang_timeout), line=nline,
             type_line=line(spec, "type"), param_lines={k: line(raw_params, k) for k in params},
         )
 

@@ -1,14 +1,14 @@
 """The process that hosts one node: its links, its control socket and its event loop.
 
-Started by the runner as ``python -m runtime.worker SPEC_JSON``. One thread runs everything:
-input messages, timers, watched file descriptors and control requests, so node code never
-needs a lock. While an emit waits for room on a ``block`` link, control requests are still
-answered (stats, params, hold/relink for hot-swap, stop).
+Started by the runner as ``python -m runtime.worker SPEC_JSON`` (a ``protocol.SpawnSpec``). One
+thread runs everything: input messages, timers, watched file descriptors and control requests,
+so node code never needs a lock. While an emit waits for room on a ``block`` link, control
+requests are still answered (stats, params, hold/relink for hot-swap, stop). A second thread
+only beats (``runtime.heartbeat``), saying when the main loop last turned.
 """
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import signal
@@ -18,22 +18,25 @@ import traceback
 from array import array
 from typing import Any, Callable, Mapping
 
-import msgpack
 import zmq
 
+from . import protocol as op
 from .clock import now_ns
 from .errors import ParamError
+from .heartbeat import Heartbeat
 from .histogram import PROC_BOUNDS_US, RingHistogram
 from .logs import configure as configure_logging
 from .message import Kind, MalformedMessage, Message
 from .node import Node
 from .params import check_params
 from .proctools import die_with_parent
+from .protocol import SpawnSpec
 from .registry import get_node_type
 from .states import NULL, PAUSED, PLAYING, READY
 from .transport import InLink, LinkWatch, OutLink
 
-HEARTBEAT_S = 1.0
+PERIODIC_S = 1.0  # parent check, QOS and link warnings
+_DEFERRED = (op.STATE, op.PARAMS, op.EOS)  # requests that change the node: held while node code runs
 # a tcp link down this long gets a WARNING (the other host's runner not started, or with another graph?)
 LINK_WAIT_WARN_S = float(os.environ.get("AVATAR_LINK_WARN_S", "10"))
 _RING = 1024
@@ -57,17 +60,21 @@ class _Timer:
 class Worker:
     """Implements ``NodeContext`` for one node and runs its loop."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: SpawnSpec):
         self.spec = spec
-        self.name: str = spec["name"]
-        self.instance: int = spec.get("instance", 0)
-        self.parent_pid: int = spec.get("parent_pid", os.getppid())
+        self.name = spec.name
+        self.instance = spec.instance
+        self.parent_pid = spec.parent_pid
         self.log = logging.getLogger(f"avatar.worker.{self.name}")
         self.zctx = zmq.Context()
         self.control = self.zctx.socket(zmq.DEALER)
-        self.control.setsockopt(zmq.IDENTITY, f"{self.name}#{self.instance}".encode())
+        self.control.setsockopt(zmq.IDENTITY, spec.identity)
         self.control.setsockopt(zmq.LINGER, 1000)
-        self.control.connect(spec["control"])
+        self.control.connect(spec.control)
+        self.turned_at = time.monotonic()  # the main loop's last turn, read by the heartbeat thread
+        self.in_setup = True
+        self.heartbeat = Heartbeat(self.zctx, spec.control, spec.identity, op.beat_period(spec.hang_timeout),
+                                   lambda: (time.monotonic() - self.turned_at, self.in_setup))
         self.state = NULL
         self.stopping = False
         self.finished = False
@@ -92,19 +99,24 @@ class Worker:
         self.waiting_out: set[OutLink] = set()
         self.watches: dict[zmq.Socket, LinkWatch] = {}  # tcp links' socket monitors -> LINK_UP / LINK_DOWN
 
-        self.cls: type[Node] = get_node_type(spec["type"])
-        params = check_params(self.cls.params, spec.get("params", {}))
-        for d in spec.get("inputs", []):
-            self.in_links.append(InLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
-                                        d.get("feedback", False), d.get("peer"), d.get("defer", False)))
+        self._ops: dict[str, Callable[[dict], None]] = {
+            op.STATS: self._op_stats, op.PARAMS: self._op_params, op.STATE: self._op_state, op.HOLD: self._op_hold,
+            op.RELINK: self._op_relink, op.DRAIN: self._op_drain, op.BIND: self._op_bind, op.EOS: self._op_eos,
+            op.STOP: self._op_stop,
+        }
+
+        self.cls: type[Node] = get_node_type(spec.type)
+        params = check_params(self.cls.params, spec.params)
+        for i in spec.inputs:
+            self.in_links.append(InLink(self.zctx, i.id, i.pad, i.endpoint, i.policy, i.size, i.feedback, i.peer,
+                                        i.defer))
             self._add_watch(self.in_links[-1].watch)
-        for d in spec.get("outputs", []):
-            link = OutLink(self.zctx, d["id"], d["pad"], d["endpoint"], d["policy"], d["size"],
-                           d.get("seq", 0), d.get("hold", False), d.get("peer"))
+        for o in spec.outputs:
+            link = OutLink(self.zctx, o.id, o.pad, o.endpoint, o.policy, o.size, o.seq, o.hold, o.peer)
             self._add_watch(link.watch)
             self.out_links[link.id] = link
             self.out_by_pad.setdefault(link.pad, []).append(link)
-        self.host = spec.get("host")
+        self.host = spec.host
         for pad in self.cls.outputs:
             self.out_by_pad.setdefault(pad, [])
         self.node: Node = self.cls(self.name, params, self)
@@ -137,7 +149,7 @@ class Worker:
             link.push_control(Kind.EOS)
             if link.outbox:
                 self._want_out(link)
-        self._send({"op": "eos"})
+        self._send(op.EOS)
 
     def every(self, period_s: float, fn: Callable[[], None]) -> _Timer:
         t = _Timer(max(0.0, period_s), time.monotonic() + period_s, fn, True)
@@ -159,10 +171,10 @@ class Worker:
             self.poller.unregister(fd)
 
     def post(self, level: str, text: str, **fields: Any) -> None:
-        self._send({"op": "bus", "type": level, "text": text, **fields})
+        self._send(op.BUS, type=level, text=text, **fields)
 
     def keep(self, params: Mapping[str, Any]) -> None:
-        self._send({"op": "keep", "params": dict(params)})
+        self._send(op.KEEP, params=dict(params))
 
     now_ns = staticmethod(now_ns)
 
@@ -171,8 +183,10 @@ class Worker:
         code = 0
         clean = False
         try:
-            self._send({"op": "hello", "pid": os.getpid()})
+            self.heartbeat.start()
+            self._send(op.HELLO, pid=os.getpid())
             self._guarded(self.node.setup)
+            self.turned_at, self.in_setup = time.monotonic(), False
             gc.freeze()  # what exists now lives as long as the process: full collections skip it
             self._set_state(READY)
             while not self.stopping:
@@ -183,13 +197,14 @@ class Worker:
         except Exception as exc:  # a node bug: report it, exit non-zero, the runner restarts us
             tb = traceback.format_exc()
             self.log.error("node '%s' failed:\n%s", self.name, tb)
-            self._send({"op": "bus", "type": "ERROR", "text": f"{type(exc).__name__}: {exc}", "traceback": tb})
+            self._send(op.BUS, type="ERROR", text=f"{type(exc).__name__}: {exc}", traceback=tb)
             code = 1
         finally:
             self._close(clean)
         return code
 
     def _turn(self) -> None:
+        self.turned_at = time.monotonic()
         polled = self.poller.poll(self._timeout_ms())
         events = dict(polled) if polled else _NO_EVENTS
         if self.control in events:
@@ -266,6 +281,7 @@ class Worker:
                 self.nested -= 1
             self.proc_ns[self.proc_i % _RING] = time.perf_counter_ns() - t0
             self.proc_i += 1
+            self.turned_at = time.monotonic()  # node code returned: the loop goes on
             if self.state != PLAYING:
                 return
 
@@ -278,7 +294,7 @@ class Worker:
                 self.end_stream()
         elif kind == Kind.MARK:
             link.marked = True
-            self._send({"op": "mark", "link": link.id})
+            self._send(op.MARK, link=link.id)
             self._maybe_drained()
 
     def _maybe_drained(self) -> None:
@@ -294,9 +310,10 @@ class Worker:
         while any(l.outbox for l in self.out_links.values()) and time.monotonic() < deadline:
             for link in self.out_links.values():
                 link.flush()
+            self.turned_at = time.monotonic()
             time.sleep(0.001)
-        self._send({"op": "drained", "seqs": {l.id: l.seq for l in self.out_links.values()},
-                    "expected": {l.id: l.expected for l in self.in_links if l.released}})
+        self._send(op.DRAINED, seqs={l.id: l.seq for l in self.out_links.values()},
+                   expected={l.id: l.expected for l in self.in_links if l.released})
         self.stopping = True
         raise NodeStop
 
@@ -343,6 +360,7 @@ class Worker:
         """Backpressure on a block link: wait, but keep answering the runner."""
         poller = self.wait_poller
         while link.must_wait:
+            self.turned_at = time.monotonic()
             if self.stopping:
                 raise NodeStop
             sock = link.sock
@@ -402,29 +420,28 @@ class Worker:
                 link.release()
 
     def _periodic(self) -> None:
-        self.next_periodic = time.monotonic() + HEARTBEAT_S
+        self.next_periodic = time.monotonic() + PERIODIC_S
         if os.getppid() != self.parent_pid:
             self.stopping = True
             raise NodeStop
         drops = sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values())
         if drops > self.reported_drops:
-            self._send({"op": "bus", "type": "QOS", "dropped": drops - self.reported_drops, "total": drops,
-                        "links": {l.id: l.drops for l in [*self.in_links, *self.out_links.values()] if l.drops}})
+            self._send(op.BUS, type="QOS", dropped=drops - self.reported_drops, total=drops,
+                       links={l.id: l.drops for l in [*self.in_links, *self.out_links.values()] if l.drops})
             self.reported_drops = drops
         if self.watches:
             self._warn_links_down()
-        self._send({"op": "hb"})
 
     # --- control -----------------------------------------------------------------------------
-    def _send(self, msg: dict) -> None:
+    def _send(self, op_: str, **fields: Any) -> None:
         try:
-            self.control.send(msgpack.packb(msg, use_bin_type=True), zmq.NOBLOCK)
+            self.control.send(op.pack(op_, **fields), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
     def _reply(self, req: dict, ok: bool = True, result: Any = None, error: str | None = None) -> None:
         if "id" in req:
-            self._send({"op": "reply", "id": req["id"], "ok": ok, "result": result, "error": error})
+            self._send(op.REPLY, id=req["id"], ok=ok, result=result, error=error)
 
     def _handle_control(self) -> None:
         while True:
@@ -432,11 +449,10 @@ class Worker:
                 raw = self.control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            req = msgpack.unpackb(raw, raw=False)
-            op = req.get("op")
+            req = op.unpack(raw)
             try:
-                if op in ("state", "params", "eos") and self.nested:
-                    if op == "params":
+                if req.get("op") in _DEFERRED and self.nested:
+                    if req["op"] == op.PARAMS:
                         check_params(self.cls.params, req["params"], fill_defaults=False)
                     self.deferred.append(req)
                     continue
@@ -453,64 +469,77 @@ class Worker:
                 self._reply(req, False, error=str(exc))
 
     def _apply(self, req: dict) -> None:
-        op = req["op"]
-        if op == "stats":
-            self._reply(req, result=self.stats())
-        elif op == "params":
-            changed = check_params(self.cls.params, req["params"], fill_defaults=False)
-            self.node.p.__dict__.update(changed)
-            self._guarded(lambda: self.node.on_params(changed))
-            self._reply(req, result=self.node.p.as_dict())
-        elif op == "state":
-            self._set_state(req["state"])
-            self._reply(req, result=self.state)
-        elif op == "hold":
-            link = self.out_links[req["link"]]
-            link.push_control(Kind.MARK)
-            self._reply(req)
-        elif op == "relink":
-            link = self.out_links[req["link"]]
-            if "seq" in req:
-                link.seq = req["seq"]
-            if req.get("endpoint") and req["endpoint"] != link.endpoint:
-                if link in self.waiting_out:
-                    self.waiting_out.discard(link)
-                    self.poller.unregister(link.sock)
-                self._drop_watch(link.watch)
-                link.connect(req["endpoint"])
-                self._add_watch(link.watch)
-            link.hold = False
-            link.flush()
-            if link.outbox:
-                self._want_out(link)
-            self._reply(req)
-        elif op == "drain":
-            for link in self.in_links:  # a MARK seen before (an earlier swap upstream) is not this drain's
-                link.marked = False
-            self._release_inputs(req.get("release") or [])
-            self.draining = True  # acted on in the loop, never inside node code
-            self._reply(req)
-        elif op == "bind":  # hot-swap: the node we replace has let go of these tcp ports
-            for link in self.in_links:
-                if link.id in req["links"] and not link.bound:
-                    try:
-                        link.bind()
-                    except zmq.ZMQError as exc:
-                        raise ValueError(str(exc)) from None
-                    expected = req["links"][link.id]
-                    if expected is not None:
-                        link.expected = expected  # loss at the hand-over is counted as gaps
-            self._reply(req)
-        elif op == "eos":
-            if not self.finished:
-                self._guarded(self.node.on_eos)
-                self.end_stream()
-            self._reply(req)
-        elif op == "stop":
-            self.stopping = True
-            self._reply(req)
+        handler = self._ops.get(req["op"])
+        if handler is None:
+            self._reply(req, False, error=f"unknown control op '{req['op']}'")
         else:
-            self._reply(req, False, error=f"unknown control op '{op}'")
+            handler(req)
+
+    # one per request op of runtime.protocol; each replies
+    def _op_stats(self, req: dict) -> None:
+        self._reply(req, result=self.stats())
+
+    def _op_params(self, req: dict) -> None:
+        changed = check_params(self.cls.params, req["params"], fill_defaults=False)
+        self.node.p.__dict__.update(changed)
+        self._guarded(lambda: self.node.on_params(changed))
+        self._reply(req, result=self.node.p.as_dict())
+
+    def _op_state(self, req: dict) -> None:
+        self._set_state(req["state"])
+        self._reply(req, result=self.state)
+
+    def _op_hold(self, req: dict) -> None:
+        link = self.out_links[req["link"]]
+        link.push_control(Kind.MARK)
+        self._reply(req)
+
+    def _op_relink(self, req: dict) -> None:
+        link = self.out_links[req["link"]]
+        if "seq" in req:
+            link.seq = req["seq"]
+        if req.get("endpoint") and req["endpoint"] != link.endpoint:
+            if link in self.waiting_out:
+                self.waiting_out.discard(link)
+                self.poller.unregister(link.sock)
+            self._drop_watch(link.watch)
+            link.connect(req["endpoint"])
+            self._add_watch(link.watch)
+        link.hold = False
+        link.flush()
+        if link.outbox:
+            self._want_out(link)
+        self._reply(req)
+
+    def _op_drain(self, req: dict) -> None:
+        for link in self.in_links:  # a MARK seen before (an earlier swap upstream) is not this drain's
+            link.marked = False
+        self._release_inputs(req.get("release") or [])
+        self.draining = True  # acted on in the loop, never inside node code
+        self._reply(req)
+
+    def _op_bind(self, req: dict) -> None:
+        """Hot-swap: the node we replace has let go of these tcp ports."""
+        for link in self.in_links:
+            if link.id in req["links"] and not link.bound:
+                try:
+                    link.bind()
+                except zmq.ZMQError as exc:
+                    raise ValueError(str(exc)) from None
+                expected = req["links"][link.id]
+                if expected is not None:
+                    link.expected = expected  # loss at the hand-over is counted as gaps
+        self._reply(req)
+
+    def _op_eos(self, req: dict) -> None:
+        if not self.finished:
+            self._guarded(self.node.on_eos)
+            self.end_stream()
+        self._reply(req)
+
+    def _op_stop(self, req: dict) -> None:
+        self.stopping = True
+        self._reply(req)
 
     def _set_state(self, target: str) -> None:
         if target == self.state:
@@ -537,13 +566,13 @@ class Worker:
             self._guarded(self.node.on_pause)
         else:
             self.state = target
-        self._send({"op": "state", "state": self.state})
+        self._send(op.STATE, state=self.state)
 
     def stats(self) -> dict[str, Any]:
         n = min(self.proc_i, _RING)
         times = sorted(self.proc_ns[:n]) if n else [0.0]
         return {
-            "pid": os.getpid(), "type": self.spec["type"], "instance": self.instance, "state": self.state,
+            "pid": os.getpid(), "type": self.spec.type, "instance": self.instance, "state": self.state,
             "in": self.n_in, "out": self.n_out,
             "drops": sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values()),
             "queue_depth": sum(len(l.queue) for l in self.in_links),
@@ -565,12 +594,14 @@ class Worker:
             while any(l.outbox and not l.hold for l in self.out_links.values()) and time.monotonic() < deadline:
                 for link in self.out_links.values():
                     link.flush()
+                self.turned_at = time.monotonic()
                 time.sleep(0.001)
         for link in self.in_links:
             link.close()
         for link in self.out_links.values():
             link.close(2000 if clean else 0)
-        self._send({"op": "state", "state": NULL})
+        self._send(op.STATE, state=NULL)
+        self.heartbeat.stop()
         self.control.close(500)
         self.zctx.term()
 
@@ -581,9 +612,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(argv[0])
-    configure_logging(node=spec["name"])
-    die_with_parent(spec.get("parent_pid", os.getppid()))
+    spec = SpawnSpec.from_wire(argv[0])
+    configure_logging(node=spec.name)
+    die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -591,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     except NodeStop:
         return 0
     except Exception as exc:
-        logging.getLogger(f"avatar.worker.{spec['name']}").error("node '%s' (%s) could not start: %s",
-                                                                  spec["name"], spec["type"], exc)
+        logging.getLogger(f"avatar.worker.{spec.name}").error("node '%s' (%s) could not start: %s",
+                                                               spec.name, spec.type, exc)
         return 2
     return worker.run()
 

@@ -16,11 +16,11 @@ Endpoints and the role each needs (roles are ordered viewer < operator < admin):
 =========================  ========  ====================================================
 
 The runner's blocking API is called from FastAPI's thread pool (plain ``def`` endpoints); reads
-of the graph description run on the runner's own loop so they never see a half-made swap.
+of the graph description run on the runner's own loop (``Runner.on_loop``) so they never see a
+half-made swap.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import hashlib
@@ -154,26 +154,6 @@ def _http_error(exc: ControlError | TimeoutError) -> HTTPException:
     if text == "the graph is not running" or "is not reachable" in text or "did not answer" in text:
         return HTTPException(503, text)
     return HTTPException(422, text)
-
-
-def _on_loop(runner: Any, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Run ``fn`` on the runner's loop thread (where the graph changes), or here if it has none."""
-    if runner.wait(0):
-        raise ControlError("the graph is not running")
-    loop = getattr(runner, "loop", None)
-    if loop is None:
-        return fn()
-
-    async def call() -> Any:
-        return fn()
-
-    coro = call()
-    try:
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
-    except RuntimeError:  # the loop closed between the check and now
-        coro.close()
-        raise ControlError("the graph is not running") from None
-    return fut.result(timeout)
 
 
 def _blender_class() -> type | None:
@@ -329,7 +309,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
 
     def running_nodes() -> dict[str, dict[str, Any]]:
         blender = _blender_class()  # imported here, not on the runner's loop
-        return call(lambda: _on_loop(runner, lambda: _node_types(runner, blender)))
+        return call(lambda: runner.on_loop(lambda: _node_types(runner, blender)))
 
     def running_node(name: str) -> dict[str, Any]:
         nodes = running_nodes()
@@ -350,7 +330,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
     @app.get("/graph", tags=["read"], dependencies=[viewer], summary="The graph as JSON (with dot), or as dot text",
              responses={200: {"content": {"application/json": {}, "text/vnd.graphviz": {}}}})
     def graph(format: Literal["json", "dot"] = Query("json", description="json (default) or dot")) -> Response:
-        info, dot = call(lambda: _on_loop(runner, lambda: _graph_snapshot(runner)))
+        info, dot = call(lambda: runner.on_loop(lambda: _graph_snapshot(runner)))
         if format == "dot":
             return Response(dot, media_type="text/vnd.graphviz; charset=utf-8")
         return _json({"graph": info, "dot": dot})
@@ -399,7 +379,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
     def swap(body: SwapBody, name: str = Path(pattern=_NAME)) -> JSONResponse:
         running_node(name)
         pid = call(lambda: runner.swap(name, type=body.type, params=body.params, timeout=body.timeout_s))
-        new_type = call(lambda: _on_loop(runner, lambda: runner.graph.nodes[name].type))
+        new_type = call(lambda: runner.on_loop(lambda: runner.graph.nodes[name].type))
         return _json({"node": name, "pid": pid, "type": new_type})
 
     # FastAPI parses a JSON body before it runs dependencies: answer 401/403 before 422 anyway,

@@ -1,0 +1,112 @@
+"""A hung node (SIGSTOP, or node code that never returns) is reported, killed and restarted;
+a node busy in a long setup is not. The graphs use short hang timeouts to keep the tests short."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+import pytest
+
+from runtime import GraphError, Runner, parse_graph, validate_graph
+from runtime.recording import read_records
+from tests.helpers import wait_gone
+
+LINK_SIZE = 8
+RATE = 60
+GRAPH = """
+link_defaults: {{policy: block, size: 8}}
+nodes:
+  src: {{type: testsrc, params: {{rate: {rate}, pattern: counter}}}}
+  mid: {{type: "{mid}", hang_timeout: {hang_timeout}, params: {params}}}
+  rec: {{type: recorder, params: {{path: "{out}", flush_every: 1}}}}
+links:
+  - src -> mid -> rec
+"""
+
+
+def start(tmp_path, runners, mid: str = "identity", params: str = "{}", hang_timeout: float = 1.5) -> Runner:
+    text = GRAPH.format(rate=RATE, mid=mid, params=params, hang_timeout=hang_timeout, out=tmp_path / "out.msgpack")
+    runner = Runner(parse_graph(text, "<test>"))
+    runners.append(runner)
+    return runner.start()
+
+
+def wait_received(runner: Runner, node: str, more_than: int, timeout: float = 15.0) -> int:
+    """Wait until ``node`` has taken more than ``more_than`` messages; its count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = runner.stats()["nodes"][node].get("in") or 0
+        if n > more_than:
+            return n
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"'{node}' took {n} messages, not more than {more_than}, within {timeout}s")
+        time.sleep(0.05)
+
+
+def assert_loss_bounded(path, hung_s: float) -> None:
+    """What was lost is what the link queues held, and what the source sent into the hung
+    process's socket before it was caught (a frozen process's kernel buffers die with it)."""
+    ns = [r["data"]["n"] for r in read_records(path)]
+    assert ns == sorted(ns)
+    lost = (ns[-1] + 1) - len(ns)
+    bound = 3 * LINK_SIZE + math.ceil(RATE * (hung_s + 0.25))
+    print(f"lost {lost} to a hang of {hung_s:.2f}s (bound {bound})")
+    assert lost <= bound, f"lost {lost}, more than the link queues and {hung_s:.2f}s of stream hold"
+
+
+def assert_hang_handled(runner: Runner, victim: int, mark: int) -> dict:
+    """The hang's ERROR, after checking it and the restart that follows it."""
+    err = runner.bus.wait_for("ERROR", after=mark, node="mid", timeout=10)
+    assert "not responding" in err["text"] and str(victim) in err["text"] and err["pid"] == victim
+    restarted = runner.bus.wait_for("NODE_RESTARTED", after=mark, node="mid", timeout=15)
+    assert restarted["pid"] != victim and runner.pids()["mid"] == restarted["pid"]
+    assert not wait_gone([victim]), "the hung process was not killed"
+    return err
+
+
+def test_sigstopped_middle_node_is_killed_and_restarted(tmp_path, runners):
+    runner = start(tmp_path, runners)
+    wait_received(runner, "rec", 20)
+    victim, mark = runner.pids()["mid"], len(runner.bus)
+    stopped_at = time.time()
+    os.kill(victim, signal.SIGSTOP)
+    err = assert_hang_handled(runner, victim, mark)
+    assert "no heartbeat" in err["text"]
+    assert 1.5 <= err["ts"] - stopped_at < 1.5 + 2.0  # its hang_timeout, and a beat and a check more (a busy machine)
+    wait_received(runner, "rec", runner.stats()["nodes"]["rec"]["in"] + 30)  # the stream flows again
+    assert runner.stop(drain=True) == 0
+    assert_loss_bounded(tmp_path / "out.msgpack", err["ts"] - stopped_at)
+
+
+def test_process_that_never_returns_is_killed_and_restarted(tmp_path, runners):
+    params = f"{{hang_after: 30, marker: '{tmp_path / 'spun'}'}}"
+    runner = start(tmp_path, runners, mid="tests.hang_nodes:Spinner", params=params, hang_timeout=1)
+    victim, mark = runner.pids()["mid"], len(runner.bus)
+    err = assert_hang_handled(runner, victim, mark)
+    assert "loop has not turned" in err["text"]
+    spun_at = (tmp_path / "spun").stat().st_mtime
+    assert 1.0 <= err["ts"] - spun_at + 0.02 < 1.0 + 2.0
+    wait_received(runner, "rec", 60)  # 30 before the hang, and more than as many after it
+    assert runner.stats()["nodes"]["mid"]["restarts"] == 1
+    assert runner.stop(drain=True) == 0
+    assert_loss_bounded(tmp_path / "out.msgpack", err["ts"] - spun_at)
+
+
+def test_long_setup_is_not_a_hang(tmp_path, runners):
+    runner = start(tmp_path, runners, mid="tests.hang_nodes:SlowSetup", params="{setup_s: 2.0}", hang_timeout=1)
+    pid = runner.pids()["mid"]  # start() returned: mid's setup, twice its hang timeout, is over
+    wait_received(runner, "rec", 10)
+    assert not runner.bus.messages("ERROR"), runner.bus.messages("ERROR")
+    stats = runner.stats()["nodes"]["mid"]
+    assert runner.pids()["mid"] == pid and stats["restarts"] == 0
+    assert 0 <= stats["heartbeat_age_s"] < 1
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon", True, 1e9])
+def test_bad_hang_timeout_is_refused_with_its_line(value):
+    text = f"nodes:\n  a: {{type: testsrc, hang_timeout: {value!r}}}\n"
+    with pytest.raises(GraphError, match=r"node 'a': hang_timeout must be a number of seconds from 0.2 to 3600") as exc:
+        validate_graph(parse_graph(text, "<test>"))
+    assert exc.value.problems[0].line == 2
