@@ -21,6 +21,7 @@ from .bus import Bus
 from .endpoints import tcp_links
 from .errors import ControlError, GraphError, ParamError, Problem
 from .graph import Graph, LinkSpec
+from .latency import LatencyTracker
 from .params import check_params, check_wire, shown_text
 from .proctools import exit_cause
 from .state import StateStore, open_store
@@ -74,6 +75,7 @@ class Runner:
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.store: StateStore | None = None
+        self.latency = LatencyTracker()  # the latency query (runtime.latency)
 
     # --- public, blocking API ------------------------------------------------------------------
     def start(self) -> "Runner":
@@ -316,6 +318,7 @@ class Runner:
         self.state = READY
         self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=NULL, new=READY, run_id=self.run_id,
                       pids=self.pids())
+        await self.latency.update(self, report=True)  # latency query: nodes told before PLAYING
         await self._set_graph_state(PLAYING)
 
     def _restore_state(self) -> None:
@@ -396,6 +399,8 @@ class Runner:
             self.procs[name] = new
             self._respawned.add(name)
             try:
+                await self._bring(new, READY)
+                await self.latency.update(self)  # latency query: the new process is told
                 await self._bring(new, self.state)
                 await self._relink_upstream(name, new.instance)
             except (RuntimeError, TimeoutError, ControlError) as exc:
@@ -543,6 +548,7 @@ class Runner:
             raise ControlError(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
         result = await self._request(np, "params", params=changed)
         self._keep(name, changed)
+        await self.latency.update(self)  # latency query: a param may change a path's latency
         return result
 
     async def _swap(self, name: str, type_: str | None, params: dict[str, Any], timeout: float) -> int:
@@ -646,6 +652,7 @@ class Runner:
                 if l.id in seqs:
                     await self._request(new, "relink", link=l.id, seq=seqs[l.id])
             self.procs[name] = new
+            await self.latency.update(self, report=True)  # latency query: recomputed for the new graph
             await self._bring(new, self.state)
             await self._relink_upstream(name, new.instance)
         finally:

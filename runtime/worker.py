@@ -435,7 +435,7 @@ class Worker:
             req = msgpack.unpackb(raw, raw=False)
             op = req.get("op")
             try:
-                if op in ("state", "params", "eos") and self.nested:
+                if op in ("state", "params", "eos", "latency") and self.nested:
                     if op == "params":
                         check_params(self.cls.params, req["params"], fill_defaults=False)
                     self.deferred.append(req)
@@ -505,6 +505,9 @@ class Worker:
             if not self.finished:
                 self._guarded(self.node.on_eos)
                 self.end_stream()
+            self._reply(req)
+        elif op == "latency":  # the runner's latency query (runtime.latency)
+            self._guarded(lambda: self.node.on_latency(int(req["upstream_ns"])))
             self._reply(req)
         elif op == "stop":
             self.stopping = True
