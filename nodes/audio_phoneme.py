@@ -43,8 +43,10 @@ class AudioPhoneme(Node):
     """Recognizes (or, given a transcript, aligns) ARPAbet phonemes in audio/pcm as it streams."""
 
     inputs = {
-        "in": Pad(caps="audio/pcm", doc="speech, one session per message (any rate, 16 kHz is native)"),
-        "text": Pad(caps="text/plain", required=False, doc="transcript of each session's next utterance"),
+        "in": Pad(caps="audio/pcm", doc="speech, one session per message (any rate, 16 kHz is native)",
+                  policy="block"),  # a lost chunk is a hole the recognizer hears as a pts jump
+        "text": Pad(caps="text/plain", required=False, doc="transcript of each session's next utterance",
+                    policy="block"),
     }
     outputs = {"out": Pad(caps="phonemes/arpabet", doc="phones as they are decided, times on the audio's pts clock")}
     params = {

@@ -131,7 +131,8 @@ def strip_stress(phone: str) -> str:
 class Viseme(FrameClockNode):
     """Turns ARPAbet phoneme timelines into co-articulated ARKit mouth frames at a fixed rate."""
 
-    inputs = {"in": Pad("phonemes/arpabet", "phoneme timelines per session, times on the pts clock")}
+    inputs = {"in": Pad("phonemes/arpabet", "phoneme timelines per session, times on the pts clock",
+                        policy="block")}  # a lost message is a word the mouth never says
     outputs = {"out": Pad("arkit/blendshapes", "mouth/jaw weights for every known session, "
                           "data {'speaking': [bool]*S}")}
     params = {

@@ -31,6 +31,8 @@ def describe_type(name: str) -> str:
             req = "" if title == "Output pads" or pad.required else " (optional)"
             out.append(f"  {pad_name}{req}")
             out.append(f"    caps: {pad.describe()}")
+            if pad.policy:
+                out.append(f"    a link that names no policy (a launch line) gets: {pad.policy}")
             if pad.doc:
                 out.append(f"    {pad.doc}")
         out.append("")

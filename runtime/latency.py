@@ -81,7 +81,11 @@ class LatencyTracker:
 
     async def update(self, runner: Any, *, report: bool = False) -> dict[str, Latency]:
         """Query the graph as it is now; ``report``: post every local sink's LATENCY (start, swap)."""
-        answer = query(runner.graph, runner.types)
+        try:
+            answer = query(runner.graph, runner.types)
+        except Exception as exc:  # a node type's own latency_ns failing must not stop a start or a swap
+            runner.bus.post("WARNING", node=None, text=f"latency query failed: {type(exc).__name__}: {exc}")
+            return {}
         todo = [(name, np) for name, np in list(runner.procs.items())
                 if not np.exited.done() and self.told.get(name) != (np.pid, answer[name].upstream_ns)]
 

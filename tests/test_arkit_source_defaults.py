@@ -49,6 +49,14 @@ def llf_v6(device: str, subject: str, frame: int, values: np.ndarray, fps: int) 
             + struct.pack(">ifiiB", frame, 0.0, fps, 1, 61) + struct.pack(">61f", *values.tolist()))
 
 
+def test_a_launch_line_blocks_where_a_loss_is_a_hole() -> None:
+    graph = parse_launch("arkit_source name=src ! recorder path=x.msgpack  src. ! fakesink")
+    assert [(l.dst, l.policy) for l in graph.links] == [("recorder", "block"), ("fakesink", "leaky")]
+    speech = parse_launch("audio_source path=s.wav ! audio_phoneme ! viseme ! recorder path=x.msgpack")
+    assert {l.policy for l in speech.links} == {"block"}
+    assert {l.policy for l in parse_launch("testsrc ! recorder", policy="leaky").links} == {"leaky"}  # --policy
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
