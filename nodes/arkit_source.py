@@ -281,7 +281,7 @@ class ArkitSource(Node):
         now[first] = True
         now &= ~self.active[slots]
         if self.backlog:
-            now &= np.fromiter((s not in self.backlog for s in slots.tolist()), bool, len(slots))
+            now &= ~np.isin(slots, np.fromiter(self.backlog, np.intp, len(self.backlog)))
         for j in np.flatnonzero(~now).tolist():  # in arrival order
             self._queue(int(slots[j]), weights[j], values[j, N_BLENDSHAPES:], int(frames[j]), int(arrival[j]))
         return now
@@ -419,6 +419,11 @@ class ArkitSource(Node):
         return sock
 
     def on_params(self, changed: dict) -> None:
+        if "batch" in changed and self.p.batch == "all" and self.backlog:  # the latest frame wins from now on
+            for slot, q in self.backlog.items():
+                self.superseded += len(q)  # the slot's frame and all but the last waiting one
+                self.weights[slot], self.pose[slot], self.frame[slot], self.arrival[slot] = q[-1]
+            self.backlog.clear()
         if "rate" in changed:
             self.timer.cancel()
             self.timer = self._start_timer()
