@@ -1,9 +1,15 @@
 """arkit_source: face capture from Live Link Face devices over UDP, as one batch per tick.
 
-Every device (v6 device id, or JSON ``session``) is a session with a slot in numpy arrays; a
-datagram overwrites its slot, and a timer emits all slots as one ``arkit/blendshapes`` batch
-(or, with ``batch: fresh``, the slots with a new packet since the last tick: phones are not in
-step, so a fast gather tick bounds how long a packet waits without sending any row twice).
+Every device (v6 device id, or JSON ``session``) is a session with a slot in numpy arrays. By
+default (``batch: fresh`` at 240 Hz) a tick emits the slots with a new packet since the last
+tick: phones are not in step, so a fast gather tick bounds how long a packet waits (one tick,
+4.2 ms) and every packet's frame goes out exactly once. A second packet of a session that comes
+before its first has gone out (jitter, a late tick) waits in the session's backlog and goes out
+in the next batch, one per batch, so no frame is lost or sent twice (a backlog holds at most
+``_BACKLOG_MAX`` packets; beyond that the oldest is dropped and counted as ``overrun``).
+``batch: all`` is the old every-session-every-tick mode: a tick emits every slot's latest frame
+(``active`` says which are new), so a device faster than the rate loses frames (counted as
+``superseded``) and a slower one is repeated.
 Bad datagrams are counted by reason, reported as at most one WARNING a second, and dropped:
 no input can kill this node.
 
@@ -23,7 +29,8 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -40,6 +47,7 @@ _WARN_EVERY_NS = 1_000_000_000
 _HEADERS_PER_SESSION = 4  # packet headers remembered per session (a device may rename its subject)
 _WAIT_STEP_US = 100  # bins of the gather-wait histogram (arrival -> tick); the last bin takes the rest
 _WAIT_BINS = 2001
+_BACKLOG_MAX = 16  # packets of one session waiting for a batch (batch: fresh); beyond, the oldest is dropped
 _READ_PAUSE_S = 0.004  # with a rate: after a read, the socket is left alone this long
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
 _STAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
@@ -53,13 +61,16 @@ class ArkitSource(Node):
     params = {
         "host": Param(str, "0.0.0.0", "address to listen on"),
         "port": Param(int, 11111, "UDP port; 0 = any free port (stats show which)", min=0, max=65535),
-        "rate": Param(float, 60.0, "batches per second; 0: a batch as soon as packets arrive (each wake-up's "
-                                   "new frames: the lowest latency, for a few devices)", min=0.0, max=1000.0),
-        "batch": Param(str, "all", "what a tick's batch holds: 'all' sessions (the latest frame of each, 'active' "
-                                   "saying which are new), or only the 'fresh' ones, with a packet since the last "
-                                   "tick: with a rate above the devices' (e.g. 240 for 60 Hz phones) a packet then "
-                                   "waits at most a short tick, and each session still goes out once per frame",
-                       choices=("all", "fresh")),
+        "rate": Param(float, 240.0, "batches per second: a packet waits up to one tick (4.2 ms at 240) and each "
+                                    "tick costs a wake-up; keep it at least twice the devices' rate with 'fresh'. 0: a "
+                                    "batch as soon as packets arrive (each wake-up's new frames: the lowest latency, "
+                                    "one batch per wake-up, for a few devices)", min=0.0, max=1000.0),
+        "batch": Param(str, "fresh", "what a tick's batch holds: only the 'fresh' sessions, with a packet since the "
+                                     "last tick (every packet's frame exactly once; a second packet of a session in one "
+                                     "tick goes out in the next batch), or 'all' sessions every tick (the latest frame "
+                                     "of each, 'active' saying which are new: a device faster than the rate loses "
+                                     "frames, counted as superseded, and a slower one is repeated)",
+                       choices=("fresh", "all")),
         "session_timeout": Param(float, 2.0, "seconds without packets after which a session leaves", min=0.001, max=86400.0),
         "max_sessions": Param(int, 4096, "devices served at once; packets of further ones are dropped", min=1, max=1 << 20),
     }
@@ -77,6 +88,8 @@ class ArkitSource(Node):
         self.dirty = False
         self.received = self.packets = self.clamped = self.clamped_packets = 0
         self.joined = self.left = self.batches = 0
+        self.superseded = self.overrun = 0
+        self.backlog: dict[int, deque] = {}  # slot -> packets (weights, pose, frame, arrival) waiting for a batch
         self.bad: dict[str, int] = {}
         self.window: dict[str, int] = {}
         self.window_start_ns = self.last_warn_ns = -_WARN_EVERY_NS
@@ -87,6 +100,12 @@ class ArkitSource(Node):
         self.bound = (self.p.host, self.p.port)
         self.watch(self.sock, self._read)
         self.timer = self._start_timer()
+
+    @classmethod
+    def latency_ns(cls, params: Mapping[str, Any]) -> int:
+        """A packet waits for the next tick: up to one period (none at rate 0)."""
+        rate = float(params.get("rate", cls.params["rate"].default))
+        return int(round(1e9 / rate)) if rate > 0 else 0
 
     def _start_timer(self):
         """Ticks emit batches at ``rate``; at rate 0 reads emit them and ticks only expire sessions."""
@@ -137,6 +156,7 @@ class ArkitSource(Node):
         self.used[slot] = self.active[slot] = False
         for header in self.slot_headers.pop(slot, ()):
             del self.headers[header]
+        self.backlog.pop(slot, None)
         self.free.append(slot)
         self.left += 1
         self.dirty = True
@@ -145,9 +165,8 @@ class ArkitSource(Node):
     # --- input -------------------------------------------------------------------------------
     def _read(self) -> None:
         self._drain()
-        if self.p.rate == 0:
-            fresh = np.flatnonzero(self.active[: self.cap])
-            if len(fresh):
+        if self.p.rate == 0:  # a batch now, and one more per packet still in a backlog
+            while len(fresh := np.flatnonzero(self.active[: self.cap])):
                 self._emit(fresh, [self.ids[i] for i in fresh.tolist()], int(self.arrival[fresh].min()))
         elif self.rewatch is None:  # batches go out at ticks: read again after a pause (or at the tick)
             self.unwatch(self.sock)
@@ -158,7 +177,7 @@ class ArkitSource(Node):
         self.watch(self.sock, self._read)
 
     def _drain(self) -> None:
-        """Read every datagram the socket holds (up to a budget); the latest per session wins."""
+        """Read every datagram the socket holds (up to a budget) into the slots (and backlogs)."""
         recv = self.sock.recvmsg
         datas: list[bytes] = []
         addrs: list[Any] = []
@@ -191,7 +210,7 @@ class ArkitSource(Node):
                 known.append(i)
                 slots.append(slot)
                 continue
-            if known:  # what came before this one is stored first: the latest packet wins
+            if known:  # what came before this one is stored first, so packets keep their order
                 self._store_known(datas, addrs, stamps, known, slots)
                 known, slots = [], []
             self._parse_one(datas[i], addrs[i], stamps[i])
@@ -214,7 +233,7 @@ class ArkitSource(Node):
                 self.headers[header] = slot
 
     def _store_known(self, datas: list[bytes], addrs: list, stamps: list[int], rows: list[int], slots: list[int]) -> None:
-        """Packets of known devices, all at once: check their tails, clamp, store the latest per slot."""
+        """Packets of known devices, all at once: check their tails, clamp, store them in their slots."""
         frames, values, ok = parse_tails(b"".join([datas[i][-TAIL_BYTES:] for i in rows]))
         slot_arr = np.array(slots, dtype=np.intp)
         arrival = np.array(stamps, dtype=np.int64)[rows]
@@ -232,18 +251,57 @@ class ArkitSource(Node):
             self.clamped += n_off
             self.clamped_packets += int(np.count_nonzero(off.any(axis=1)))
         self.packets += len(slot_arr)
-        if len(slot_arr) > 1:  # a device sent twice since the last read: its latest packet wins
-            _, last = np.unique(slot_arr[::-1], return_index=True)
-            if len(last) < len(slot_arr):
-                keep = len(slot_arr) - 1 - last
+        if self.p.batch == "fresh":
+            if len(slot_arr) > 1 or self.backlog or self.active[slot_arr].any():
+                keep = self._defer_repeats(slot_arr, clipped, values, frames, arrival)
                 slot_arr, clipped, values, frames, arrival = (
                     slot_arr[keep], clipped[keep], values[keep], frames[keep], arrival[keep])
+        else:  # batch: all: the latest packet of a session since the last tick wins
+            self.superseded += int(np.count_nonzero(self.active[slot_arr]))
+            if len(slot_arr) > 1:
+                _, last = np.unique(slot_arr[::-1], return_index=True)
+                if len(last) < len(slot_arr):
+                    self.superseded += len(slot_arr) - len(last)
+                    keep = len(slot_arr) - 1 - last
+                    slot_arr, clipped, values, frames, arrival = (
+                        slot_arr[keep], clipped[keep], values[keep], frames[keep], arrival[keep])
         self.weights[slot_arr] = clipped
         self.pose[slot_arr] = values[:, N_BLENDSHAPES:]
         self.frame[slot_arr] = frames
         self.arrival[slot_arr] = arrival
         self.last_ns[slot_arr] = arrival
         self.active[slot_arr] = True
+
+    def _defer_repeats(self, slots: np.ndarray, weights: np.ndarray, values: np.ndarray, frames: np.ndarray,
+                       arrival: np.ndarray) -> np.ndarray:
+        """batch: fresh: a packet of a session whose last packet has not gone out yet waits in the
+        session's backlog instead of overwriting it. Returns which rows go into their slots now."""
+        _, first = np.unique(slots, return_index=True)  # np.unique: the earliest row of each slot
+        now = np.zeros(len(slots), bool)
+        now[first] = True
+        now &= ~self.active[slots]
+        if self.backlog:
+            now &= ~np.isin(slots, np.fromiter(self.backlog, np.intp, len(self.backlog)))
+        for j in np.flatnonzero(~now).tolist():  # in arrival order
+            self._queue(int(slots[j]), weights[j], values[j, N_BLENDSHAPES:], int(frames[j]), int(arrival[j]))
+        return now
+
+    def _queue(self, slot: int, weights: np.ndarray, pose: np.ndarray, frame: int, arrival: int) -> None:
+        q = self.backlog.setdefault(slot, deque())
+        if len(q) >= _BACKLOG_MAX:
+            q.popleft()
+            self.overrun += 1
+        q.append((np.array(weights, np.float32), np.array(pose, np.float32), frame, arrival))
+        self.last_ns[slot] = max(int(self.last_ns[slot]), arrival)
+
+    def _promote(self) -> None:
+        """After a batch: the next waiting packet of each backlogged session takes its slot, for the next batch."""
+        for slot in list(self.backlog):
+            q = self.backlog[slot]
+            self.weights[slot], self.pose[slot], self.frame[slot], self.arrival[slot] = q.popleft()
+            self.active[slot] = True
+            if not q:
+                del self.backlog[slot]
 
     def _store(self, f: LiveLinkFrame, addr: Any, stamp: int) -> int:
         """One parsed packet into its session's slot (joining it if new); returns the slot, -1 if refused."""
@@ -252,17 +310,21 @@ class ArkitSource(Node):
             slot = self._join(f.device_id, addr)
             if slot < 0:
                 return -1
-        row = self.weights[slot]
-        np.clip(f.weights, 0.0, 1.0, out=row)
+        row = np.clip(f.weights, 0.0, 1.0).astype(np.float32)
         off = int(np.count_nonzero(row != f.weights))
         if off:
             self.clamped += off
             self.clamped_packets += 1
+        self.packets += 1
+        if self.p.batch == "fresh" and (self.active[slot] or slot in self.backlog):
+            self._queue(slot, row, f.pose, f.frame, stamp)
+            return slot
+        self.superseded += int(self.active[slot])
+        self.weights[slot] = row
         self.pose[slot] = f.pose
         self.frame[slot] = f.frame
         self.arrival[slot] = self.last_ns[slot] = stamp
         self.active[slot] = True
-        self.packets += 1
         return slot
 
     def _bad(self, reason: str, text: str, addr: Any) -> None:
@@ -322,6 +384,8 @@ class ArkitSource(Node):
                 self.wait_hist += np.bincount(np.clip(wait_us // _WAIT_STEP_US, 0, _WAIT_BINS - 1).astype(np.intp),
                                               minlength=_WAIT_BINS)
         self.active[:] = False
+        if self.backlog:
+            self._promote()
         self.batches += 1
         self.emit("out", Message(CAPS, data, arrays, pts_ns=pts_ns, session=ids))
 
@@ -355,6 +419,11 @@ class ArkitSource(Node):
         return sock
 
     def on_params(self, changed: dict) -> None:
+        if "batch" in changed and self.p.batch == "all" and self.backlog:  # the latest frame wins from now on
+            for slot, q in self.backlog.items():
+                self.superseded += len(q)  # the slot's frame and all but the last waiting one
+                self.weights[slot], self.pose[slot], self.frame[slot], self.arrival[slot] = q[-1]
+            self.backlog.clear()
         if "rate" in changed:
             self.timer.cancel()
             self.timer = self._start_timer()
@@ -387,6 +456,8 @@ class ArkitSource(Node):
             "port": self.sock.getsockname()[1] if self.sock.fileno() >= 0 else None,
             "received": self.received, "packets": self.packets, "bad": sum(self.bad.values()),
             "bad_reasons": dict(self.bad), "clamped": self.clamped, "clamped_packets": self.clamped_packets,
+            "superseded": self.superseded, "overrun": self.overrun,
+            "backlogged": sum(len(q) for q in self.backlog.values()),
             "sessions": len(self.slots), "joined": self.joined, "left": self.left, "batches": self.batches,
             "gather_wait_us_p50": _percentile(self.wait_hist, 50), "gather_wait_us_p99": _percentile(self.wait_hist, 99),
             "gather_wait_hist": {"step_us": _WAIT_STEP_US, "bins": (nz := np.flatnonzero(self.wait_hist)).tolist(),

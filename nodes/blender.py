@@ -148,6 +148,11 @@ class Blender(FrameClockNode):
                                               "capture (none for 1.5 periods). Time then follows the clock"),
     }
 
+    @classmethod
+    def latency_ns(cls, params: Mapping[str, Any]) -> int:
+        """The One Euro smoother's lag when still: a first-order low-pass at min_cutoff, 1 / (2 pi fc)."""
+        return int(round(1e9 / (2.0 * math.pi * float(params["min_cutoff"]))))
+
     def setup(self) -> None:
         self.presets, self.micro, self.mouth, self.articulated = self._load_tables()
         self._check_emotions(self.presets, self.p.emotion, self.p.emotions)

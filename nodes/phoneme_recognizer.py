@@ -294,6 +294,8 @@ class PhonemeStream:
             n, limit = len(segs), 1 << 30
         else:
             n, limit = max(0, len(segs) - self.holdback), self._utt_samples * FRAME_RATE // RATE - self.lag_frames
+            if self._at_pause(segs):  # a pause confirms the phones before it: no later phones will come to
+                n = max(n, len(segs) - 1)  # (the end of speech would otherwise wait for the utterance's end)
         out: list[Phone] = []
         for s in segs[:n]:
             end = s.end_frame + 1

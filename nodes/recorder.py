@@ -9,7 +9,7 @@ from runtime.recording import RecordingWriter
 class Recorder(Node):
     """Writes every message, with its link seq and arrival time, to a msgpack stream file."""
 
-    inputs = {"in": Pad()}
+    inputs = {"in": Pad(policy="block")}  # a file must lose nothing (a launch line's link blocks)
     params = {
         "path": Param(str, "recording.msgpack", "file to write (parent folders are created)"),
         "flush_every": Param(int, 60, "flush to disk every N messages (always on EOS and stop)", min=1),

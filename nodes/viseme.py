@@ -13,11 +13,17 @@ Timing: phoneme times are on the pts clock. The node keeps a frame clock that st
 its timing is counted ticks (simulated time in ``NodeHarness`` tests is exact). Timers only
 ever run late, so if lost ticks leave the frame clock more than ``max_lag_ms`` behind the real
 clock it jumps forward (0 disables this: pure frame-count time for tests and offline renders).
-Each tick emits the frame for ``pts = clock - lookahead_ms``: phonemes that arrive up to
-``lookahead_ms`` after their start still get their full lead-in ramp. Keep
-``lookahead_ms >= lead_ms * (largest lead scale in the viseme table)`` when phonemes arrive
-just in time (a speech recogniser); text-to-speech schedules them ahead anyway. Downstream,
-audio played at its own pts stays in sync; the frames simply leave this node lookahead late.
+Each tick emits the frame for ``pts = clock - lookahead``, where the lookahead is the latency
+of the path that feeds this node (the runner's latency query, ``on_latency``: a recognizer's
+decision delay) plus ``lookahead_ms``, this node's own latency: phonemes that arrive as late as
+the recognizer said they may still get their full lead-in ramp. Keep
+``lookahead_ms >= lead_ms * (largest lead scale in the viseme table)``; text-to-speech declares
+no latency (it schedules phonemes ahead). Nothing is hand-tuned to the recognizer's delay.
+Downstream, audio played at its own pts stays in sync; the frames leave this node lookahead late.
+
+A phoneme that still comes later than that (its start already drawn) is not dropped: it is
+drawn from the next frame on, shortened to what is left of it but at least ``_LATE_MIN_MS``,
+after any late one before it, and counted (``late`` in the stats).
 
 A new phoneme batch for a session replaces that session's scheduled phonemes from the batch's
 first start onwards, so a recogniser may revise its hypothesis.
@@ -25,6 +31,7 @@ first start onwards, so a recogniser may revise its hypothesis.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -38,6 +45,7 @@ VISEMES = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E
 SIL = 0
 _EXP_K = 4.0  # steepness of the exponential ramp
 _HOLD_EDGE = 0.3  # a hold ramps up over the first 30% of its phoneme and down over the last 30%
+_LATE_MIN_MS = 60.0  # a late phoneme is drawn at least this long (the jaw needs a few frames to show it)
 
 
 @dataclass(frozen=True)
@@ -123,13 +131,16 @@ def strip_stress(phone: str) -> str:
 class Viseme(FrameClockNode):
     """Turns ARPAbet phoneme timelines into co-articulated ARKit mouth frames at a fixed rate."""
 
-    inputs = {"in": Pad("phonemes/arpabet", "phoneme timelines per session, times on the pts clock")}
+    inputs = {"in": Pad("phonemes/arpabet", "phoneme timelines per session, times on the pts clock",
+                        policy="block")}  # a lost message is a word the mouth never says
     outputs = {"out": Pad("arkit/blendshapes", "mouth/jaw weights for every known session, "
                           "data {'speaking': [bool]*S}")}
     params = {
         **FRAME_CLOCK_PARAMS,
-        "lookahead_ms": Param(float, 120.0, "frames are for pts = now - lookahead, so lead-in ramps can begin "
-                              "before a phoneme that arrives just in time", min=0.0, max=5000.0),
+        "lookahead_ms": Param(float, 120.0, "this node's own latency: frames are for pts = now - (the latency "
+                              "of what feeds it, from the runner's latency query, + this), so lead-in ramps can "
+                              "begin before a phoneme that arrives as late as its recognizer said",
+                              min=0.0, max=5000.0),
         "lead_ms": Param(float, 80.0, "dominance ramps in this long before a phoneme starts", min=1.0, max=1000.0),
         "release_ms": Param(float, 100.0, "dominance is released over this long after a phoneme ends",
                             min=1.0, max=1000.0),
@@ -145,6 +156,9 @@ class Viseme(FrameClockNode):
         self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
         self.start_clock()
         self.frames = self.ticks = 0
+        self.upstream_ns = 0  # the latency of the path into this node (on_latency)
+        self.late = 0
+        self.late_max_ns = 0
         self.warned: set[str] = set()
         self.slots = SessionSlots()
         self.last_msg_ns = np.zeros(self.slots.capacity, dtype=np.int64)
@@ -164,6 +178,19 @@ class Viseme(FrameClockNode):
             self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
         if "rate" in changed:
             self.retime()
+
+    @classmethod
+    def latency_ns(cls, params: Mapping[str, Any]) -> int:
+        """Frames run lookahead_ms behind what feeds them: the lead-in's room."""
+        return int(round(float(params["lookahead_ms"]) * 1e6))
+
+    def on_latency(self, upstream_ns: int) -> None:
+        self.upstream_ns = max(0, upstream_ns)
+
+    @property
+    def lookahead_ns(self) -> int:
+        """How far frames run behind the clock: the path's latency into this node plus our own."""
+        return self.upstream_ns + int(round(self.p.lookahead_ms * 1e6))
 
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
@@ -186,6 +213,22 @@ class Viseme(FrameClockNode):
             self._schedule(np.array(slot, np.intp), np.array(vis, np.intp),
                            np.array(start, np.int64), np.array(end, np.int64))
 
+    def _shorten_late(self, slot: np.ndarray, vis: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+        """Phonemes whose start was already drawn are drawn from the next frame on (in place), in
+        order, each at least _LATE_MIN_MS, and counted: late, never silently dropped."""
+        t = self.clock_ns + self.period_ns - self.lookahead_ns  # pts of the next frame
+        late = np.flatnonzero((start < t) & (vis != SIL))
+        if not late.size:
+            return
+        self.late += int(late.size)
+        self.late_max_ns = max(self.late_max_ns, int((t - start[late]).max()))
+        shortest = int(_LATE_MIN_MS * 1e6)
+        cursor: dict[int, int] = {}
+        for j in late[np.argsort(start[late], kind="stable")].tolist():
+            s = max(int(start[j]), cursor.get(int(slot[j]), t))
+            start[j], end[j] = s, max(int(end[j]), s + shortest)
+            cursor[int(slot[j])] = int(end[j])
+
     def _viseme_of(self, phone: str) -> int:
         key = strip_stress(phone)
         v = self.tables.phone_to_viseme.get(key)
@@ -201,6 +244,7 @@ class Viseme(FrameClockNode):
         first = np.full(self.slots.capacity, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, slot, start)
         keep = self.seg_start < first[self.seg_slot]
+        self._shorten_late(slot, vis, start, end)
         self.seg_slot = np.concatenate([self.seg_slot[keep], slot])
         self.seg_vis = np.concatenate([self.seg_vis[keep], vis])
         self.seg_start = np.concatenate([self.seg_start[keep], start])
@@ -211,7 +255,7 @@ class Viseme(FrameClockNode):
         """One frame for every known session at pts = clock - lookahead."""
         self.step_clock()
         self.ticks += 1
-        t = self.clock_ns - int(self.p.lookahead_ms * 1e6)
+        t = self.clock_ns - self.lookahead_ns
         live = np.flatnonzero(self.slots.used)
         if live.size:
             weights, speaking = self.frame(t)
@@ -278,10 +322,12 @@ class Viseme(FrameClockNode):
             return
         last = int(self.seg_end.max() + self.p.release_ms * 1e6 * self.tables.release_scale.max())
         limit = int(600 * self.p.rate)  # never more than ten minutes of frames
-        lookahead = int(self.p.lookahead_ms * 1e6)
+        lookahead = self.lookahead_ns
         while self.clock_ns - lookahead <= last + self.period_ns and limit > 0:
             self.tick()
             limit -= 1
 
     def stats(self) -> dict:
-        return {"frames": self.frames, "sessions": len(self.slots), "segments": int(self.seg_end.size)}
+        return {"frames": self.frames, "sessions": len(self.slots), "segments": int(self.seg_end.size),
+                "lookahead_ms": self.lookahead_ns / 1e6, "upstream_latency_ms": self.upstream_ns / 1e6,
+                "late": self.late, "late_max_ms": round(self.late_max_ns / 1e6, 1)}

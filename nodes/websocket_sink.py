@@ -27,6 +27,9 @@ _WARN_EVERY_NS = 1_000_000_000
 _RESTART_PARAMS = ("host", "port", "web_root", "ping_interval", "ping_timeout")
 
 
+_QUEUE_FPS = 60.0  # frames a second a viewer's queue drains at, for the declared latency
+
+
 class WebSocketSink(Node):
     """Serves the page (web/) and sends each browser viewer its session's packets over a WebSocket."""
 
@@ -50,6 +53,11 @@ class WebSocketSink(Node):
                                  min=0.01, max=86400.0),
     }
     transports: tuple[str, ...] = ("websocket",)
+
+    @classmethod
+    def latency_ns(cls, params: Mapping[str, Any]) -> int:
+        """A viewer's full queue: queue_size packets at 60 frames a second (the frame rate of our graphs)."""
+        return int(round(int(params["queue_size"]) * 1e9 / _QUEUE_FPS))
 
     @classmethod
     def check_config(cls, params: Mapping[str, Any]) -> list[str]:

@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("launch", help='run a one-liner: avatar launch "testsrc rate=60 ! identity ! fakesink"')
     sp.add_argument("line", nargs="+", help="TYPE key=value ... ! TYPE ... (NAME. refers to a named node)")
-    sp.add_argument("--policy", choices=("leaky", "block"), default="leaky", help="queue policy of every link")
+    sp.add_argument("--policy", choices=("leaky", "block"), default=None,
+                    help="queue policy of every link (default: what each input pad asks for: block into recorder, "
+                         "audio_phoneme and viseme, leaky elsewhere)")
     sp.add_argument("--size", type=int, default=8, help="queue size of every link")
     sp.add_argument("--name", default="launch", help="graph name (names the control channel)")
     run_opts(sp)

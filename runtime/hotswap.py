@@ -203,5 +203,6 @@ class HotSwap:
             if l.id in seqs:
                 await runner.request(new, op.RELINK, link=l.id, seq=seqs[l.id])
         runner.procs[name] = new
+        await runner.latency.update(runner, report=True)  # latency query: recomputed for the new graph
         await runner.bring(new, runner.state)
         await runner.relink_upstream(name, new.instance)

@@ -1,6 +1,7 @@
 """``avatar inspect``: node types and their pads, caps and params, like gst-inspect-1.0."""
 from __future__ import annotations
 
+from .latency import own_latency
 from .node import Node
 from .registry import get_node_type, node_type_names
 
@@ -30,9 +31,12 @@ def describe_type(name: str) -> str:
             req = "" if title == "Output pads" or pad.required else " (optional)"
             out.append(f"  {pad_name}{req}")
             out.append(f"    caps: {pad.describe()}")
+            if pad.policy:
+                out.append(f"    a link that names no policy (a launch line) gets: {pad.policy}")
             if pad.doc:
                 out.append(f"    {pad.doc}")
         out.append("")
+    out += latency_lines(cls) + [""]
     out.append("Params:")
     if not cls.params:
         out.append("  none")
@@ -41,3 +45,15 @@ def describe_type(name: str) -> str:
         rng = p.range_text()
         out.append(f"    type: {p.type_name}   default: {p.default!r}" + (f"   range: {rng}" if rng else ""))
     return "\n".join(out) + "\n"
+
+
+def latency_lines(cls: type[Node]) -> list[str]:
+    """What the type declares to the latency query (``Node.latency_ns``), at its default params."""
+    if cls.latency_ns.__func__ is Node.latency_ns.__func__:  # type: ignore[attr-defined]
+        return ["Latency:", "  0 ms: holds no data back"]
+    try:
+        text = f"{own_latency(cls, {}) / 1e6:.1f} ms with the default params"
+    except Exception as exc:  # a broken declaration must not hide the rest of the page
+        text = f"(cannot compute: {type(exc).__name__}: {exc})"
+    why = (cls.latency_ns.__doc__ or "").strip().splitlines()
+    return ["Latency:", f"  {text}"] + ([f"    {why[0]}"] if why else [])

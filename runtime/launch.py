@@ -12,12 +12,16 @@ import shlex
 from .errors import GraphError, Problem
 from .graph import Graph, LinkSpec, NodeSpec
 from .params import parse_value
+from .registry import get_node_type
 
 FILE = "<launch>"
 
 
-def parse_launch(line: str, *, policy: str = "leaky", size: int = 8, name: str = "launch") -> Graph:
-    """Build a graph from a launch line; raises GraphError naming the bad token."""
+def parse_launch(line: str, *, policy: str | None = None, size: int = 8, name: str = "launch") -> Graph:
+    """Build a graph from a launch line; raises GraphError naming the bad token.
+
+    ``policy``: every link's queue policy; None: what each link's input pad asks for (``Pad.policy``:
+    block into a recorder, audio or phonemes, so the plain line loses nothing there), else leaky."""
     try:
         tokens = shlex.split(line)
     except ValueError as exc:
@@ -36,7 +40,7 @@ def parse_launch(line: str, *, policy: str = "leaky", size: int = 8, name: str =
             if prev is None:
                 problems.append(Problem("'!' with nothing before it", FILE))
             else:
-                links.append(LinkSpec(prev[0], prev[1], dst, dst_pad, policy, size))
+                links.append(LinkSpec(prev[0], prev[1], dst, dst_pad, policy or _asked_policy(nodes[dst], dst_pad), size))
             pending_link = False
 
     for pos, tok in enumerate(tokens, start=1):
@@ -93,3 +97,13 @@ def parse_launch(line: str, *, policy: str = "leaky", size: int = 8, name: str =
     if problems:
         raise GraphError(problems)
     return Graph(name=name, nodes=nodes, links=links, file=FILE)
+
+
+def _asked_policy(node: NodeSpec, pad: str | None) -> str:
+    """The policy the input pad asks for, or leaky (an unknown type or pad is validation's to report)."""
+    try:
+        cls = get_node_type(node.type)
+        spec = cls.inputs.get(pad or cls.default_input() or "")
+    except Exception:
+        return "leaky"
+    return (spec.policy if spec is not None else None) or "leaky"

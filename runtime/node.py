@@ -37,7 +37,8 @@ class NodeContext(Protocol):
 class Node:
     """Subclass this, declare ``inputs``, ``outputs`` and ``params``, implement the hooks you need.
 
-    Hooks, in the order the runtime calls them: ``setup`` (READY), ``on_play`` (PLAYING),
+    Hooks, in the order the runtime calls them: ``setup`` (READY), ``on_latency`` (the path's
+    latency, before PLAYING and after changes), ``on_play`` (PLAYING),
     ``process`` (each input message), ``on_params`` (after a live change), ``on_pause``,
     ``on_eos`` (every input ended, or a source was asked to finish), ``teardown``.
     """
@@ -76,6 +77,11 @@ class Node:
 
     def on_eos(self) -> None:
         """No more input will come: emit what is buffered."""
+
+    def on_latency(self, upstream_ns: int) -> None:
+        """The runner's latency query (``runtime.latency``): the most any path into this node holds
+        data back. Sent before PLAYING and again after a swap, restart or param change upstream; a
+        node that must wait for late input (the viseme's lookahead) follows it."""
 
     def teardown(self) -> None:
         """Release what setup opened; called on every stop, clean or not."""
@@ -133,6 +139,13 @@ class Node:
         Override when params decide it in a way a Pad cannot say (a mapping table's caps).
         """
         return cls.outputs[pad].static_caps(params)
+
+    @classmethod
+    def latency_ns(cls, params: Mapping[str, Any]) -> int:
+        """Time (ns) this node type holds data back with these params (full, defaults filled in):
+        a recognizer's decision delay, a lead-in, a smoother's lag, a sink's queue. Summed along
+        every path by ``runtime.latency``; shown by ``avatar inspect``."""
+        return 0
 
     @classmethod
     def check_config(cls, params: Mapping[str, Any]) -> list[str]:

@@ -20,6 +20,9 @@ class Pad:
     required: bool = True
     caps_param: str | None = None
     same_as: str | None = None
+    # the queue policy a link into this input gets when it names none (a launch line): 'block' where
+    # a lost message is a hole (audio, phonemes, a file); None: the line's default (leaky)
+    policy: str | None = None
 
     def describe(self) -> str:
         if self.caps_param:

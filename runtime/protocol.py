@@ -23,6 +23,7 @@ DRAIN = "drain"      # {release}: hot-swap, process up to every input's MARK, ha
 BIND = "bind"        # {links: {id: expected seq | None}}: bind deferred tcp inputs
 EOS = "eos"          # {}: a source ends its stream. Also node -> runner: its stream has ended
 STOP = "stop"        # {}: exit
+LATENCY = "latency"  # {upstream_ns}: the latency of the paths into the node (runtime.latency)
 
 # messages, node -> runner
 REPLY = "reply"      # {id, ok, result, error}

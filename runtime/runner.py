@@ -24,6 +24,7 @@ from .bus import Bus
 from .endpoints import tcp_links
 from .errors import ControlError, GraphError, ParamError, Problem
 from .graph import Graph
+from .latency import LatencyTracker
 from .hotswap import HotSwap
 from .nodeprocess import NodeProcess
 from .params import check_params, check_wire
@@ -83,6 +84,7 @@ class Runner:
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.store: StateStore | None = None
+        self.latency = LatencyTracker()  # the latency query (runtime.latency)
 
     # --- public, blocking API ------------------------------------------------------------------
     def start(self) -> "Runner":
@@ -215,6 +217,7 @@ class Runner:
             raise ControlError(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
         result = await self.request(np, op.PARAMS, params=changed)
         self.keep(name, changed)
+        await self.latency.update(self)  # latency query: a param may change a path's latency
         return result
 
     async def set_state_async(self, target: str) -> str:
@@ -416,6 +419,7 @@ class Runner:
         self.state = READY
         self.bus.post("STATE_CHANGED", node=None, graph=self.graph.name, old=NULL, new=READY, run_id=self.run_id,
                       pids=self.pids())
+        await self.latency.update(self, report=True)  # latency query: nodes told before PLAYING
         await self.set_state_async(PLAYING)
 
     def _restore_state(self) -> None:

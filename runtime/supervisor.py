@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ControlError
 from .nodeprocess import NodeProcess
 from .proctools import exit_cause
+from .states import READY
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -163,6 +164,8 @@ class Supervisor:
             runner.procs[name] = new
             self.respawned.add(name)
             try:
+                await runner.bring(new, READY)
+                await runner.latency.update(runner)  # latency query: the new process is told
                 await runner.bring(new, runner.state)
                 await runner.relink_upstream(name, new.instance)
             except (RuntimeError, TimeoutError, ControlError) as exc:

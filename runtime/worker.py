@@ -36,7 +36,7 @@ from .states import NULL, PAUSED, PLAYING, READY
 from .transport import InLink, LinkWatch, OutLink
 
 PERIODIC_S = 1.0  # parent check, QOS and link warnings
-_DEFERRED = (op.STATE, op.PARAMS, op.EOS)  # requests that change the node: held while node code runs
+_DEFERRED = (op.STATE, op.PARAMS, op.EOS, op.LATENCY)  # requests that change the node: held while node code runs
 # a tcp link down this long gets a WARNING (the other host's runner not started, or with another graph?)
 LINK_WAIT_WARN_S = float(os.environ.get("AVATAR_LINK_WARN_S", "10"))
 _RING = 1024
@@ -102,7 +102,7 @@ class Worker:
         self._ops: dict[str, Callable[[dict], None]] = {
             op.STATS: self._op_stats, op.PARAMS: self._op_params, op.STATE: self._op_state, op.HOLD: self._op_hold,
             op.RELINK: self._op_relink, op.DRAIN: self._op_drain, op.BIND: self._op_bind, op.EOS: self._op_eos,
-            op.STOP: self._op_stop,
+            op.STOP: self._op_stop, op.LATENCY: self._op_latency,
         }
 
         self.cls: type[Node] = get_node_type(spec.type)
@@ -535,6 +535,11 @@ class Worker:
         if not self.finished:
             self._guarded(self.node.on_eos)
             self.end_stream()
+        self._reply(req)
+
+    def _op_latency(self, req: dict) -> None:
+        """The runner's latency query (runtime.latency): what the paths into this node hold back."""
+        self._guarded(lambda: self.node.on_latency(int(req["upstream_ns"])))
         self._reply(req)
 
     def _op_stop(self, req: dict) -> None:

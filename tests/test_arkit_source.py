@@ -34,7 +34,7 @@ def udp():
 
 @pytest.fixture
 def src():
-    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0)
+    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, rate=60.0, batch="all")  # every session every tick
     yield h
     h.close()
 
@@ -172,7 +172,7 @@ def test_weights_outside_0_1_are_clamped_and_counted(src, udp):
 
 
 def test_silent_sessions_leave_and_their_slot_is_reused(udp):
-    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, session_timeout=0.5)
+    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, session_timeout=0.5, rate=60.0, batch="all")
     try:
         _deliver(h, udp, build_packet("a", np.zeros(52)), build_packet("b", np.zeros(52)))
         assert _only(h.advance(TICK)).session == ["a", "b"]
@@ -196,7 +196,7 @@ def test_silent_sessions_leave_and_their_slot_is_reused(udp):
 
 
 def test_a_pause_does_not_time_sessions_out(udp):
-    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, session_timeout=1.0)
+    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, session_timeout=1.0, rate=60.0, batch="all")
     try:
         _deliver(h, udp, PACKETS[0])
         h.advance(TICK)
@@ -270,7 +270,7 @@ GRAPH = """
 name: arkit_source_test
 args: {out: rec.msgpack}
 nodes:
-  src: {type: arkit_source, params: {host: 127.0.0.1, port: 0, rate: 500, session_timeout: 600}}
+  src: {type: arkit_source, params: {host: 127.0.0.1, port: 0, rate: 500, batch: all, session_timeout: 600}}
   rec: {type: recorder, params: {path: "${out}", flush_every: 1}}
 links:
   - {from: src.out, to: rec.in, policy: block, size: 512}
