@@ -1,7 +1,7 @@
 """Avatar Engine's graph runtime: YAML graphs of node processes wired by ZeroMQ."""
 from .bus import Bus
 from .caps import ANY, caps_compatible
-from .errors import ControlError, GraphError, NodeTypeError, ParamError, Problem
+from .errors import ControlError, GraphError, NodeTypeError, ParamError, ParamRefused, Problem
 from .graph import Graph, LinkSpec, NodeSpec, load_graph, parse_graph
 from .launch import parse_launch
 from .message import Kind, MalformedMessage, Message
@@ -16,7 +16,7 @@ from .validate import validate_graph
 
 __all__ = [
     "ANY", "Bus", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "MalformedMessage", "Message",
-    "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "Problem", "Runner", "SessionSlots",
+    "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "ParamRefused", "Problem", "Runner", "SessionSlots",
     "batch_sessions", "caps_compatible", "control_endpoint", "get_node_type", "load_graph", "node_type_names", "parse_graph",
     "parse_launch", "validate_graph",
 ]

@@ -13,7 +13,7 @@ from . import logs
 from .bus import to_json_line
 from .control import ControlClient, control_endpoint
 from .dot import to_dot
-from .errors import ControlError, GraphError, NodeTypeError
+from .errors import ControlError, GraphError, NodeTypeError, ParamRefused
 from .graph import Graph, load_graph
 from .inspect_text import describe_type, list_types
 from .launch import parse_launch
@@ -366,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         n = len(exc.problems)
         print(f"avatar: {n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+        return 2
+    except ParamRefused as exc:  # a refused value changed nothing: like an invalid graph, exit 2
+        print(f"avatar: refused: {exc}", file=sys.stderr)
         return 2
     except (ControlError, NodeTypeError) as exc:
         print(f"avatar: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import zmq
 
-from .errors import ControlError
+from .errors import ControlError, ParamRefused
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -41,6 +41,8 @@ async def _answer(runner: "Runner", sock: Any, frames: list[bytes]) -> None:
         reply = {"ok": True, "result": result}
     except (ControlError, KeyError, TypeError, ValueError) as exc:
         reply = {"ok": False, "error": str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}"}
+        if isinstance(exc, ParamRefused):
+            reply["refused"] = True
     except Exception as exc:  # noqa: BLE001 - the client gets every failure as a reply
         reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     await sock.send_multipart([ident, b"", msgpack.packb(reply, use_bin_type=True, default=str)])
@@ -89,5 +91,5 @@ class ControlClient:
         finally:
             sock.close(0)
         if not reply.get("ok"):
-            raise ControlError(reply.get("error", "request failed"))
+            raise (ParamRefused if reply.get("refused") else ControlError)(reply.get("error", "request failed"))
         return reply.get("result")

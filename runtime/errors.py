@@ -35,3 +35,8 @@ class NodeTypeError(LookupError):
 
 class ControlError(RuntimeError):
     """A control request the runner or a node refused, with the reason."""
+
+
+class ParamRefused(ControlError):
+    """A param change refused (by its type, its range, its own check, its state, or the node):
+    nothing changed anywhere, and the message says why."""

@@ -44,6 +44,7 @@ def describe_type(name: str) -> str:
         out.append(f"  {pname}: {p.doc}")
         rng = p.range_text()
         out.append(f"    type: {p.type_name}   default: {p.default!r}" + (f"   range: {rng}" if rng else ""))
+        out.append(f"    changes: {p.mutable_text()}")
     return "\n".join(out) + "\n"
 
 

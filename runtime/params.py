@@ -4,19 +4,30 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from .errors import ParamError
+from .states import PAUSED, PLAYING, READY, rank
 
 INT_LIMIT = 2 ** 63  # ints are 64-bit signed on the wire (msgpack)
 _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", list: "list", dict: "dict"}
 
 
+MUTABLE = (READY, PAUSED, PLAYING)
+
+
 @dataclass(frozen=True)
 class Param:
-    """Declaration of one param: its type, default, allowed range or choices, and a doc line."""
+    """Declaration of one param: its type, default, allowed range or choices, and a doc line.
+
+    ``check`` is the type's own rule for a value (a URL, a file name): it returns why a value is
+    refused, or None; it runs wherever the range does (loading a graph, a live change, a swap).
+    ``mutable`` is the highest state in which the param may still change, as GStreamer's
+    mutable-in-READY / -PAUSED / -PLAYING flags: ``playing`` (the default) is a live param; a
+    ``ready`` one is refused while the node runs, and changes by a hot-swap with the new value.
+    """
 
     type: type
     default: Any
@@ -24,10 +35,25 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None
+    mutable: str = PLAYING
+
+    def __post_init__(self) -> None:
+        if self.mutable not in MUTABLE:
+            raise ValueError(f"Param.mutable must be one of {', '.join(MUTABLE)}, got {self.mutable!r}")
 
     @property
     def type_name(self) -> str:
         return _TYPE_NAMES.get(self.type, self.type.__name__)
+
+    @property
+    def live(self) -> bool:
+        """May change while the node is PLAYING."""
+        return self.mutable == PLAYING
+
+    def mutable_text(self) -> str:
+        return {PLAYING: "live (may change while PLAYING)", PAUSED: "in PAUSED or READY only",
+                READY: "in READY only (swap the node to change it)"}[self.mutable]
 
     def range_text(self) -> str:
         if self.choices is not None:
@@ -63,7 +89,18 @@ class Param:
             raise ParamError(f"param '{name}' must be {self.range_text()}, got {value!r}")
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ParamError(f"param '{name}' must be in {self.range_text()}, got {value!r}")
+        if self.check is not None:
+            why = self.check(value)
+            if why:
+                raise ParamError(f"param '{name}': {why}")
         return value
+
+    def refused_in(self, name: str, state: str) -> str | None:
+        """Why this param may not change now that the node is in ``state``, or None."""
+        if state not in MUTABLE or rank(state) <= rank(self.mutable):
+            return None
+        return (f"param '{name}' can only change in {self.mutable} or below, and the node is {state}: "
+                f"swap the node with the new value instead (avatar swap ... {name}=...)")
 
 
 def parse_value(text: str) -> Any:
@@ -74,8 +111,11 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def check_params(declared: Mapping[str, Param], given: Mapping[str, Any], *, fill_defaults: bool = True) -> dict[str, Any]:
-    """Validate given params against the declaration; every problem is reported at once."""
+def check_params(declared: Mapping[str, Param], given: Mapping[str, Any], *, fill_defaults: bool = True,
+                 state: str | None = None) -> dict[str, Any]:
+    """Validate given params against the declaration; every problem is reported at once.
+
+    ``state``: a live change to a node in that state, which refuses params not mutable in it."""
     problems: list[str] = []
     out: dict[str, Any] = {k: p.default for k, p in declared.items()} if fill_defaults else {}
     for name, value in given.items():
@@ -93,6 +133,10 @@ def check_params(declared: Mapping[str, Param], given: Mapping[str, Any], *, fil
             out[name] = spec.coerce(name, value)
         except ParamError as exc:
             problems.append(str(exc))
+            continue
+        why = spec.refused_in(name, state) if state is not None else None
+        if why:
+            problems.append(why)
     if problems:
         raise ParamError("; ".join(problems))
     return out
