@@ -26,7 +26,7 @@ STOP = "stop"        # {}: exit
 LATENCY = "latency"  # {upstream_ns}: the latency of the paths into the node (runtime.latency)
 
 # messages, node -> runner
-REPLY = "reply"      # {id, ok, result, error}
+REPLY = "reply"      # {id, ok, result, error, refused?}: refused: a param change the node refused (nothing changed)
 HELLO = "hello"      # {pid}: the process runs
 BUS = "bus"          # {type, text, ...}: a bus message from the node
 MARK = "mark"        # {link}: a hold's MARK arrived on this input

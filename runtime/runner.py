@@ -22,7 +22,7 @@ import zmq.asyncio
 from . import protocol as op
 from .bus import Bus
 from .endpoints import tcp_links
-from .errors import ControlError, GraphError, ParamError, Problem
+from .errors import ControlError, GraphError, ParamError, ParamRefused, Problem
 from .graph import Graph
 from .latency import LatencyTracker
 from .hotswap import HotSwap
@@ -208,15 +208,19 @@ class Runner:
         return result
 
     async def set_params_async(self, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Set live params; a refusal (ParamRefused, with the reason) changes nothing anywhere.
+
+        Only what the node accepted is recorded (the graph's params, the state store), so the node's
+        next process, after a crash or a swap, starts with the last values that worked."""
         np = self.proc(name)
         cls = self.types[name]
         try:
             check_wire(params)  # first: nothing below walks a value nested thousands deep
-            changed = check_params(cls.params, params, fill_defaults=False)
+            changed = check_params(cls.params, params, fill_defaults=False, state=np.state)
         except ParamError as exc:
-            raise ControlError(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
+            raise ParamRefused(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
         result = await self.request(np, op.PARAMS, params=changed)
-        self.keep(name, changed)
+        self.keep(name, {k: result[k] for k in changed if k in result})  # as the node holds them
         await self.latency.update(self)  # latency query: a param may change a path's latency
         return result
 
@@ -332,7 +336,7 @@ class Runner:
         finally:
             self._pending.pop(rid, None)
         if not reply["ok"]:
-            raise ControlError(f"node '{np.name}': {reply['error']}")
+            raise (ParamRefused if reply.get("refused") else ControlError)(f"node '{np.name}': {reply['error']}")
         return reply["result"]
 
     # --- process plumbing, used by runtime.supervisor and runtime.hotswap ------------------------

@@ -443,6 +443,12 @@ class Worker:
         if "id" in req:
             self._send(op.REPLY, id=req["id"], ok=ok, result=result, error=error)
 
+    def _refuse(self, req: dict, exc: Exception) -> None:
+        """A request that failed: a refused param change says so (the runner raises ParamRefused)."""
+        if "id" in req:
+            self._send(op.REPLY, id=req["id"], ok=False, result=None, error=str(exc),
+                       refused=req.get("op") == op.PARAMS and isinstance(exc, ValueError))
+
     def _handle_control(self) -> None:
         while True:
             try:
@@ -453,12 +459,12 @@ class Worker:
             try:
                 if req.get("op") in _DEFERRED and self.nested:
                     if req["op"] == op.PARAMS:
-                        check_params(self.cls.params, req["params"], fill_defaults=False)
+                        check_params(self.cls.params, req["params"], fill_defaults=False, state=self.state)
                     self.deferred.append(req)
                     continue
                 self._apply(req)
             except (ParamError, ValueError, KeyError) as exc:
-                self._reply(req, False, error=str(exc))
+                self._refuse(req, exc)
 
     def _run_deferred(self) -> None:
         todo, self.deferred = self.deferred, []
@@ -466,7 +472,7 @@ class Worker:
             try:
                 self._apply(req)
             except (ParamError, ValueError, KeyError) as exc:
-                self._reply(req, False, error=str(exc))
+                self._refuse(req, exc)
 
     def _apply(self, req: dict) -> None:
         handler = self._ops.get(req["op"])
@@ -480,9 +486,18 @@ class Worker:
         self._reply(req, result=self.stats())
 
     def _op_params(self, req: dict) -> None:
-        changed = check_params(self.cls.params, req["params"], fill_defaults=False)
-        self.node.p.__dict__.update(changed)
-        self._guarded(lambda: self.node.on_params(changed))
+        """A live change: checked against the types, ranges, own checks and the state each param may
+        change in, then offered to the node, which refuses by raising ParamError (a failed bind, a
+        table that does not load). A refusal restores every value it touched: nothing changed."""
+        changed = check_params(self.cls.params, req["params"], fill_defaults=False, state=self.state)
+        values = self.node.p.__dict__
+        old = {k: values[k] for k in changed}
+        values.update(changed)
+        try:
+            self._guarded(lambda: self.node.on_params(changed))
+        except BaseException:
+            values.update(old)
+            raise
         self._reply(req, result=self.node.p.as_dict())
 
     def _op_state(self, req: dict) -> None:

@@ -82,7 +82,7 @@ def test_control_channel_from_the_cli(graph_file, avatar_run, tmp_path):
     r = avatar("set", "-g", "ctl", "mid", "label=z", "delay_ms=0.5")
     assert r.returncode == 0 and json.loads(r.stdout)["label"] == "z"
     r = avatar("set", "-g", "ctl", "mid", "delay_ms=oops")
-    assert r.returncode == 1 and "param 'delay_ms' must be float, got str 'oops'" in r.stderr
+    assert r.returncode == 2 and "refused" in r.stderr and "param 'delay_ms' must be float, got str 'oops'" in r.stderr
     r = avatar("swap", "-g", "ctl", "mid", "label=y")
     assert r.returncode == 0, r.stderr
     new_pid = json.loads(r.stdout)["pid"]
