@@ -15,14 +15,14 @@ arrives. Layers, per session slot, all vectorised over slots:
 
 All internal time is simulated seconds advanced by one period per tick, and random numbers
 come from one seeded generator, so the same inputs give the same frames. Output pts follow a
-frame clock that starts at ``runtime.clock.now_ns`` and counts frame periods, jumping forward
-only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.frameclock``, shared with ``viseme``).
+frame clock that starts at the node's ``now_ns`` and counts frame periods, jumping forward
+only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.face.FrameClockNode``, shared with ``viseme``).
 
 With ``tick_on_capture``, frames follow the capture instead: a session's frame is made as soon
 as its capture arrives, on the phase of its own device, so a capture packet never waits for a
 shared tick (phones are not in step with each other, and a shared 60 Hz tick alone would add up
 to 16.7 ms). Each output batch then holds the sessions whose capture just came; the timer makes
-the frames of the sessions without live capture. Internal time follows ``runtime.clock`` and
+the frames of the sessions without live capture. Internal time follows the node's ``now_ns`` and
 each session advances by the time since its own last frame.
 """
 from __future__ import annotations
@@ -35,10 +35,8 @@ import numpy as np
 from runtime import Message, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
-from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
-from .one_euro import OneEuro
-from .tables import TABLE_RULE, arkit_names, arkit_pose_names, load_mapping
-from .viseme import load_viseme_tables
+from .face import (FRAME_CLOCK_PARAMS, TABLE_RULE, FrameClockNode, OneEuro, arkit_names, arkit_pose_names, load_mapping,
+                   load_viseme_tables)
 
 _NAMES = arkit_names()
 _COL = {n: i for i, n in enumerate(_NAMES)}
@@ -107,6 +105,7 @@ def weight_table(entries: Mapping[str, Mapping[str, float]], where: str) -> tupl
 class Blender(FrameClockNode):
     """Merges capture, visemes and emotion per session into ARKit frames at a fixed rate, with idle motion."""
 
+    interfaces = frozenset({"emotion"})  # params emotion, intensity, transition_ms: set by POST /emotion
     inputs = {
         "capture": Pad("arkit/blendshapes", "live capture; data {'active': [bool]*S} optional", required=False),
         "visemes": Pad("arkit/blendshapes", "viseme mouth shapes; data {'speaking': [bool]*S}", required=False),

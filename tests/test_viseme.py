@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.tables import arkit_names
+from nodes.face import arkit_names
 from nodes.viseme import Viseme
 from runtime import Message, ParamError
 from runtime.testing import NodeHarness

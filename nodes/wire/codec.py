@@ -24,6 +24,8 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
+from .limits import MAX_SESSION_ID
+
 VERSION = 2
 TABLE_ARKIT52 = 1  # names table id: the 52 ARKit blendshapes of graphs/mappings/arkit52.yaml
 TABLE_SIZES = {TABLE_ARKIT52: 52}
@@ -448,8 +450,8 @@ def parse_packet(data: bytes) -> Packet:
         raise ValueError(f"unsupported wire format version {obj[0]!r} (this decoder reads {VERSION})")
     sid, seq = _int(obj[1], "sid", 0, MAX_SLOTS - 1), _int(obj[2], "seq", 0, SEQ_MOD - 1)
     pts = _int(obj[3], "pts", -(1 << 63), (1 << 63) - 1)
-    if not isinstance(obj[4], str) or len(obj[4]) > 1024:
-        raise ValueError("session must be a string of at most 1024 characters")
+    if not isinstance(obj[4], str) or len(obj[4]) > MAX_SESSION_ID:
+        raise ValueError(f"session must be a string of at most {MAX_SESSION_ID} characters")
     names = _names(obj[5])
     bits, pose_bits = _int(obj[6], "bits", 1, 16), _int(obj[7], "pose_bits", 0, 16)
     if not isinstance(obj[8], bytes):
@@ -507,6 +509,14 @@ def read_keyframe_values(data: bytes, m: int, bits: int, pose_bits: int) -> tupl
 
 
 # --- encoder --------------------------------------------------------------------------------
+class Encoded(NamedTuple):
+    """One encoded batch: a packet per session row, and what each is."""
+
+    packets: list[bytes]
+    keyframe: np.ndarray  # bool (S,): the row's packet is a keyframe
+    seq: np.ndarray  # int64 (S,): the row's wire seq (0 .. SEQ_MOD - 1)
+
+
 class Encoder:
     """Encodes batches of sessions into packets; per-session state lives in slot-indexed arrays."""
 
@@ -566,6 +576,12 @@ class Encoder:
     def encode(self, sessions: Sequence[str], weights: np.ndarray, pts_ns: int, names: Names | Sequence[str],
                pose: np.ndarray | None = None) -> list[bytes]:
         """One packet per session row; raises ValueError for a malformed batch."""
+        return self.encode_batch(sessions, weights, pts_ns, names, pose).packets
+
+    def encode_batch(self, sessions: Sequence[str], weights: np.ndarray, pts_ns: int, names: Names | Sequence[str],
+                     pose: np.ndarray | None = None) -> "Encoded":
+        """``encode``, plus each row's keyframe flag and wire ``seq``, so nobody downstream has to
+        read them back out of the bytes."""
         w = np.asarray(weights)
         if w.ndim != 2 or w.shape[0] != len(sessions):
             raise ValueError(f"weights must be (S, M) with S = {len(sessions)} sessions, got shape {w.shape}")
@@ -578,8 +594,8 @@ class Encoder:
         if self._last_batch is not None and self._last_batch[0] == batch:  # the same sessions as last time
             slots = self._last_batch[1]
         else:
-            if any(not isinstance(s, str) or len(s) > 1024 for s in sessions):
-                raise ValueError("session ids must be strings of at most 1024 characters")
+            if any(not isinstance(s, str) or len(s) > MAX_SESSION_ID for s in sessions):
+                raise ValueError(f"session ids must be strings of at most {MAX_SESSION_ID} characters")
             if len(set(sessions)) != len(sessions):
                 raise ValueError("a session appears twice in one batch")
             slots = np.array([self._slot_for(s) for s in sessions], dtype=np.int64)
@@ -630,7 +646,7 @@ class Encoder:
         self.counts["packets"] += len(out)
         self.counts["keyframes"] += int(key.sum())
         self.counts["bytes"] += sum(map(len, out))
-        return out  # type: ignore[return-value]
+        return Encoded(out, key, seq.astype(np.int64))  # type: ignore[arg-type]
 
     def _deltas(self, slots: np.ndarray, seq: np.ndarray, ref: np.ndarray, back: np.ndarray, pts_res: np.ndarray,
                 motion: np.ndarray, q: np.ndarray, qp: np.ndarray | None) -> list[bytes]:
