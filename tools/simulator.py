@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds before the window (default 1)")
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between viewer connections")
     ap.add_argument("--session", default=None, help="session to watch (default: the first live one; '*': spread)")
-    ap.add_argument("--lod", type=int, default=None, choices=range(4), help="level of detail to ask for")
+    ap.add_argument("--lod", type=int, default=None, choices=range(wf.N_LOD_LEVELS), help="level of detail to ask for")
     ap.add_argument("--devices", type=int, default=1, help="devices fed to an arkit_source graph (default 1)")
     ap.add_argument("--reference", help="compare with this capture (.csv export or .bin container) instead")
     ap.add_argument("--no-record", action="store_true", help="with --graph: no recorder, no reconstruction error")
