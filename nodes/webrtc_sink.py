@@ -21,8 +21,7 @@ from typing import Any, Mapping
 
 from runtime import Param
 
-from .delivery import ViewerSink
-from .delivery.rtc import DataChannelTransport, ice_server_problems, offer_problems, restrict_host_addresses
+from .delivery import DataChannelTransport, ViewerSink, ice_server_problems, offer_problems, restrict_host_addresses
 
 _CHANNELS_WITHIN_S = 15.0  # a peer whose two channels are not open by then is closed
 
