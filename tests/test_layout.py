@@ -98,3 +98,12 @@ def test_each_subpackage_all_is_honest(name):
     modules = {p.stem for p in (NODES / name).glob("*.py")}
     public = {n for n in vars(package) if not n.startswith("_") and n not in modules and n != "annotations"}
     assert public <= set(package.__all__), f"nodes.{name} exports {sorted(public - set(package.__all__))} outside __all__"
+
+
+def test_paths_computed_from_a_subpackage_find_the_repository_folders():
+    from nodes.delivery import DEFAULT_WEB_ROOT
+    from nodes.face import GRAPHS_DIR
+    from nodes.livelink import SAMPLE_CAPTURE
+
+    assert (DEFAULT_WEB_ROOT / "index.html").is_file() and DEFAULT_WEB_ROOT == ROOT / "web"
+    assert GRAPHS_DIR == ROOT / "graphs" and SAMPLE_CAPTURE.is_file()
