@@ -35,12 +35,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
-from runtime.clock import now_ns
 
-from .livelink import (N_BLENDSHAPES, N_POSE, TAIL_BYTES, VERSION, LiveLinkFrame, PacketError, header_of,
+from .livelink import (CAPS, N_BLENDSHAPES, N_POSE, TAIL_BYTES, VERSION, LiveLinkFrame, PacketError, header_of,
                        parse_datagram, parse_tails)
 
-CAPS = "arkit/blendshapes"
 _MAX_DRAIN = 4096  # datagrams per wake-up, so a flood cannot starve the timer
 _RECV_BYTES = 65536  # a whole datagram, so an oversized one is seen as such, not cut
 _WARN_EVERY_NS = 1_000_000_000
@@ -195,7 +193,7 @@ class ArkitSource(Node):
             kstamps.append(anc[0][2] if anc else _NO_STAMP)
         if not datas:
             return
-        now = now_ns()
+        now = self.now_ns()
         spec = np.frombuffer(b"".join(kstamps), np.int64).reshape(-1, 2)
         arrival = spec[:, 0] * 1_000_000_000 + spec[:, 1] + (now - time.clock_gettime_ns(time.CLOCK_REALTIME))
         arrival[(spec[:, 0] == 0) | (arrival > now)] = now  # no stamp (or a clock step): now
@@ -331,10 +329,10 @@ class ArkitSource(Node):
         """Count a dropped datagram; warn at once unless we warned less than a second ago."""
         self.bad[reason] = self.bad.get(reason, 0) + 1
         if not self.window:
-            self.window_start_ns = now_ns()
+            self.window_start_ns = self.now_ns()
         self.window[reason] = self.window.get(reason, 0) + 1
         self.last_bad = f"{text} (from {_addr(addr)})" if addr else text
-        self._maybe_warn(now_ns())
+        self._maybe_warn(self.now_ns())
 
     def _maybe_warn(self, now: int) -> None:
         if not self.window or now - self.last_warn_ns < _WARN_EVERY_NS:
@@ -349,7 +347,7 @@ class ArkitSource(Node):
 
     # --- output ------------------------------------------------------------------------------
     def _expire(self) -> int:
-        now = now_ns()
+        now = self.now_ns()
         if self.slots:
             stale = np.flatnonzero(self.used & (now - self.last_ns > int(self.p.session_timeout * 1e9)))
             for slot in stale.tolist():
@@ -391,12 +389,12 @@ class ArkitSource(Node):
 
     # --- lifecycle ---------------------------------------------------------------------------
     def on_pause(self) -> None:
-        self.paused_ns = now_ns()
+        self.paused_ns = self.now_ns()
 
     def on_play(self) -> None:
         """A pause is not silence: sessions do not time out because we stopped listening."""
         if self.paused_ns:
-            self.last_ns[self.used] += now_ns() - self.paused_ns
+            self.last_ns[self.used] += self.now_ns() - self.paused_ns
             self.paused_ns = 0
 
     def _bind(self, host: str, port: int) -> socket.socket:

@@ -1,6 +1,6 @@
 """audio_phoneme: streaming ARPAbet phonemes from speech audio (pocketsphinx), for lip-sync.
 
-Each session gets its own ``PhonemeStream`` (see ``nodes.phoneme_recognizer``: a decoder with
+Each session gets its own ``PhonemeStream`` (see ``nodes.speech.recognizer``: a decoder with
 state cannot be shared between streams, so these are per-session objects; the per-message work
 is one decoder call, not a Python loop over sessions). Phones go out as soon as they are
 stable, with start and end on the pts clock of the audio they came from. A transcript (param,
@@ -15,10 +15,8 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param
 from runtime.sessions import batch_sessions
-from runtime.clock import now_ns
 
-from .audio_source import RATE, Resampler, to_int16
-from .phoneme_recognizer import Phone, PhonemeStream
+from .speech import RATE, Phone, PhonemeStream, Resampler, to_int16
 
 # The recognizer's decision delay: a phone goes out once ``holdback`` later phones and ``lag_ms``
 # of audio after it confirm it, so it leaves about (holdback + 1) phones plus lag_ms after its
@@ -30,12 +28,12 @@ _PHONE_MS = 150.0
 class _Session:
     __slots__ = ("stream", "anchor_ns", "rate", "resampler", "seen_ns", "started")
 
-    def __init__(self, stream: PhonemeStream):
+    def __init__(self, stream: PhonemeStream, now_ns: int):
         self.stream = stream
         self.anchor_ns = 0  # pts of the stream's sample 0
         self.rate = RATE
         self.resampler: Resampler | None = None
-        self.seen_ns = now_ns()
+        self.seen_ns = now_ns
         self.started = False
 
 
@@ -80,8 +78,8 @@ class AudioPhoneme(Node):
     def _session(self, sid: str) -> _Session:
         s = self.sessions.get(sid)
         if s is None:
-            s = self.sessions[sid] = _Session(self._stream(self.p.transcript or None))
-        s.seen_ns = now_ns()
+            s = self.sessions[sid] = _Session(self._stream(self.p.transcript or None), self.now_ns())
+        s.seen_ns = self.now_ns()
         return s
 
     def process(self, pad: str, msg: Message) -> None:
@@ -131,7 +129,7 @@ class AudioPhoneme(Node):
         self.failed += s.stream.failed
 
     def _expire(self) -> None:
-        limit = now_ns() - int(self.p.session_timeout_s * 1e9)
+        limit = self.now_ns() - int(self.p.session_timeout_s * 1e9)
         for sid in [k for k, s in self.sessions.items() if s.seen_ns < limit]:
             self._close(sid)
 

@@ -15,14 +15,14 @@ arrives. Layers, per session slot, all vectorised over slots:
 
 All internal time is simulated seconds advanced by one period per tick, and random numbers
 come from one seeded generator, so the same inputs give the same frames. Output pts follow a
-frame clock that starts at ``runtime.clock.now_ns`` and counts frame periods, jumping forward
-only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.frameclock``, shared with ``viseme``).
+frame clock that starts at the node's ``now_ns`` and counts frame periods, jumping forward
+only when lost timer ticks leave it ``max_lag_ms`` behind (``nodes.face.FrameClockNode``, shared with ``viseme``).
 
 With ``tick_on_capture``, frames follow the capture instead: a session's frame is made as soon
 as its capture arrives, on the phase of its own device, so a capture packet never waits for a
 shared tick (phones are not in step with each other, and a shared 60 Hz tick alone would add up
 to 16.7 ms). Each output batch then holds the sessions whose capture just came; the timer makes
-the frames of the sessions without live capture. Internal time follows ``runtime.clock`` and
+the frames of the sessions without live capture. Internal time follows the node's ``now_ns`` and
 each session advances by the time since its own last frame.
 """
 from __future__ import annotations
@@ -35,10 +35,8 @@ import numpy as np
 from runtime import Message, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
-from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
-from .one_euro import OneEuro
-from .tables import TABLE_RULE, arkit_names, arkit_pose_names, load_mapping
-from .viseme import load_viseme_tables
+from .face import (FRAME_CLOCK_PARAMS, TABLE_RULE, FrameClockNode, OneEuro, approach, arkit_names, arkit_pose_names,
+                   blink_curve, load_mapping, load_viseme_tables, smoothstep, weight_table)
 
 _NAMES = arkit_names()
 _COL = {n: i for i, n in enumerate(_NAMES)}
@@ -68,45 +66,10 @@ _STATE: dict[str, tuple[int, Any, Any]] = {
 }
 
 
-def smoothstep(x: np.ndarray) -> np.ndarray:
-    """Ease in and out; monotone from 0 at x<=0 to 1 at x>=1."""
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
-def blink_curve(p: np.ndarray) -> np.ndarray:
-    """Eyelid closure over a blink's phase p (0..1): closes fast (35%), opens slower."""
-    close = 0.5 - 0.5 * np.cos(np.pi * np.clip(p / 0.35, 0, 1))
-    opened = 0.5 + 0.5 * np.cos(np.pi * np.clip((p - 0.35) / 0.65, 0, 1))
-    return np.where((p < 0) | (p > 1), 0.0, np.where(p < 0.35, close, opened))
-
-
-def weight_table(entries: Mapping[str, Mapping[str, float]], where: str) -> tuple[list[str], np.ndarray]:
-    """Names and an (K, 52) array from a YAML mapping of name -> {ARKit shape: weight}; a table
-    of another shape raises ParamError naming the file and the entry."""
-    if not isinstance(entries, Mapping):
-        raise ParamError(f"{where}: must map names to {{ARKit shape: weight}}, got a {type(entries).__name__}")
-    names = [str(n) for n in entries]
-    table = np.zeros((len(names), N_W))
-    for i, (name, shapes) in enumerate(entries.items()):
-        if not isinstance(shapes or {}, Mapping):
-            raise ParamError(f"{where}: '{name}': must map ARKit shapes to weights, got a {type(shapes).__name__}")
-        for shape, w in (shapes or {}).items():
-            if shape not in _COL:
-                raise ParamError(f"{where}: '{name}': unknown ARKit blendshape '{shape}'")
-            try:
-                value = float(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else math.nan
-            except OverflowError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise ParamError(f"{where}: '{name}': '{shape}': a weight must be a finite number, got {w!r}")
-            table[i, _COL[shape]] = value
-    return names, table
-
-
 class Blender(FrameClockNode):
     """Merges capture, visemes and emotion per session into ARKit frames at a fixed rate, with idle motion."""
 
+    interfaces = frozenset({"emotion"})  # params emotion, intensity, transition_ms: set by POST /emotion
     inputs = {
         "capture": Pad("arkit/blendshapes", "live capture; data {'active': [bool]*S} optional", required=False),
         "visemes": Pad("arkit/blendshapes", "viseme mouth shapes; data {'speaking': [bool]*S}", required=False),
@@ -436,8 +399,8 @@ class Blender(FrameClockNode):
         col = dt[:, None] if isinstance(dt, np.ndarray) else dt
         active = self.cap_flag[s] & (t - self.cap_t[s] <= p.capture_timeout_ms / 1000.0)
         speaking = self.vis_flag[s] & (t - self.vis_t[s] <= p.viseme_timeout_ms / 1000.0)
-        self.cap_mix[s] = _approach(self.cap_mix[s], active, dt, p.capture_fade_ms)
-        self.speak_mix[s] = _approach(self.speak_mix[s], speaking, dt, p.speech_fade_ms)
+        self.cap_mix[s] = approach(self.cap_mix[s], active, dt, p.capture_fade_ms)
+        self.speak_mix[s] = approach(self.speak_mix[s], speaking, dt, p.speech_fade_ms)
         cap, spk = smoothstep(self.cap_mix[s])[:, None], smoothstep(self.speak_mix[s])[:, None]
 
         if len(s) and cap.min() >= 1.0:  # every row fully on capture (the usual batch): idle motion would weigh 0
@@ -520,8 +483,3 @@ class Blender(FrameClockNode):
         return {"frames": self.frames, "rows": self.rows, "sessions": len(self.slots),
                 "capture_ticks": self.capture_ticks}
 
-
-def _approach(x: np.ndarray, target: np.ndarray, dt: float, fade_ms: float) -> np.ndarray:
-    """Move x linearly toward target (0 or 1), taking fade_ms for the full way."""
-    step = 1.0 if fade_ms <= 0 else dt * 1000.0 / fade_ms
-    return np.clip(x + np.where(target, step, -step), 0.0, 1.0)

@@ -1,16 +1,20 @@
 """compressor: batches of morph weights -> ``avatar/packet`` wire packets, one per session.
 
 The encoding (quantize; keyframes; deltas from a prediction made from the previous frames, in a
-fixed Exp-Golomb code; msgpack) is ``nodes.wireformat``, specified in ``docs/wire-format.md``.
+fixed Exp-Golomb code; msgpack) is ``nodes.wire``, specified in ``docs/wire-format.md``.
 This node adds the graph side: caps, params (all live), keyframe requests from a pad or a param,
-and session slot expiry.
+and session slot expiry. Beside the packets it states what each one is (arrays ``keyframe`` and
+``seq``), so the sinks need not read that back out of the bytes.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
+
 from runtime import Message, Node, Pad, Param
-from nodes import wireformat as wf
+
+from . import wire as wf
 
 _SECOND_NS = 1_000_000_000
 
@@ -23,7 +27,8 @@ class Compressor(Node):
         "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}", required=False),
     }
     outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row; "
-                                           "arrays arrival_ns (S,) passed through when the input has it")}
+                                           "arrays keyframe (S,) bool and seq (S,) int64, what each packet is; "
+                                           "arrival_ns (S,) passed through when the input has it")}
     params = {
         "bits": Param(int, 8, "weight precision in bits: a decoded weight is within half a step of the input",
                       min=2, max=16),
@@ -61,7 +66,7 @@ class Compressor(Node):
             return None
         try:
             sessions, names = self._batch(msg)
-            packets = self.enc.encode(sessions, msg.arrays["weights"], msg.pts_ns, names, msg.arrays.get("pose"))
+            out = self.enc.encode_batch(sessions, msg.arrays["weights"], msg.pts_ns, names, msg.arrays.get("pose"))
         except ValueError as exc:
             self.rejected += 1
             if self.rejected & (self.rejected - 1) == 0:  # 1st, 2nd, 4th, 8th...: no flood
@@ -71,8 +76,10 @@ class Compressor(Node):
             self.enc.expire(msg.pts_ns, int(self.p.idle_s * _SECOND_NS))
             self.next_expiry = msg.pts_ns + _SECOND_NS
         arrival = msg.arrays.get("arrival_ns")  # capture arrival per row, for end-to-end latency at the sinks
-        arrays = {"arrival_ns": arrival} if arrival is not None and arrival.shape == (len(sessions),) else {}
-        return Message("avatar/packet", {"packets": packets}, arrays, msg.pts_ns, sessions, msg.trace)
+        arrays: dict[str, np.ndarray] = {"keyframe": out.keyframe, "seq": out.seq}
+        if arrival is not None and arrival.shape == (len(sessions),):
+            arrays["arrival_ns"] = arrival
+        return Message("avatar/packet", {"packets": out.packets}, arrays, msg.pts_ns, sessions, msg.trace)
 
     def _batch(self, msg: Message) -> tuple[list[str], wf.Names | list[str]]:
         """Session ids and names table of a batch, or ValueError saying what is wrong."""

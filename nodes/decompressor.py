@@ -1,6 +1,6 @@
 """decompressor: ``avatar/packet`` wire packets -> morph weights, one row per decodable session.
 
-Decoding is ``nodes.wireformat.Decoder`` (spec: ``docs/wire-format.md``). A session whose
+Decoding is ``nodes.wire.Decoder`` (spec: ``docs/wire-format.md``). A session whose
 packets went missing is left out of the output until its next keyframe; the loss is counted
 in ``stats()``, reported on the bus, and the sessions waiting are listed so whoever can
 reach the compressor (its ``requests`` pad) can ask for a keyframe.
@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
-from nodes import wireformat as wf
+
+from . import wire as wf
 
 _SECOND_NS = 1_000_000_000
 

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
-from runtime.clock import now_ns
 from runtime.histogram import LATENCY_BOUNDS_US, RingHistogram
 
 _RING = 4096
@@ -27,7 +26,7 @@ class FakeSink(Node):
         self.latency_hist = RingHistogram(LATENCY_BOUNDS_US)  # binned from the ring when stats are asked
 
     def process(self, pad: str, msg: Message) -> None:
-        t = now_ns()
+        t = self.now_ns()
         if not self.count:
             self.first_ns = t
         self.last_ns = t

@@ -28,62 +28,17 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
-from nodes.mapper import load_morph_table
 from runtime.sessions import SessionSlots, batch_sessions, fit
-from nodes.tables import TABLE_RULE, arkit_names, load_table, table_path
 
-N_LEVELS = 4
-
-
-class LodTableError(ValueError):
-    """The LOD table is wrong; the message names the file and the entry."""
-
-
-def load_lod_table(path: str) -> tuple[np.ndarray, list[list[str] | None]]:
-    """``every`` per level (int array) and the patterns each level keeps (None: all)."""
-    try:
-        where = str(table_path(path))
-        doc = load_table(path)
-    except FileNotFoundError as exc:
-        raise LodTableError(f"lod table: {exc}") from None
-    except Exception as exc:
-        raise LodTableError(f"{path}: cannot read lod table: {exc}") from None
-    levels = doc.get("levels") if isinstance(doc, Mapping) else None
-    if not isinstance(levels, Mapping) or set(levels) != set(range(N_LEVELS)):
-        raise LodTableError(f"{where}: levels: must map each of 0..{N_LEVELS - 1} to {{every, keep | arkit, cc4}}")
-    arkit = arkit_names()
-    cc4 = {n for p in ("standard", "extended") for n in load_morph_table(p).names}
-    every = np.ones(N_LEVELS, dtype=np.int64)
-    patterns: list[list[str] | None] = []
-    for lv in range(N_LEVELS):
-        spec = levels[lv]
-        at = f"{where}: levels.{lv}"
-        if not isinstance(spec, Mapping):
-            raise LodTableError(f"{at}: must be a mapping with every and keep (or arkit / cc4)")
-        n = spec.get("every", 1)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise LodTableError(f"{at}.every: must be a positive integer, got {n!r}")
-        every[lv] = n
-        if spec.get("keep") == "all":
-            patterns.append(None)
-            continue
-        keep: list[str] = []
-        for key, names in (("arkit", arkit), ("cc4", cc4)):
-            for pat in spec.get(key) or []:
-                if not isinstance(pat, str) or not any(fnmatchcase(n, pat) for n in names):
-                    raise LodTableError(f"{at}.{key}: pattern {pat!r} matches no {key} morph name")
-                keep.append(pat)
-        if not keep:
-            raise LodTableError(f"{at}: keeps nothing; give arkit / cc4 patterns or 'keep: all'")
-        patterns.append(keep)
-    return every, patterns
+from .face import TABLE_RULE, LodTableError, arkit_names, load_lod_table
+from .wire import N_LOD_LEVELS
 
 
 def check_levels(levels: Any) -> dict[str, int]:
     """The ``levels`` param as {session id (str): level}; raises ValueError naming the bad entry."""
     for sid, lv in levels.items():
-        if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < N_LEVELS:
-            raise ValueError(f"param 'levels': session {sid!r} has level {lv!r}; levels are 0..{N_LEVELS - 1}")
+        if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < N_LOD_LEVELS:
+            raise ValueError(f"param 'levels': session {sid!r} has level {lv!r}; levels are 0..{N_LOD_LEVELS - 1}")
     return {str(sid): lv for sid, lv in levels.items()}  # YAML may read a session id as a number
 
 
@@ -98,7 +53,7 @@ class Lod(Node):
     }
     outputs = {"out": Pad(same_as="in", doc="the due sessions only; data 'lod' = level per row")}
     params = {
-        "level": Param(int, 0, "level of sessions not named in 'levels'", min=0, max=N_LEVELS - 1),
+        "level": Param(int, 0, "level of sessions not named in 'levels'", min=0, max=N_LOD_LEVELS - 1),
         "levels": Param(dict, {}, "session id -> level, overriding 'level'"),
         "table": Param(str, "mappings/lod.yaml", f"YAML table of the levels ({TABLE_RULE})"),
         "session_timeout": Param(float, 5.0, "seconds (pts) without a frame before a session is forgotten", min=0.01),
@@ -231,6 +186,6 @@ class Lod(Node):
             self.level, self.count, self.last_pts = fit(self.level, cap), fit(self.count, cap), fit(self.last_pts, cap)
 
     def stats(self) -> dict:
-        levels = np.bincount(self.level[self.slots.used], minlength=N_LEVELS).tolist()
+        levels = np.bincount(self.level[self.slots.used], minlength=N_LOD_LEVELS).tolist()
         return {"sessions": len(self.slots), "per_level": levels, "rows_in": self.rows_in,
                 "rows_out": self.rows_out, "dropped": self.dropped, "requests": self.requests}

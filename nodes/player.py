@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from runtime import Node, Pad, Param
-from runtime.clock import now_ns
 from runtime.recording import read_recording
 
 
@@ -30,7 +29,7 @@ class Player(Node):
 
     def on_play(self) -> None:
         if self.timer is None:
-            self.started_ns = now_ns()
+            self.started_ns = self.now_ns()
             self.timer = self.call_later(0.0, self.tick)
 
     def tick(self) -> None:
@@ -38,7 +37,7 @@ class Player(Node):
         speed = self.p.speed
         while self.index < len(self.messages):
             due = self.started_ns + (self.t_ns[self.index] / speed if speed > 0 else 0)
-            now = now_ns()
+            now = self.now_ns()
             if due > now:
                 self.timer = self.call_later((due - now) / 1e9, self.tick)
                 return
@@ -51,7 +50,7 @@ class Player(Node):
                 return
         if self.p.loop and self.messages:
             self.index = 0
-            self.started_ns = now_ns()
+            self.started_ns = self.now_ns()
             self.timer = self.call_later(0.0, self.tick)
         else:
             self.end_stream()

@@ -23,7 +23,6 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param
 from runtime.sessions import SessionSlots, batch_sessions, fit
-from runtime.clock import now_ns
 
 
 class Rate(Node):
@@ -118,7 +117,7 @@ class Rate(Node):
         data = self.data
         if self.has_active:
             data = {**(data if isinstance(data, dict) else {}), "active": self.active[rows].tolist()}
-        self.emit("out", Message(self.caps, data, arrays, now_ns(), [self.slots.ids[r] for r in rows]))
+        self.emit("out", Message(self.caps, data, arrays, self.now_ns(), [self.slots.ids[r] for r in rows]))
         self.emitted += 1
 
     def _shown(self, rows: np.ndarray) -> dict[str, np.ndarray]:

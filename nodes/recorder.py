@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from runtime import Message, Node, Pad, Param
-from runtime.clock import now_ns
 from runtime.recording import RecordingWriter
 
 
@@ -19,7 +18,7 @@ class Recorder(Node):
         self.writer = RecordingWriter(self.p.path)
 
     def process(self, pad: str, msg: Message) -> None:
-        self.writer.write(msg, now_ns())
+        self.writer.write(msg, self.now_ns())
         if self.writer.count % self.p.flush_every == 0:
             self.writer.flush()
 

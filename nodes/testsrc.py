@@ -6,7 +6,6 @@ import math
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
-from runtime.clock import now_ns
 
 
 class TestSrc(Node):
@@ -45,7 +44,7 @@ class TestSrc(Node):
             values = np.full(self.p.width, n, dtype=np.float32)
         else:
             values = np.zeros(self.p.width, dtype=np.float32)
-        self.emit("out", Message(self.p.caps, {"n": n}, {"values": values}, pts_ns=now_ns(), session=self.p.session))
+        self.emit("out", Message(self.p.caps, {"n": n}, {"values": values}, pts_ns=self.now_ns(), session=self.p.session))
         self.n += 1
         if 0 <= self.p.num_buffers <= self.n:
             self.end_stream()

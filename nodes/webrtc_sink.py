@@ -1,4 +1,4 @@
-"""webrtc_sink: everything websocket_sink does, plus delivery over WebRTC data channels.
+"""webrtc_sink: everything websocket_sink does (``nodes.delivery.ViewerSink``), plus WebRTC data channels.
 
 ``POST /rtc/offer`` takes the browser's offer (which creates two data channels: ``avatar``,
 unordered with ``maxRetransmits: 0``, for the packets; ``control``, reliable, for the JSON
@@ -17,68 +17,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from runtime import Param
 
-from .websocket_sink import WebSocketSink
+from .delivery import DataChannelTransport, ViewerSink, ice_server_problems, offer_problems, restrict_host_addresses
 
-_MAX_SDP = 64 * 1024
 _CHANNELS_WITHIN_S = 15.0  # a peer whose two channels are not open by then is closed
-_LOD_LEVELS = 4
 
 
-def restrict_host_addresses(addresses: list[str]) -> Callable[[bool, bool], list[str]] | None:
-    """Make aioice gather host candidates on exactly ``addresses`` (empty: its own default, every
-    interface but loopback), in this process. Returns the function it replaced (None if none).
-
-    aioice has no setting for this: ``aioice.ice.Connection.gather_candidates`` calls the module
-    function ``aioice.ice.get_host_addresses(use_ipv4, use_ipv6)`` each time, so replacing that
-    one function is the one hook. The original is kept on the module to restore or re-restrict.
-    """
-    import aioice.ice as ice
-
-    original = getattr(ice, "_avatar_original_get_host_addresses", None)
-    if original is None:
-        original = ice._avatar_original_get_host_addresses = ice.get_host_addresses  # type: ignore[attr-defined]
-    if not addresses:
-        ice.get_host_addresses = original
-        return original
-    chosen = [str(ipaddress.ip_address(a)) for a in addresses]
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
-
-    ice.get_host_addresses = get_host_addresses
-    return original
-
-
-def _ice_server_problems(servers: Any) -> list[str]:
-    if not isinstance(servers, list):
-        return ["param 'ice_servers' must be a list of {urls, username?, credential?}"]
-    problems = []
-    for i, s in enumerate(servers):
-        urls = s.get("urls") if isinstance(s, dict) else None
-        url_list = [urls] if isinstance(urls, str) else urls
-        if not isinstance(url_list, list) or not url_list or not all(
-                isinstance(u, str) and u.split(":", 1)[0] in ("stun", "stuns", "turn", "turns") for u in url_list):
-            problems.append(f"ice_servers[{i}]: 'urls' must be a stun:/turn: URL or a list of them, got {urls!r}")
-            continue
-        extra = set(s) - {"urls", "username", "credential"}
-        if extra:
-            problems.append(f"ice_servers[{i}]: unknown key(s) {', '.join(sorted(extra))} "
-                            "(allowed: urls, username, credential)")
-        for k in ("username", "credential"):
-            if k in s and not isinstance(s[k], str):
-                problems.append(f"ice_servers[{i}]: '{k}' must be a string")
-    return problems
-
-
-class WebRTCSink(WebSocketSink):
+class WebRTCSink(ViewerSink):
     """Serves the page and streams packets to browsers over WebRTC data channels (WebSocket fallback)."""
 
     params = {
-        **WebSocketSink.params,
+        **ViewerSink.params,
         "ice_servers": Param(list, [], "STUN/TURN servers for the peer connections and the page: "
                                        "[{urls, username?, credential?}]; empty: host candidates only"),
         "ice_addresses": Param(list, [], "IP addresses to gather host candidates on; empty: every interface "
@@ -91,7 +43,7 @@ class WebRTCSink(WebSocketSink):
     @classmethod
     def check_config(cls, params: Mapping[str, Any]) -> list[str]:
         problems = super().check_config(params)
-        problems += _ice_server_problems(params.get("ice_servers", []))
+        problems += ice_server_problems(params.get("ice_servers", []))
         addresses = params.get("ice_addresses", [])
         for a in addresses if isinstance(addresses, list) else [addresses]:
             try:
@@ -142,7 +94,7 @@ class WebRTCSink(WebSocketSink):
         except ValueError as exc:
             self.offers_refused += 1
             return JSONResponse({"detail": f"the body must be JSON: {exc}"}, status_code=400)
-        problems = _offer_problems(body)
+        problems = offer_problems(body)
         if problems:
             self.offers_refused += 1
             return JSONResponse({"detail": problems}, status_code=422)
@@ -166,7 +118,7 @@ class WebRTCSink(WebSocketSink):
             channels[channel.label] = channel
             channel.on("close", lambda: asyncio.ensure_future(close()))
             if len(channels) == 2:
-                transport = _DataChannelTransport(pc, channels["avatar"], channels["control"], self.p.rtc_buffer_limit)
+                transport = DataChannelTransport(pc, channels["avatar"], channels["control"], self.p.rtc_buffer_limit)
                 v = viewers.add(transport, body.get("session"), body.get("lod"),
                                 subscribe=body.get("session") is not None or body.get("lod") is not None)
                 state["viewer"] = v
@@ -193,61 +145,3 @@ class WebRTCSink(WebSocketSink):
         asyncio.ensure_future(give_up_without_channels())
         return JSONResponse({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
                             headers={"cache-control": "no-store"})
-
-
-def _offer_problems(body: Any) -> list[str]:
-    """What is wrong with an offer body, each problem in words (empty: nothing)."""
-    if not isinstance(body, dict):
-        return ["the body must be a JSON object {sdp, type: 'offer', session?, lod?}"]
-    problems = []
-    sdp = body.get("sdp")
-    if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > _MAX_SDP:
-        problems.append(f"'sdp' must be an SDP offer (a string starting 'v=0', at most {_MAX_SDP} characters)")
-    elif "m=application" not in sdp:
-        problems.append("the offer has no data channel: create the 'avatar' and 'control' channels before "
-                        "createOffer()")
-    if body.get("type") != "offer":
-        problems.append(f"'type' must be 'offer', got {body.get('type')!r}")
-    session = body.get("session")
-    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 1024):
-        problems.append(f"'session' must be a session id (1..1024 characters) or null, got {session!r}")
-    lod = body.get("lod")
-    if lod is not None and (not isinstance(lod, int) or isinstance(lod, bool) or not 0 <= lod < _LOD_LEVELS):
-        problems.append(f"'lod' must be a level 0..{_LOD_LEVELS - 1} or null, got {lod!r}")
-    extra = set(body) - {"sdp", "type", "session", "lod"}
-    if extra:
-        problems.append(f"unknown field(s): {', '.join(sorted(map(str, extra)))}")
-    return problems
-
-
-class _DataChannelTransport:
-    """A viewer's two data channels: packets on ``avatar`` (waiting while more than ``limit`` bytes
-    are buffered on it), JSON on ``control``."""
-
-    kind = "webrtc"
-
-    def __init__(self, pc: Any, avatar: Any, control: Any, limit: int):
-        self.pc, self.avatar, self.control, self.limit = pc, avatar, control, limit
-        self._low = asyncio.Event()
-        avatar.bufferedAmountLowThreshold = limit // 2
-        avatar.on("bufferedamountlow", self._low.set)
-
-    async def send_bytes(self, data: bytes) -> None:
-        ch = self.avatar
-        while ch.bufferedAmount > self.limit and ch.readyState == "open":
-            self._low.clear()
-            try:
-                await asyncio.wait_for(self._low.wait(), 0.1)
-            except asyncio.TimeoutError:
-                pass
-        if ch.readyState != "open":
-            raise ConnectionError("the 'avatar' data channel is closed")
-        ch.send(data)
-
-    async def send_text(self, text: str) -> None:
-        if self.control.readyState != "open":
-            raise ConnectionError("the 'control' data channel is closed")
-        self.control.send(text)
-
-    async def close(self) -> None:
-        await self.pc.close()

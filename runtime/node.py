@@ -51,6 +51,10 @@ class Node:
     # A malformed one is then found when first read (MalformedMessage, which the runtime counts
     # on the link and drops), not on receipt.
     passthrough: ClassVar[bool] = False
+    # Named control interfaces this type implements, so the runtime can reach it without knowing
+    # the type. "emotion": the type has params ``emotion`` and ``intensity`` (and may have
+    # ``transition_ms``), which the control API's POST /emotion sets.
+    interfaces: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: NodeContext):
         self.name = name

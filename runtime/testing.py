@@ -113,6 +113,13 @@ class NodeHarness:
         self.now = end
         return self.outputs[start:]
 
+    def stall(self, seconds: float) -> None:
+        """Let time pass with no timer firing, as in a stalled loop: what fell due fires once, late,
+        at the next ``advance`` (``advance(0)``: just those)."""
+        self.now += seconds
+        self._timers = [(max(due, self.now), order, *rest) for due, order, *rest in self._timers]
+        heapq.heapify(self._timers)
+
     def set_params(self, **params: Any) -> None:
         changed = check_params(self.cls.params, params, fill_defaults=False)
         self.node.p.__dict__.update(changed)

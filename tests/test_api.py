@@ -143,6 +143,20 @@ def test_emotion_sets_every_blender_and_a_named_one(api):
     assert face_params(api)["emotion"] == "sad"
 
 
+def test_emotion_reaches_a_users_own_node_type_that_declares_the_interface():
+    runner = start_graph("nodes: {src: {type: testsrc, params: {rate: 10}}, mood: {type: 'tests.moody_node:Moody'}}\n"
+                         "links: [src -> mood]")
+    try:
+        with ApiServer(runner, ApiConfig(port=0, insecure_local=True)) as api:
+            r = httpx.post(f"{api.url}/emotion", json={"emotion": "happy", "intensity": 0.25}, timeout=40)
+            assert r.status_code == 200, r.text
+            assert r.json() == {"nodes": {"mood": {"emotion": "happy", "intensity": 0.25, "transition_ms": None}}}
+            r = httpx.post(f"{api.url}/emotion", json={"emotion": "sad", "node": "mood"}, timeout=40)
+            assert r.status_code == 200 and runner.graph.nodes["mood"].params["emotion"] == "sad"
+    finally:
+        runner.stop(drain=False)
+
+
 def test_params_set_live(api):
     r = client(api, "operator").post("/nodes/mid/params", json={"params": {"label": "via-api", "delay_ms": 0}})
     assert r.status_code == 200, r.text
@@ -252,7 +266,7 @@ def test_wrong_role_is_403(api, runner, role, method, path, body):
     ("/emotion", {"emotion": "ecstatic"}, 422, "unknown emotion 'ecstatic'; presets: neutral, happy"),
     ("/emotion", {"intensity": 0.5}, 422, "Field required"),
     ("/emotion", {"emotion": "happy", "mood": 1}, 422, "Extra inputs are not permitted"),
-    ("/emotion", {"emotion": "happy", "node": "mid"}, 422, "node 'mid' is a identity, not a blender"),
+    ("/emotion", {"emotion": "happy", "node": "mid"}, 422, "node 'mid' is a identity, which takes no emotion"),
     ("/emotion", {"emotion": "happy", "node": "ghost"}, 404, "no node 'ghost' runs here"),
     ("/nodes/mid/params", {"params": ["label", "x"]}, 422, "valid dictionary"),
     ("/nodes/mid/params", {"params": {}}, 422, "at least 1 item"),

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.arkit_replay import parse_timecode, read_take
-from nodes.livelink import SAMPLE_CAPTURE, export_columns, parse_packet, read_container
+from nodes.livelink import SAMPLE_CAPTURE, export_columns, parse_packet, parse_timecode, read_container, read_take
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, start_graph
 

@@ -148,16 +148,14 @@ def test_corrupt_packets_are_counted_warned_once_and_dropped(src, udp):
 
 
 def test_warnings_are_at_most_one_a_second_and_carry_the_counts(src, udp):
-    started = time.monotonic()
+    started = src.now  # the node's (simulated) clock
     _deliver(src, udp, *[b"\x01junk"] * 5)
-    # the warnings' rate limit runs on the real clock (runtime.clock, not the harness's): only a
-    # second of real time lets the next one out
-    time.sleep(1.05)
+    src.stall(1.05)  # the next warning may go out a second after the last
     src.advance(TICK)
     _deliver(src, udp, *[b"\x01junk"] * 3)
     src.advance(TICK)
     warnings = [f for level, _, f in src.bus if level == "WARNING"]
-    assert len(warnings) <= 1 + (time.monotonic() - started)
+    assert len(warnings) <= 1 + (src.now - started)
     assert sum(w["dropped"] for w in warnings) + sum(src.node.window.values()) == 8
     assert warnings[-1]["total"] >= 5 and warnings[0]["reasons"] == {"version": 1}
 
@@ -176,20 +174,17 @@ def test_silent_sessions_leave_and_their_slot_is_reused(udp):
     try:
         _deliver(h, udp, build_packet("a", np.zeros(52)), build_packet("b", np.zeros(52)))
         assert _only(h.advance(TICK)).session == ["a", "b"]
-        # the session timeout runs on the real clock (kernel receive stamps, runtime.clock): only real
-        # time longer than the timeout makes a session silent; no tick may run meanwhile (it would let
-        # "b" leave too), so there is nothing to poll
-        time.sleep(0.55)
+        h.stall(0.55)  # longer than the timeout
         _deliver(h, udp, build_packet("b", np.ones(52)))
-        msg = _only(h.advance(TICK))
+        msg = _only(h.advance(0))  # the late tick
         assert msg.session == ["b"] and msg.data == {"active": [True]}
         assert [f["session"] for level, _, f in h.bus if level == "SESSION_LEFT"] == ["a"]
         _deliver(h, udp, build_packet("c", np.full(52, 0.25)))
         msg = _only(h.advance(TICK))
         assert msg.session == ["b", "c"] and msg.arrays["weights"][1, 0] == 0.25
         assert len(h.node.slots) == 2 and h.node.cap == 16  # "c" took the freed slot
-        time.sleep(0.55)  # real time beyond the timeout again, for "b" and "c"
-        assert h.advance(TICK) == []
+        h.stall(0.55)
+        assert h.advance(0) == []
         assert h.node.stats()["sessions"] == 0 and h.node.stats()["left"] == 3
     finally:
         h.close()
@@ -201,11 +196,9 @@ def test_a_pause_does_not_time_sessions_out(udp):
         _deliver(h, udp, PACKETS[0])
         h.advance(TICK)
         h.node.on_pause()  # what the runtime calls on PAUSED
-        # a pause longer than the (real-clock) timeout: that nothing times out is the behaviour under
-        # test, and a paused node makes no event to wait for
-        time.sleep(1.1)
+        h.stall(1.1)
         h.node.on_play()
-        assert _only(h.advance(TICK)).session == [DEV32]
+        assert _only(h.advance(0)).session == [DEV32]
     finally:
         h.close()
 

@@ -13,13 +13,12 @@ from runtime.recording import read_recording
 from runtime.testing import NodeHarness, run_to_eos
 
 try:
-    from nodes.text_phoneme import Espeak, speak
+    from nodes.speech import Espeak, speak
     Espeak.get()
 except OSError as exc:  # pragma: no cover - depends on the machine
     pytest.skip(f"espeak-ng is not installed ({exc}); apt-get install libespeak-ng1", allow_module_level=True)
 
-from nodes.audio_source import Resampler, to_int16
-from nodes.phoneme_recognizer import PHONES, Phone
+from nodes.speech import PHONES, Phone, Resampler, to_int16
 
 VALID = set(PHONES) | {"sil"}
 TEXT = "Hello world, this is the avatar speaking. Kick the ball straight and follow through."

@@ -12,7 +12,7 @@ import pytest
 from runtime import Message
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, run_to_eos
-from nodes.audio_source import Resampler, WavReader
+from nodes.speech import Resampler, WavReader
 
 
 def tone(rate: int, seconds: float, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:

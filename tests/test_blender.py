@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from nodes.blender import Blender
-from nodes import tables
-from nodes.tables import TablePathError, arkit_names
+from nodes.face import TablePathError, arkit_names, tables
 from runtime import Message, ParamError
 from runtime.testing import NodeHarness
 
@@ -268,7 +267,7 @@ def test_tables_only_come_from_graphs_or_the_table_path(tmp_path, monkeypatch) -
     (tmp_path / "link.yaml").symlink_to("/etc/hostname")  # a link out of an allowed folder is followed
     with pytest.raises(ParamError, match="outside the folders"):
         h.set_params(emotion_table=str(tmp_path / "link.yaml"))
-    with pytest.raises(TablePathError):  # the error class of nodes.tables, before the node words it
+    with pytest.raises(TablePathError):  # the error class of nodes.face.tables, before the node words it
         tables.load_table("/etc/hostname")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes.wireformat import Decoder
+from nodes.wire import Decoder
 from runtime.recording import read_recording
 from tests.helpers import ROOT, paced, wait_until
 from tests.netns import NetNS

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes import livelink, wireformat as wf
+from nodes import livelink, wire as wf
 from nodes.blender import Blender
-from nodes.one_euro import OneEuro
+from nodes.face import OneEuro
 from runtime import Message
 from runtime.recording import RecordingWriter, read_recording
 from runtime.testing import NodeHarness, start_graph
@@ -49,7 +49,10 @@ def within_half_step(out: np.ndarray, x: np.ndarray, bits: int, lo: float, hi: f
 
 
 def keyframes(msg: Message) -> list[bool]:
-    return [wf.parse_packet(p).keyframe for p in msg.data["packets"]]
+    parsed = [wf.parse_packet(p) for p in msg.data["packets"]]
+    assert msg.arrays["keyframe"].tolist() == [p.keyframe for p in parsed]  # the compressor states what it sent
+    assert msg.arrays["seq"].tolist() == [p.seq for p in parsed]
+    return [p.keyframe for p in parsed]
 
 
 def test_recorded_capture_round_trips_within_half_a_step():

@@ -9,7 +9,7 @@ error every time.
   with keys deleted, renamed and retyped, lines dropped or re-indented, random YAML: success or a
   ``GraphError`` whose every problem names the file (and a line inside it), nothing else.
 - ``avatar/packet`` decoding: encoder streams with packets mutated at the msgpack and bit level,
-  through ``nodes.wireformat.Decoder`` (ValueError or a frame or None; a malformed packet changes no
+  through ``nodes.wire.Decoder`` (ValueError or a frame or None; a malformed packet changes no
   decoder state) and through the page's ``web/js/wireformat.js`` under node, a few hundred packets
   per run (an ``Error`` or a frame or null, the state kept after an error, the same verdict as
   Python).
@@ -49,11 +49,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodes import wireformat as wf
+from nodes import wire as wf
 from nodes.livelink import (MAX_JSON_BYTES, MAX_NAME_BYTES, MAX_PACKET_BYTES, N_BLENDSHAPES, N_POSE, N_VALUES,
                             SAMPLE_CAPTURE, TAIL_BYTES, PacketError, build_json_packet, build_packet, header_of,
                             parse_datagram, parse_tails, read_container)
-from nodes.tables import arkit_names, arkit_pose_names
+from nodes.face import arkit_names, arkit_pose_names
 from runtime.errors import GraphError
 from runtime.graph import parse_graph
 from runtime.testing import NodeHarness

@@ -16,7 +16,7 @@ from nodes.livelink import (
     MAX_NAME_BYTES, MAX_PACKET_BYTES, N_VALUES, PacketError, build_container, build_json_packet, build_packet,
     build_packets, export_columns, parse_datagram, parse_json_packet, parse_packet, read_container,
 )
-from nodes.tables import arkit_names, arkit_pose_names
+from nodes.face import arkit_names, arkit_pose_names
 
 BIN = SAMPLE_CAPTURE
 PACKETS = read_container(BIN)

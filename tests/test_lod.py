@@ -4,9 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.lod import LodTableError
-from nodes.mapper import load_morph_table
-from nodes.tables import arkit_names
+from nodes.face import LodTableError, arkit_names, load_morph_table
 from runtime import Message
 from runtime.testing import NodeHarness, run_through
 

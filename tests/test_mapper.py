@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.mapper import TableError, load_morph_table
-from nodes.tables import arkit_names
+from nodes.face import MorphTableError, arkit_names, load_morph_table
 from runtime import Message
 from runtime.testing import NodeHarness, run_through
 
@@ -134,7 +133,7 @@ def test_live_profile_change_and_bad_profile_keeps_the_old_one(tmp_path, monkeyp
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape == (1, len(load_morph_table("standard").names))
     h.set_params(profile="extended")
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape == (1, len(load_morph_table("extended").names))
-    with pytest.raises(TableError, match="nope.yaml"):
+    with pytest.raises(MorphTableError, match="nope.yaml"):
         h.set_params(profile=str(tmp_path / "nope.yaml"))
     assert h.node.p.profile == "extended"
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape[1] == len(load_morph_table("extended").names)
@@ -175,7 +174,7 @@ def test_bad_table_names_file_and_entry(tmp_path, monkeypatch, text, where, what
     monkeypatch.setenv("AVATAR_TABLE_PATH", str(tmp_path))
     path = tmp_path / "bad_table.yaml"
     path.write_text(text)
-    with pytest.raises(TableError) as err:
+    with pytest.raises(MorphTableError) as err:
         NodeHarness("mapper", profile=str(path))
     assert str(path) in str(err.value) and f": {where}:" in str(err.value) and what in str(err.value)
 

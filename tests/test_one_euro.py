@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nodes.one_euro import OneEuro
+from nodes.face import OneEuro
 
 DT = 1.0 / 60.0
 

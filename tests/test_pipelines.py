@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nodes import wireformat as wf
-from nodes.arkit_replay import read_take
-from nodes.tables import arkit_names
+from nodes import wire as wf
+from nodes.livelink import read_take
+from nodes.face import arkit_names
 from runtime import Runner
 from runtime.graph import load_graph
 from runtime.recording import read_records
@@ -99,7 +99,7 @@ def test_replay_records_the_take_as_decodable_packets(tmp_path: Path) -> None:
 
 
 def test_say_speaks_and_moves_the_mouth_in_time(tmp_path: Path) -> None:
-    from nodes.text_phoneme import speak
+    from nodes.speech import speak
 
     text = "Hello, how are you today?"
     out, audio_out = tmp_path / "say.msgpack", tmp_path / "say_pcm.msgpack"
@@ -130,7 +130,7 @@ def test_say_speaks_and_moves_the_mouth_in_time(tmp_path: Path) -> None:
 
 
 def test_lipsync_audio_moves_the_mouth_from_a_wav(tmp_path: Path) -> None:
-    from nodes.text_phoneme import speak
+    from nodes.speech import speak
 
     text = "Kick the ball straight and follow through."
     speech, _ = speak(text)

@@ -4,7 +4,7 @@
 ``arkit_source -> mapper -> blender -> lod -> compressor -> recorder`` graph (every node its own
 process). Then half of them go quiet (they time out and leave every node, whose state arrays give
 their rows back) while 100 new ones join (the arrays grow), and later 50 more join (reusing freed
-rows). The compressor's output is decoded per session with ``nodes.wireformat.Decoder``: the
+rows). The compressor's output is decoded per session with ``nodes.wire.Decoder``: the
 sessions that stayed appear in every batch and their wire seqs have no gap. No speed is asserted.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from nodes.livelink import build_packets
-from nodes.wireformat import Decoder
+from nodes.wire import Decoder
 from runtime.recording import read_recording
 from runtime.testing import start_graph
 from tests.helpers import paced, wait_until

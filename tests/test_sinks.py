@@ -8,6 +8,7 @@ import hashlib
 import json
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 import websockets
 
-from nodes import wireformat as wf
-from nodes.viewers import Viewers, is_keyframe, packet_seq
-from nodes.webrtc_sink import restrict_host_addresses
+from nodes import wire as wf
+from nodes.delivery import Viewers
+from nodes.wire import is_keyframe, packet_facts, packet_seq
+from nodes.delivery import restrict_host_addresses
 from runtime.recording import read_records
 from runtime.testing import start_graph
 from tests.helpers import ROOT, wait_gone, wait_until
@@ -357,6 +359,18 @@ def test_packet_seq_and_keyframe_peeks_agree_with_the_parser() -> None:
     assert packet_seq(b"") == packet_seq(b"\xc0") == -1
 
 
+def test_the_encoder_states_each_rows_keyframe_flag_and_seq() -> None:
+    enc = wf.Encoder(keyframe_interval=7)
+    w = np.random.default_rng(2).uniform(0, 1, (3, 52)).astype(np.float32)
+    for i in range(30):
+        if i == 11:
+            enc.request_keyframe(["b"])
+        out = enc.encode_batch(["a", "b", "c"], w, i * 16_666_667, wf.TABLE_ARKIT52)
+        parsed = [wf.parse_packet(p) for p in out.packets]
+        assert out.keyframe.tolist() == [p.keyframe for p in parsed]
+        assert out.seq.tolist() == [p.seq for p in parsed]
+
+
 class _FakeTransport:
     kind = "fake"
 
@@ -392,12 +406,12 @@ def test_viewers_split_batches_wait_for_keyframes_and_drop_the_oldest_when_slow(
         assert requests == [{"keyframe": ["a"]}, {"lod": {"a": 1}}]  # the second keyframe ask is rate-limited
         for i, batch in enumerate(batches[1:60], start=1):  # starts mid-stream: no keyframe until frame 60
             clock[0] = i * 16_666_667
-            reg.dispatch(["a", "b"], batch, clock[0])
+            reg.dispatch(["a", "b"], batch, clock[0], *packet_facts(batch))
             await asyncio.sleep(0)
         assert fast.packets == [] and vf.skipped == 59  # never a delta before a keyframe
         for i, batch in enumerate(batches[60:], start=60):
             clock[0] = i * 16_666_667
-            reg.dispatch(["a", "b"], batch, clock[0])
+            reg.dispatch(["a", "b"], batch, clock[0], *packet_facts(batch))
             await asyncio.sleep(0)
         dec = wf.Decoder()
         assert [dec.decode(p) is not None for p in fast.packets] == [True] * 70
@@ -438,7 +452,7 @@ def test_any_bad_text_gets_one_error_and_the_viewer_stays() -> None:
     }
 
     async def run() -> None:
-        reg = Viewers(queue_size=4, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda r: None)
+        reg = Viewers(queue_size=4, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda r: None, clock=time.monotonic_ns)
         t = _FakeTransport()
         v = reg.add(t)
         await asyncio.sleep(0)
@@ -489,7 +503,7 @@ def test_websocket_viewer_sending_deep_or_huge_text(graph) -> None:
 
 # --- hot-swap on a fixed port -------------------------------------------------------------------
 def test_a_sink_on_a_fixed_port_hot_swaps_and_serves_on(graph) -> None:
-    from nodes.webserver import bind
+    from nodes.delivery import bind
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -518,7 +532,7 @@ def test_pipeline_latency_is_also_a_histogram_that_metrics_can_export() -> None:
     from runtime.api.metrics import _add_histogram
     from prometheus_client.core import HistogramMetricFamily
 
-    v = Viewers(queue_size=8, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda *a: None)
+    v = Viewers(queue_size=8, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda *a: None, clock=time.monotonic_ns)
     v.pipe_hist[[1, 3, 30, 2000]] = [5, 2, 1, 1]  # 100-200 us x5, 300-400 x2, 3.0-3.1 ms, the open last bin
     h = v.stats()["latency_hist"]
     assert h["buckets"][:6] == [0, 5, 7, 7, 7, 8] and h["buckets"][-1] == h["count"] == 9

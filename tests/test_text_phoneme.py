@@ -11,12 +11,12 @@ from runtime.recording import read_recording
 from runtime.testing import NodeHarness, run_to_eos
 
 try:
-    from nodes.text_phoneme import Espeak, arpabet_table, espeak_g2p, speak
+    from nodes.speech import Espeak, arpabet_table, espeak_g2p, speak
     Espeak.get()
 except OSError as exc:  # pragma: no cover - depends on the machine
     pytest.skip(f"espeak-ng is not installed ({exc}); apt-get install libespeak-ng1", allow_module_level=True)
 
-from nodes.phoneme_recognizer import PHONES
+from nodes.speech import PHONES
 
 VALID = set(PHONES) | {"sil"}
 

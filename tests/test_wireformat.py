@@ -13,7 +13,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from nodes import wireformat as wf
+from nodes import wire as wf
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "wire-format.md"
 FRAME_NS = 16_666_667

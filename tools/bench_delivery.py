@@ -14,7 +14,7 @@ the others decode and set the morphs without drawing (``?render=0``), so 50 view
 the delivery, not 50 software renderers fighting over two cores.
 
 Baseline, in the same run: the same graph with one Python WebSocket viewer (``websockets``,
-decoding with ``nodes.wireformat``) that echoes the same way: what the browser adds.
+decoding with ``nodes.wire``) that echoes the same way: what the browser adds.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def run_browser(n: int, transport: str, seconds: float, browser) -> dict:
 def run_python_viewer(seconds: float) -> dict:
     import websockets
 
-    from nodes.wireformat import Decoder
+    from nodes.wire import Decoder
 
     runner, phone, url = start_graph()
     stop = threading.Event()

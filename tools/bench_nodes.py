@@ -45,11 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from nodes import wireformat as wf  # noqa: E402
+from nodes import wire as wf  # noqa: E402
 from nodes.livelink import SAMPLE_CAPTURE, build_packets, parse_packet, read_container  # noqa: E402
-from nodes.lod import load_lod_table  # noqa: E402
-from nodes.tables import arkit_names, arkit_pose_names  # noqa: E402
-from nodes.text_phoneme import speak  # noqa: E402
+from nodes.face import arkit_names, arkit_pose_names, load_lod_table  # noqa: E402
+from nodes.speech import speak  # noqa: E402
 from phoneme_eval import SENTENCES, evaluate  # noqa: E402
 from runtime import Message  # noqa: E402
 from runtime.message import decode, encode  # noqa: E402

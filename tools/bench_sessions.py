@@ -18,7 +18,7 @@ fed by a load generator: ``--senders`` processes (default one per 2,000 devices)
 Live Link Face packets (``nodes.livelink.build_packets``, built before the run) for S devices
 with distinct ids, each device at 60 Hz on its own phase (spread evenly over the frame period,
 as independent phones are; ``--phases burst`` sends every device of a frame back to back).
-The viewers subscribe to different sessions, decode with ``nodes.wireformat.Decoder`` and
+The viewers subscribe to different sessions, decode with ``nodes.wire.Decoder`` and
 count frames and gaps.
 
 Measured over ``--seconds`` after the sessions have joined and a warm-up:
@@ -161,7 +161,7 @@ class Viewers:
     async def _viewer(self, i: int) -> None:
         from websockets.asyncio.client import connect
 
-        from nodes.wireformat import Decoder
+        from nodes.wire import Decoder
 
         st = self.stats[i]
         dec = Decoder()

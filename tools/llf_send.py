@@ -24,8 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.arkit_replay import read_take  # noqa: E402
-from nodes.livelink import SAMPLE_CAPTURE, N_BLENDSHAPES, N_VALUES, build_json_packet, build_packets, parse_packet, read_container  # noqa: E402
+from nodes.livelink import N_BLENDSHAPES, N_VALUES, SAMPLE_CAPTURE, build_json_packet, build_packets, parse_packet, read_container, read_take  # noqa: E402
 
 DEFAULT_BIN = SAMPLE_CAPTURE
 

@@ -1,7 +1,7 @@
 """Phoneme timing benchmark: audio_phoneme's recognizer against espeak-ng's exact phoneme times.
 
 espeak-ng speaks each sentence and reports, through its phoneme events, the sample at which
-every phoneme starts: that is the ground truth. The recognizer (``nodes.phoneme_recognizer``,
+every phoneme starts: that is the ground truth. The recognizer (``nodes.speech.recognizer``,
 the code the node runs, fed in 20 ms chunks as a stream) then decodes the audio without and
 with the transcript. Phone sequences are matched by edit distance; a boundary error is
 |reference start - recognized start| of a matched phone (the utterance's first phone, which
@@ -21,8 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.phoneme_recognizer import Phone, PhonemeStream, merge_silences  # noqa: E402
-from nodes.text_phoneme import speak  # noqa: E402
+from nodes.speech import Phone, PhonemeStream, merge_silences, speak  # noqa: E402
 
 # Harvard sentences (IEEE 1969 recommended practice for speech quality measurements)
 SENTENCES = [

@@ -10,7 +10,7 @@ So a change to smoothing, level of detail or compression shows its cost in quali
 (``runtime.Runner``; web sinks on free ports, the graph's own recorders writing to a scratch folder)
 for ``--seconds`` with two recorders added: one on the capture source's output (what went in: the
 reference) and one on the measured output (``--output NODE``; default: the compressor's output,
-decoded with ``nodes.wireformat.Decoder`` as a viewer would, else what feeds the last node). The
+decoded with ``nodes.wire.Decoder`` as a viewer would, else what feeds the last node). The
 source is an ``arkit_replay`` node (its take, as the graph plays it) or an ``arkit_source`` node,
 which is fed ``--reference`` (a Live Link Face CSV export or packet container; default the
 recorded iPhone capture in tests/data/livelink) over UDP at its recorded timing, looped.
@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from jsonable import jsonable  # noqa: E402
-from nodes import wireformat as wf  # noqa: E402
-from nodes.tables import arkit_names  # noqa: E402
+from nodes import wire as wf  # noqa: E402
+from nodes.face import arkit_names  # noqa: E402
 
 NAMES = arkit_names()
 IN_REC, OUT_REC = "_quality_in", "_quality_out"
@@ -103,7 +103,7 @@ def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Times (s) and weights (N, 52) of a Live Link Face CSV export or packet container."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        from nodes.arkit_replay import read_take
+        from nodes.livelink import read_take
 
         take = read_take(path)
         return take.times.astype(np.float64), np.clip(take.weights.astype(np.float64), 0.0, 1.0)

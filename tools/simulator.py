@@ -9,7 +9,7 @@
 Each viewer connects like ``web/js/main.js``: WebSocket ``/ws`` or WebRTC (``POST /rtc/offer``, an
 unordered ``avatar`` DataChannel without retransmits and a reliable ``control`` one), subscribes
 (``--session ID``; default: the first live session; ``'*'``: viewer i takes live session i, round
-robin), decodes every packet with ``nodes.wireformat.Decoder``, echoes each decoded frame (so the
+robin), decodes every packet with ``nodes.wire.Decoder``, echoes each decoded frame (so the
 sink's echo latency counts it, as for a page) and asks for a keyframe when its decoder waits (at
 most every 200 ms, as the page does). It measures, over the window after ``--warmup``:
 
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from nodes import wireformat as wf  # noqa: E402
+from nodes import wire as wf  # noqa: E402
 from jsonable import jsonable  # noqa: E402
 
 KEYFRAME_REQUEST_MIN_NS = 200_000_000  # as web/js/main.js
@@ -188,7 +188,7 @@ async def run_viewers(url: str, transport: str, n: int, seconds: float, session:
         host = urlsplit(url).hostname or ""
         try:
             if ipaddress.ip_address(host).is_loopback:
-                from nodes.webrtc_sink import restrict_host_addresses
+                from nodes.delivery import restrict_host_addresses
 
                 restrict_host_addresses([host])  # a sink on this machine: gather on loopback only
         except ValueError:
@@ -278,7 +278,7 @@ def load_reference(path: str | Path) -> np.ndarray:
     """(N, 52) weights, clipped to 0..1, of a Live Link Face CSV export or a packet container."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        from nodes.arkit_replay import read_take
+        from nodes.livelink import read_take
 
         return np.clip(read_take(path).weights.astype(np.float64), 0.0, 1.0)
     from nodes.livelink import parse_packet, read_container
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds before the window (default 1)")
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between viewer connections")
     ap.add_argument("--session", default=None, help="session to watch (default: the first live one; '*': spread)")
-    ap.add_argument("--lod", type=int, default=None, choices=range(4), help="level of detail to ask for")
+    ap.add_argument("--lod", type=int, default=None, choices=range(wf.N_LOD_LEVELS), help="level of detail to ask for")
     ap.add_argument("--devices", type=int, default=1, help="devices fed to an arkit_source graph (default 1)")
     ap.add_argument("--reference", help="compare with this capture (.csv export or .bin container) instead")
     ap.add_argument("--no-record", action="store_true", help="with --graph: no recorder, no reconstruction error")

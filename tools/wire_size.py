@@ -4,7 +4,7 @@ Measures what the compressor sees in each of three setups, at several precisions
 
 - raw: the capture's frames as they came from the phone (ARKit jitter included);
 - smoothed: the same frames through the blender's One Euro filter at the blender's default
-  params (``nodes.one_euro.OneEuro``), one frame per 1/60 s tick, the last frame held over the
+  params (``nodes.face.OneEuro``), one frame per 1/60 s tick, the last frame held over the
   capture's gap, as the blender does;
 - pipeline: the real nodes ``mapper`` (identity) -> ``blender`` (defaults) -> ``lod`` (L0), run
   in-process on simulated time, so blends, clamps and micro-expressions are all in.
@@ -28,11 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nodes import livelink, wireformat as wf  # noqa: E402
-from nodes.blender import Blender  # noqa: E402
-from nodes.one_euro import OneEuro  # noqa: E402
-from nodes.tables import arkit_names  # noqa: E402
+from nodes import livelink, wire as wf  # noqa: E402
+from nodes.face import OneEuro, arkit_names  # noqa: E402
 from nodes.livelink import SAMPLE_CAPTURE  # noqa: E402
+from runtime.registry import get_node_type  # noqa: E402
 
 CAPTURE = SAMPLE_CAPTURE
 FPS = 60
@@ -53,7 +52,7 @@ def on_ticks(frames: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
 
 def one_euro_smoothed(frames: np.ndarray, weights: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The blender's smoothing alone: clip weights to 0..1, One Euro at the blender's default params."""
-    p = {k: Blender.params[k].default for k in ("min_cutoff", "beta", "d_cutoff")}
+    p = {k: get_node_type("blender").params[k].default for k in ("min_cutoff", "beta", "d_cutoff")}
     euro = OneEuro(weights.shape[1] + pose.shape[1], p["min_cutoff"], p["beta"], p["d_cutoff"])
     w, ps = on_ticks(frames, weights, pose)
     out = np.array([euro(np.concatenate([np.clip(a, 0, 1), b])[None], 1.0 / FPS)[0] for a, b in zip(w, ps)])

@@ -8,7 +8,7 @@ Endpoints and the role each needs (roles are ordered viewer < operator < admin):
 ``GET /graph``             viewer    the graph as JSON plus Graphviz dot; ``?format=dot``
 ``GET /bus``               viewer    bus messages (``?since=N``, ``?type=ERROR``)
 ``GET /metrics``           viewer    Prometheus text format
-``POST /emotion``          operator  a blender's emotion and intensity
+``POST /emotion``          operator  emotion and intensity of the nodes that take one (blenders)
 ``POST /nodes/{n}/params`` operator  set a node's params live
 ``POST /nodes/{n}/swap``   admin     hot-swap a node
 ``GET /openapi.json``,     public    the OpenAPI schema and its Swagger UI page
@@ -53,12 +53,13 @@ _NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 # --- request bodies --------------------------------------------------------------------------
 class EmotionBody(BaseModel):
-    """Set the emotion preset (and its strength) of a blender, or of every blender."""
+    """Set the emotion preset (and its strength) of one node that takes emotions (a blender), or of all."""
 
     model_config = ConfigDict(extra="forbid")
     emotion: str = Field(min_length=1, max_length=64, description="an emotion preset of the blender's emotion_table")
     intensity: float = Field(1.0, ge=0.0, le=1.0, description="strength of the emotion, 0 .. 1")
-    node: Optional[str] = Field(None, pattern=_NAME, description="a blender node; default: every blender node")
+    node: Optional[str] = Field(None, pattern=_NAME, description="a node whose type has the 'emotion' interface (a blender); "
+                                                                  "default: every such node")
     transition_ms: Optional[float] = Field(None, ge=0.0, le=60000.0,
                                            description="eased transition time; also kept for later changes")
 
@@ -156,24 +157,18 @@ def _http_error(exc: ControlError | TimeoutError) -> HTTPException:
     return HTTPException(422, text)
 
 
-def _blender_class() -> type | None:
-    try:
-        from nodes.blender import Blender
-    except ImportError:  # pragma: no cover - the nodes package is part of this project
-        return None
-    return Blender
+EMOTION = "emotion"  # the control interface (``Node.interfaces``) POST /emotion sets: params emotion, intensity
 
 
-def _node_types(runner: Any, Blender: type | None) -> dict[str, dict[str, Any]]:
-    """Name -> {type, blender} of the nodes running here."""
+def _node_types(runner: Any) -> dict[str, dict[str, Any]]:
+    """Name -> {type, emotion} of the nodes running here; ``emotion``: the type declares that interface."""
     running = runner.pids()
     out = {}
     for name, spec in runner.graph.nodes.items():
         if name not in running:
             continue
         cls = getattr(runner, "types", {}).get(name)
-        blender = spec.type == "blender" or (Blender is not None and isinstance(cls, type) and issubclass(cls, Blender))
-        out[name] = {"type": spec.type, "blender": blender}
+        out[name] = {"type": spec.type, "emotion": EMOTION in getattr(cls, "interfaces", ())}
     return out
 
 
@@ -308,8 +303,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
             raise HTTPException(422, "a value is nested too deeply") from None
 
     def running_nodes() -> dict[str, dict[str, Any]]:
-        blender = _blender_class()  # imported here, not on the runner's loop
-        return call(lambda: runner.on_loop(lambda: _node_types(runner, blender)))
+        return call(lambda: runner.on_loop(lambda: _node_types(runner)))
 
     def running_node(name: str) -> dict[str, Any]:
         nodes = running_nodes()
@@ -348,19 +342,20 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
         return Response(call(lambda: render_metrics(runner.stats)), media_type=METRICS_CONTENT_TYPE)
 
     @app.post("/emotion", tags=["control"], dependencies=[operator],
-              summary="Set the emotion and intensity of a blender (default: every blender)")
+              summary="Set the emotion and intensity of a node that takes one (default: every such node)")
     def emotion(body: EmotionBody) -> JSONResponse:
         nodes = running_nodes()
         if body.node is not None:
             if body.node not in nodes:
                 raise HTTPException(404, f"no node '{body.node}' runs here (nodes: {', '.join(nodes)})")
-            if not nodes[body.node]["blender"]:
-                raise HTTPException(422, f"node '{body.node}' is a {nodes[body.node]['type']}, not a blender")
+            if not nodes[body.node]["emotion"]:
+                raise HTTPException(422, f"node '{body.node}' is a {nodes[body.node]['type']}, which takes no emotion "
+                                         f"(its type does not declare the '{EMOTION}' interface)")
             targets = [body.node]
         else:
-            targets = [n for n, d in nodes.items() if d["blender"]]
+            targets = [n for n, d in nodes.items() if d["emotion"]]
             if not targets:
-                raise HTTPException(404, "no blender node runs in this graph")
+                raise HTTPException(404, "no node that takes an emotion (a blender) runs in this graph")
         params: dict[str, Any] = {"emotion": body.emotion, "intensity": body.intensity}
         if body.transition_ms is not None:
             params["transition_ms"] = body.transition_ms

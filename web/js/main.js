@@ -14,6 +14,7 @@ const KEYFRAME_REQUEST_MIN_MS = 200;
 const params = new URLSearchParams(location.search);
 const echo = params.get("echo") !== "0";
 const resumeAfterLoss = params.get("resume") === "1";
+const N_LOD_LEVELS = 4; // levels of detail 0..3; the Python source is N_LOD_LEVELS in nodes/wire/limits.py
 const intParam = (name, lo, hi) => {
   const v = params.get(name);
   return v !== null && /^\d+$/.test(v) && Number(v) >= lo && Number(v) <= hi ? Number(v) : null;
@@ -21,7 +22,7 @@ const intParam = (name, lo, hi) => {
 
 const overlay = new Overlay();
 const face = new Face(document.getElementById("view"), { render: params.get("render") !== "0" });
-const transport = new Transport({ params, session: params.get("session") || null, lod: intParam("lod", 0, 3) });
+const transport = new Transport({ params, session: params.get("session") || null, lod: intParam("lod", 0, N_LOD_LEVELS - 1) });
 overlay.setPicks(transport.session, transport.lod);
 
 // --- the model ----------------------------------------------------------------------------------

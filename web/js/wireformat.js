@@ -26,6 +26,7 @@ class Bits {
     while (this.pos < this.size) if (this.bit()) throw new Error("padding bits must be zero");
   }
 }
+const MAX_SESSION_ID = 1024; // characters; the Python source is MAX_SESSION_ID in nodes/wire/limits.py
 const unzigzag = (z) => (z % 2 ? -(z + 1) / 2 : z / 2);
 const bitLength = (x) => 32 - Math.clz32(x);
 
@@ -99,7 +100,7 @@ export class AvatarDecoder {
       [, sid, seq, pts] = obj;
       const int = (x, lo, hi) => Number.isInteger(x) && x >= lo && x <= hi;
       if (!int(sid, 0, 65535) || !int(seq, 0, 65535) || !Number.isInteger(pts) || typeof obj[4] !== "string"
-          || obj[4].length > 1024 || !int(obj[6], 1, 16) || !int(obj[7], 0, 16) || !(obj[8] instanceof Uint8Array))
+          || obj[4].length > MAX_SESSION_ID || !int(obj[6], 1, 16) || !int(obj[7], 0, 16) || !(obj[8] instanceof Uint8Array))
         throw new Error("malformed keyframe");
       const names = obj[5];
       if (!(Number.isInteger(names) ? names in TABLES : Array.isArray(names) && names.length >= 1

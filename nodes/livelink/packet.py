@@ -1,7 +1,7 @@
 """Live Link Face: the v6 UDP packet, its JSON cousin, and the packet container file.
 
-Pure functions over bytes (plus one reader for the container file), shared by ``arkit_source``,
-``arkit_replay`` and the tools. Every way a datagram can be wrong raises ``PacketError``, a
+Pure functions over bytes (plus one reader for the container file), used by ``arkit_source``
+and the tools. Every way a datagram can be wrong raises ``PacketError``, a
 ``ValueError`` whose ``reason`` is a short word the source node counts drops by.
 
 v6 packet, all multi-byte fields big-endian::
@@ -23,8 +23,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .tables import arkit_names, arkit_pose_names
+from ..face.tables import arkit_names, arkit_pose_names
 
+CAPS = "arkit/blendshapes"  # the caps of the frames a Live Link source emits
 VERSION = 6
 N_BLENDSHAPES = 52
 N_POSE = 9
@@ -35,7 +36,7 @@ MAX_JSON_BYTES = 16384
 
 # 180 real packets from an iPhone (think-biq/LLV, BSD-2-Clause; see PROVENANCE.md beside it), shipped
 # with the repository for tests, tools and demos.
-SAMPLE_CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "livelink" / "llv_dao_packets.bin"
+SAMPLE_CAPTURE = Path(__file__).resolve().parents[2] / "tests" / "data" / "livelink" / "llv_dao_packets.bin"
 
 _TAIL = struct.Struct(">ifiiB")  # frame, sub-frame, fps numerator, fps denominator, count
 _VALUES_BYTES = 4 * N_VALUES

@@ -26,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-RATE = 16000
+from .pcm import RATE
+
 FRAME_RATE = 100  # pocketsphinx frames per second
 PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
           "UH UW V W Y Z ZH").split()
@@ -79,7 +80,7 @@ def _decoder(**config: object):
 
 def _default_g2p(word: str) -> list[str] | None:
     """Pronunciation of a word the dictionary lacks, from espeak-ng if it is installed."""
-    from .text_phoneme import espeak_g2p
+    from .espeak import espeak_g2p
 
     try:
         return espeak_g2p(word)

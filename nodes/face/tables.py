@@ -20,7 +20,7 @@ import yaml
 
 from runtime.errors import ParamError
 
-GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
+GRAPHS_DIR = Path(__file__).resolve().parents[2] / "graphs"
 TABLE_PATH_ENV = "AVATAR_TABLE_PATH"
 TABLE_RULE = f"tables must be inside graphs/ or a folder of ${TABLE_PATH_ENV}"  # for params' help texts
 

@@ -11,7 +11,7 @@ What the browser-delivery sinks (``websocket_sink``, ``webrtc_sink``) share:
   and security headers on every response: a Content-Security-Policy allowing only ``'self'``
   scripts plus the page's inline import map by hash (computed at start-up from ``index.html``).
 - WebSocket connections get small send buffers (``_WebSocketProtocol``), so a viewer that
-  cannot keep up backs up into its own bounded, drop-oldest queue (``nodes.viewers``) within a
+  cannot keep up backs up into its own bounded, drop-oldest queue (``nodes.delivery.viewers``) within a
   few kilobytes, instead of into seconds of kernel and transport buffering.
 
 The node's thread and the loop's thread share nothing else: the viewer registry lives on the
@@ -40,9 +40,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-import nodes
 
-DEFAULT_WEB_ROOT = Path(nodes.__file__).resolve().parents[1] / "web"
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 WS_SEND_BUFFER = 4096  # SO_SNDBUF of a WebSocket connection (the kernel doubles it)
 WS_WRITE_HIGH = 2048  # asyncio transport buffer above which a WebSocket send waits
 WS_MAX_MESSAGE = 64 * 1024  # largest message a viewer may send us

@@ -27,11 +27,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from runtime.clock import now_ns
 from runtime.histogram import LATENCY_BOUNDS_US
 
-N_LEVELS = 4  # lod levels 0..3
-MAX_SESSION_ID = 1024  # characters, as in the wire format
+from ..wire import MAX_SESSION_ID, N_LOD_LEVELS
+
 MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
 _RING = 256  # packets remembered per watched session for echoes
 _LATENCY_RING = 1024
@@ -40,45 +39,6 @@ _PIPE_STEP_US = 100  # bin width of the cumulative pipeline latency histogram; t
 _PIPE_BINS = 2001
 _TEXT_QUEUE = 32  # JSON messages waiting for a viewer (the oldest go first: 'sessions' supersedes itself)
 _LISTED_VIEWERS = 32  # viewers detailed in stats
-_KEYFRAME_FIRST = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])  # msgpack array: a keyframe
-
-
-# --- peeking at packets -----------------------------------------------------------------------
-def is_keyframe(packet: bytes) -> bool:
-    """A keyframe is a msgpack array (fixarray, array 16 or array 32); a delta is a bin."""
-    return bool(packet) and packet[0] in _KEYFRAME_FIRST
-
-
-def _uint(p: bytes, i: int) -> tuple[int, int]:
-    """A msgpack unsigned int at ``i``: (value, next index)."""
-    b = p[i]
-    if b <= 0x7F:
-        return b, i + 1
-    size = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(b)
-    if size is None or i + 1 + size > len(p):
-        raise ValueError("not a msgpack uint")
-    return int.from_bytes(p[i + 1:i + 1 + size], "big"), i + 1 + size
-
-
-def packet_seq(packet: bytes) -> int:
-    """The wire ``seq`` of a packet (keyframe element 2; a delta's ``u(16)`` after its ``eg(0)``
-    sid), or -1 if it cannot be read. Reads a few bytes, never the whole packet."""
-    try:
-        b = packet[0]
-        if b in _KEYFRAME_FIRST:
-            i = 1 if b <= 0x9F else 3 if b == 0xDC else 5
-            _, i = _uint(packet, i)  # version
-            _, i = _uint(packet, i)  # sid
-            return _uint(packet, i)[0]
-        head = {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(b)
-        if head is None:
-            return -1
-        bits = int.from_bytes(packet[head:head + 8].ljust(8, b"\0"), "big")
-        zeros = 64 - bits.bit_length()  # eg(0) sid: z zero bits, then z + 1 bits
-        used = 2 * zeros + 1 + 16
-        return -1 if used > 64 else (bits >> (64 - used)) & 0xFFFF
-    except (IndexError, ValueError):
-        return -1
 
 
 # --- viewers ----------------------------------------------------------------------------------
@@ -127,7 +87,7 @@ class Viewers:
     """The registry: viewers, their subscriptions and queues, live sessions, requests upstream."""
 
     def __init__(self, *, queue_size: int, keyframe_min_interval_ns: int, session_timeout_ns: int,
-                 request: Callable[[dict], None], clock: Callable[[], int] = now_ns):
+                 request: Callable[[dict], None], clock: Callable[[], int]):
         self.queue_size = queue_size
         self.keyframe_min_interval_ns = keyframe_min_interval_ns
         self.session_timeout_ns = session_timeout_ns
@@ -269,9 +229,10 @@ class Viewers:
             raise ProtocolError(f"unknown message type {_short(kind)} (subscribe, keyframe, echo)")
 
     # --- packets -------------------------------------------------------------------------------
-    def dispatch(self, sessions: list, packets: list, pts_ns: int, overruns: int = 0,
-                 arrival_ns: np.ndarray | None = None) -> None:
-        """One batch: row i of ``packets`` is session ``sessions[i]``'s packet.
+    def dispatch(self, sessions: list, packets: list, pts_ns: int, keyframe: np.ndarray, seq: np.ndarray,
+                 overruns: int = 0, arrival_ns: np.ndarray | None = None) -> None:
+        """One batch: row i of ``packets`` is session ``sessions[i]``'s packet, a keyframe if
+        ``keyframe[i]``, with wire sequence number ``seq[i]`` (-1: unknown), as the encoder said.
 
         ``overruns`` counts batches the node could not hand over (the loop fell behind): when it
         grows, every viewer missed a packet and waits for a keyframe. ``arrival_ns`` (optional):
@@ -307,11 +268,9 @@ class Viewers:
             i = index.get(session)
             if i is None:
                 continue
-            packet = packets[i]
-            key = is_keyframe(packet)
-            seq = packet_seq(packet)
-            if seq >= 0:
-                self.rings[session][seq % _RING] = (seq, pts_ns)
+            packet, key, n = packets[i], bool(keyframe[i]), int(seq[i])
+            if n >= 0:
+                self.rings[session][n % _RING] = (n, pts_ns)
             for v in viewers.values():
                 self._push(v, packet, key)
 
@@ -522,10 +481,9 @@ def check_session(value: Any, optional: bool) -> str | None:
 def check_lod(value: Any) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < N_LEVELS:
-        raise ProtocolError(f"'lod' must be a level 0..{N_LEVELS - 1} or null, got {_short(value)}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < N_LOD_LEVELS:
+        raise ProtocolError(f"'lod' must be a level 0..{N_LOD_LEVELS - 1} or null, got {_short(value)}")
     return value
 
 
-__all__ = ["ProtocolError", "Transport", "Viewer", "Viewers", "check_lod", "check_session", "is_keyframe",
-           "packet_seq"]
+__all__ = ["ProtocolError", "Transport", "Viewer", "Viewers", "check_lod", "check_session"]

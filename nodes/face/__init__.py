@@ -1,0 +1,17 @@
+"""The face: ARKit names and tables, morph, LOD and viseme tables, layer curves, One Euro, the frame clock."""
+from .tables import (GRAPHS_DIR, TABLE_PATH_ENV, TABLE_RULE, TableError, TablePathError, arkit_names,
+                     arkit_pose_names, load_mapping, load_table, table_dirs, table_path)
+from .morphs import (MORPH_CAPS, MorphTable, MorphTableError, PROFILES, load_morph_table, profile_path)
+from .lod_table import (LodTableError, load_lod_table)
+from .visemes import (SIL, VISEMES, VisemeTables, hold_bump, load_viseme_tables, ramp, strip_stress)
+from .layers import (approach, blink_curve, smoothstep, weight_table)
+from .one_euro import OneEuro
+from .frameclock import (FRAME_CLOCK_PARAMS, FrameClockNode)
+
+__all__ = ["FRAME_CLOCK_PARAMS", "FrameClockNode", "GRAPHS_DIR", "LodTableError", "MORPH_CAPS", "MorphTable",
+           "MorphTableError", "OneEuro", "PROFILES", "SIL", "TABLE_PATH_ENV", "TABLE_RULE", "TableError",
+           "TablePathError", "VISEMES", "VisemeTables", "approach", "arkit_names", "arkit_pose_names",
+           "blink_curve", "hold_bump", "load_lod_table", "load_mapping", "load_morph_table",
+           "load_table", "load_viseme_tables", "profile_path", "ramp", "smoothstep", "strip_stress",
+           "table_dirs", "table_path", "weight_table"]
+
