@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.states import READY
 
 from .livelink import CAPS, read_take
 
@@ -20,11 +21,11 @@ class ArkitReplay(Node):
 
     outputs = {"out": Pad(caps=CAPS, doc="weights (1,52), pose (1,9), arrival_ns (1,), frame (1,); data active")}
     params = {
-        "path": Param(str, "", "Live Link Face CSV export (Timecode,BlendShapeCount,...)"),
+        "path": Param(str, "", "Live Link Face CSV export (Timecode,BlendShapeCount,...)", mutable=READY),
         "loop": Param(bool, False, "start again at the end instead of EOS"),
         "speed": Param(float, 1.0, "playback speed; 0 = as fast as the links take them", min=0.0, max=1000.0),
         "session": Param(str, "replay", "session id of the emitted frames"),
-        "fps": Param(float, 60.0, "frame rate the take's timecodes count frames at", min=1.0, max=1000.0),
+        "fps": Param(float, 60.0, "frame rate the take's timecodes count frames at", min=1.0, max=1000.0, mutable=READY),
     }
 
     def setup(self) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime import Message, Node, Pad, Param
+from runtime import Message, Node, Pad, Param, ParamError
 
 from .livelink import (CAPS, N_BLENDSHAPES, N_POSE, TAIL_BYTES, VERSION, LiveLinkFrame, PacketError, header_of,
                        parse_datagram, parse_tails)
@@ -94,7 +94,7 @@ class ArkitSource(Node):
         self.last_bad = ""
         self.paused_ns = 0
         self.rewatch = None
-        self.sock = self._bind(self.p.host, self.p.port)
+        self.sock = self._bind(self.p.host, self.p.port, replacing=self.replacement)
         self.bound = (self.p.host, self.p.port)
         self.watch(self.sock, self._read)
         self.timer = self._start_timer()
@@ -397,9 +397,21 @@ class ArkitSource(Node):
             self.last_ns[self.used] += self.now_ns() - self.paused_ns
             self.paused_ns = 0
 
-    def _bind(self, host: str, port: int) -> socket.socket:
+    def _bind(self, host: str, port: int, replacing: bool = False) -> socket.socket:
+        """The UDP socket, with SO_REUSEPORT so that a hot-swapped source can bind while the process
+        it replaces still listens; so that two graphs never share a port by mistake, a first
+        process (not ``replacing``) checks the port is free first. RuntimeError saying why not."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if port and not replacing:
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                probe.bind((host, port))  # EADDRINUSE: someone listens there
+            except OSError as exc:
+                raise RuntimeError(f"cannot listen on UDP {host}:{port}: {exc.strerror or exc}") from None
+            finally:
+                probe.close()
         sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # bursts from many devices
         except OSError:
@@ -417,6 +429,12 @@ class ArkitSource(Node):
         return sock
 
     def on_params(self, changed: dict) -> None:
+        sock = None
+        if "host" in changed or "port" in changed:  # first: a refused bind changes nothing
+            try:
+                sock = self._bind(self.p.host, self.p.port)
+            except RuntimeError as exc:
+                raise ParamError(f"{exc}; still listening on {self.bound[0]}:{self.sock.getsockname()[1]}") from None
         if "batch" in changed and self.p.batch == "all" and self.backlog:  # the latest frame wins from now on
             for slot, q in self.backlog.items():
                 self.superseded += len(q)  # the slot's frame and all but the last waiting one
@@ -428,13 +446,7 @@ class ArkitSource(Node):
             if self.p.rate == 0 and self.rewatch is not None:  # reads emit again: watch at once
                 self.rewatch.cancel()
                 self._rewatch()
-        if "host" in changed or "port" in changed:
-            try:
-                sock = self._bind(self.p.host, self.p.port)
-            except RuntimeError as exc:
-                self.p.host, self.p.port = self.bound
-                self.warn(f"{exc}; still listening on {self.bound[0]}:{self.sock.getsockname()[1]}")
-                return
+        if sock is not None:
             self.unwatch(self.sock)
             self.sock.close()
             self.sock = sock

@@ -9,6 +9,7 @@ import socket
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.states import READY
 
 from .speech import RATE, Resampler, WavReader, to_int16
 
@@ -18,11 +19,11 @@ class AudioSource(Node):
 
     outputs = {"out": Pad(caps="audio/pcm", doc="int16 chunks of chunk_ms, data {'rate': 16000}")}
     params = {
-        "path": Param(str, "", "WAV file to play (any rate, channels, width); empty when using udp_port"),
-        "udp_port": Param(int, 0, "receive raw 16-bit LE mono PCM datagrams on this port; 0 = off", min=0, max=65535),
-        "udp_host": Param(str, "127.0.0.1", "address to bind for udp_port (0.0.0.0 = every interface)"),
-        "udp_rate": Param(int, 16000, "sample rate of the UDP PCM", min=4000, max=192000),
-        "chunk_ms": Param(int, 20, "duration of one emitted chunk", min=10, max=20),
+        "path": Param(str, "", "WAV file to play (any rate, channels, width); empty when using udp_port", mutable=READY),
+        "udp_port": Param(int, 0, "receive raw 16-bit LE mono PCM datagrams on this port; 0 = off", min=0, max=65535, mutable=READY),
+        "udp_host": Param(str, "127.0.0.1", "address to bind for udp_port (0.0.0.0 = every interface)", mutable=READY),
+        "udp_rate": Param(int, 16000, "sample rate of the UDP PCM", min=4000, max=192000, mutable=READY),
+        "chunk_ms": Param(int, 20, "duration of one emitted chunk", min=10, max=20, mutable=READY),
         "realtime": Param(bool, True, "pace a file at real time; false = as fast as the links take it"),
         "session": Param(str, "default", "session id carried by every chunk"),
     }

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
+from runtime.states import READY
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .face import (FRAME_CLOCK_PARAMS, TABLE_RULE, FrameClockNode, OneEuro, approach, arkit_names, arkit_pose_names,
@@ -46,7 +47,6 @@ _EYE_FULL_RAD = 0.6  # gaze angle at which an eyeLook* shape reaches 1
 _SACCADE_TAU_S = 0.02
 _BLINK_SHAPE_K = 6.0  # gamma shape of blink intervals: regular but not metronomic
 _NEVER = -1e18
-_CHECKED = ("emotion", "intensity", "emotions", "emotion_table", "viseme_table")  # restored if a change is bad
 
 # per-slot state: name -> (columns, dtype, value of a fresh slot)
 _STATE: dict[str, tuple[int, Any, Any]] = {
@@ -104,7 +104,7 @@ class Blender(FrameClockNode):
         "min_cutoff": Param(float, 1.5, "One Euro: cutoff (Hz) when still; lower = smoother", min=0.01),
         "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0),
         "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01),
-        "seed": Param(int, 0, "seed of the random generator (blinks, gaze, micro-expressions)"),
+        "seed": Param(int, 0, "seed of the random generator (blinks, gaze, micro-expressions)", mutable=READY),
         "tick_on_capture": Param(bool, False, "frames follow the capture: a session's frame is made as soon as its "
                                               "capture arrives (at most one per half period), so it never waits for "
                                               "the next tick; the timer makes the frames of sessions without live "
@@ -129,7 +129,6 @@ class Blender(FrameClockNode):
             setattr(self, name, np.zeros((self.slots.capacity, cols) if cols else self.slots.capacity, dtype=dtype))
         self.layout: tuple[np.ndarray, list[str]] | None = None  # live slots and their ids, until one joins or leaves
         self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
-        self._good = {k: getattr(self.p, k) for k in _CHECKED}
         self._pin_params()
 
     def _load_tables(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
@@ -174,12 +173,10 @@ class Blender(FrameClockNode):
         try:  # check everything before changing anything
             tables = self._load_tables() if {"emotion_table", "viseme_table"} & set(changed) else None
             self._check_emotions(tables[0] if tables else self.presets, self.p.emotion, self.p.emotions)
-        except (ParamError, FileNotFoundError) as exc:
-            self.p.__dict__.update(self._good)
+        except FileNotFoundError as exc:  # the runtime puts the old values back
             raise ParamError(str(exc)) from exc
         if tables:
             self.presets, self.micro, self.mouth, self.articulated = tables
-        self._good = {k: getattr(self.p, k) for k in _CHECKED}
         for k in ("min_cutoff", "beta", "d_cutoff"):
             setattr(self.euro, k, float(getattr(self.p, k)))
         if "rate" in changed:

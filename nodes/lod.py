@@ -27,10 +27,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime import Message, Node, Pad, Param
+from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
-from .face import TABLE_RULE, LodTableError, arkit_names, load_lod_table
+from .face import TABLE_RULE, arkit_names, load_lod_table
 from .wire import N_LOD_LEVELS
 
 
@@ -73,19 +73,15 @@ class Lod(Node):
         self.rows_in = self.rows_out = self.dropped = self.requests = 0
 
     def on_params(self, changed: Mapping[str, Any]) -> None:
-        if "levels" in changed:
-            try:
-                self.session_levels = check_levels(self.p.levels)
-            except ValueError:
-                self.p.levels = self.session_levels  # keep the levels that worked
-                raise
+        try:  # everything that may refuse first: a refusal changes nothing (the runtime restores the params)
+            levels = check_levels(self.p.levels) if "levels" in changed else self.session_levels
+            table = load_lod_table(self.p.table) if "table" in changed else None
+        except ValueError as exc:  # LodTableError is one too
+            raise ParamError(str(exc)) from None
+        self.session_levels = levels
         self.default_level = self.p.level
-        if "table" in changed:
-            try:
-                self.every, self.patterns = load_lod_table(self.p.table)
-            except LodTableError:
-                self.p.table = self.table  # keep the table that worked
-                raise
+        if table is not None:
+            self.every, self.patterns = table
             self.table = self.p.table
             self.masks.clear()
         self._relevel()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from runtime import Message, Node, Pad, Param
+from runtime import Message, Node, Pad, Param, ParamError
 from runtime.caps import CapsSpec
 from runtime.sessions import batch_sessions
 
@@ -53,9 +53,8 @@ class Mapper(Node):
         if "profile" in changed:
             try:
                 table = load_morph_table(self.p.profile)
-            except MorphTableError:
-                self.p.profile = self.profile  # keep running on the table that works
-                raise
+            except MorphTableError as exc:  # the runtime puts the old profile back
+                raise ParamError(str(exc)) from None
             self.table, self.names, self.profile = table, list(table.names), self.p.profile
 
     def process(self, pad: str, msg: Message) -> Message | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from runtime import Node, Pad, Param
+from runtime.states import READY
 from runtime.recording import read_recording
 
 
@@ -10,7 +11,7 @@ class Player(Node):
 
     outputs = {"out": Pad(caps_param="caps", doc="the recorded messages")}
     params = {
-        "path": Param(str, "recording.msgpack", "recording written by recorder"),
+        "path": Param(str, "recording.msgpack", "recording written by recorder", mutable=READY),
         "caps": Param(str, "any", "caps the recording holds (for load-time checks)"),
         "speed": Param(float, 1.0, "playback speed; 0 = as fast as the links take them", min=0.0, max=1000.0),
         "loop": Param(bool, False, "start again at the end instead of EOS"),

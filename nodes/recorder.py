@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from runtime import Message, Node, Pad, Param
+from runtime.states import READY
 from runtime.recording import RecordingWriter
 
 
@@ -10,7 +11,7 @@ class Recorder(Node):
 
     inputs = {"in": Pad(policy="block")}  # a file must lose nothing (a launch line's link blocks)
     params = {
-        "path": Param(str, "recording.msgpack", "file to write (parent folders are created)"),
+        "path": Param(str, "recording.msgpack", "file to write (parent folders are created)", mutable=READY),
         "flush_every": Param(int, 60, "flush to disk every N messages (always on EOS and stop)", min=1),
     }
 

@@ -10,6 +10,7 @@ from collections import deque
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
+from runtime.states import READY
 from runtime.sessions import batch_sessions
 
 from .face import TABLE_RULE
@@ -31,9 +32,9 @@ class TextPhoneme(Node):
         "pitch": Param(int, 50, "espeak pitch", min=0, max=99),
         "session": Param(str, "default", "session of the 'text' param's speech"),
         "realtime": Param(bool, True, "send audio chunks as they are due; false = all at once"),
-        "chunk_ms": Param(int, 20, "duration of one audio chunk", min=10, max=20),
+        "chunk_ms": Param(int, 20, "duration of one audio chunk", min=10, max=20, mutable=READY),
         "eos_after_text": Param(bool, False, "end the stream once the 'text' param is spoken (no text input linked)"),
-        "mapping": Param(str, ESPEAK_MAPPING, f"YAML table of espeak mnemonics -> ARPAbet ({TABLE_RULE})"),
+        "mapping": Param(str, ESPEAK_MAPPING, f"YAML table of espeak mnemonics -> ARPAbet ({TABLE_RULE})", mutable=READY),
     }
 
     def setup(self) -> None:

@@ -68,7 +68,6 @@ class Viseme(FrameClockNode):
 
     def setup(self) -> None:
         self.tables = load_viseme_tables(self.p.phoneme_table, self.p.viseme_table)
-        self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
         self.start_clock()
         self.frames = self.ticks = 0
         self.upstream_ns = 0  # the latency of the path into this node (on_latency)
@@ -87,10 +86,8 @@ class Viseme(FrameClockNode):
         if "phoneme_table" in changed or "viseme_table" in changed:
             try:
                 self.tables = load_viseme_tables(self.p.phoneme_table, self.p.viseme_table)
-            except (ParamError, FileNotFoundError) as exc:  # keep the tables in use, and say why
-                self.p.phoneme_table, self.p.viseme_table = self.table_paths
+            except FileNotFoundError as exc:  # a ParamError goes as it is; the runtime restores the params
                 raise ParamError(str(exc)) from exc
-            self.table_paths = (self.p.phoneme_table, self.p.viseme_table)
         if "rate" in changed:
             self.retime()
 

@@ -26,31 +26,30 @@ from .delivery import DataChannelTransport, ViewerSink, ice_server_problems, off
 _CHANNELS_WITHIN_S = 15.0  # a peer whose two channels are not open by then is closed
 
 
+def _address_problem(addresses: list) -> str | None:
+    for a in addresses:
+        try:
+            ipaddress.ip_address(a)
+        except (ValueError, TypeError):
+            return f"{a!r} is not an IP address"
+    return None
+
+
 class WebRTCSink(ViewerSink):
     """Serves the page and streams packets to browsers over WebRTC data channels (WebSocket fallback)."""
 
     params = {
         **ViewerSink.params,
         "ice_servers": Param(list, [], "STUN/TURN servers for the peer connections and the page: "
-                                       "[{urls, username?, credential?}]; empty: host candidates only"),
+                                       "[{urls, username?, credential?}]; empty: host candidates only",
+                             check=lambda servers: "; ".join(ice_server_problems(servers)) or None),
         "ice_addresses": Param(list, [], "IP addresses to gather host candidates on; empty: every interface "
-                                         "but loopback (aioice's default); [127.0.0.1] for a page on this machine"),
+                                         "but loopback (aioice's default); [127.0.0.1] for a page on this machine",
+                               check=lambda addresses: _address_problem(addresses)),
         "rtc_buffer_limit": Param(int, 1024, "bytes queued on a viewer's 'avatar' channel above which it counts "
                                              "as slow (its queue then drops the oldest)", min=64, max=1 << 24),
     }
     transports = ("webrtc", "websocket")
-
-    @classmethod
-    def check_config(cls, params: Mapping[str, Any]) -> list[str]:
-        problems = super().check_config(params)
-        problems += ice_server_problems(params.get("ice_servers", []))
-        addresses = params.get("ice_addresses", [])
-        for a in addresses if isinstance(addresses, list) else [addresses]:
-            try:
-                ipaddress.ip_address(a)
-            except (ValueError, TypeError):
-                problems.append(f"param 'ice_addresses': {a!r} is not an IP address")
-        return problems
 
     def setup(self) -> None:
         self.peers: set[Any] = set()

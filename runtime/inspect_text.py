@@ -37,6 +37,8 @@ def describe_type(name: str) -> str:
                 out.append(f"    {pad.doc}")
         out.append("")
     out += latency_lines(cls) + [""]
+    if cls.interfaces:  # control interfaces the API reaches it by (POST /emotion: "emotion")
+        out += ["Interfaces:", "  " + ", ".join(sorted(cls.interfaces)), ""]
     out.append("Params:")
     if not cls.params:
         out.append("  none")

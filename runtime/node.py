@@ -12,7 +12,8 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol
 from .caps import CapsSpec
 from .message import Message
 from .pads import Pad
-from .params import Param, ParamValues
+from .errors import ParamError
+from .params import Param, ParamValues, check_params
 
 
 class Timer(Protocol):
@@ -173,3 +174,26 @@ class Node:
     @classmethod
     def describe(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def apply_params(node: Node, given: Mapping[str, Any], state: str | None = None) -> dict[str, Any]:
+    """Make a live change the way every host of a node does (the worker, ``NodeHarness``).
+
+    The values are checked against their declarations (type, range, own check, and the ``state``
+    the node is in), then the node type's ``check_config`` across all params, then offered to the
+    node's ``on_params``, which refuses by raising ``ParamError``. A refusal, or any failure, puts
+    back every value it touched, so nothing changed; the checked values are returned."""
+    cls = type(node)
+    changed = check_params(cls.params, given, fill_defaults=False, state=state)
+    values = node.p.__dict__
+    old = {k: values[k] for k in changed}
+    values.update(changed)
+    try:
+        problems = cls.check_config(node.p.as_dict())  # rules across params (a table that exists)
+        if problems:
+            raise ParamError("; ".join(problems))
+        node.on_params(changed)
+    except BaseException:
+        values.update(old)
+        raise
+    return changed

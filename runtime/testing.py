@@ -13,11 +13,12 @@ from typing import Any, Callable, Mapping
 
 from .graph import Graph, graph_from_dict, parse_graph
 from .message import Message, decode, encode
-from .node import Node
+from .node import Node, apply_params
 from .params import check_params
 from .recording import RecordingWriter, read_recording
 from .registry import get_node_type
 from .runner import Runner
+from .states import PLAYING
 
 
 class _FakeTimer:
@@ -121,9 +122,8 @@ class NodeHarness:
         heapq.heapify(self._timers)
 
     def set_params(self, **params: Any) -> None:
-        changed = check_params(self.cls.params, params, fill_defaults=False)
-        self.node.p.__dict__.update(changed)
-        self.node.on_params(changed)
+        """A live change to the playing node, as its process makes it: refused (ParamError), it changes nothing."""
+        apply_params(self.node, params, PLAYING)
 
     def eos(self) -> list[tuple[str, Message]]:
         start = len(self.outputs)

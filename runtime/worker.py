@@ -27,7 +27,7 @@ from .heartbeat import Heartbeat
 from .histogram import PROC_BOUNDS_US, RingHistogram
 from .logs import configure as configure_logging
 from .message import Kind, MalformedMessage, Message
-from .node import Node
+from .node import Node, apply_params
 from .params import check_params
 from .proctools import die_with_parent
 from .protocol import SpawnSpec
@@ -486,18 +486,8 @@ class Worker:
         self._reply(req, result=self.stats())
 
     def _op_params(self, req: dict) -> None:
-        """A live change: checked against the types, ranges, own checks and the state each param may
-        change in, then offered to the node, which refuses by raising ParamError (a failed bind, a
-        table that does not load). A refusal restores every value it touched: nothing changed."""
-        changed = check_params(self.cls.params, req["params"], fill_defaults=False, state=self.state)
-        values = self.node.p.__dict__
-        old = {k: values[k] for k in changed}
-        values.update(changed)
-        try:
-            self._guarded(lambda: self.node.on_params(changed))
-        except BaseException:
-            values.update(old)
-            raise
+        """A live change (``runtime.node.apply_params``): a refusal changes nothing, and says why."""
+        self._guarded(lambda: apply_params(self.node, req["params"], self.state))
         self._reply(req, result=self.node.p.as_dict())
 
     def _op_state(self, req: dict) -> None:

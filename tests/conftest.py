@@ -1,13 +1,16 @@
 """Shared fixtures: graph files, background `avatar run` processes, runners stopped after each test."""
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from tests.helpers import AvatarProcess
+from tests.helpers import AvatarProcess, wait_until
 
 
 @pytest.fixture
@@ -41,3 +44,29 @@ def runners():
     yield started
     for r in started:
         r.stop(drain=False)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server of this test's own, on a free loopback port; its redis:// URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make test installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def answers() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(answers, 10, 0.05, "redis-server to accept connections")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)

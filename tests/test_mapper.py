@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nodes.face import MorphTableError, arkit_names, load_morph_table
-from runtime import Message
+from runtime import Message, ParamError
 from runtime.testing import NodeHarness, run_through
 
 ARKIT = arkit_names()
@@ -133,7 +133,7 @@ def test_live_profile_change_and_bad_profile_keeps_the_old_one(tmp_path, monkeyp
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape == (1, len(load_morph_table("standard").names))
     h.set_params(profile="extended")
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape == (1, len(load_morph_table("extended").names))
-    with pytest.raises(MorphTableError, match="nope.yaml"):
+    with pytest.raises(ParamError, match="nope.yaml"):
         h.set_params(profile=str(tmp_path / "nope.yaml"))
     assert h.node.p.profile == "extended"
     assert h.feed("in", batch(arkit()))[0][1].arrays["weights"].shape[1] == len(load_morph_table("extended").names)

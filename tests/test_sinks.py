@@ -22,6 +22,7 @@ from nodes import wire as wf
 from nodes.delivery import Viewers
 from nodes.wire import is_keyframe, packet_facts, packet_seq
 from nodes.delivery import restrict_host_addresses
+from runtime import ParamRefused
 from runtime.recording import read_records
 from runtime.testing import start_graph
 from tests.helpers import ROOT, wait_gone, wait_until
@@ -283,10 +284,11 @@ def test_http_serves_the_page_with_a_csp_hashing_its_import_map_and_refuses_bad_
     st = sink_stats(runner)
     assert st["offers"] == 4 and st["offers_refused"] == 4 and st["peers"] == 0
     assert st["csp_script_hashes"] == 1
-    # live params: a bad URL is refused (the old one stays), a good one shows at once
-    runner.set_params("sink", api="ftp://nowhere")
+    # live params: a bad URL is refused with the reason (the old one stays), a good one shows at once
+    with pytest.raises(ParamRefused, match=r"param 'api': must be an http\(s\) URL"):
+        runner.set_params("sink", api="ftp://nowhere")
     assert runner.stats()["nodes"]["sink"]["params"]["api"] == "http://127.0.0.1:9999/api"
-    assert any("refused" in m["text"] for m in runner.bus.messages("WARNING", node="sink"))
+    assert runner.graph.nodes["sink"].params["api"] == "http://127.0.0.1:9999/api"
     runner.set_params("sink", api="https://control.example:8443")
     assert httpx.get(f"{base}/config.json").json()["api"] == "https://control.example:8443"
 

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import subprocess
 
 import pytest
 
-from runtime import ControlError, GraphError, Message, Node, Pad, Runner, parse_graph
+from runtime import GraphError, Message, Node, Pad, Runner, parse_graph
 from runtime.state import StateError, open_store
 from tests.helpers import wait_gone, wait_until
 
@@ -40,31 +38,6 @@ class LodAsker(Node):
         if not self.asked:
             self.asked = True
             self.emit("requests", Message("avatar/request", {"keyframe": [], "lod": {"s1": 2}}))
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (make test installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        def answers() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(answers, 10, 0.05, "redis-server to accept connections")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def wait_for(fn, timeout: float = 10.0):

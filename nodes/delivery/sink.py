@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qs
 
-from runtime import Message, Node, Pad, Param
+from runtime import Message, Node, Pad, Param, ParamError
 
 from ..wire import packet_facts
 
@@ -30,6 +30,15 @@ _HOUSEKEEPING_S = 0.25  # session sweep and stats snapshot period
 _WARN_EVERY_NS = 1_000_000_000
 _RESTART_PARAMS = ("host", "port", "web_root", "ping_interval", "ping_timeout")
 _QUEUE_FPS = 60.0  # frames a second a viewer's queue drains at, for the declared latency
+
+
+def _url_problem(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+        return f"must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}"
+    return None
 
 
 class ViewerSink(Node):
@@ -44,12 +53,14 @@ class ViewerSink(Node):
         "host": Param(str, "127.0.0.1", "address to serve HTTP on (0.0.0.0: every interface)"),
         "port": Param(int, 8080, "TCP port; 0 = any free port (stats and an INFO bus message say which)",
                       min=0, max=65535),
-        "web_root": Param(str, "", "folder of the page (index.html, js/, assets/); empty: the repo's web/"),
+        "web_root": Param(str, "", "folder of the page (index.html, js/, assets/); empty: the repo's web/",
+                          check=lambda root: f"{root} is not a folder" if root and not Path(root).is_dir() else None),
         "queue_size": Param(int, 8, "packets waiting per viewer; when full the oldest is dropped", min=1, max=4096),
         "ping_interval": Param(float, 5.0, "seconds between WebSocket pings; 0 = none", min=0.0, max=3600.0),
         "ping_timeout": Param(float, 10.0, "a WebSocket viewer not answering a ping this long is closed; 0 = never",
                               min=0.0, max=3600.0),
-        "api": Param(str, "", "URL of the control API the page's buttons call (in /config.json and the CSP)"),
+        "api": Param(str, "", "URL of the control API the page's buttons call (in /config.json and the CSP)",
+                     check=lambda url: _url_problem(url)),
         "keyframe_min_interval_ms": Param(float, 100.0, "per session, at most one keyframe request upstream "
                                                         "this often", min=0.0, max=60000.0),
         "session_timeout": Param(float, 3.0, "seconds without packets after which a session is not live",
@@ -62,28 +73,10 @@ class ViewerSink(Node):
         """A viewer's full queue: queue_size packets at 60 frames a second (the frame rate of our graphs)."""
         return int(round(int(params["queue_size"]) * 1e9 / _QUEUE_FPS))
 
-    @classmethod
-    def check_config(cls, params: Mapping[str, Any]) -> list[str]:
-        from urllib.parse import urlsplit
-        problems = []
-        api = params.get("api") or ""
-        if api:
-            parts = urlsplit(api)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                problems.append(f"param 'api' must be an http(s) URL such as http://127.0.0.1:8000, got {api!r}")
-        root = params.get("web_root") or ""
-        if root and not Path(root).is_dir():
-            problems.append(f"param 'web_root': {root} is not a folder")
-        return problems
-
     # --- lifecycle ---------------------------------------------------------------------------
     def setup(self) -> None:
         from .webserver import Inbox, bind
 
-        problems = self.check_config(self.p.as_dict())
-        if problems:
-            raise ValueError("; ".join(problems))
-        self._good = self.p.as_dict()  # the last params that passed check_config
         self.server = self.viewers = None
         self.rejected = self.overruns = self.restarts = 0
         self.snapshot: dict[str, Any] = {}
@@ -130,42 +123,40 @@ class ViewerSink(Node):
             inbox.close()
 
     def on_params(self, changed: Mapping[str, Any]) -> None:
-        problems = self.check_config(self.p.as_dict())
-        if problems:  # what only check_config can tell (a bad URL): refused, the old values stay
-            for k in changed:
-                setattr(self.p, k, self._good[k])
-            self.warn(f"refused: {'; '.join(problems)}")
-            return
-        self._good = self.p.as_dict()
         if self.server is not None and self.viewers is not None:
             self._apply(changed)
 
     def _apply(self, changed: Mapping[str, Any]) -> None:
-        """Params changed live (and valid): hand them to the server thread, or restart it."""
+        """Params changed live (and valid): hand them to the server thread, or restart it. A new
+        address is bound first: if that fails the change is refused (ParamError) before anything
+        else has changed, and the runtime puts the old values back."""
         viewers = self.viewers
+        restart = any(k in changed for k in _RESTART_PARAMS)
+        sock = self._bind_new() if restart else None
         if "queue_size" in changed:
             self.server.call(setattr, viewers, "queue_size", self.p.queue_size)
         if "keyframe_min_interval_ms" in changed:
             self.server.call(setattr, viewers, "keyframe_min_interval_ns", int(self.p.keyframe_min_interval_ms * 1e6))
         if "session_timeout" in changed:
             self.server.call(setattr, viewers, "session_timeout_ns", int(self.p.session_timeout * 1e9))
-        if any(k in changed for k in _RESTART_PARAMS):
-            self._restart(changed)
+        if restart:
+            self._restart(sock)
 
-    def _restart(self, changed: Mapping[str, Any]) -> None:
-        """Serve again with the new host/port/page/pings (viewers reconnect); on failure keep the old."""
+    def _bind_new(self) -> Any:
+        """The socket for a new host/port (None: the address stays); ParamError if it cannot be had."""
         from .webserver import bind
 
-        moved = (self.p.host, self.p.port) != (self._applied["host"], self._applied["port"])
+        if (self.p.host, self.p.port) == (self._applied["host"], self._applied["port"]):
+            return None
         try:
-            sock = bind(self.p.host, self.p.port) if moved else None
+            return bind(self.p.host, self.p.port)
         except RuntimeError as exc:
-            for k in changed:
-                if k in _RESTART_PARAMS:
-                    setattr(self.p, k, self._applied[k])
-            self._good = self.p.as_dict()
-            self.warn(f"{exc}; still serving {self.url}")
-            return
+            raise ParamError(f"{exc}; still serving {self.url}") from None
+
+    def _restart(self, sock: Any) -> None:
+        """Serve again with the new host/port/page/pings (viewers reconnect)."""
+        from .webserver import bind
+
         port = self.server.port
         self._stop()
         self.restarts += 1
