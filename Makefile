@@ -8,7 +8,7 @@ GRAPH   ?= graphs/face.yaml
 RUN_ARGS ?= $(if $(filter graphs/face.yaml,$(GRAPH)),api=http://127.0.0.1:8081 --api 127.0.0.1:8081 --api-insecure-local --api-cors http://127.0.0.1:8080)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean system-deps
+.PHONY: setup run lint test bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ setup: $(STAMP) system-deps $(WEB_STAMP) web/assets/face.glb
 run: setup
 	$(VENV)/bin/avatar run $(GRAPH) $(RUN_ARGS)
 
-test: setup
+# ruff over the whole tree, mypy over runtime/ (their settings: pyproject.toml); test runs it first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy runtime
+
+test: setup lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: setup

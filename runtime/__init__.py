@@ -1,6 +1,7 @@
 """Avatar Engine's graph runtime: YAML graphs of node processes wired by ZeroMQ."""
 from .bus import Bus
 from .caps import ANY, caps_compatible
+from .control import ControlClient, control_endpoint
 from .errors import ControlError, GraphError, NodeTypeError, ParamError, ParamRefused, Problem
 from .graph import Graph, LinkSpec, NodeSpec, load_graph, parse_graph
 from .launch import parse_launch
@@ -11,7 +12,6 @@ from .params import Param
 from .registry import get_node_type, node_type_names
 from .runner import Runner
 from .sessions import SessionSlots, batch_sessions
-from .control import ControlClient, control_endpoint
 from .validate import validate_graph
 
 __all__ = [

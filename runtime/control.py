@@ -75,7 +75,7 @@ class ControlClient:
         self.endpoint, self.timeout = endpoint, timeout
 
     def request(self, op: str, **fields: Any) -> Any:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))

@@ -22,7 +22,7 @@ POLICIES = ("leaky", "block")
 RESTART_POLICIES = ("always", "on-failure", "never")
 NODE_KEYS = ("type", "params", "host", "restart", "max_restarts", "hang_timeout")
 DEFAULT_HANG_TIMEOUT = 5.0  # seconds without a heartbeat (or a turn of its loop) before a node counts as hung
-DEFAULT_LINK = {"policy": "leaky", "size": 8}
+DEFAULT_LINK: dict[str, Any] = {"policy": "leaky", "size": 8}
 LINK_OPTIONS = ("policy", "size", "feedback")
 HOST_KEYS = ("address", "port", "bind")  # a hosts table entry (runtime.endpoints says what they do)
 _ARG = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -41,7 +41,7 @@ class NodeSpec:
     hang_timeout: float = DEFAULT_HANG_TIMEOUT
     line: int | None = None
     type_line: int | None = None
-    param_lines: dict[str, int] = field(default_factory=dict)
+    param_lines: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -445,9 +445,9 @@ def _substitute(value: Any, args: Mapping[str, Any], problems: list[Problem], fi
             out[k] = v if k in skip else _substitute(v, args, problems, file, (), value.line_of(k))
         return out
     if isinstance(value, LineList):
-        out = LineList(_substitute(v, args, problems, file, (), value.line_of(i)) for i, v in enumerate(value))
-        out.line, out.lines = value.line, list(value.lines)
-        return out
+        out_list = LineList(_substitute(v, args, problems, file, (), value.line_of(i)) for i, v in enumerate(value))
+        out_list.line, out_list.lines = value.line, list(value.lines)
+        return out_list
     if isinstance(value, dict):
         return {k: _substitute(v, args, problems, file, (), line) for k, v in value.items()}
     if isinstance(value, list):

@@ -56,7 +56,7 @@ class HotSwap:
         runner = self.runner
         link = runner.graph.link(link_id)
         src = runner.procs.get(link.src) if link is not None else None
-        if src is None or src.exited.done() or link_id in runner.tcp or link.src in self.swapping:
+        if link is None or src is None or src.exited.done() or link_id in runner.tcp or link.src in self.swapping:
             return
 
         async def release() -> None:
@@ -102,7 +102,8 @@ class HotSwap:
         runner.keep(name, dict(runner.graph.nodes[name].params), replace=True)
         runner.bus.post("NODE_SWAPPED", node=name, pid=new.pid, old_pid=old.pid,
                         node_type=runner.graph.nodes[name].type)
-        return new.pid
+        assert new.proc is not None  # spawned by _start_new
+        return new.proc.pid
 
     def _trial(self, name: str, type_: str | None, params: dict[str, Any]) -> tuple[Graph, dict[str, type]]:
         """The graph with the swapped node in it, validated, and its node types."""

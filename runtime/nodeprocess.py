@@ -23,7 +23,7 @@ class NodeProcess:
         self.identity = spec.identity
         self.beat_identity = beat_identity(self.identity)
         self.state = NULL
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.expected_exit = False
         self.eos = False
         self.last_error: str | None = None
@@ -33,7 +33,8 @@ class NodeProcess:
         self.loop_age_s = 0.0  # how long its main loop had not turned, as the beat saw it
         self.in_setup = True
         self.hung: str | None = None  # why the watchdog killed it
-        self.exited: asyncio.Future | None = None
+        # the exit code once it has exited; made by spawn(), which the runner calls right after this
+        self.exited: asyncio.Future[int]
         self.state_waiters: list[tuple[str, asyncio.Future]] = []
 
     @property
@@ -42,26 +43,26 @@ class NodeProcess:
 
     def spawn(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[["NodeProcess"], None]) -> None:
         """Start the process in its own process group and watch for its exit."""
-        self.exited = loop.create_future()
+        exited = self.exited = loop.create_future()
         self.spawned_at = loop.time()
         env = dict(os.environ)
         for var in _ONE_THREAD:  # one process per node already: BLAS threads would only fight
             env.setdefault(var, "1")
-        self.proc = subprocess.Popen(
+        proc = self.proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.worker", self.spec.to_wire()],
             stdin=subprocess.DEVNULL, process_group=0, env=env,
         )
 
         def done() -> None:
-            if not self.exited.done():
-                self.exited.set_result(self.proc.returncode)
+            if not exited.done():
+                exited.set_result(proc.returncode)
                 on_exit(self)
 
         try:
-            fd = os.pidfd_open(self.proc.pid)
+            fd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
             def wait() -> None:
-                self.proc.wait()
+                proc.wait()
                 loop.call_soon_threadsafe(done)
 
             threading.Thread(target=wait, daemon=True, name=f"wait-{self.name}").start()
@@ -70,7 +71,7 @@ class NodeProcess:
         def readable() -> None:
             loop.remove_reader(fd)
             os.close(fd)
-            self.proc.wait()
+            proc.wait()
             done()
 
         loop.add_reader(fd, readable)
@@ -100,6 +101,7 @@ class NodeProcess:
         self.expected_exit = True
         for sig, wait in ((None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             if sig is not None:
+                assert self.proc is not None  # kill() follows spawn()
                 try:
                     os.killpg(self.proc.pid, sig)
                 except ProcessLookupError:

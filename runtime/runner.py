@@ -9,12 +9,11 @@ hot swap is ``runtime.hotswap``'s, the messages to and from node processes ``run
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import os
 import secrets
 import threading
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 import zmq
 import zmq.asyncio
@@ -24,8 +23,8 @@ from .bus import Bus
 from .endpoints import tcp_links
 from .errors import ControlError, GraphError, ParamError, ParamRefused, Problem
 from .graph import Graph
-from .latency import LatencyTracker
 from .hotswap import HotSwap
+from .latency import LatencyTracker
 from .nodeprocess import NodeProcess
 from .params import check_params, check_wire
 from .protocol import InputSpec, OutputSpec, SpawnSpec
@@ -129,7 +128,7 @@ class Runner:
         """Replace a node by a new process (same or other type, new params) while the graph runs."""
         return self.on_loop(self.swap_async(node, type, dict(params or {}), timeout), timeout + 5)
 
-    def pids(self) -> dict[str, int]:
+    def pids(self) -> dict[str, int | None]:
         return {n: p.pid for n, p in list(self.procs.items())}
 
     def graph_info(self) -> dict[str, Any]:
@@ -140,16 +139,16 @@ class Runner:
             info["host"], info["local"] = self.host, list(self.local)
         return info
 
-    def on_loop(self, work: Awaitable[Any] | Callable[[], Any], timeout: float = 10.0) -> Any:
+    def on_loop(self, work: Coroutine[Any, Any, Any] | Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run a coroutine, or a plain callable, on the runner's loop thread (where the graph
         changes, so it never sees a half-made swap) and wait for its result. From any other thread."""
-        if inspect.iscoroutine(work):
-            coro = work
-        else:
+        if callable(work):  # a coroutine object is not callable
             async def call() -> Any:
                 return work()
 
             coro = call()
+        else:
+            coro = work
         if self.loop is None or self._done.is_set() or self.loop.is_closed():
             coro.close()
             raise ControlError("the graph is not running")
@@ -293,7 +292,7 @@ class Runner:
                 continue
             try:
                 msg = op.unpack(raw)
-                handler = self._handlers.get(msg.get("op"))
+                handler = self._handlers.get(msg.get("op", ""))
                 if handler is not None:
                     handler(np, msg)
             except Exception as exc:  # a malformed control message must not kill the runner
@@ -399,6 +398,7 @@ class Runner:
     def keep(self, name: str, params: Mapping[str, Any], replace: bool = False) -> None:
         """Live params are state: the next process of this node (restart, swap) starts with them."""
         self.graph.nodes[name].params.update(params)
+        assert self.store is not None  # opened by _start, before any node runs
         try:
             self.store.save(name, params, replace)
         except Exception as exc:  # a store that went away must not take the graph with it

@@ -111,8 +111,9 @@ class Supervisor:
         spec = self.runner.graph.nodes[np.name]
         self.runner.bus.post("ERROR", node=np.name, pid=np.pid,
                              text=f"node '{np.name}' ({spec.type}, pid {np.pid}) not responding: {why}; killing it")
+        assert np.proc is not None  # watch() looks only at nodes with a process
         try:
-            os.killpg(np.pid, signal.SIGKILL)
+            os.killpg(np.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -123,6 +124,7 @@ class Supervisor:
         runner.by_identity.pop(np.beat_identity, None)
         if np.expected_exit or runner.stopping:
             return
+        assert np.proc is not None  # called when the process it spawned has exited
         rc = np.proc.returncode
         spec = runner.graph.nodes[np.name]
         if not np.hung:  # a hung node was reported when it was killed

@@ -10,7 +10,6 @@ import itertools
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-
 from .graph import Graph, graph_from_dict, parse_graph
 from .message import Message, decode, encode
 from .node import Node, apply_params
@@ -118,7 +117,8 @@ class NodeHarness:
         """Let time pass with no timer firing, as in a stalled loop: what fell due fires once, late,
         at the next ``advance`` (``advance(0)``: just those)."""
         self.now += seconds
-        self._timers = [(max(due, self.now), order, *rest) for due, order, *rest in self._timers]
+        self._timers = [(max(due, self.now), order, period, repeat, fn, t)
+                        for due, order, period, repeat, fn, t in self._timers]
         heapq.heapify(self._timers)
 
     def set_params(self, **params: Any) -> None:

@@ -32,7 +32,7 @@ from .params import check_params
 from .proctools import die_with_parent
 from .protocol import SpawnSpec
 from .registry import get_node_type
-from .states import NULL, PAUSED, PLAYING, READY
+from .states import NULL, PLAYING, READY
 from .transport import InLink, LinkWatch, OutLink
 
 PERIODIC_S = 1.0  # parent check, QOS and link warnings
@@ -95,7 +95,7 @@ class Worker:
         self.wait_poller.register(self.control, zmq.POLLIN)
         self.in_links: list[InLink] = []
         self.out_links: dict[str, OutLink] = {}
-        self.out_by_pad: dict[str, list[OutLink]] = {}
+        self.out_by_pad: dict[str | None, list[OutLink]] = {}  # None: no pad (see emit)
         self.waiting_out: set[OutLink] = set()
         self.watches: dict[zmq.Socket, LinkWatch] = {}  # tcp links' socket monitors -> LINK_UP / LINK_DOWN
 
@@ -108,10 +108,12 @@ class Worker:
         self.cls: type[Node] = get_node_type(spec.type)
         params = check_params(self.cls.params, spec.params)
         for i in spec.inputs:
+            assert i.pad is not None  # the runner resolves every pad (runtime.validate) before it spawns
             self.in_links.append(InLink(self.zctx, i.id, i.pad, i.endpoint, i.policy, i.size, i.feedback, i.peer,
                                         i.defer))
             self._add_watch(self.in_links[-1].watch)
         for o in spec.outputs:
+            assert o.pad is not None  # likewise
             link = OutLink(self.zctx, o.id, o.pad, o.endpoint, o.policy, o.size, o.seq, o.hold, o.peer)
             self._add_watch(link.watch)
             self.out_links[link.id] = link
@@ -120,13 +122,14 @@ class Worker:
         for pad in self.cls.outputs:
             self.out_by_pad.setdefault(pad, [])
         self.node: Node = self.cls(self.name, params, self)
-        for link in self.in_links:
-            link.open_bodies = not self.cls.passthrough
+        for in_link in self.in_links:
+            in_link.open_bodies = not self.cls.passthrough
         self.single_in = self.in_links[0] if len(self.in_links) == 1 else None
         self.default_out = self.cls.default_output()
 
     # --- NodeContext -------------------------------------------------------------------------
-    def emit(self, pad: str, msg: Message) -> None:
+    def emit(self, pad: str | None, msg: Message) -> None:
+        # pad None: process() returned a message but the type has no single output (default_out)
         try:
             links = self.out_by_pad[pad]
         except KeyError:
@@ -249,6 +252,7 @@ class Worker:
 
     def _process_queued(self, budget: int) -> None:
         node, single = self.node, self.single_in
+        link: InLink | None  # declared for mypy, which loses the narrowing below across loop turns otherwise
         while budget > 0:
             if single is not None:
                 if not single.queue:
@@ -426,8 +430,9 @@ class Worker:
             raise NodeStop
         drops = sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values())
         if drops > self.reported_drops:
+            every: list[InLink | OutLink] = [*self.in_links, *self.out_links.values()]
             self._send(op.BUS, type="QOS", dropped=drops - self.reported_drops, total=drops,
-                       links={l.id: l.drops for l in [*self.in_links, *self.out_links.values()] if l.drops})
+                       links={l.id: l.drops for l in every if l.drops})
             self.reported_drops = drops
         if self.watches:
             self._warn_links_down()
@@ -606,8 +611,8 @@ class Worker:
                     link.flush()
                 self.turned_at = time.monotonic()
                 time.sleep(0.001)
-        for link in self.in_links:
-            link.close()
+        for in_link in self.in_links:
+            in_link.close()
         for link in self.out_links.values():
             link.close(2000 if clean else 0)
         self._send(op.STATE, state=NULL)

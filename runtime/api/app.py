@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -185,7 +186,7 @@ def _graph_snapshot(runner: Any) -> tuple[dict[str, Any], str]:
 
 def _docs_page(title: str) -> tuple[str, str]:
     """The Swagger UI page and a CSP that allows exactly its inline script (by hash) and its CDN."""
-    html = get_swagger_ui_html(openapi_url="/openapi.json", title=title).body.decode()
+    html = bytes(get_swagger_ui_html(openapi_url="/openapi.json", title=title).body).decode()
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
         for m in re.findall(r"<script>(.*?)</script>", html, flags=re.S))
@@ -361,7 +362,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
             params["transition_ms"] = body.transition_ms
         done = {}
         for name in targets:
-            result = call(lambda: runner.set_params(name, **params))
+            result = call(functools.partial(runner.set_params, name, **params))
             done[name] = {k: result.get(k) for k in ("emotion", "intensity", "transition_ms")}
         return _json({"nodes": done})
 
@@ -379,8 +380,8 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
 
     # FastAPI parses a JSON body before it runs dependencies: answer 401/403 before 422 anyway,
     # so a client without the right token learns nothing from validation errors
-    roles = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer", emotion: "operator",
-             set_params: "operator", swap: "admin"}
+    roles: dict[Any, str] = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer",
+                             emotion: "operator", set_params: "operator", swap: "admin"}
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
