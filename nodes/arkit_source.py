@@ -36,8 +36,18 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param, ParamError
 
-from .livelink import (CAPS, N_BLENDSHAPES, N_POSE, TAIL_BYTES, VERSION, LiveLinkFrame, PacketError, header_of,
-                       parse_datagram, parse_tails)
+from .livelink import (
+    CAPS,
+    N_BLENDSHAPES,
+    N_POSE,
+    TAIL_BYTES,
+    VERSION,
+    LiveLinkFrame,
+    PacketError,
+    header_of,
+    parse_datagram,
+    parse_tails,
+)
 
 _MAX_DRAIN = 4096  # datagrams per wake-up, so a flood cannot starve the timer
 _RECV_BYTES = 65536  # a whole datagram, so an oversized one is seen as such, not cut

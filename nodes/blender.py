@@ -33,11 +33,23 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
-from runtime.states import READY
 from runtime.sessions import SessionSlots, batch_sessions, fit
+from runtime.states import READY
 
-from .face import (FRAME_CLOCK_PARAMS, TABLE_RULE, FrameClockNode, OneEuro, approach, arkit_names, arkit_pose_names,
-                   blink_curve, load_mapping, load_viseme_tables, smoothstep, weight_table)
+from .face import (
+    FRAME_CLOCK_PARAMS,
+    TABLE_RULE,
+    FrameClockNode,
+    OneEuro,
+    approach,
+    arkit_names,
+    arkit_pose_names,
+    blink_curve,
+    load_mapping,
+    load_viseme_tables,
+    smoothstep,
+    weight_table,
+)
 
 _NAMES = arkit_names()
 _COL = {n: i for i, n in enumerate(_NAMES)}

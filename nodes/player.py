@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from runtime import Node, Pad, Param
-from runtime.states import READY
 from runtime.recording import read_recording
+from runtime.states import READY
 
 
 class Player(Node):

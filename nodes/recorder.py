@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from runtime import Message, Node, Pad, Param
-from runtime.states import READY
 from runtime.recording import RecordingWriter
+from runtime.states import READY
 
 
 class Recorder(Node):

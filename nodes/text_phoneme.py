@@ -10,8 +10,8 @@ from collections import deque
 import numpy as np
 
 from runtime import Message, Node, Pad, Param
-from runtime.states import READY
 from runtime.sessions import batch_sessions
+from runtime.states import READY
 
 from .face import TABLE_RULE
 from .speech import ESPEAK_MAPPING, RATE, Espeak, arpabet_table, speak

@@ -37,8 +37,7 @@ import numpy as np
 from runtime import Message, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
-from .face import (FRAME_CLOCK_PARAMS, SIL, TABLE_RULE, VISEMES, FrameClockNode, hold_bump,
-                   load_viseme_tables, ramp, strip_stress)
+from .face import FRAME_CLOCK_PARAMS, SIL, TABLE_RULE, VISEMES, FrameClockNode, hold_bump, load_viseme_tables, ramp, strip_stress
 
 _LATE_MIN_MS = 60.0  # a late phoneme is drawn at least this long (the jaw needs a few frames to show it)
 

@@ -10,9 +10,9 @@ import logging
 from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 from .caps import CapsSpec
+from .errors import ParamError
 from .message import Message
 from .pads import Pad
-from .errors import ParamError
 from .params import Param, ParamValues, check_params
 
 

@@ -341,7 +341,7 @@ class Worker:
                 if self.state != PLAYING:
                     return
 
-    def _guarded(self, fn: Callable[[], None]) -> None:
+    def _guarded(self, fn: Callable[[], object]) -> None:
         self.nested += 1
         try:
             fn()

@@ -290,7 +290,8 @@ def test_real_packets_through_the_runtime(tmp_path, udp):
                 udp.sendto(corrupt[sent_bad], target)
                 sent_bad += 1
             if i % 30 == 29:  # keep the socket's buffer far from full, however busy the machine
-                _wait("packets to be read", lambda: src_stats()["received"] >= i + 1 + sent_bad - 30)
+                want = i + 1 + sent_bad - 30
+                _wait("packets to be read", lambda want=want: src_stats()["received"] >= want)
         udp.sendto(second, target)
         stats = _wait("all packets", lambda: (s := src_stats())["packets"] == 181 and s["bad"] == sent_bad and s)
         assert sent_bad == 5

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nodes.speech import Resampler, WavReader
 from runtime import Message
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, run_to_eos
-from nodes.speech import Resampler, WavReader
 
 
 def tone(rate: int, seconds: float, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:

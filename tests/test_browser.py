@@ -145,7 +145,7 @@ def check_frames_match_the_graph(samples: list[dict], rec_dir: Path) -> None:
     packets = {}
     dec = Decoder()
     for m in read_recording(rec_dir / "out.msgpack"):
-        for sid, pkt in zip(m.session, m.data["packets"]):
+        for pkt in m.data["packets"]:
             f = dec.decode(pkt)
             if f is not None:
                 packets[(f.session, f.seq)] = f

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from runtime import Runner, parse_graph
-from runtime.testing import run_to_eos
 from runtime.recording import read_records
+from runtime.testing import run_to_eos
 from tests.helpers import abstract_sockets, wait_gone
 
 CHAIN = """

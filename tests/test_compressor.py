@@ -1,18 +1,17 @@
 """compressor and decompressor nodes on real Live Link Face motion: in-process and as processes."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from nodes import livelink, wire as wf
+from nodes import livelink
+from nodes import wire as wf
 from nodes.blender import Blender
 from nodes.face import OneEuro
+from nodes.livelink import SAMPLE_CAPTURE  # noqa: E402
 from runtime import Message
 from runtime.recording import RecordingWriter, read_recording
 from runtime.testing import NodeHarness, start_graph
-from nodes.livelink import SAMPLE_CAPTURE  # noqa: E402
 
 CAPTURE = SAMPLE_CAPTURE
 FRAME_NS = 16_666_667

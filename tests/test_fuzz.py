@@ -50,10 +50,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes import wire as wf
-from nodes.livelink import (MAX_JSON_BYTES, MAX_NAME_BYTES, MAX_PACKET_BYTES, N_BLENDSHAPES, N_POSE, N_VALUES,
-                            SAMPLE_CAPTURE, TAIL_BYTES, PacketError, build_json_packet, build_packet, header_of,
-                            parse_datagram, parse_tails, read_container)
 from nodes.face import arkit_names, arkit_pose_names
+from nodes.livelink import (
+    MAX_JSON_BYTES,
+    MAX_NAME_BYTES,
+    MAX_PACKET_BYTES,
+    N_BLENDSHAPES,
+    N_POSE,
+    N_VALUES,
+    SAMPLE_CAPTURE,
+    TAIL_BYTES,
+    PacketError,
+    build_json_packet,
+    build_packet,
+    header_of,
+    parse_datagram,
+    parse_tails,
+    read_container,
+)
 from runtime.errors import GraphError
 from runtime.graph import parse_graph
 from runtime.testing import NodeHarness

@@ -4,19 +4,29 @@ from __future__ import annotations
 import json
 import math
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodes.livelink import (
-    SAMPLE_CAPTURE,
-    MAX_NAME_BYTES, MAX_PACKET_BYTES, N_VALUES, PacketError, build_container, build_json_packet, build_packet,
-    build_packets, export_columns, parse_datagram, parse_json_packet, parse_packet, read_container,
-)
 from nodes.face import arkit_names, arkit_pose_names
+from nodes.livelink import (
+    MAX_NAME_BYTES,
+    MAX_PACKET_BYTES,
+    N_VALUES,
+    SAMPLE_CAPTURE,
+    PacketError,
+    build_container,
+    build_json_packet,
+    build_packet,
+    build_packets,
+    export_columns,
+    parse_datagram,
+    parse_json_packet,
+    parse_packet,
+    read_container,
+)
 
 BIN = SAMPLE_CAPTURE
 PACKETS = read_container(BIN)

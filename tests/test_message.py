@@ -106,4 +106,4 @@ def test_a_body_left_unread_goes_on_byte_for_byte_and_opens_when_touched():
     np.testing.assert_array_equal(out.arrays["v"], [0, 1, 2])
     bad = Message.received(Kind.DATA, 0, 0, b"\xc1", [])
     with pytest.raises(MalformedMessage):
-        bad.caps
+        _ = bad.caps  # reading a field unpacks the body

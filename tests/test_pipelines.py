@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from nodes import wire as wf
-from nodes.livelink import read_take
 from nodes.face import arkit_names
+from nodes.livelink import read_take
 from runtime import Runner
 from runtime.graph import load_graph
 from runtime.recording import read_records

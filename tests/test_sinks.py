@@ -19,9 +19,8 @@ import pytest
 import websockets
 
 from nodes import wire as wf
-from nodes.delivery import Viewers
+from nodes.delivery import Viewers, restrict_host_addresses
 from nodes.wire import is_keyframe, packet_facts, packet_seq
-from nodes.delivery import restrict_host_addresses
 from runtime import ParamRefused
 from runtime.recording import read_records
 from runtime.testing import start_graph
@@ -157,7 +156,8 @@ def test_a_slow_viewer_drops_its_oldest_packets_and_holds_up_nobody_a_dead_one_g
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
         raw.connect(("127.0.0.1", port))
-        slow = await websockets.connect(f"ws://127.0.0.1:{port}/ws?session=s1", sock=raw, max_queue=1)
+        slow = await websockets.connect(  # noqa: F841 - held open (never read): the slow viewer
+            f"ws://127.0.0.1:{port}/ws?session=s1", sock=raw, max_queue=1)
         dead = _raw_websocket(port, "/ws?session=s1")
         dead.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         dead.close()  # a reset, no close handshake
@@ -531,8 +531,9 @@ def test_a_sink_on_a_fixed_port_hot_swaps_and_serves_on(graph) -> None:
 
 
 def test_pipeline_latency_is_also_a_histogram_that_metrics_can_export() -> None:
-    from runtime.api.metrics import _add_histogram
     from prometheus_client.core import HistogramMetricFamily
+
+    from runtime.api.metrics import _add_histogram
 
     v = Viewers(queue_size=8, keyframe_min_interval_ns=0, session_timeout_ns=10**9, request=lambda *a: None, clock=time.monotonic_ns)
     v.pipe_hist[[1, 3, 30, 2000]] = [5, 2, 1, 1]  # 100-200 us x5, 300-400 x2, 3.0-3.1 ms, the open last bin

@@ -45,11 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from nodes import wire as wf  # noqa: E402
-from nodes.livelink import SAMPLE_CAPTURE, build_packets, parse_packet, read_container  # noqa: E402
-from nodes.face import arkit_names, arkit_pose_names, load_lod_table  # noqa: E402
-from nodes.speech import speak  # noqa: E402
 from phoneme_eval import SENTENCES, evaluate  # noqa: E402
+
+from nodes import wire as wf  # noqa: E402
+from nodes.face import arkit_names, arkit_pose_names, load_lod_table  # noqa: E402
+from nodes.livelink import SAMPLE_CAPTURE, build_packets, parse_packet, read_container  # noqa: E402
+from nodes.speech import speak  # noqa: E402
 from runtime import Message  # noqa: E402
 from runtime.message import decode, encode  # noqa: E402
 from runtime.recording import RecordingWriter  # noqa: E402
@@ -149,7 +150,6 @@ class Row:
 def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: list[tuple[str, np.ndarray, list]],
                 log: Callable[[str], None]) -> list[Row]:
     rows: list[Row] = []
-    names = arkit_names()
 
     closing: list[Any] = []  # sockets and nodes to close at the end
 

@@ -67,9 +67,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
-
 from capture_pipeline import capture_pipeline  # noqa: E402
 from llf_send import device_ids, synthetic_values  # noqa: E402
+
 from nodes.livelink import build_packets  # noqa: E402
 
 PERIOD_BUDGET_MS = 1000.0 / 60.0

@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.livelink import LiveLinkFrame, export_columns, parse_packet, read_container  # noqa: E402
 from nodes.face import arkit_names, arkit_pose_names  # noqa: E402
+from nodes.livelink import LiveLinkFrame, export_columns, parse_packet, read_container  # noqa: E402
 
 
 def timecode(frame: int, subframe: float, fps: int) -> str:

@@ -24,7 +24,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.livelink import N_BLENDSHAPES, N_VALUES, SAMPLE_CAPTURE, build_json_packet, build_packets, parse_packet, read_container, read_take  # noqa: E402
+from nodes.livelink import (  # noqa: E402
+    N_BLENDSHAPES,
+    N_VALUES,
+    SAMPLE_CAPTURE,
+    build_json_packet,
+    build_packets,
+    parse_packet,
+    read_container,
+    read_take,
+)
 
 DEFAULT_BIN = SAMPLE_CAPTURE
 

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from jsonable import jsonable  # noqa: E402
+
 from nodes import wire as wf  # noqa: E402
 from nodes.face import arkit_names  # noqa: E402
 

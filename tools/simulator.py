@@ -52,8 +52,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from nodes import wire as wf  # noqa: E402
 from jsonable import jsonable  # noqa: E402
+
+from nodes import wire as wf  # noqa: E402
 
 KEYFRAME_REQUEST_MIN_NS = 200_000_000  # as web/js/main.js
 KEEP_LIGHT = 36_000  # frames a light viewer remembers (10 minutes at 60 fps)

@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
-
 from capture_pipeline import capture_pipeline  # noqa: E402
 from jsonable import jsonable  # noqa: E402
 from simulator import Viewer, prepare_graph, run_websocket, wait_live_sessions  # noqa: E402
@@ -57,6 +56,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 def sender_main(a: argparse.Namespace) -> None:
     """One sender process: devices [first, first + count) of ``total``, at ``rate``, until SIGTERM."""
     from llf_send import device_ids, synthetic_values
+
     from nodes.livelink import build_packets
 
     stop = threading.Event()

@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
-
 from jsonable import jsonable  # noqa: E402
 from simulator import wait_live_sessions  # noqa: E402
 from soak import LoadGenerator, ViewerPool, cpu_seconds, link_totals, start_pipeline  # noqa: E402

@@ -28,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nodes import livelink, wire as wf  # noqa: E402
+from nodes import livelink  # noqa: E402
+from nodes import wire as wf
 from nodes.face import OneEuro, arkit_names  # noqa: E402
 from nodes.livelink import SAMPLE_CAPTURE  # noqa: E402
 from runtime.registry import get_node_type  # noqa: E402

@@ -40,7 +40,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 WS_SEND_BUFFER = 4096  # SO_SNDBUF of a WebSocket connection (the kernel doubles it)
 WS_WRITE_HIGH = 2048  # asyncio transport buffer above which a WebSocket send waits

@@ -1,12 +1,23 @@
 """The face: ARKit names and tables, morph, LOD and viseme tables, layer curves, One Euro, the frame clock."""
-from .tables import (GRAPHS_DIR, TABLE_PATH_ENV, TABLE_RULE, TableError, TablePathError, arkit_names,
-                     arkit_pose_names, load_mapping, load_table, table_dirs, table_path)
-from .morphs import (MORPH_CAPS, MorphTable, MorphTableError, PROFILES, load_morph_table, profile_path)
-from .lod_table import (LodTableError, load_lod_table)
-from .visemes import (SIL, VISEMES, VisemeTables, hold_bump, load_viseme_tables, ramp, strip_stress)
-from .layers import (approach, blink_curve, smoothstep, weight_table)
+from .frameclock import FRAME_CLOCK_PARAMS, FrameClockNode
+from .layers import approach, blink_curve, smoothstep, weight_table
+from .lod_table import LodTableError, load_lod_table
+from .morphs import MORPH_CAPS, PROFILES, MorphTable, MorphTableError, load_morph_table, profile_path
 from .one_euro import OneEuro
-from .frameclock import (FRAME_CLOCK_PARAMS, FrameClockNode)
+from .tables import (
+    GRAPHS_DIR,
+    TABLE_PATH_ENV,
+    TABLE_RULE,
+    TableError,
+    TablePathError,
+    arkit_names,
+    arkit_pose_names,
+    load_mapping,
+    load_table,
+    table_dirs,
+    table_path,
+)
+from .visemes import SIL, VISEMES, VisemeTables, hold_bump, load_viseme_tables, ramp, strip_stress
 
 __all__ = ["FRAME_CLOCK_PARAMS", "FrameClockNode", "GRAPHS_DIR", "LodTableError", "MORPH_CAPS", "MorphTable",
            "MorphTableError", "OneEuro", "PROFILES", "SIL", "TABLE_PATH_ENV", "TABLE_RULE", "TableError",

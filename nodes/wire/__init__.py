@@ -1,7 +1,25 @@
 """The ``avatar/packet`` codec (``docs/wire-format.md``): encoder, decoder, packet peeking, stream limits."""
-from .codec import (MAX_COLUMNS, MAX_KEYFRAME_INTERVAL, MAX_PTS_STEP, MAX_SLOTS, POSE_COLUMNS, POSE_RANGE, SEQ_MOD,
-                    TABLE_ARKIT52, TABLE_SIZES, VERSION, WEIGHT_RANGE, Names, Packet, dequantize, max_delta_bytes,
-                    names_size, parse_packet, quantize, step)
+from .codec import (
+                    MAX_COLUMNS,
+                    MAX_KEYFRAME_INTERVAL,
+                    MAX_PTS_STEP,
+                    MAX_SLOTS,
+                    POSE_COLUMNS,
+                    POSE_RANGE,
+                    SEQ_MOD,
+                    TABLE_ARKIT52,
+                    TABLE_SIZES,
+                    VERSION,
+                    WEIGHT_RANGE,
+                    Names,
+                    Packet,
+                    dequantize,
+                    max_delta_bytes,
+                    names_size,
+                    parse_packet,
+                    quantize,
+                    step,
+)
 from .decoder import Decoder, Frame
 from .encoder import Encoded, Encoder
 from .limits import MAX_SESSION_ID, N_LOD_LEVELS

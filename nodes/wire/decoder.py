@@ -8,8 +8,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .codec import (POSE_COLUMNS, POSE_RANGE, SEQ_MOD, WEIGHT_RANGE, BitReader, Names, Packet, dequantize,
-                    max_delta_bytes, names_size, parse_packet, read_keyframe_values, read_values)
+from .codec import (
+    POSE_COLUMNS,
+    POSE_RANGE,
+    SEQ_MOD,
+    WEIGHT_RANGE,
+    BitReader,
+    Names,
+    Packet,
+    dequantize,
+    max_delta_bytes,
+    names_size,
+    parse_packet,
+    read_keyframe_values,
+    read_values,
+)
 
 
 @dataclass

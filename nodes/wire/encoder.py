@@ -10,9 +10,29 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
-from .codec import (MAX_KEYFRAME_INTERVAL, MAX_PTS_STEP, MAX_SLOTS, POSE_COLUMNS, POSE_RANGE, SEQ_MOD, VERSION,
-                    WEIGHT_RANGE, Fields, Names, _bin_headers, _eg, _int, _names, _place, _zigzag, keyframe_values,
-                    names_size, predict, quantize, section_fields)
+from .codec import (
+    MAX_KEYFRAME_INTERVAL,
+    MAX_PTS_STEP,
+    MAX_SLOTS,
+    POSE_COLUMNS,
+    POSE_RANGE,
+    SEQ_MOD,
+    VERSION,
+    WEIGHT_RANGE,
+    Fields,
+    Names,
+    _bin_headers,
+    _eg,
+    _int,
+    _names,
+    _place,
+    _zigzag,
+    keyframe_values,
+    names_size,
+    predict,
+    quantize,
+    section_fields,
+)
 from .limits import MAX_SESSION_ID
 
 
