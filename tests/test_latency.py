@@ -137,7 +137,7 @@ def test_viseme_lookahead_follows_the_path_into_it() -> None:
 
 
 def test_a_late_phoneme_is_drawn_shortened_and_counted() -> None:
-    from nodes.tables import arkit_names
+    from nodes.face import arkit_names
 
     jaw = arkit_names().index("jawOpen")
     h = NodeHarness("viseme", rate=50.0, max_lag_ms=0.0, lookahead_ms=100.0)
@@ -158,12 +158,12 @@ LEAD_S, TRAIL_S = 0.8, 1.5  # silence before and after the sentence
 
 def test_the_plain_speech_line_moves_the_mouth(tmp_path: Path) -> None:
     try:
-        from nodes.text_phoneme import speak
+        from nodes.speech import speak
 
         speech, phones = speak("Kick the ball straight and follow through.")
     except OSError as exc:
         pytest.skip(f"espeak-ng is not installed ({exc}); apt-get install libespeak-ng1")
-    from nodes.tables import arkit_names
+    from nodes.face import arkit_names
 
     wav, out, audio = tmp_path / "speech.wav", tmp_path / "x.msgpack", tmp_path / "audio.msgpack"
     pcm = np.concatenate([np.zeros(int(LEAD_S * 16000), np.int16), speech, np.zeros(int(TRAIL_S * 16000), np.int16)])
