@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from runtime import Runner
 from runtime.launch import parse_launch
 from runtime.recording import read_recording
+from tests.helpers import free_udp_port, paced, wait_until
 
 CAPTURE = Path(__file__).resolve().parent / "data" / "livelink" / "llv_dao_packets.bin"
 DEVICE = "4B0F6C52-7D2E-4E0A-9F61-3A8C2D5E7B10"  # a 36-character id, as recent phones send
@@ -57,18 +57,8 @@ def test_a_launch_line_blocks_where_a_loss_is_a_hole() -> None:
     assert {l.policy for l in parse_launch("testsrc ! recorder", policy="leaky").links} == {"leaky"}  # --policy
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def until(what: str, pred, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
+    return wait_until(pred, timeout, what=what)
 
 
 @pytest.mark.parametrize("hz", [60, 120])
@@ -80,11 +70,7 @@ def test_the_plain_launch_line_records_every_frame_exactly_once(tmp_path: Path, 
     try:
         stats = lambda: runner.stats()["nodes"]["arkit_source"]["node"]  # noqa: E731
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            t0 = time.monotonic()
-            for k, (frame, v) in enumerate(sent.items()):  # paced as a phone sends: on its own clock
-                delay = t0 + k / hz - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            for (frame, v), _ in zip(sent.items(), paced(hz)):  # paced as a phone sends: on its own clock
                 tx.sendto(llf_v6(DEVICE, SUBJECT, frame, v, hz), ("127.0.0.1", port))
         until("every packet read", lambda: stats()["packets"] == N_FRAMES)
         until("every frame sent on", lambda: stats()["backlogged"] == 0)

@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from runtime import ControlError, ParamRefused, Runner, parse_graph
-from tests.helpers import wait_gone, wait_until
+from tests.helpers import free_udp_port, wait_gone, wait_until
 
 GRAPH = """
 name: refused-{store_kind}
@@ -26,12 +26,6 @@ links:
   - cap -> face.capture
   - face -> pack -> view
 """
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def live(runner: Runner, node: str) -> dict:
