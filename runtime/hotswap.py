@@ -186,6 +186,11 @@ class HotSwap:
             except asyncio.TimeoutError:
                 runner.bus.post("WARNING", node=name, text=f"swap: '{name}' did not drain within {timeout}s "
                                 "(or exited first); killing it")
+            if not old.exited.done():  # handed over: it waits for this, so nothing it sent is lost
+                try:
+                    await runner.request(old, op.STOP, timeout=2.0)
+                except ControlError:
+                    pass
         await old.kill(grace=5.0)
         return seqs, expected
 

@@ -79,6 +79,7 @@ class Worker:
         self.stopping = False
         self.finished = False
         self.draining = False  # set by the runner before a hot-swap
+        self.handed_over = False  # drained for a hot-swap: processes nothing more, waits for STOP
         self.timers: list[_Timer] = []
         self.watchers: dict[Any, Callable[[], None]] = {}
         self.deferred: list[dict] = []  # control requests that change the node, held while node code runs
@@ -218,7 +219,7 @@ class Worker:
             self._run_deferred()
         if self.draining:
             self._maybe_drained()
-        if self.state == PLAYING:
+        if self.state == PLAYING and not self.handed_over:
             read = [link for link in self.in_links if link.sock in events and not link.released and link.read_one()]
             self._process_queued(256)
             for link in read:  # the rest of a burst, after the first message has gone on
@@ -237,7 +238,7 @@ class Worker:
             self._periodic()
 
     def _timeout_ms(self) -> int:
-        if self.state != PLAYING:
+        if self.state != PLAYING or self.handed_over:
             return 200
         for link in self.in_links:
             if link.queue:
@@ -286,7 +287,7 @@ class Worker:
             self.proc_ns[self.proc_i % _RING] = time.perf_counter_ns() - t0
             self.proc_i += 1
             self.turned_at = time.monotonic()  # node code returned: the loop goes on
-            if self.state != PLAYING:
+            if self.state != PLAYING or self.handed_over:
                 return
 
     def _control_kind(self, link: InLink, kind: Kind) -> None:
@@ -303,10 +304,14 @@ class Worker:
 
     def _maybe_drained(self) -> None:
         if self.draining and all(l.marked or l.ended for l in self.in_links):
-            self._drain_and_stop()
+            self._hand_over()
 
-    def _drain_and_stop(self) -> None:
-        """Hot-swap: everything before the MARK is processed; hand over and exit."""
+    def _hand_over(self) -> None:
+        """Hot-swap: everything before the MARK is processed; hand over, then wait for STOP.
+
+        The process stays (answering the runner, sending what its outputs still hold) until the
+        runner has seen every MARK arrive downstream and stops it: a process that exits at once
+        can take its last messages, the MARK among them, with it before ZeroMQ has sent them."""
         self._guarded(self.node.on_eos)
         for link in self.out_links.values():
             link.push_control(Kind.MARK)
@@ -318,8 +323,11 @@ class Worker:
             time.sleep(0.001)
         self._send(op.DRAINED, seqs={l.id: l.seq for l in self.out_links.values()},
                    expected={l.id: l.expected for l in self.in_links if l.released})
-        self.stopping = True
-        raise NodeStop
+        self.draining = False
+        self.handed_over = True
+        for link in self.out_links.values():
+            if link.outbox:  # still going out: the loop flushes it
+                self._want_out(link)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
