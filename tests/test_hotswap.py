@@ -149,3 +149,30 @@ def test_swap_out_of_a_crash_restart_loop(tmp_path):
         assert _flowing(tmp_path, runner, runner.stats()["nodes"]["rec"]["in"])
     finally:
         assert runner.stop(drain=True) == 0
+
+
+def test_regression_a_swap_right_after_restarts_hands_over_in_band(tmp_path, runners):
+    """The drained process used to exit straight after sending its MARK, and now and then took
+    the MARK (and its last frames) with it unsent: the swap waited out its whole timeout and
+    killed it. It now waits for the runner's STOP, sent once the MARK has arrived downstream."""
+    text = """
+link_defaults: {policy: leaky, size: 8}
+nodes:
+  face: {type: blender, params: {rate: 60, sessions: [s1]}}
+  pack: {type: compressor}
+  out: {type: fakesink}
+links:
+  - face -> pack -> out
+"""
+    runner = Runner(parse_graph(text, "<test>"))
+    runners.append(runner)
+    runner.start()
+    for i in range(6):  # it struck one swap in three to ten
+        old = runner.pids()["face"]
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda old=old: runner.pids().get("face") not in (None, old)
+                   and runner.stats()["nodes"]["face"]["state"] == "PLAYING", 15, what="face restarted")
+        mark = len(runner.bus)
+        runner.swap("face", timeout=10)
+        late = [m["text"] for m in runner.bus.messages()[mark:] if m["type"] == "WARNING" and "did not drain" in m["text"]]
+        assert not late, f"swap {i}: {late}"
