@@ -10,8 +10,9 @@ its ``hang_timeout`` (YAML, default 5 s) either
 - beats arrive but its loop has not turned, outside setup: node code that never returns
   (an endless ``process()``, a C call blocked with the GIL released).
 
-Setup (loading a model) is exempt from the second rule; before the first beat and during setup
-the first rule allows the runner's ``start_timeout`` (if longer), the bound on reaching READY.
+Setup (loading a model) is exempt from the second rule; before the node says READY (its first
+beat, and its setup) the first rule allows the runner's ``start_timeout`` (if longer), the bound
+on reaching READY.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ControlError
 from .nodeprocess import NodeProcess
 from .proctools import exit_cause
-from .states import READY
+from .states import NULL, READY
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -78,7 +79,9 @@ class Supervisor:
         """Why ``np`` counts as hung at loop time ``now`` (the rule above), or None."""
         timeout = self.runner.graph.nodes[np.name].hang_timeout
         quiet = now - (np.last_beat if np.last_beat is not None else np.spawned_at)
-        starting = np.last_beat is None or np.in_setup
+        # in setup: before the node says READY (a beat's "setup" may be older than that: a node frozen
+        # right after it started beats no more, and must not get the start timeout's grace for it)
+        starting = np.state == NULL and (np.last_beat is None or np.in_setup)
         if quiet > (max(timeout, self.runner.start_timeout) if starting else timeout):
             return f"no heartbeat for {quiet:.1f}s (its process is frozen)"
         if not starting and np.loop_age_s > timeout:
