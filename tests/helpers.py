@@ -143,3 +143,12 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_and_wait_restart(runner, node: str, timeout: float = 10.0) -> None:
+    """SIGKILL ``node``'s process and wait until its restarted process is PLAYING."""
+    old = runner.pids()[node]
+    os.kill(old, signal.SIGKILL)
+    assert wait_gone([old]) == []
+    wait_until(lambda: runner.pids().get(node) not in (None, old) and
+               runner.stats()["nodes"][node]["state"] == "PLAYING", timeout, what=f"'{node}' restarted and PLAYING")

@@ -10,7 +10,7 @@ import pytest
 from runtime import ControlError, Runner, parse_graph
 from runtime.clock import now_ns
 from runtime.recording import read_records
-from tests.helpers import alive, wait_until
+from tests.helpers import alive, kill_and_wait_restart, wait_until
 
 GRAPH = """
 name: swap
@@ -168,10 +168,7 @@ links:
     runners.append(runner)
     runner.start()
     for i in range(6):  # it struck one swap in three to ten
-        old = runner.pids()["face"]
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda old=old: runner.pids().get("face") not in (None, old)
-                   and runner.stats()["nodes"]["face"]["state"] == "PLAYING", 15, what="face restarted")
+        kill_and_wait_restart(runner, "face", 15)
         mark = len(runner.bus)
         runner.swap("face", timeout=10)
         late = [m["text"] for m in runner.bus.messages()[mark:] if m["type"] == "WARNING" and "did not drain" in m["text"]]

@@ -4,14 +4,12 @@ starts with the last accepted values. Refusals by range, by the state a param ma
 a param's own check, by the node itself (an unknown emotion) and by a failed bind."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
 
 import pytest
 
 from runtime import ControlError, ParamRefused, Runner, parse_graph
-from tests.helpers import free_udp_port, wait_gone, wait_until
+from tests.helpers import free_udp_port, kill_and_wait_restart
 
 GRAPH = """
 name: refused-{store_kind}
@@ -35,14 +33,6 @@ def live(runner: Runner, node: str) -> dict:
 def recorded(runner: Runner, node: str) -> tuple[dict, dict]:
     """What the runner would start the node's next process with: the graph's params and the store's."""
     return runner.graph.nodes[node].params, runner.store.load().get(node, {})
-
-
-def restart_by_sigkill(runner: Runner, node: str) -> None:
-    old = runner.pids()[node]
-    os.kill(old, signal.SIGKILL)
-    assert wait_gone([old]) == []
-    wait_until(lambda: runner.pids().get(node) not in (None, old) and live(runner, node)["state"] == "PLAYING",
-               15, what=f"'{node}' restarted and PLAYING")
 
 
 def check_kept(runner: Runner, node: str, expected: dict) -> None:
@@ -90,7 +80,7 @@ def test_refused_values_change_nothing_and_survive_neither_restart_nor_swap(stor
 
     # the next processes start with the last accepted values: after a crash...
     for node in ("face", "cap"):
-        restart_by_sigkill(runner, node)
+        kill_and_wait_restart(runner, node, 15)
     check_kept(runner, "face", {"emotion": "happy", "intensity": 0.5})
     check_kept(runner, "cap", {"port": second})
     assert live(runner, "cap")["node"]["port"] == second

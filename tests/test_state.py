@@ -1,15 +1,13 @@
 """State that outlives a node process: live params in the runner's store (memory, or a real Redis)."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
 
 import pytest
 
 from runtime import GraphError, Message, Node, Pad, Runner, parse_graph
 from runtime.state import StateError, open_store
-from tests.helpers import wait_gone, wait_until
+from tests.helpers import kill_and_wait_restart, wait_until
 
 GRAPH = """
 name: state-test
@@ -50,14 +48,6 @@ def wait_for(fn, timeout: float = 10.0):
 
 def params(runner: Runner, node: str) -> dict:
     return runner.stats()["nodes"][node]["params"]
-
-
-def kill_and_wait_restart(runner: Runner, node: str) -> None:
-    old = runner.pids()[node]
-    os.kill(old, signal.SIGKILL)
-    assert wait_gone([old]) == []
-    assert wait_for(lambda: runner.pids().get(node) not in (None, old) and
-                    runner.stats()["nodes"][node]["state"] == "PLAYING"), f"{node} was not restarted"
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
