@@ -46,11 +46,6 @@ class Param:
     def type_name(self) -> str:
         return _TYPE_NAMES.get(self.type, self.type.__name__)
 
-    @property
-    def live(self) -> bool:
-        """May change while the node is PLAYING."""
-        return self.mutable == PLAYING
-
     def mutable_text(self) -> str:
         return {PLAYING: "live (may change while PLAYING)", PAUSED: "in PAUSED or READY only",
                 READY: "in READY only (swap the node to change it)"}[self.mutable]

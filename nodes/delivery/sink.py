@@ -96,7 +96,7 @@ class ViewerSink(Node):
                                request=lambda data: self.inbox.put(("request", data)), clock=self.now_ns)
         self.pending: deque = deque()  # handed over, not dispatched yet (node thread appends, loop pops)
         self.pump_woken = False
-        self._applied = {k: getattr(self.p, k) for k in _RESTART_PARAMS}
+        self._address = (self.p.host, self.p.port)  # what this server was asked to listen on
         root = Path(self.p.web_root) if self.p.web_root else DEFAULT_WEB_ROOT
         if not (root / "index.html").is_file():
             self.warn(f"{root / 'index.html'} not found: GET / answers 404 (the transports still work)")
@@ -146,7 +146,7 @@ class ViewerSink(Node):
         """The socket for a new host/port (None: the address stays); ParamError if it cannot be had."""
         from .webserver import bind
 
-        if (self.p.host, self.p.port) == (self._applied["host"], self._applied["port"]):
+        if (self.p.host, self.p.port) == self._address:
             return None
         try:
             return bind(self.p.host, self.p.port)
