@@ -11,7 +11,10 @@ arrives. Layers, per session slot, all vectorised over slots:
    visemes instead of the base, cross-faded over ``speech_fade_ms``.
 3. emotion and micro-expressions: added on top; on channels visemes articulate they fade out
    while speaking, so an emotion never holds the lips open through a /p/.
-4. a One Euro filter smooths the result.
+4. a One Euro filter smooths the result, all but the visemes' mouth, which is mixed in after it:
+   visemes are smooth by construction, and the filter's lag (up to 1 / (2 pi min_cutoff), 106 ms)
+   would put the mouth behind the voice. So the latency the blender declares is per input pad:
+   the smoother's lag for capture, half a frame for visemes (``input_latency_ns``).
 
 All internal time is simulated seconds advanced by one period per tick, and random numbers
 come from one seeded generator, so the same inputs give the same frames. Output pts follow a
@@ -127,6 +130,14 @@ class Blender(FrameClockNode):
     def latency_ns(cls, params: Mapping[str, Any]) -> int:
         """The One Euro smoother's lag when still: a first-order low-pass at min_cutoff, 1 / (2 pi fc)."""
         return int(round(1e9 / (2.0 * math.pi * float(params["min_cutoff"]))))
+
+    @classmethod
+    def input_latency_ns(cls, params: Mapping[str, Any], pad: str) -> int:
+        """Capture goes through the smoother; the visemes' mouth is mixed in after it, and a viseme
+        frame waits for the next tick: half a period on average (none with tick_on_capture's clock)."""
+        if pad == "visemes":
+            return int(round(0.5e9 / float(params["rate"])))
+        return cls.latency_ns(params)
 
     def setup(self) -> None:
         self.presets, self.micro, self.mouth, self.articulated = self._load_tables()
@@ -420,9 +431,8 @@ class Blender(FrameClockNode):
             pose = cap * self.cap_pose[s] + (1 - cap) * idle_pose
         expressive = self._emotion_now(s)
         expressive += self._micro(s)
-        if len(s) and spk.max() > 0.0:
-            m = self.mouth
-            w[:, m] += spk * (self.vis_w[s][:, m] - w[:, m])
+        talking = bool(len(s) and spk.max() > 0.0)
+        if talking:
             expressive *= 1.0 - spk * self.articulated[None, :]
         w += expressive
 
@@ -430,7 +440,11 @@ class Blender(FrameClockNode):
         np.clip(w, 0.0, 1.0, out=x[:, :N_W])
         x[:, N_W:] = pose
         out = self.euro(x, col, s)
-        return np.clip(out[:, :N_W], 0.0, 1.0), out[:, N_W:], active, speaking
+        w = out[:, :N_W]
+        if talking:  # after the smoother: visemes are smooth already, and its lag would put the mouth behind the voice
+            m = self.mouth
+            w[:, m] += spk * (self.vis_w[s][:, m] - w[:, m])
+        return np.clip(w, 0.0, 1.0), out[:, N_W:], active, speaking
 
     def _idle(self, s: np.ndarray, dt: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blinks, breathing and gaze saccades for slots ``s`` (advances their schedules)."""

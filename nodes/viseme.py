@@ -95,7 +95,7 @@ class Viseme(FrameClockNode):
         """Frames run lookahead_ms behind what feeds them: the lead-in's room."""
         return int(round(float(params["lookahead_ms"]) * 1e6))
 
-    def on_latency(self, upstream_ns: int) -> None:
+    def on_latency(self, upstream_ns: int, pads: Mapping[str, int]) -> None:
         self.upstream_ns = max(0, upstream_ns)
 
     @property

@@ -8,6 +8,9 @@ closed channel, removes it. Packets go to the same per-viewer bounded, drop-olde
 a WebSocket; the ``avatar`` channel's ``bufferedAmount`` is the back-pressure (over
 ``rtc_buffer_limit`` bytes the sender waits, so the queue fills and drops instead).
 
+An offer that also asks to receive audio (a recvonly audio transceiver) gets the session's voice
+as an audio track (``nodes.delivery.rtc.VoiceTrack``), when the sink's ``audio`` pad is linked.
+
 Host candidates: aioice gathers every interface's addresses except loopback. ``ice_addresses``
 (a list of IPs) replaces that list in this process, e.g. ``[127.0.0.1]`` for a page on the same
 machine (the tests), or the one LAN address a box should be reached on.
@@ -22,6 +25,7 @@ from typing import Any, Mapping
 from runtime import Param
 
 from .delivery import DataChannelTransport, ViewerSink, ice_server_problems, offer_problems, restrict_host_addresses
+from .delivery.rtc import VoiceTrack, voice_track
 
 _CHANNELS_WITHIN_S = 15.0  # a peer whose two channels are not open by then is closed
 
@@ -103,11 +107,19 @@ class WebRTCSink(ViewerSink):
         channels: dict[str, Any] = {}
         viewers = self.viewers
         state: dict[str, Any] = {"viewer": None}
+        track: VoiceTrack | None = None
+
+        def voice_clock(origin: int) -> None:  # the page maps the RTP timestamps it plays back to pts
+            if state["viewer"] is not None and track is not None:
+                viewers.send(state["viewer"], {"type": "voice_clock", "epoch_us": track.epoch_ns // 1000,
+                                               "rtp_origin": origin})
 
         async def close() -> None:
             self.peers.discard(pc)
             if state["viewer"] is not None:
                 viewers.remove(state["viewer"])
+            if track is not None:
+                track.stop()
             await pc.close()
 
         @pc.on("datachannel")
@@ -117,10 +129,14 @@ class WebRTCSink(ViewerSink):
             channels[channel.label] = channel
             channel.on("close", lambda: asyncio.ensure_future(close()))
             if len(channels) == 2:
-                transport = DataChannelTransport(pc, channels["avatar"], channels["control"], self.p.rtc_buffer_limit)
+                transport = DataChannelTransport(pc, channels["avatar"], channels["control"], self.p.rtc_buffer_limit,
+                                                 track)
                 v = viewers.add(transport, body.get("session"), body.get("lod"),
-                                subscribe=body.get("session") is not None or body.get("lod") is not None)
+                                subscribe=body.get("session") is not None or body.get("lod") is not None,
+                                audio="rtp" if track is not None else None)
                 state["viewer"] = v
+                if track is not None and track.rtp_origin is not None:
+                    voice_clock(track.rtp_origin)
                 channels["control"].on("message", lambda m: viewers.handle_text(v, m) if isinstance(m, str) else None)
 
         @pc.on("connectionstatechange")
@@ -135,10 +151,15 @@ class WebRTCSink(ViewerSink):
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+            if self.linked("audio") and any(t.kind == "audio" for t in pc.getTransceivers()):
+                track = voice_track(self.now_ns(), voice_clock)  # the offer asks for the voice
+                track.sender = pc.addTrack(track)
             await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate first
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
             self.offers_refused += 1
             self.peers.discard(pc)
+            if track is not None:
+                track.stop()
             await pc.close()
             return JSONResponse({"detail": f"bad offer: {type(exc).__name__}: {exc}"}, status_code=400)
         asyncio.ensure_future(give_up_without_channels())

@@ -33,6 +33,7 @@ class NodeContext(Protocol):
     def keep(self, params: Mapping[str, Any]) -> None: ...
     def now_ns(self) -> int: ...
     instance: int  # 0 for the first process of a node, then +1 for each restart or hot-swap
+    linked_inputs: frozenset[str]  # the input pads a link feeds
 
 
 class Node:
@@ -83,10 +84,12 @@ class Node:
     def on_eos(self) -> None:
         """No more input will come: emit what is buffered."""
 
-    def on_latency(self, upstream_ns: int) -> None:
+    def on_latency(self, upstream_ns: int, pads: Mapping[str, int]) -> None:
         """The runner's latency query (``runtime.latency``): the most any path into this node holds
-        data back. Sent before PLAYING and again after a swap, restart or param change upstream; a
-        node that must wait for late input (the viseme's lookahead) follows it."""
+        data back, overall and into each input pad. Sent before PLAYING and again after a swap,
+        restart or param change upstream; a node that must wait for late input (the viseme's
+        lookahead) follows it, and one that joins inputs of unequal latency (a sink's voice and
+        face) holds the faster one back by the difference."""
 
     def teardown(self) -> None:
         """Release what setup opened; called on every stop, clean or not."""
@@ -123,6 +126,11 @@ class Node:
         a swap the old process still runs, so e.g. a listening port must be shared, not refused."""
         return getattr(self.ctx, "instance", 0) > 0
 
+    def linked(self, pad: str) -> bool:
+        """True when a link feeds input ``pad`` (an optional pad may be left unlinked: a sink
+        without a voice tells its viewers there is none)."""
+        return pad in self.ctx.linked_inputs
+
     def now_ns(self) -> int:
         """The pts clock (CLOCK_MONOTONIC ns); simulated under ``runtime.testing.NodeHarness``."""
         return self.ctx.now_ns()
@@ -151,6 +159,13 @@ class Node:
         a recognizer's decision delay, a lead-in, a smoother's lag, a sink's queue. Summed along
         every path by ``runtime.latency``; shown by ``avatar inspect``."""
         return 0
+
+    @classmethod
+    def input_latency_ns(cls, params: Mapping[str, Any], pad: str) -> int:
+        """Time (ns) this node holds back what comes in on input ``pad``, where that differs by pad
+        (a blender smooths its capture but mixes the visemes in after its smoother); by default
+        ``latency_ns`` for every pad."""
+        return cls.latency_ns(params)
 
     @classmethod
     def check_config(cls, params: Mapping[str, Any]) -> list[str]:

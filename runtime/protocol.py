@@ -23,7 +23,7 @@ DRAIN = "drain"      # {release}: hot-swap, process up to every input's MARK, ha
 BIND = "bind"        # {links: {id: expected seq | None}}: bind deferred tcp inputs
 EOS = "eos"          # {}: a source ends its stream. Also node -> runner: its stream has ended
 STOP = "stop"        # {}: exit
-LATENCY = "latency"  # {upstream_ns}: the latency of the paths into the node (runtime.latency)
+LATENCY = "latency"  # {upstream_ns, pads}: the latency of the paths into the node, and into each input pad (runtime.latency)
 
 # messages, node -> runner
 REPLY = "reply"      # {id, ok, result, error, refused?}: refused: a param change the node refused (nothing changed)

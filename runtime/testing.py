@@ -31,9 +31,12 @@ class _FakeTimer:
 class NodeHarness:
     """Hosts one node without processes or sockets; time is simulated by ``advance``."""
 
-    def __init__(self, node_type: str | type[Node], name: str = "node", **params: Any):
+    def __init__(self, node_type: str | type[Node], name: str = "node", *, linked: tuple[str, ...] | None = None,
+                 **params: Any):
+        """``linked``: the input pads a link feeds (default: all of them)."""
         self.cls = get_node_type(node_type) if isinstance(node_type, str) else node_type
         self.instance = 0
+        self.linked_inputs = frozenset(self.cls.inputs if linked is None else linked)
         self.kept: dict[str, Any] = {}  # what the node asked the runner to keep (Node.keep)
         self.now = 0.0
         self.outputs: list[tuple[str, Message]] = []

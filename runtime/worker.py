@@ -120,6 +120,7 @@ class Worker:
             self.out_links[link.id] = link
             self.out_by_pad.setdefault(link.pad, []).append(link)
         self.host = spec.host
+        self.linked_inputs = frozenset(l.pad for l in self.in_links)
         for pad in self.cls.outputs:
             self.out_by_pad.setdefault(pad, [])
         self.node: Node = self.cls(self.name, params, self)
@@ -557,7 +558,8 @@ class Worker:
 
     def _op_latency(self, req: dict) -> None:
         """The runner's latency query (runtime.latency): what the paths into this node hold back."""
-        self._guarded(lambda: self.node.on_latency(int(req["upstream_ns"])))
+        pads = {str(k): int(v) for k, v in (req.get("pads") or {}).items()}
+        self._guarded(lambda: self.node.on_latency(int(req["upstream_ns"]), pads))
         self._reply(req)
 
     def _op_stop(self, req: dict) -> None:

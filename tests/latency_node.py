@@ -19,7 +19,7 @@ class Holder(Node):
     def setup(self) -> None:
         self.told: list[int] = []
 
-    def on_latency(self, upstream_ns: int) -> None:
+    def on_latency(self, upstream_ns: int, pads: Mapping[str, int]) -> None:
         self.told.append(upstream_ns)
 
     def process(self, pad: str, msg: Message) -> Message:

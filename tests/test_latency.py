@@ -127,7 +127,7 @@ def _phonemes(c0: int, *rows: tuple[str, float, float]) -> Message:
 def test_viseme_lookahead_follows_the_path_into_it() -> None:
     h = NodeHarness("viseme", rate=50.0, max_lag_ms=0.0)
     c0 = h.node.clock_ns
-    h.node.on_latency(700_000_000)
+    h.node.on_latency(700_000_000, {"in": 700_000_000})
     assert h.node.stats()["lookahead_ms"] == 820.0
     h.advance(1.0)
     h.feed("in", _phonemes(c0, ("AA", 0.3, 0.5)))  # 0.7 s after its start: within the 0.82 s lookahead

@@ -130,7 +130,7 @@ def test_websocket_viewer_decodes_every_packet_from_a_keyframe_and_echoes_give_l
     # the feedback link took the subscription's keyframe request to the compressor
     assert runner.stats()["nodes"]["encode"]["node"]["keyframe_requests"] >= 1
     config = httpx.get(f"http://127.0.0.1:{port}/config.json").json()
-    assert config == {"transports": ["websocket"], "ice_servers": [], "api": None, "sink": "sink"}
+    assert config == {"transports": ["websocket"], "ice_servers": [], "api": None, "sink": "sink", "audio": False}
     assert not runner.bus.messages("ERROR")
 
 
@@ -261,7 +261,7 @@ def test_http_serves_the_page_with_a_csp_hashing_its_import_map_and_refuses_bad_
         assert http.get("/js/main.js").headers["content-type"].startswith("text/javascript")
         assert http.get("/nothing-here").status_code == 404
         assert http.get("/config.json").json() == {"transports": ["webrtc", "websocket"], "ice_servers": stun,
-                                                   "api": "http://127.0.0.1:9999/api", "sink": "sink"}
+                                                   "api": "http://127.0.0.1:9999/api", "sink": "sink", "audio": False}
 
         def offer(body: Any, raw: bytes | None = None) -> httpx.Response:
             if raw is not None:

@@ -1,16 +1,31 @@
-"""WebRTC delivery: checking offers and ICE settings, the data-channel transport, and host candidates.
+"""WebRTC delivery: checking offers and ICE settings, the data-channel transport, the voice's audio
+track, and host candidates.
 
 A viewer's offer creates two data channels: ``avatar``, unordered with ``maxRetransmits: 0``,
 for the packets; ``control``, reliable, for the JSON messages. ``DataChannelTransport`` is that
 pair as a viewer ``Transport``; the ``avatar`` channel's ``bufferedAmount`` is the back-pressure.
+An offer that also asks to receive audio gets the voice as an audio track (``VoiceTrack``): the
+session's Opus packets, encoded once for all its viewers, sent as they fall due.
+
+The page shows each face frame when its audio clock reaches the frame's pts. It reads that clock
+from the RTP timestamp of the audio it is playing (``RTCRtpReceiver.getSynchronizationSources``),
+so it must know which pts an RTP timestamp stands for: the track stamps each packet with its
+presentation pts in 48 kHz units since the track's ``epoch_ns``, and aiortc adds a random origin
+of its own, which the track reads back from its sender once the first packet is out
+(``RTCRtpSender``'s last RTP timestamp, a private attribute: checked in the tests) and the sink
+tells the page: ``{"type": "voice_clock", "epoch_us", "rtp_origin"}`` on the control channel.
 """
 from __future__ import annotations
 
 import asyncio
+import fractions
+import functools
 import ipaddress
+from collections import deque
 from typing import Any, Callable
 
 from .viewers import ProtocolError, check_lod, check_session
+from .voice import OPUS_RATE, VoicePacket
 
 MAX_SDP = 64 * 1024
 
@@ -85,14 +100,88 @@ def offer_problems(body: Any) -> list[str]:
     return problems
 
 
+class VoiceTrack:
+    """A viewer's voice as an aiortc audio track of pre-encoded Opus packets (aiortc sends them
+    as they are, without encoding again). ``put`` queues a packet that is due now; ``recv``
+    (aiortc's sender) waits for the next. Made by ``voice_track``, which mixes in aiortc's
+    ``MediaStreamTrack`` (imported only then, so inspecting the node type stays quick)."""
+
+    _QUEUE = 25  # packets (0.5 s) a stalled sender may fall behind before the oldest go
+
+    def __init__(self, epoch_ns: int, on_clock: Callable[[int], None]):
+        self.epoch_ns, self.on_clock = epoch_ns, on_clock
+        self.packets: deque[VoicePacket] = deque()
+        self.ready = asyncio.Event()
+        self.sender: Any = None
+        self.last_ts: int | None = None
+        self.rtp_origin: int | None = None
+        self.dropped = 0
+
+    def put(self, packet: VoicePacket) -> None:
+        if len(self.packets) >= self._QUEUE:
+            self.packets.popleft()
+            self.dropped += 1
+        self.packets.append(packet)
+        self.ready.set()
+
+    async def recv(self) -> Any:
+        import av
+        from aiortc.mediastreams import MediaStreamError
+
+        while not self.packets:
+            if self.readyState != "live":  # type: ignore[attr-defined]
+                raise MediaStreamError
+            self.ready.clear()
+            await self.ready.wait()
+        self._learn_origin()
+        p = self.packets.popleft()
+        ts = (p.pts_ns - self.epoch_ns) * OPUS_RATE // 1_000_000_000
+        packet = av.Packet(p.data)
+        packet.pts, packet.time_base = ts, fractions.Fraction(1, OPUS_RATE)
+        self.last_ts = ts
+        return packet
+
+    def stop(self) -> None:
+        super().stop()  # type: ignore[misc]
+        self.ready.set()
+
+    def _learn_origin(self) -> None:
+        """The random RTP timestamp origin aiortc chose: its last RTP timestamp minus our last pts."""
+        if self.rtp_origin is not None or self.last_ts is None or self.sender is None:
+            return
+        rtp = getattr(self.sender, "_RTCRtpSender__rtp_timestamp", None)
+        if isinstance(rtp, int) and getattr(self.sender, "_RTCRtpSender__packet_count", 0) > 0:
+            self.rtp_origin = (rtp - self.last_ts) & 0xFFFFFFFF
+            self.on_clock(self.rtp_origin)
+
+
+@functools.cache
+def _voice_track_class() -> type:
+    from aiortc.mediastreams import MediaStreamTrack
+
+    class AudioVoiceTrack(VoiceTrack, MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, epoch_ns: int, on_clock: Callable[[int], None]):
+            MediaStreamTrack.__init__(self)
+            VoiceTrack.__init__(self, epoch_ns, on_clock)
+
+    return AudioVoiceTrack
+
+
+def voice_track(epoch_ns: int, on_clock: Callable[[int], None]) -> VoiceTrack:
+    """A ``VoiceTrack`` that is an aiortc ``MediaStreamTrack`` of kind audio (aiortc imported here)."""
+    return _voice_track_class()(epoch_ns, on_clock)
+
+
 class DataChannelTransport:
     """A viewer's two data channels: packets on ``avatar`` (waiting while more than ``limit`` bytes
-    are buffered on it), JSON on ``control``."""
+    are buffered on it), JSON on ``control``; and its voice track, if its offer asked for audio."""
 
     kind = "webrtc"
 
-    def __init__(self, pc: Any, avatar: Any, control: Any, limit: int):
-        self.pc, self.avatar, self.control, self.limit = pc, avatar, control, limit
+    def __init__(self, pc: Any, avatar: Any, control: Any, limit: int, track: Any = None):
+        self.pc, self.avatar, self.control, self.limit, self.track = pc, avatar, control, limit, track
         self._low = asyncio.Event()
         avatar.bufferedAmountLowThreshold = limit // 2
         avatar.on("bufferedamountlow", self._low.set)
@@ -113,6 +202,10 @@ class DataChannelTransport:
         if self.control.readyState != "open":
             raise ConnectionError("the 'control' data channel is closed")
         self.control.send(text)
+
+    async def send_voice(self, session: str, packet: VoicePacket) -> None:
+        if self.track is not None:
+            self.track.put(packet)
 
     async def close(self) -> None:
         await self.pc.close()

@@ -10,6 +10,11 @@ the node watches (``Inbox``): only the node's thread touches its links.
 Each batch's keyframe flags and sequence numbers come from the compressor (arrays ``keyframe``
 and ``seq``), so the viewers never read them out of the packets.
 
+The voice (``audio`` pad, ``audio/pcm`` per session) is encoded here, on the node's thread, once
+per session (``nodes.delivery.voice``), and held on the loop until it is due: its pts plus the
+hold, the latency the face's path into ``in`` declares beyond the voice's path into ``audio``
+(the runner's latency query, ``on_latency``), so the voice meets the face made from it.
+
 The heavy imports (FastAPI, uvicorn) happen in ``setup``, so ``avatar inspect`` and ``avatar
 validate`` stay quick. ``websocket_sink`` is this class; ``webrtc_sink`` adds WebRTC data channels.
 """
@@ -24,6 +29,7 @@ from urllib.parse import parse_qs
 from runtime import Message, Node, Pad, Param, ParamError
 
 from ..wire import packet_facts
+from .voice import VoiceEncoder, pcm_problem
 
 _LAG_LIMIT = 64  # batches handed to the loop and not dispatched yet: beyond, new ones are dropped
 _HOUSEKEEPING_S = 0.25  # session sweep and stats snapshot period
@@ -45,7 +51,10 @@ class ViewerSink(Node):
     """Serves the page (web/) and sends each browser viewer its session's packets over a WebSocket;
     a subclass adds transports (``transports``, ``_routes``, ``_ice_servers``)."""
 
-    inputs = {"in": Pad("avatar/packet", "batches: data {'packets': [bytes]*S}, row i = session i")}
+    inputs = {"in": Pad("avatar/packet", "batches: data {'packets': [bytes]*S}, row i = session i"),
+              "audio": Pad("audio/pcm", "the voice, one session per message (data {'rate': R}, int16 mono 'pcm'), "
+                                        "sent to the viewers of that session in sync with its face",
+                           required=False, policy="block")}  # a lost chunk is an audible hole
     outputs = {"requests": Pad("avatar/request", "viewers' wishes: {'keyframe': [session ids]} and "
                                                  "{'lod': {session id: level or null}}; link back to the "
                                                  "compressor and lod nodes with feedback: true", required=False)}
@@ -65,6 +74,8 @@ class ViewerSink(Node):
                                                         "this often", min=0.0, max=60000.0),
         "session_timeout": Param(float, 3.0, "seconds without packets after which a session is not live",
                                  min=0.01, max=86400.0),
+        "voice_bitrate": Param(int, 32000, "Opus bit rate of the voice (bits per second, mono 48 kHz)",
+                               min=6000, max=128000),
     }
     transports: tuple[str, ...] = ("websocket",)
 
@@ -83,17 +94,27 @@ class ViewerSink(Node):
         self.last_warn_ns, self.warns_held = -_WARN_EVERY_NS, 0
         self.inbox = Inbox()
         self.watch(self.inbox.fd, self._on_inbox)
+        self.voices: dict[str, VoiceEncoder] = {}
+        self.hold_ns = 0  # how long the voice waits for its face (on_latency)
+        self.voice_rejected = 0
+        self.voice_chunks = 0
+        self.voice_s = 0.0
+        self.voice_cpu_ns = 0
+        if self.linked("audio"):
+            self.every(0.02, self._voice_idle)
         self._start(bind(self.p.host, self.p.port, replacing=self.replacement))
 
     def _start(self, sock: Any) -> None:
         """Serve on ``sock``, with a fresh viewer registry."""
         from .viewers import Viewers
+        from .voice import VoiceSchedule
         from .webserver import DEFAULT_WEB_ROOT, WebServer, api_origin, page_app
 
         self.viewers = Viewers(queue_size=self.p.queue_size,
                                keyframe_min_interval_ns=int(self.p.keyframe_min_interval_ms * 1e6),
                                session_timeout_ns=int(self.p.session_timeout * 1e9),
                                request=lambda data: self.inbox.put(("request", data)), clock=self.now_ns)
+        self.schedule = VoiceSchedule(self.viewers.voice, self.now_ns)
         self.pending: deque = deque()  # handed over, not dispatched yet (node thread appends, loop pops)
         self.pump_woken = False
         self._address = (self.p.host, self.p.port)  # what this server was asked to listen on
@@ -162,8 +183,15 @@ class ViewerSink(Node):
         self.restarts += 1
         self._start(sock if sock is not None else bind(self.p.host, port))  # same address: once it is free
 
+    def on_latency(self, upstream_ns: int, pads: Mapping[str, int]) -> None:
+        """The voice waits for what the face's path holds back beyond its own path."""
+        self.hold_ns = max(0, pads.get("in", 0) - pads.get("audio", 0))
+
     # --- the node's thread -------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
+        if pad == "audio":
+            self._voice(msg)
+            return
         packets = msg.data.get("packets") if isinstance(msg.data, dict) else None
         sessions = msg.session if isinstance(msg.session, list) else [msg.session]
         if not isinstance(packets, list) or len(packets) != len(sessions):
@@ -186,6 +214,42 @@ class ViewerSink(Node):
         if not self.pump_woken:  # the pump clears this before it drains: no wake-up is lost
             self.pump_woken = True
             server.call(self._pump_wake.set)
+
+    def _voice(self, msg: Message) -> None:
+        """A chunk of a session's voice: encoded at once, handed to the loop to wait until it is due."""
+        import time
+
+        pcm = msg.arrays.get("pcm")
+        problem = pcm_problem(msg.data, pcm, msg.session)
+        if problem is not None:
+            self.voice_rejected += 1
+            self._reject(problem)
+            return
+        session = str(msg.session[0] if isinstance(msg.session, list) else msg.session)
+        t0 = time.thread_time_ns()
+        enc = self.voices.get(session)
+        if enc is None:
+            enc = self.voices[session] = VoiceEncoder(self.p.voice_bitrate)
+        viewers = self.viewers
+        enc.pcm = viewers is not None and session in viewers.pcm_sessions
+        rate = int(msg.data["rate"])
+        packets = enc.feed(msg.pts_ns, rate, pcm, self.hold_ns)
+        self.voice_cpu_ns += time.thread_time_ns() - t0
+        self.voice_chunks += 1
+        self.voice_s += len(pcm) / rate
+        if packets and self.server is not None:
+            self.server.call(self.schedule.add, session, packets)
+
+    def _voice_idle(self) -> None:
+        """Flush the talkspurts whose audio stopped (the end of an utterance), and forget the
+        encoders of sessions quiet for a while."""
+        now = self.now_ns()
+        for session, enc in list(self.voices.items()):
+            packets = enc.flush_idle(now)
+            if packets and self.server is not None:
+                self.server.call(self.schedule.add, session, packets)
+            if enc.spurt is None and now - enc.end_ns > self.p.session_timeout * 1e9:
+                del self.voices[session]
 
     def _reject(self, text: str) -> None:
         self.rejected += 1
@@ -219,15 +283,22 @@ class ViewerSink(Node):
 
     def stats(self) -> dict[str, Any]:
         server = self.server
+        schedule = getattr(self, "schedule", None)
+        voice = {"voice_hold_ms": round(self.hold_ns / 1e6, 3), "voice_sessions": len(self.voices),
+                 "voice_chunks": self.voice_chunks, "voice_s": round(self.voice_s, 3),
+                 "voice_cpu_s": round(self.voice_cpu_ns / 1e9, 4), "voice_rejected": self.voice_rejected,
+                 "voice_talkspurts": sum(e.talkspurts for e in self.voices.values()),
+                 **(schedule.counts if schedule is not None else {}),
+                 "voice_late_max_ms": round(schedule.late_max_ns / 1e6, 1) if schedule is not None else 0.0}
         return {"port": server.port if server else None, "url": self.url if server else None,
                 "rejected": self.rejected, "overruns": self.overruns, "restarts": self.restarts,
-                "csp_script_hashes": len(getattr(self, "script_hashes", [])), **self.snapshot}
+                "csp_script_hashes": len(getattr(self, "script_hashes", [])), **voice, **self.snapshot}
 
     # --- the loop's thread -------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
         """/config.json: what the page needs to connect."""
         return {"transports": list(self.transports), "ice_servers": self._ice_servers(),
-                "api": self.p.api or None, "sink": self.name}
+                "api": self.p.api or None, "sink": self.name, "audio": self.linked("audio")}
 
     def _ice_servers(self) -> list[dict]:
         return []
@@ -241,7 +312,8 @@ class ViewerSink(Node):
     async def _on_start(self) -> None:
         self._pump_wake = asyncio.Event()
         self._tasks = [asyncio.ensure_future(self._housekeep(self.viewers)),
-                       asyncio.ensure_future(self._pump(self.viewers))]
+                       asyncio.ensure_future(self._pump(self.viewers)),
+                       asyncio.ensure_future(self.schedule.run())]
 
     async def _pump(self, viewers: Any) -> None:
         """Dispatches the batches the node thread handed over, one per loop turn, so the viewers'
@@ -274,21 +346,25 @@ class ViewerSink(Node):
             await asyncio.sleep(_HOUSEKEEPING_S)
 
     async def _serve_websocket(self, websocket: Any) -> None:
-        """One WebSocket viewer, from accept to disconnect (``?session=ID&lod=N`` subscribes at once)."""
-        from .viewers import ProtocolError, check_lod, check_session
+        """One WebSocket viewer, from accept to disconnect (``?session=ID&lod=N&audio=opus|pcm``
+        subscribes at once)."""
+        from .viewers import ProtocolError, check_audio, check_lod, check_session
 
         viewers = self.viewers
         await websocket.accept()
         query = parse_qs(websocket.scope.get("query_string", b"").decode("latin-1"))
         session = (query.get("session") or [None])[0]
         lod_text = (query.get("lod") or [None])[0]
+        audio = (query.get("audio") or [None])[0]
         error = None
         try:
             session = check_session(session, True)
             lod = check_lod(int(lod_text)) if lod_text not in (None, "") else None
+            audio = check_audio(audio or None)
         except (ProtocolError, ValueError) as exc:
-            session, lod, error = None, None, f"bad query: {exc}"
-        v = viewers.add(_WebSocketTransport(websocket), session, lod, subscribe=session is not None or lod is not None)
+            session, lod, audio, error = None, None, None, f"bad query: {exc}"
+        v = viewers.add(_WebSocketTransport(websocket), session, lod,
+                        subscribe=session is not None or lod is not None or audio is not None, audio=audio)
         if error:
             viewers.error(v, error)
         try:
@@ -318,6 +394,11 @@ class _WebSocketTransport:
 
     async def send_text(self, text: str) -> None:
         await self.ws.send_text(text)
+
+    async def send_voice(self, session: str, packet: Any) -> None:
+        from .voice import voice_frame
+
+        await self.ws.send_bytes(voice_frame(session, packet))
 
     async def close(self) -> None:
         try:

@@ -15,6 +15,9 @@ server's event loop (one thread, no locks); the node hands it each ``avatar/pack
   too soon is sent when the interval is over, if a viewer still waits.
 - Echoes (the page saying "decoded seq n of session s") give pipeline-to-page latency from the
   pts of the batch that carried that packet (a small ring per watched session).
+- The voice (``nodes.delivery.voice``): a viewer that asked for audio (``"audio": "opus"`` or
+  ``"pcm"`` when it subscribes, or a WebRTC audio track) gets its session's voice packets as they
+  fall due, ahead of its face packets, from a queue of its own (1 s; the oldest go first).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import numpy as np
 from runtime.histogram import LATENCY_BOUNDS_US
 
 from ..wire import MAX_SESSION_ID, N_LOD_LEVELS
+from .voice import VoicePacket
 
 MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
 _RING = 256  # packets remembered per watched session for echoes
@@ -39,6 +43,8 @@ _PIPE_STEP_US = 100  # bin width of the cumulative pipeline latency histogram; t
 _PIPE_BINS = 2001
 _TEXT_QUEUE = 32  # JSON messages waiting for a viewer (the oldest go first: 'sessions' supersedes itself)
 _LISTED_VIEWERS = 32  # viewers detailed in stats
+_VOICE_QUEUE = 50  # voice packets waiting for a viewer (1 s): a viewer that takes none loses the oldest
+AUDIO_FORMATS = ("opus", "pcm")  # what a viewer may ask its voice in (pcm: no Opus decoder in its browser)
 
 
 # --- viewers ----------------------------------------------------------------------------------
@@ -49,6 +55,7 @@ class Transport(Protocol):
 
     async def send_bytes(self, data: bytes) -> None: ...  # waits while the viewer is slow
     async def send_text(self, text: str) -> None: ...
+    async def send_voice(self, session: str, packet: VoicePacket) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -56,7 +63,8 @@ class Viewer:
     """One connected page: its subscription, its queue and its counters."""
 
     __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
-                 "sending", "need_key", "sent", "drops", "skipped", "closed")
+                 "sending", "need_key", "sent", "drops", "skipped", "closed", "audio", "voice", "voice_sent",
+                 "voice_drops")
 
     def __init__(self, vid: int, transport: Transport):
         self.id, self.transport = vid, transport
@@ -72,11 +80,15 @@ class Viewer:
         self.need_key = False  # ask for a keyframe once the packet on its way is gone
         self.sent = self.drops = self.skipped = 0
         self.closed = False
+        self.audio: str | None = None  # the voice's format for this viewer (AUDIO_FORMATS), None: no voice
+        self.voice: deque[VoicePacket] = deque()
+        self.voice_sent = self.voice_drops = 0
 
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
                 "sent": self.sent, "drops": self.drops, "skipped": self.skipped, "queued": len(self.queue),
-                "waiting": self.waiting}
+                "waiting": self.waiting, "audio": self.audio, "voice_sent": self.voice_sent,
+                "voice_drops": self.voice_drops}
 
 
 class ProtocolError(ValueError):
@@ -110,20 +122,23 @@ class Viewers:
         self.pipe_rows = 0
         self.overruns_seen = 0
         self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
-                       "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0}
+                       "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0,
+                       "voice_sent": 0, "voice_bytes": 0, "voice_drops": 0}
+        self.pcm_sessions: set[str] = set()  # watched by a viewer that takes its voice as pcm (read by the node)
 
     # --- viewers come and go -----------------------------------------------------------------
     def add(self, transport: Transport, session: str | None = None, lod: int | None = None,
-            subscribe: bool = False) -> Viewer:
+            subscribe: bool = False, audio: str | None = None) -> Viewer:
         """A new viewer: sends it ``hello`` and (``subscribe``) subscribes it; starts its sender."""
         v = Viewer(next(self._ids), transport)
+        v.audio = audio
         self.viewers[v.id] = v
         self.counts["connected"] += 1
         v.task = asyncio.ensure_future(self._sender(v))
         self._send(v, {"type": "hello", "transport": transport.kind, "sessions": list(self.seen),
                        "session": session, "lod": lod})
         if subscribe:
-            self.subscribe(v, session, lod)
+            self.subscribe(v, session, lod, audio)
         return v
 
     def remove(self, v: Viewer) -> None:
@@ -135,6 +150,7 @@ class Viewers:
         self.unassigned.pop(v.id, None)
         self._unwatch(v)
         v.queue.clear()
+        v.voice.clear()
         self.counts["disconnected"] += 1
         if v.task is not None and v.task is not asyncio.current_task():
             v.task.cancel()
@@ -156,9 +172,12 @@ class Viewers:
             pass
 
     # --- what viewers ask ----------------------------------------------------------------------
-    def subscribe(self, v: Viewer, session: str | None, lod: int | None = None) -> None:
-        """Watch ``session`` (None: the first live one) at ``lod`` (None: the graph's choice)."""
+    def subscribe(self, v: Viewer, session: str | None, lod: int | None = None, audio: str | None = None) -> None:
+        """Watch ``session`` (None: the first live one) at ``lod`` (None: the graph's choice), with
+        its voice in ``audio`` on a WebSocket (a WebRTC viewer's voice is its audio track, if it has one)."""
         self._unwatch(v)
+        if v.transport.kind == "websocket":
+            v.audio = audio
         self.unassigned.pop(v.id, None)
         v.auto, v.lod = session is None, lod
         if session is None:
@@ -168,9 +187,14 @@ class Viewers:
         v.session = session
         v.waiting = True  # never a delta before the first keyframe
         v.queue.clear()
+        v.voice.clear()
         if session is not None:
             self._watch(v)
-        self._send(v, {"type": "subscribed", "session": session, "lod": lod})
+        self._pcm_sessions()
+        answer: dict[str, Any] = {"type": "subscribed", "session": session, "lod": lod}
+        if v.audio is not None:
+            answer["audio"] = v.audio
+        self._send(v, answer)
 
     def keyframe(self, v: Viewer) -> None:
         """The viewer's decoder lost its way: skip deltas until a keyframe, ask for one."""
@@ -217,7 +241,8 @@ class Viewers:
             raise ProtocolError("a message must be a JSON object with a 'type'")
         kind = msg.get("type")
         if kind == "subscribe":
-            self.subscribe(v, check_session(msg.get("session"), True), check_lod(msg.get("lod")))
+            self.subscribe(v, check_session(msg.get("session"), True), check_lod(msg.get("lod")),
+                           check_audio(msg.get("audio")))
         elif kind == "keyframe":
             self.keyframe(v)
         elif kind == "echo":
@@ -319,13 +344,35 @@ class Viewers:
         q.append((packet, key))
         v.wake.set()
 
+    def voice(self, session: str, packet: VoicePacket) -> None:
+        """A voice packet of ``session`` is due: to each of its viewers that takes that kind."""
+        viewers = self.watched.get(session)
+        if not viewers:
+            return
+        kind = packet.kind
+        for v in viewers.values():
+            if v.audio == kind or (kind == "opus" and v.audio == "rtp"):
+                if len(v.voice) >= _VOICE_QUEUE:
+                    v.voice.popleft()
+                    v.voice_drops += 1
+                    self.counts["voice_drops"] += 1
+                v.voice.append(packet)
+                v.wake.set()
+
     async def _sender(self, v: Viewer) -> None:
-        """Sends the viewer its JSON messages (first) and packets, one at a time, as it can take them."""
+        """Sends the viewer its JSON messages (first), its voice, then its face packets, one at a
+        time, as it can take them."""
         t = v.transport
         try:
             while True:
                 if v.texts:
                     await t.send_text(v.texts.popleft())
+                elif v.voice:
+                    packet = v.voice.popleft()
+                    await t.send_voice(v.session or "", packet)
+                    v.voice_sent += 1
+                    self.counts["voice_sent"] += 1
+                    self.counts["voice_bytes"] += len(packet.data)
                 elif v.queue:
                     packet, _ = v.queue.popleft()
                     v.sending = True
@@ -404,6 +451,11 @@ class Viewers:
             del self.watched[s]
             del self.rings[s]
         self._ask_lod(s)  # type: ignore[arg-type]
+        self._pcm_sessions()
+
+    def _pcm_sessions(self) -> None:
+        """The sessions whose voice some viewer takes as pcm (the node makes that format only for them)."""
+        self.pcm_sessions = {s for s, viewers in self.watched.items() if any(v.audio == "pcm" for v in viewers.values())}
 
     def _ask_lod(self, session: str) -> None:
         """Ask the lod node for the finest level any viewer of the session wants (None: its default)."""
@@ -417,6 +469,11 @@ class Viewers:
             self.lod_asked[session] = want
         self.counts["lod_requests"] += 1
         self.request({"lod": {session: want}})
+
+    def send(self, v: Viewer, msg: dict) -> None:
+        """A JSON message to one viewer (behind what it is owed already)."""
+        if not v.closed:
+            self._send(v, msg)
 
     @staticmethod
     def _send(v: Viewer, msg: dict) -> None:
@@ -478,6 +535,12 @@ def check_session(value: Any, optional: bool) -> str | None:
     return value
 
 
+def check_audio(value: Any) -> str | None:
+    if value is None or value in AUDIO_FORMATS:
+        return value
+    raise ProtocolError(f"'audio' must be one of {', '.join(AUDIO_FORMATS)} or null, got {_short(value)}")
+
+
 def check_lod(value: Any) -> int | None:
     if value is None:
         return None
@@ -486,4 +549,5 @@ def check_lod(value: Any) -> int | None:
     return value
 
 
-__all__ = ["ProtocolError", "Transport", "Viewer", "Viewers", "check_lod", "check_session"]
+__all__ = ["AUDIO_FORMATS", "ProtocolError", "Transport", "Viewer", "Viewers", "check_audio", "check_lod",
+           "check_session"]

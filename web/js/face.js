@@ -77,8 +77,9 @@ export class Face {
     this._euler = new THREE.Euler(0, 0, 0, "YXZ"); this._q = new THREE.Quaternion();
     window.addEventListener("resize", () => this.resize());
     this.resize();
+    this.beforeRender = null;    // called on each animation frame before drawing (the page picks the frame to show)
     if (render) {
-      const loop = () => { this.render(); requestAnimationFrame(loop); };
+      const loop = (t) => { if (this.beforeRender) this.beforeRender(t); this.render(); requestAnimationFrame(loop); };
       requestAnimationFrame(loop);
     }
   }

@@ -1,5 +1,6 @@
-// The page: connects to the sink, decodes packets, drives the face, shows the overlay, and calls
-// the control API's /emotion. URL params: ?transport=websocket|webrtc, ?session=ID, ?lod=0..3,
+// The page: connects to the sink, decodes packets, plays the voice, shows each face frame when the
+// voice reaches its pts (or at once where there is no voice), shows the overlay, and calls the
+// control API's /emotion. URL params: ?transport=websocket|webrtc, ?session=ID, ?lod=0..3,
 // ?model=URL (a GLB on this origin), ?echo=0 (no echo messages), ?resume=1 (tolerant decoding),
 // ?render=0 (decode and set the morphs, never draw: many viewers in one browser for a benchmark);
 // fragment #token=... (the API's bearer token, kept in sessionStorage, then dropped from the URL).
@@ -9,8 +10,12 @@ import { AvatarDecoder } from "./wireformat.js";
 import { Transport } from "./transport.js";
 import { Face, columnNames } from "./face.js";
 import { Overlay, Meter, RelativeLatency } from "./overlay.js";
+import { Voice } from "./voice.js";
 
 const KEYFRAME_REQUEST_MIN_MS = 200;
+const SHOW_AHEAD_MS = 8;        // a frame is shown at the animation frame nearest its pts: up to half a frame early
+const MAX_PENDING_MS = 3000;    // frames further ahead of the voice than this: its clock is off, show them as they come
+const SYNC_RING = 2048;         // A/V offsets remembered (window.avatar.sync)
 const params = new URLSearchParams(location.search);
 const echo = params.get("echo") !== "0";
 const resumeAfterLoss = params.get("resume") === "1";
@@ -21,8 +26,11 @@ const intParam = (name, lo, hi) => {
 };
 
 const overlay = new Overlay();
-const face = new Face(document.getElementById("view"), { render: params.get("render") !== "0" });
-const transport = new Transport({ params, session: params.get("session") || null, lod: intParam("lod", 0, N_LOD_LEVELS - 1) });
+const rendering = params.get("render") !== "0";
+const face = new Face(document.getElementById("view"), { render: rendering });
+const voice = new Voice();
+const transport = new Transport({ params, session: params.get("session") || null, lod: intParam("lod", 0, N_LOD_LEVELS - 1),
+                                  audioFormat: Voice.wsFormat });
 overlay.setPicks(transport.session, transport.lod);
 
 // --- the model ----------------------------------------------------------------------------------
@@ -44,13 +52,46 @@ document.getElementById("model-file").addEventListener("change", async (ev) => {
 
 // --- packets --------------------------------------------------------------------------------------
 let decoder = new AvatarDecoder({ resumeAfterLoss });
-let framesDecoded = 0, malformed = 0, lastKeyframeRequest = -Infinity, lastFrame = null;
+let framesDecoded = 0, framesShown = 0, malformed = 0, lastKeyframeRequest = -Infinity, lastFrame = null;
+let pending = [];               // decoded frames waiting for the voice to reach their pts
 const fps = new Meter(), bytes = new Meter(), latency = new RelativeLatency();
+const sync = { offsets: new Float64Array(SYNC_RING), n: 0, skew: 0 };  // voice clock - pts of each frame shown on it
 
 function resetStream() {
   decoder = new AvatarDecoder({ resumeAfterLoss });
   latency.reset();
+  pending = [];
+  voice.reset();
 }
+
+/** Puts a frame on the face now. */
+function show(frame, clock = null) {
+  lastFrame = frame;
+  framesShown++;
+  face.apply(frame);
+  if (clock !== null) sync.offsets[sync.n++ % SYNC_RING] = clock - frame.pts;
+  if (recording) recording.face.push([performance.now(), frame.pts, clock, jawOf(frame)]);
+}
+
+/** Each animation frame: the newest frame whose pts the voice has reached (all of them, without a voice). */
+function showDue() {
+  if (!pending.length) return;
+  const clock = voice.ptsNow();
+  if (clock === null || pending[0].pts > clock + MAX_PENDING_MS) {
+    if (clock !== null) sync.skew++;
+    show(pending[pending.length - 1]);
+    pending = [];
+    return;
+  }
+  let i = -1;
+  while (i + 1 < pending.length && pending[i + 1].pts <= clock + SHOW_AHEAD_MS) i++;
+  if (i >= 0) {
+    show(pending[i], clock);
+    pending = pending.slice(i + 1);
+  }
+}
+if (rendering) face.beforeRender = showDue;
+else { const loop = () => { showDue(); requestAnimationFrame(loop); }; requestAnimationFrame(loop); }
 
 transport.addEventListener("packet", (ev) => {
   const now = performance.now();
@@ -72,10 +113,15 @@ transport.addEventListener("packet", (ev) => {
   framesDecoded++;
   fps.add(1, now);
   latency.add(frame.pts, now);
-  lastFrame = frame;
-  face.apply(frame);
+  if (voice.ptsNow() === null && !pending.length) show(frame);  // no voice: as it comes, as ever
+  else pending.push(frame);
   if (echo) transport.send({ type: "echo", session: frame.session, seq: frame.seq });
 });
+
+// --- the voice ------------------------------------------------------------------------------------
+transport.addEventListener("voice", (ev) => voice.frame(ev.detail));
+transport.addEventListener("track", (ev) => voice.attachTrack(ev.detail.track, ev.detail.receiver));
+voice.addEventListener("blocked", (ev) => overlay.soundBlocked(ev.detail, () => voice.enable()));
 
 transport.addEventListener("message", (ev) => {
   const msg = ev.detail;
@@ -85,6 +131,8 @@ transport.addEventListener("message", (ev) => {
     overlay.setSessions([], msg.session);
   } else if (msg.type === "sessions") {
     overlay.setSessions(msg.sessions, lastFrame && lastFrame.session);
+  } else if (msg.type === "voice_clock") {
+    voice.setRtpClock(msg.epoch_us, msg.rtp_origin);
   }
 });
 
@@ -150,15 +198,38 @@ for (const b of document.querySelectorAll("[data-emotion]")) b.addEventListener(
 // --- the overlay's numbers ------------------------------------------------------------------------
 setInterval(() => {
   const lost = `${decoder.counts.lost}${malformed ? ` (${malformed} malformed)` : ""}`;
+  const clock = voice.ptsNow();
   overlay.update({ fps: fps.perSecond(), latencyMs: latency.value, kbps: (bytes.perSecond() * 8) / 1000, lost,
-                   model: face.modelName && `${face.modelName} (${face.morphNames().length})` });
+                   model: face.modelName && `${face.modelName} (${face.morphNames().length})`,
+                   voice: voice.kind ? `${voice.kind}${voice.blocked ? " (blocked)" : clock === null ? "" : " (clock)"}` : null });
 }, 500);
+
+// --- A/V recording, for the benchmark (tools/bench_av.py) -------------------------------------------
+let recording = null;
+const JAW = "jawopen";
+function jawOf(frame) {
+  const names = columnNames(frame.names);
+  for (let i = 0; i < names.length; i++) if (String(names[i]).toLowerCase() === JAW) return frame.weights[i];
+  return null;
+}
+function startRecording() {
+  recording = { face: [], level: [] };
+  const tick = () => {
+    if (!recording) return;
+    recording.level.push([voice.heardAt(), voice.level(), voice.ptsNow()]);
+    setTimeout(tick, 5);
+  };
+  tick();
+}
+function stopRecording() { const r = recording; recording = null; return r; }
 
 // --- test hooks -----------------------------------------------------------------------------------
 window.avatar = {
   get transport() { return transport.name; },           // "webrtc" | "websocket" | null
   get state() { return transport.state; },              // "connecting" | "live" | "reconnecting"
   get framesDecoded() { return framesDecoded; },
+  get framesShown() { return framesShown; },
+  get pending() { return pending.length; },
   get lastFrame() {
     return lastFrame && { session: lastFrame.session, seq: lastFrame.seq, pts: lastFrame.pts,
                           names: [...columnNames(lastFrame.names)], weights: [...lastFrame.weights],
@@ -171,6 +242,11 @@ window.avatar = {
   get renders() { return face.renders; },
   get config() { return transport.config; },
   modelReady,                                           // a promise: the first model loaded (or failed)
+  voice,                                                // .ptsNow(), .level(), .blocked, .counts, .kind
+  get audioLevel() { return voice.level(); },
+  get voiceClock() { return voice.ptsNow(); },
+  get sync() { return { offsets: Array.from(sync.offsets.slice(0, Math.min(sync.n, SYNC_RING))), skew: sync.skew }; },
+  startRecording, stopRecording,
   connection: transport,
   face,
 };

@@ -39,7 +39,7 @@ export class Overlay {
     this.el = {
       state: $("stat-state"), transport: $("stat-transport"), fps: $("stat-fps"), latency: $("stat-latency"),
       kbps: $("stat-kbps"), lost: $("stat-lost"), model: $("stat-model"), message: $("message"),
-      session: $("session"), lod: $("lod"),
+      session: $("session"), lod: $("lod"), voice: $("stat-voice"), sound: $("sound"),
     };
   }
 
@@ -55,7 +55,15 @@ export class Overlay {
     this.el.message.textContent = text ?? "";
   }
 
-  update({ fps, latencyMs, kbps, lost, model }) {
+  /** The browser holds the sound back until the user acts: show a button that plays it. */
+  soundBlocked(blocked, enable) {
+    const b = this.el.sound;
+    b.hidden = !blocked;
+    b.onclick = blocked ? async () => { if (await enable()) b.hidden = true; } : null;
+  }
+
+  update({ fps, latencyMs, kbps, lost, model, voice }) {
+    if (voice !== undefined) this.el.voice.textContent = voice ?? "-";
     this.el.fps.textContent = fps.toFixed(0);
     this.el.latency.textContent = latencyMs === null ? "-" : `+${latencyMs.toFixed(1)} ms`;
     this.el.kbps.textContent = kbps.toFixed(1);

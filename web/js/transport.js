@@ -4,8 +4,16 @@
 // URL params: ?transport=websocket never tries WebRTC; ?transport=webrtc never falls back.
 //
 // Events (EventTarget): "state" {detail: {state, transport, error}}, "packet" {detail: Uint8Array},
-// "message" {detail: the JSON object}, "open" {detail: transport name}, "close".
+// "voice" {detail: a voice frame {t, s, p, n, d}: a msgpack map, where a face packet is an array or
+// bin}, "track" {detail: {track, receiver}} (WebRTC: the voice's audio track), "message" {detail: the
+// JSON object}, "open" {detail: transport name}, "close".
+//
+// The voice: when /config.json says the graph has one ("audio": true), a WebSocket asks for it in
+// the stream (?audio=opus, or pcm where WebCodecs' AudioDecoder is missing) and a WebRTC offer adds
+// a receive-only audio transceiver, so the voice comes as an audio track.
 // state: "connecting" (first attempt), "live", "reconnecting" (after a drop, or between attempts).
+
+import { decode as msgpackDecode } from "@msgpack/msgpack";
 
 const RTC_OPEN_TIMEOUT_MS = 5000;   // offer, ICE and both channels open, or fall back
 const ICE_GATHER_TIMEOUT_MS = 2000; // send what we have by then
@@ -15,6 +23,7 @@ const RTC_DISCONNECTED_GRACE_MS = 2000; // ICE "disconnected" this long counts a
 const IDLE_PROBE_MS = 2000;  // nothing received this long: is the sink still there? (GET config.json)
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const isMap = (b) => (b & 0xf0) === 0x80 || b === 0xde || b === 0xdf;  // msgpack fixmap, map16, map32
 
 function withTimeout(promise, ms, what) {
   let timer;
@@ -50,10 +59,12 @@ export class Transport extends EventTarget {
    * @param {string|null} [opts.session] the session to watch (null: the first live one)
    * @param {number|null} [opts.lod] a level of detail 0..3 (null: the sink's choice)
    */
-  constructor({ params = new URLSearchParams(), session = null, lod = null } = {}) {
+  constructor({ params = new URLSearchParams(), session = null, lod = null, audioFormat = () => "opus" } = {}) {
     super();
     this.mode = params.get("transport"); // "websocket" | "webrtc" | null
     this.session = session; this.lod = lod;
+    this.audioFormat = audioFormat;       // the voice's format on a WebSocket: "opus" | "pcm"
+    this.audio = null;                    // what this connection asks for: a format, "rtp" (a track), or null
     this.state = "connecting"; this.name = null; this.config = null; this.error = null;
     this.conn = null; this.stopped = false; this.attempt = 0;
     this.bytesIn = 0; this.messagesIn = 0; this.connects = 0; this.lastMessageAt = 0; this._probing = false;
@@ -72,7 +83,13 @@ export class Transport extends EventTarget {
   /** Chooses a session (null: the first live one) and level of detail; kept for reconnects. */
   subscribe(session, lod) {
     this.session = session ?? null; this.lod = lod ?? null;
-    return this.send({ type: "subscribe", session: this.session, lod: this.lod });
+    return this.send(this._subscription());
+  }
+
+  _subscription() {
+    const msg = { type: "subscribe", session: this.session, lod: this.lod };
+    if (this.name === "websocket" && this.audio) msg.audio = this.audio;
+    return msg;
   }
 
   _setState(state, error = null) {
@@ -99,7 +116,7 @@ export class Transport extends EventTarget {
         this._setState("live");
         this.dispatchEvent(new CustomEvent("open", { detail: conn.name }));
         // always say what we watch: a sink may wait for it (null: the first live session)
-        this.send({ type: "subscribe", session: this.session, lod: this.lod });
+        this.send(this._subscription());
         const watchdog = setInterval(() => this._probe(conn), IDLE_PROBE_MS / 2);
         const reason = await conn.closed;
         clearInterval(watchdog);
@@ -154,7 +171,13 @@ export class Transport extends EventTarget {
     } else {
       const u8 = data instanceof Uint8Array ? data : new Uint8Array(data);
       this.bytesIn += u8.length;
-      this.dispatchEvent(new CustomEvent("packet", { detail: u8 }));
+      if (u8.length && isMap(u8[0])) {
+        let frame;
+        try { frame = msgpackDecode(u8); } catch { frame = null; }
+        this.dispatchEvent(new CustomEvent("voice", { detail: frame }));
+      } else {
+        this.dispatchEvent(new CustomEvent("packet", { detail: u8 }));
+      }
     }
   }
 
@@ -163,6 +186,8 @@ export class Transport extends EventTarget {
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     if (this.session !== null) url.searchParams.set("session", this.session);
     if (this.lod !== null) url.searchParams.set("lod", String(this.lod));
+    this.audio = this.config && this.config.audio ? this.audioFormat() : null;
+    if (this.audio) url.searchParams.set("audio", this.audio);
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     const conn = new Connection("websocket", ws);
@@ -183,6 +208,11 @@ export class Transport extends EventTarget {
     conn.cleanups.push(() => pc.close());
     const avatar = pc.createDataChannel("avatar", { ordered: false, maxRetransmits: 0 });
     const control = pc.createDataChannel("control");
+    this.audio = config.audio ? "rtp" : null;
+    if (config.audio) {  // the voice comes as an audio track
+      pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.ontrack = (ev) => { if (conn.isOpen) this.dispatchEvent(new CustomEvent("track", { detail: { track: ev.track, receiver: ev.receiver } })); };
+    }
     const channels = [avatar, control];
     for (const ch of channels) {
       ch.binaryType = "arraybuffer";
