@@ -96,7 +96,7 @@ class ViewerSink(Node):
         self.watch(self.inbox.fd, self._on_inbox)
         self.voices: dict[str, VoiceEncoder] = {}
         self.hold_ns = 0  # how long the voice waits for its face (on_latency)
-        self.voice_rejected = 0
+        self.voice_rejected = self.voice_talkspurts = 0
         self.voice_chunks = 0
         self.voice_s = 0.0
         self.voice_cpu_ns = 0
@@ -249,6 +249,7 @@ class ViewerSink(Node):
             if packets and self.server is not None:
                 self.server.call(self.schedule.add, session, packets)
             if enc.spurt is None and now - enc.end_ns > self.p.session_timeout * 1e9:
+                self.voice_talkspurts += enc.talkspurts
                 del self.voices[session]
 
     def _reject(self, text: str) -> None:
@@ -287,7 +288,7 @@ class ViewerSink(Node):
         voice = {"voice_hold_ms": round(self.hold_ns / 1e6, 3), "voice_sessions": len(self.voices),
                  "voice_chunks": self.voice_chunks, "voice_s": round(self.voice_s, 3),
                  "voice_cpu_s": round(self.voice_cpu_ns / 1e9, 4), "voice_rejected": self.voice_rejected,
-                 "voice_talkspurts": sum(e.talkspurts for e in self.voices.values()),
+                 "voice_talkspurts": self.voice_talkspurts + sum(e.talkspurts for e in self.voices.values()),
                  **(schedule.counts if schedule is not None else {}),
                  "voice_late_max_ms": round(schedule.late_max_ns / 1e6, 1) if schedule is not None else 0.0}
         return {"port": server.port if server else None, "url": self.url if server else None,
