@@ -160,6 +160,8 @@ class ViewerSink(Node):
             self.server.call(setattr, viewers, "keyframe_min_interval_ns", int(self.p.keyframe_min_interval_ms * 1e6))
         if "session_timeout" in changed:
             self.server.call(setattr, viewers, "session_timeout_ns", int(self.p.session_timeout * 1e9))
+        for enc in self.voices.values():  # from each session's next talkspurt on
+            enc.bitrate = self.p.voice_bitrate
         if restart:
             self._restart(sock)
 
