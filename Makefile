@@ -4,8 +4,10 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 GRAPH   ?= graphs/face.yaml
-# the face graph's page calls the control API (unauthenticated: loopback only, and said explicitly)
-RUN_ARGS ?= $(if $(filter graphs/face.yaml,$(GRAPH)),api=http://127.0.0.1:8081 --api 127.0.0.1:8081 --api-insecure-local --api-cors http://127.0.0.1:8080)
+# the browser graphs' pages call the control API (emotion buttons, the text box, the microphone):
+# unauthenticated, loopback only, and said explicitly
+API_GRAPHS := graphs/face.yaml graphs/say.yaml graphs/talk.yaml graphs/lipsync_audio.yaml
+RUN_ARGS ?= $(if $(filter $(API_GRAPHS),$(GRAPH)),api=http://127.0.0.1:8081 --api 127.0.0.1:8081 --api-insecure-local --api-cors http://127.0.0.1:8080)
 PYTEST_ARGS ?=
 
 .PHONY: setup run lint test bench clean system-deps
@@ -37,7 +39,11 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; fi
 
-setup: $(STAMP) system-deps $(WEB_STAMP) web/assets/face.glb
+# The demo voice graphs/lipsync_audio.yaml plays (espeak-ng: the repository holds no recording of a person).
+out/speech.wav: $(STAMP) tools/speech_wav.py
+	$(PY) tools/speech_wav.py out/speech.wav
+
+setup: $(STAMP) system-deps $(WEB_STAMP) web/assets/face.glb out/speech.wav
 
 run: setup
 	$(VENV)/bin/avatar run $(GRAPH) $(RUN_ARGS)

@@ -25,6 +25,9 @@ class AudioSource(Node):
         "udp_rate": Param(int, 16000, "sample rate of the UDP PCM", min=4000, max=192000, mutable=READY),
         "chunk_ms": Param(int, 20, "duration of one emitted chunk", min=10, max=20, mutable=READY),
         "realtime": Param(bool, True, "pace a file at real time; false = as fast as the links take it"),
+        "loop": Param(bool, False, "play the file again from the start when it ends, after loop_gap_s of silence "
+                                   "(a demo, a kiosk); false: EOS at its end"),
+        "loop_gap_s": Param(float, 1.0, "pause between two plays of a looped file", min=0.0, max=3600.0),
         "session": Param(str, "default", "session id carried by every chunk"),
     }
 
@@ -40,6 +43,8 @@ class AudioSource(Node):
         self.reader: WavReader | None = None
         self.sock: socket.socket | None = None
         self.packets = 0
+        self.gap_samples = 0  # a looped file's pause still to wait
+        self.loops = 0
         if self.p.path:
             self.reader = WavReader(self.p.path)
             self.resampler = Resampler(self.reader.rate, RATE)
@@ -69,7 +74,8 @@ class AudioSource(Node):
 
     # --- file ----------------------------------------------------------------------------------
     def _fill(self) -> None:
-        """Read and resample until one chunk is ready or the file ends."""
+        """Read and resample until one chunk is ready or the file ends (looped: starts again
+        after the pause; the pts go on, so the pause is a gap on the clock, not silence sent)."""
         while len(self.pending) < self.chunk and self.reader is not None:
             x = self.reader.read(max(1024, self.chunk * self.resampler.down // self.resampler.up + 1))
             if len(x):
@@ -78,9 +84,22 @@ class AudioSource(Node):
                 y = self.resampler.flush()
                 self.reader.close()
                 self.reader = None
+                if self.p.loop:
+                    self.reader = WavReader(self.p.path)
+                    self.resampler = Resampler(self.reader.rate, RATE)
+                    self.gap_samples = int(self.p.loop_gap_s * RATE)
+                    self.loops += 1
+                    self.pending = np.concatenate([self.pending, y])
+                    return
             self.pending = np.concatenate([self.pending, y])
 
     def _tick(self) -> None:
+        if self.gap_samples and not len(self.pending):  # a looped file's pause: time passes, nothing is sent
+            gap_ns = self.gap_samples * 1_000_000_000 // RATE
+            if self.now_ns() < self._pts() + gap_ns:
+                return
+            self.t0_ns += gap_ns
+            self.gap_samples = 0
         # real time: one chunk per tick, plus catch-up if the loop fell behind the clock
         n = 1
         if self.p.realtime:
@@ -89,7 +108,8 @@ class AudioSource(Node):
         for _ in range(n):
             self._fill()
             if len(self.pending) == 0:
-                self._finish()
+                if not self.gap_samples:  # the end (a looped file's pause begins instead)
+                    self._finish()
                 return
             out, self.pending = self.pending[: self.chunk], self.pending[self.chunk:]
             self._emit(out)
@@ -142,5 +162,5 @@ class AudioSource(Node):
             self.sock = None
 
     def stats(self) -> dict:
-        return {"sent_s": self.sent / RATE, "udp_packets": self.packets,
+        return {"sent_s": self.sent / RATE, "udp_packets": self.packets, "loops": self.loops,
                 "source": self.p.path or f"udp:{self.p.udp_port}"}

@@ -11,23 +11,32 @@ class Recorder(Node):
 
     inputs = {"in": Pad(policy="block")}  # a file must lose nothing (a launch line's link blocks)
     params = {
-        "path": Param(str, "recording.msgpack", "file to write (parent folders are created)", mutable=READY),
+        "path": Param(str, "recording.msgpack", "file to write (parent folders are created); empty: write nothing "
+                                                "(a graph's recording that is off unless an arg names a file)",
+                      mutable=READY),
         "flush_every": Param(int, 60, "flush to disk every N messages (always on EOS and stop)", min=1),
     }
 
     def setup(self) -> None:
-        self.writer = RecordingWriter(self.p.path)
+        self.writer = RecordingWriter(self.p.path) if self.p.path else None
+        self.ignored = 0
 
     def process(self, pad: str, msg: Message) -> None:
+        if self.writer is None:
+            self.ignored += 1
+            return
         self.writer.write(msg, self.now_ns())
         if self.writer.count % self.p.flush_every == 0:
             self.writer.flush()
 
     def on_eos(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def teardown(self) -> None:
-        self.writer.close()
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
 
     def stats(self) -> dict:
-        return {"written": self.writer.count, "path": self.p.path}
+        return {"written": self.writer.count if self.writer is not None else 0, "ignored": self.ignored,
+                "path": self.p.path}

@@ -113,6 +113,23 @@ def test_realtime_paces_chunks_by_the_timer(tmp_path: Path) -> None:
         h.close()
 
 
+def test_a_looped_file_plays_again_after_its_pause_on_the_clock(tmp_path: Path) -> None:
+    x = tone(16000, 0.5)
+    path = write_wav(tmp_path / "tone.wav", x, 16000)
+    h = NodeHarness("audio_source", path=str(path), loop=True, loop_gap_s=0.3)
+    try:
+        out = [m for _, m in h.advance(2.5)]  # 0.5 s, 0.3 s pause, 0.5 s, pause, 0.5 s, pause, 0.1 s
+        assert not h.ended and h.node.stats()["loops"] == 3
+        pcm = np.concatenate([m.arrays["pcm"] for m in out])
+        assert len(pcm) == 8000 * 3 + 1600 and np.array_equal(pcm[:8000], pcm[8000:16000])  # the same file again
+        pts = np.array([m.pts_ns for m in out])
+        gaps = np.diff(pts)[np.diff(pts) > 20_000_000]
+        assert np.allclose(gaps, 320_000_000, atol=1)  # a chunk and the pause: silence is time, not samples sent
+        assert pts[-1] <= h.now_ns()  # never ahead of the clock
+    finally:
+        h.close()
+
+
 def test_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         NodeHarness("audio_source")

@@ -253,6 +253,7 @@ def test_http_serves_the_page_with_a_csp_hashing_its_import_map_and_refuses_bad_
         digest = base64.b64encode(hashlib.sha256(IMPORTMAP.encode()).digest()).decode()
         assert csp["script-src"].split() == ["'self'", f"'sha256-{digest}'"]
         assert "http://127.0.0.1:9999" in csp["connect-src"].split() and "'self'" in csp["connect-src"]
+        assert "ws://127.0.0.1:9999" in csp["connect-src"].split()  # the API's WebSocket (a microphone)
         assert csp["object-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
         for r in (page, http.get("/js/main.js"), http.get("/config.json"), http.get("/nothing-here")):
             assert r.headers["x-content-type-options"] == "nosniff"

@@ -97,12 +97,13 @@ def api_origin(url: str) -> str | None:
 
 def content_security_policy(script_hashes: list[str], host: str | None, api: str | None) -> str:
     """The page's CSP: scripts only from us (plus the import maps by hash), connections only to us
-    (http and WebSocket, on the host the browser used) and the control API."""
+    (http and WebSocket, on the host the browser used) and the control API (http, and its
+    WebSocket, where the page streams a microphone)."""
     connect = ["'self'", "blob:"]  # blob: a model file the viewer picks, read by the glTF loader
     if host:
         connect += [f"ws://{host}", f"wss://{host}"]  # 'self' covers these in CSP3; older browsers need them
     if api:
-        connect.append(api)
+        connect += [api, "ws" + api[4:]]  # http(s)://h:p -> ws(s)://h:p
     return "; ".join([
         "default-src 'self'",
         "script-src " + " ".join(["'self'", *script_hashes]),
