@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import AvatarProcess, wait_until
 
+pytest_plugins = ["tests.browser"]  # the browser tests' fixtures: netns, browser, page, graph (a module's own wins)
+
 
 @pytest.fixture
 def graph_file(tmp_path: Path) -> Callable[[str], Path]:

@@ -14,24 +14,15 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from nodes.wire import Decoder
 from runtime.recording import read_recording
-from tests.helpers import ROOT, paced, wait_until
-from tests.netns import NetNS
+from tests.browser import more, needs_chromium, until
+from tests.helpers import ROOT, paced
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-gl=swiftshader", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        # WebRTC on loopback: allow it, and show real host addresses instead of mDNS names
-        "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns"]
+pytestmark = needs_chromium
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
 STEP = 1 / 255  # 8-bit weights
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() or not (ROOT / "web" / "node_modules").exists() or not (ROOT / "web/assets/face.glb").exists(),
-    reason="needs Debian's chromium, web/node_modules and web/assets/face.glb (make test installs and builds them)")
 
 # A recorded take through the capture pipeline to a WebRTC sink, the compressor's input and
 # output recorded so the page's morphs can be checked against what the graph made.
@@ -69,69 +60,6 @@ links:
   - capture -> encode -> web
   - {from: web.requests, to: encode.requests, feedback: true}
 """
-
-
-@pytest.fixture(scope="module")
-def netns():
-    ns = NetNS.make()
-    if ns is None:
-        print(NetNS.reason())
-    yield ns
-    if ns is not None:
-        ns.remove()
-
-
-@pytest.fixture(scope="module")
-def browser(netns, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    exe = netns.wrapper(str(CHROMIUM), tmp_path_factory.mktemp("chromium")) if netns else str(CHROMIUM)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def graph(netns, avatar_run, graph_file, tmp_path):
-    """Start a graph inside the namespace; returns (process, page URL)."""
-    def start(text: str, *flags: str, port: int | None = None, **args):
-        port = port if port is not None else 8080 if netns else 0
-        path = graph_file(text)
-        proc = avatar_run("run", path, f"port={port}", *(f"{k}={v}" for k, v in args.items()), *flags,
-                          prefix=netns.prefix if netns else ())
-        proc.wait_playing()
-        url = proc.wait_for(lambda m: str(m.get("url", "")).startswith("http"))["url"]
-        return proc, url
-    return start
-
-
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 640, "height": 480})
-    pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    pg.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
-          and errors.append(f"console: {m.text}"))
-    pg.errors = errors
-    yield pg
-    ctx.close()
-
-
-def until(page, expr: str, timeout: float = 30.0, what: str = ""):
-    """Poll a page expression until truthy (the page's CSP forbids wait_for_function's eval)."""
-    def page_state() -> str:
-        state = page.evaluate("() => ({state: document.body.dataset.state, frames: window.avatar && window.avatar.framesDecoded})")
-        return f"{what or expr}; page: {state}; errors: {page.errors}"
-
-    return wait_until(lambda: page.evaluate(f"() => {expr}"), timeout, 0.1, page_state)
-
-
-def more(page, counter: str, n: int, what: str) -> None:
-    """Until ``window.avatar[counter]`` has gone up by ``n`` (frames decoded, renders drawn)."""
-    start = page.evaluate(f"() => window.avatar.{counter}")
-    until(page, f"window.avatar.{counter} >= {start + n}", 10, what)
 
 
 SAMPLE = """() => {

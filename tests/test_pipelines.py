@@ -103,7 +103,7 @@ def test_say_speaks_and_moves_the_mouth_in_time(tmp_path: Path) -> None:
 
     text = "Hello, how are you today?"
     out, audio_out = tmp_path / "say.msgpack", tmp_path / "say_pcm.msgpack"
-    runner = start("say", text=text, once="true", out=out, audio_out=audio_out)
+    runner = start("say", text=text, once="true", out=out, audio_out=audio_out, port=0)
     try:
         assert runner.wait(30), "say.yaml did not end after speaking"
     finally:
@@ -140,16 +140,14 @@ def test_lipsync_audio_moves_the_mouth_from_a_wav(tmp_path: Path) -> None:
         w.setsampwidth(2)
         w.setframerate(16000)
         w.writeframes(speech.tobytes())
-    out, audio_out = tmp_path / "lips.msgpack", tmp_path / "lips_pcm.msgpack"
-    runner = start("lipsync_audio", wav=wav, transcript=text, out=out, audio_out=audio_out)
+    out = tmp_path / "lips.msgpack"
+    runner = start("lipsync_audio", wav=wav, loop="false", transcript=text, out=out, port=0)
     try:
         assert runner.wait(30), "lipsync_audio.yaml did not end after the file"
     finally:
         code = runner.stop(drain=False)
     assert code == 0
     assert not runner.bus.messages("ERROR")
-    _, pcm = recorded_pcm(audio_out)
-    assert len(pcm) == len(speech)
     pts, frames, _ = decode_packets(out)
     weights = check_faces(pts, frames, "default")
     assert weights[:, JAW].max() > 0.15, "the mouth never opened"
