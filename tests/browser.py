@@ -41,13 +41,19 @@ def launch(playwright: Any, netns: NetNS | None, where: Path, *extra: str) -> An
 
 
 @pytest.fixture(scope="module")
-def browser(netns, tmp_path_factory):
+def playwright() -> Iterator[Any]:
+    """Playwright's sync API (one per module: it cannot be started twice at once)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = launch(p, netns, tmp_path_factory.mktemp("chromium"))
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, netns, tmp_path_factory):
+    b = launch(playwright, netns, tmp_path_factory.mktemp("chromium"))
+    yield b
+    b.close()
 
 
 @pytest.fixture
@@ -86,7 +92,9 @@ def page(browser):
 def until(page, expr: str, timeout: float = 30.0, what: str = ""):
     """Poll a page expression until truthy (the page's CSP forbids wait_for_function's eval)."""
     def page_state() -> str:
-        state = page.evaluate("() => ({state: document.body.dataset.state, frames: window.avatar && window.avatar.framesDecoded})")
+        state = page.evaluate("() => ({state: document.body.dataset.state, frames: window.avatar && window.avatar.framesDecoded, "
+                              "voice: window.avatar && {kind: window.avatar.voice.kind, blocked: window.avatar.voice.blocked, "
+                              "counts: window.avatar.voice.counts, clock: window.avatar.voiceClock}})")
         return f"{what or expr}; page: {state}; errors: {page.errors}"
 
     return wait_until(lambda: page.evaluate(f"() => {expr}"), timeout, 0.1, page_state)

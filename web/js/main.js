@@ -222,6 +222,16 @@ function startRecording() {
   tick();
 }
 function stopRecording() { const r = recording; recording = null; return r; }
+/** How much voice the recording heard (level > `loud`) and for how long it has been quiet since (ms). */
+function recordingSummary(loud = 0.02, quiet = 0.003) {
+  if (!recording) return null;
+  const lv = recording.level;
+  let voiced = 0, lastSound = null;
+  for (const [t, rms] of lv) { if (rms > loud) voiced++; if (rms > quiet) lastSound = t; }
+  const end = lv.length ? lv[lv.length - 1][0] : null;
+  return { voiced, samples: lv.length, faces: recording.face.length,
+           quietMs: lastSound === null || end === null ? null : end - lastSound };
+}
 
 // --- test hooks -----------------------------------------------------------------------------------
 window.avatar = {
@@ -246,7 +256,7 @@ window.avatar = {
   get audioLevel() { return voice.level(); },
   get voiceClock() { return voice.ptsNow(); },
   get sync() { return { offsets: Array.from(sync.offsets.slice(0, Math.min(sync.n, SYNC_RING))), skew: sync.skew }; },
-  startRecording, stopRecording,
+  startRecording, stopRecording, recordingSummary,
   connection: transport,
   face,
 };

@@ -58,6 +58,7 @@ export class Overlay {
   /** The browser holds the sound back until the user acts: show a button that plays it. */
   soundBlocked(blocked, enable) {
     const b = this.el.sound;
+    if (blocked && b.hidden) console.info("the browser holds the voice back until the user acts: click to enable sound");
     b.hidden = !blocked;
     b.onclick = blocked ? async () => { if (await enable()) b.hidden = true; } : null;
   }

@@ -1,0 +1,199 @@
+"""The avatar speaks in a real browser: the voice plays in the page and the mouth moves with it.
+
+Debian's Chromium (Playwright) and the graph run inside a private network namespace
+(tests/browser.py). Pages may play sound without a click (``--autoplay-policy``), except in the
+test of a browser that refuses it. The page's ears are its own: ``window.avatar.startRecording``
+samples the level of the sound being heard (a WebAudio analyser; for WebRTC, on the audio track)
+and every face frame it shows, with the jaw; the tests judge those recordings.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.browser import AUTOPLAY, launch, needs_chromium, new_page, until
+from tests.helpers import wait_until
+
+pytestmark = needs_chromium
+
+LOUD, QUIET = 0.02, 0.003  # RMS of the sound heard: speech, and silence
+SAY = """
+name: browser-say
+args: {port: 8080, api: "", text: ""}
+link_defaults: {policy: leaky, size: 4}
+nodes:
+  tts: {type: text_phoneme, params: {text: "${text}"}}
+  mouth: {type: viseme, params: {rate: 60}}
+  face: {type: blender, params: {rate: 60, micro_per_min: 0, sessions: [default]}}
+  detail: {type: lod}
+  encode: {type: compressor, params: {bits: 8, keyframe_interval: 60, ref_interval: 1}}
+  web: {type: webrtc_sink, params: {host: 127.0.0.1, port: "${port}", api: "${api}", ice_addresses: [127.0.0.1]}}
+links:
+  - {from: tts.phonemes, to: mouth, policy: block, size: 16}
+  - {from: tts.audio, to: web.audio, policy: block, size: 64}
+  - {from: mouth, to: face.visemes, size: 2}
+  - face -> detail -> encode.in
+  - encode -> web.in
+  - {from: web.requests, to: encode.requests, feedback: true}
+  - {from: web.requests, to: detail.requests, feedback: true}
+"""
+SENTENCE = "Peter Piper picked a peck of pickled peppers, and the birch canoe slid on the smooth planks."
+
+
+@pytest.fixture(scope="module")
+def loud_browser(playwright, netns, tmp_path_factory):
+    """Chromium that lets a page play sound before anyone clicks."""
+    b = launch(playwright, netns, tmp_path_factory.mktemp("chromium"), AUTOPLAY)
+    yield b
+    b.close()
+
+
+def avatar_cli(netns, *args: str) -> str:
+    """``avatar ...`` inside the namespace (where the graph's control socket is); its output."""
+    prefix = netns.prefix if netns else []
+    r = subprocess.run([*prefix, sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def say(proc, netns, text: str) -> None:
+    """Sets the text_phoneme's text live (``avatar set``)."""
+    avatar_cli(netns, "set", "-g", "browser-say", "tts", f"text={text}")
+
+
+def viewers(netns) -> int:
+    return json.loads(avatar_cli(netns, "stats", "-g", "browser-say"))["nodes"]["web"]["node"]["viewers"]
+
+
+def heard_and_shown(rec: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a page's recording: times (ms), the level heard then, and the jaw shown then."""
+    face = np.array([(t, jaw) for t, _pts, _clock, jaw in rec["face"] if jaw is not None], dtype=np.float64)
+    level = np.array([(t, rms) for t, rms, _clock in rec["level"]], dtype=np.float64)
+    assert len(face) and len(level), "the page showed no frame or heard nothing"
+    i = np.searchsorted(face[:, 0], level[:, 0], side="right") - 1
+    jaw = np.where(i >= 0, face[np.clip(i, 0, None), 1], 0.0)
+    return level[:, 0], level[:, 1], jaw
+
+
+def record_speech(page, start) -> dict:
+    """Record while ``start()`` makes the avatar speak, until the voice has been heard and then
+    quiet for a second; the recording."""
+    page.evaluate("() => window.avatar.startRecording()")
+    start()
+    until(page, f"window.avatar.recordingSummary({LOUD}).voiced >= 40", 30, "the voice, heard in the page")
+    until(page, f"window.avatar.recordingSummary({LOUD}, {QUIET}).quietMs >= 1000", 30, "silence after the voice")
+    return page.evaluate("() => window.avatar.stopRecording()")
+
+
+def check_spoken(rec: dict) -> None:
+    """The page played non-silent audio while the jaw moved, and was silent with the mouth closed
+    after (over the last 400 ms of the second of silence: the lips take a few frames to close)."""
+    t, level, jaw = heard_and_shown(rec)
+    voiced = level > LOUD
+    assert voiced.sum() >= 40, f"only {voiced.sum()} samples of audible voice"
+    assert jaw.max() > 0.2, f"the jaw never opened (max {jaw.max():.2f})"
+    assert (jaw[voiced] > 0.05).mean() > 0.6, f"the jaw was open in {(jaw[voiced] > 0.05).mean():.0%} of the voice"
+    tail = t >= t[-1] - 400
+    assert level[tail].max() < QUIET, "the voice did not end"
+    assert jaw[tail].max() < 0.05, f"the mouth stayed open after the voice ({jaw[tail].max():.2f})"
+
+
+def check_in_sync(page, at_most_ms: float = 40.0) -> np.ndarray:
+    """Every frame shown on the voice's clock was shown within ``at_most_ms`` of its pts (the median
+    well within half of that); the offsets."""
+    sync = page.evaluate("() => window.avatar.sync")
+    off = np.abs(np.array(sync["offsets"]))
+    assert len(off) >= 30, f"only {len(off)} frames were shown on the voice's clock"
+    assert np.median(off) < at_most_ms / 2 and np.percentile(off, 95) < at_most_ms, np.percentile(off, [50, 95, 100])
+    assert sync["skew"] == 0
+    return off
+
+
+@pytest.mark.parametrize("transport", ["webrtc", "websocket"])
+def test_text_is_heard_in_the_page_while_the_jaw_moves_then_silence_and_a_closed_mouth(
+        graph, loud_browser, netns, transport):
+    proc, url = graph(SAY)
+    page = new_page(loud_browser)
+    try:
+        page.goto(f"{url}?transport={transport}")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        rec = record_speech(page, lambda: say(proc, netns, SENTENCE))
+        assert page.evaluate("() => window.avatar.transport") == transport
+        assert page.evaluate("() => window.avatar.voice.kind") == ("rtp" if transport == "webrtc" else "opus")
+        check_spoken(rec)
+        check_in_sync(page)
+        assert not page.errors, page.errors
+    finally:
+        page.context.close()
+
+
+def test_a_page_without_an_opus_decoder_plays_the_pcm_fallback(graph, loud_browser, netns):
+    proc, url = graph(SAY)
+    page = new_page(loud_browser)
+    try:
+        page.add_init_script("delete window.AudioDecoder;")
+        page.goto(f"{url}?transport=websocket")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        rec = record_speech(page, lambda: say(proc, netns, SENTENCE))
+        assert page.evaluate("() => window.avatar.voice.kind") == "pcm"
+        check_spoken(rec)
+        check_in_sync(page)
+    finally:
+        page.context.close()
+
+
+@pytest.fixture(scope="module")
+def strict_browser(playwright, netns, tmp_path_factory):
+    """Chromium that lets a page play sound only once the user has acted on it (desktop Chrome's
+    default, said explicitly). Playwright's ``page.evaluate`` counts as the user acting (it runs
+    with a user gesture), so a test of the refusal must not call it before the sound is refused."""
+    b = launch(playwright, netns, tmp_path_factory.mktemp("chromium"), "--autoplay-policy=document-user-activation-required")
+    yield b
+    b.close()
+
+
+def test_a_browser_that_refuses_autoplay_asks_for_a_click_and_the_face_moves_meanwhile(graph, strict_browser, netns):
+    proc, url = graph(SAY)
+    page = new_page(strict_browser)
+    try:
+        # Nothing may look into the page until the sound is refused: Playwright's evaluate and its
+        # selector waits run with a user gesture, which lets the page play sound. The graph says
+        # when the page is connected, the page's console when it holds the sound back.
+        page.goto(f"{url}?transport=websocket")
+        wait_until(lambda: viewers(netns) >= 1, 45, 0.2, "the page to connect")
+        with page.expect_console_message(lambda m: "click to enable sound" in m.text, timeout=20_000):
+            say(proc, netns, SENTENCE)
+        assert page.is_visible("#sound")
+        assert page.inner_text("#sound") == "click to enable sound"
+        assert page.evaluate("() => window.avatar.voice.blocked")
+        until(page, "window.avatar.influences('jawOpen') > 0.1", 20, "the mouth to move without the sound")
+        assert page.evaluate("() => window.avatar.voiceClock") is None  # faces as they come: no clock without sound
+        page.click("#sound")
+        until(page, "!window.avatar.voice.blocked && document.getElementById('sound').hidden", 10, "the sound on")
+        rec = record_speech(page, lambda: say(proc, netns, SENTENCE))
+        check_spoken(rec)
+    finally:
+        page.context.close()
+
+
+def test_a_viewer_joining_mid_sentence_hears_and_sees_the_rest_in_sync(graph, loud_browser, netns):
+    proc, url = graph(SAY)
+    first, late = new_page(loud_browser), new_page(loud_browser)
+    try:
+        first.goto(f"{url}?transport=webrtc&render=0")  # decodes and listens, draws nothing: two cores
+        until(first, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        first.evaluate("() => window.avatar.startRecording()")
+        say(proc, netns, " ".join([SENTENCE] * 3))  # about 15 s of speech
+        until(first, f"window.avatar.recordingSummary({LOUD}).voiced >= 100", 30, "the first viewer hearing it")
+        late.goto(f"{url}?transport=webrtc")  # mid-sentence
+        until(late, "window.avatar && window.avatar.framesDecoded >= 1", 45, "the late viewer's first frame")
+        rec = record_speech(late, lambda: None)
+        check_spoken(rec)
+        check_in_sync(late)
+    finally:
+        first.context.close()
+        late.context.close()
