@@ -355,10 +355,11 @@ class VoiceIn(Node):
         """Send the session's chunks that are due; an utterance that has ended and played gives
         way to the next, which starts where it ended (or now, if that has passed)."""
         late_ns = int(self.p.late_ms * 1e6) if rebase else 1 << 62
+        follows = False  # the utterance before has just ended here: one queued behind it goes on from its end
         while s.utterances:
             u = s.utterances[0]
             if u.chunks and u.start_ns is None:
-                u.start_ns = max(now, s.sent_until)
+                u.start_ns = s.sent_until if follows else max(now, s.sent_until)
             while u.chunks:
                 pts = u.next_pts()
                 if pts > now:
@@ -383,6 +384,7 @@ class VoiceIn(Node):
             if u.sent:  # the recogniser finishes the utterance: its held-back phones go out
                 self.emit("text", Message("text/plain", {"text": [""]}, pts_ns=s.sent_until, session=[u.session]))
             s.utterances.popleft()
+            follows = True
 
     def _check_stalls(self, now: int) -> None:
         timeout = int(self.p.stall_timeout * 1e9)
