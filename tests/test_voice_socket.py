@@ -85,6 +85,16 @@ def voice_stats(runner) -> dict[str, Any]:
     return runner.stats()["nodes"]["voice"]["node"]
 
 
+def assert_socket_works(api: ApiServer) -> None:
+    """After a bad client, the next good one is served."""
+    with connect(url(api), additional_headers=bearer()) as ws:
+        ws.send(json.dumps({"type": "start", "session": "after", "codec": "pcm", "rate": 16000}))
+        receive(ws, "started")
+        ws.send(bytes(640))
+        ws.send(json.dumps({"type": "end"}))
+        assert receive(ws, "ended")["samples"] == 320
+
+
 def frames(x: np.ndarray, ms: int = 20, rate: int = 16000) -> list[bytes]:
     step = rate * ms // 1000
     return [x[i:i + step].astype("<i2").tobytes() for i in range(0, len(x), step)]
@@ -203,6 +213,7 @@ def test_a_socket_without_a_good_token_is_closed_1008(api, runner, headers, firs
         assert error["type"] == "error" and says in error["error"]
         assert closed_with(ws)[0] == code
     assert voice_stats(runner)["utterances"] == before
+    assert_socket_works(api)
 
 
 def test_bad_messages_are_answered_and_the_socket_goes_on_where_it_can(api, runner, rec):
@@ -246,12 +257,14 @@ def test_a_broken_client_is_closed_with_its_code(api, runner, message, code, say
             assert says in receive(ws, "error")["error"]
         assert closed_with(ws)[0] == code
     wait_until(lambda: voice_stats(runner)["streams_open"] == 0, 10, what="the utterance ended with the socket")
+    assert_socket_works(api)
 
 
 def test_a_page_from_another_origin_is_refused(api, runner):
     with connect(url(api), origin="https://evil.example") as ws:
         assert "origin 'https://evil.example' is not allowed" in receive(ws, "error")["error"]
         assert closed_with(ws)[0] == 1008
+    assert_socket_works(api)
 
 
 def test_rate_limits_count_connections_not_messages(runner, secret_file):
