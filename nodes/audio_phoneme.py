@@ -5,10 +5,14 @@ state cannot be shared between streams, so these are per-session objects; the pe
 is one decoder call, not a Python loop over sessions). Phones go out as soon as they are
 stable, with start and end on the pts clock of the audio they came from. A transcript (param,
 or a ``text/plain`` message on the ``text`` pad for the session) switches the session to forced
-alignment for the audio that follows.
+alignment for the audio that follows; an empty one finishes the utterance (the phones held back
+go out) and goes back to free recognition. A text message takes effect at its pts: one that
+arrives before the audio it follows has been processed (the two pads' messages are in flight
+side by side) waits for that audio, so an utterance's end marker never cuts its last chunks off.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,8 +29,12 @@ from .speech import RATE, Phone, PhonemeStream, Resampler, to_int16
 _PHONE_MS = 150.0
 
 
+_TEXT_SLACK_NS = 1_000_000  # a text at most this far past the audio processed is due (pts rounding)
+_TEXT_WAIT_NS = 1_000_000_000  # a text whose audio has not come this long after its pts is applied anyway
+
+
 class _Session:
-    __slots__ = ("stream", "anchor_ns", "rate", "resampler", "seen_ns", "started")
+    __slots__ = ("stream", "anchor_ns", "rate", "resampler", "seen_ns", "started", "texts")
 
     def __init__(self, stream: PhonemeStream, now_ns: int):
         self.stream = stream
@@ -35,6 +43,11 @@ class _Session:
         self.resampler: Resampler | None = None
         self.seen_ns = now_ns
         self.started = False
+        self.texts: deque[tuple[int, str]] = deque()  # (pts, transcript) waiting for the audio before them
+
+    def reached_ns(self) -> int:
+        """pts up to which audio has been processed."""
+        return self.anchor_ns + self.stream.samples * 1_000_000_000 // RATE
 
 
 class AudioPhoneme(Node):
@@ -94,6 +107,8 @@ class AudioPhoneme(Node):
             s.rate, s.resampler = rate, (Resampler(rate, RATE) if rate != RATE else None)
         expected = s.anchor_ns + s.stream.samples * 1_000_000_000 // RATE
         out: list[Phone] = []
+        if s.texts:
+            self._apply_texts(sid, s, msg.pts_ns)  # the texts this chunk comes after
         if not s.started or abs(msg.pts_ns - expected) > self.p.gap_ms * 1e6:
             if s.started:
                 out += s.stream.finish()  # a gap: what came before is a finished utterance
@@ -105,11 +120,23 @@ class AudioPhoneme(Node):
             pcm = to_int16(s.resampler.process(pcm.astype(np.float32)))
         out += s.stream.feed(pcm)
         self._send(sid, s, out)
+        if s.texts:
+            self._apply_texts(sid, s, s.reached_ns())  # the texts due at this chunk's end
 
     def _on_text(self, msg: Message) -> None:
         sessions = batch_sessions(msg)
         for sid, text in zip(sessions, (msg.data or {}).get("text", [])):
             s = self._session(sid)
+            s.texts.append((msg.pts_ns, text or ""))
+            if not s.started:  # no audio yet: the stream starts with it
+                self._apply_texts(sid, s, 1 << 62)
+            else:
+                self._apply_texts(sid, s, s.reached_ns())
+
+    def _apply_texts(self, sid: str, s: _Session, until_ns: int) -> None:
+        """Set the transcripts whose pts the audio has reached (``until_ns``), in order."""
+        while s.texts and s.texts[0][0] <= until_ns + _TEXT_SLACK_NS:
+            _, text = s.texts.popleft()
             self._send(sid, s, s.stream.set_transcript(text or None))
 
     def _send(self, sid: str, s: _Session, phones: list[Phone]) -> None:
@@ -129,6 +156,10 @@ class AudioPhoneme(Node):
         self.failed += s.stream.failed
 
     def _expire(self) -> None:
+        stale = self.now_ns() - _TEXT_WAIT_NS
+        for sid, s in self.sessions.items():
+            if s.texts and s.texts[0][0] < stale:  # the audio before it never came: apply it now
+                self._apply_texts(sid, s, stale)
         limit = self.now_ns() - int(self.p.session_timeout_s * 1e9)
         for sid in [k for k, s in self.sessions.items() if s.seen_ns < limit]:
             self._close(sid)

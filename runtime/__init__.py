@@ -2,7 +2,7 @@
 from .bus import Bus
 from .caps import ANY, caps_compatible
 from .control import ControlClient, control_endpoint
-from .errors import ControlError, GraphError, NodeTypeError, ParamError, ParamRefused, Problem
+from .errors import CallRefused, ControlError, GraphError, NodeTypeError, ParamError, ParamRefused, Problem
 from .graph import Graph, LinkSpec, NodeSpec, load_graph, parse_graph
 from .launch import parse_launch
 from .message import Kind, MalformedMessage, Message
@@ -15,7 +15,7 @@ from .sessions import SessionSlots, batch_sessions
 from .validate import validate_graph
 
 __all__ = [
-    "ANY", "Bus", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "MalformedMessage", "Message",
+    "ANY", "Bus", "CallRefused", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "MalformedMessage", "Message",
     "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "ParamRefused", "Problem", "Runner", "SessionSlots",
     "batch_sessions", "caps_compatible", "control_endpoint", "get_node_type", "load_graph", "node_type_names", "parse_graph",
     "parse_launch", "validate_graph",

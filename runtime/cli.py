@@ -104,16 +104,17 @@ def cmd_export(a: argparse.Namespace) -> int:
 def _api_config(a: argparse.Namespace):
     """The control API's settings from ``--api*`` flags (None without ``--api``); checked here."""
     if not a.api:
-        if a.api_insecure_local or a.api_secret_file or a.api_cors or a.api_cert or a.api_key:
+        if a.api_insecure_local or a.api_secret_file or a.api_cors or a.api_cert or a.api_key or a.api_max_upload:
             raise ValueError("the --api-* options need --api HOST:PORT")
         return None
-    from .api import ApiConfig, parse_listen
+    from .api import ApiConfig, parse_listen, parse_size
 
     host, port = parse_listen(a.api)
+    upload = parse_size(a.api_max_upload) if a.api_max_upload else ApiConfig.max_upload_bytes
     origins = [o.strip() for item in a.api_cors or [] for o in item.split(",") if o.strip()]
     config = ApiConfig(host=host, port=port, secret_file=a.api_secret_file, insecure_local=a.api_insecure_local,
                        cors_origins=origins, rate=a.api_rate, burst=a.api_burst, tls_cert=a.api_cert,
-                       tls_key=a.api_key)
+                       tls_key=a.api_key, max_upload_bytes=upload)
     config.check()
     return config
 
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         api.add_argument("--api-rate", type=float, default=20.0, metavar="N",
                          help="requests per second per client (default 20)")
         api.add_argument("--api-burst", type=int, default=40, metavar="N", help="burst per client (default 40)")
+        api.add_argument("--api-max-upload", metavar="SIZE",
+                         help="largest voice body POST /speak takes, in bytes or with K, M, G (default 64M)")
 
     sp = sub.add_parser("run", help="run a graph; bus messages are printed as JSON lines")
     sp.add_argument("graph", help="graph YAML file")

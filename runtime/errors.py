@@ -40,3 +40,9 @@ class ControlError(RuntimeError):
 class ParamRefused(ControlError):
     """A param change refused (by its type, its range, its own check, its state, or the node):
     nothing changed anywhere, and the message says why."""
+
+
+class CallRefused(ControlError):
+    """A call into a node's interface (``Runner.call``) refused, by the runner (the node's type
+    declares no such interface) or by the node (``Node.on_call`` raised ``ParamError``): the
+    message says why."""

@@ -41,8 +41,9 @@ class Node:
 
     Hooks, in the order the runtime calls them: ``setup`` (READY), ``on_latency`` (the path's
     latency, before PLAYING and after changes), ``on_play`` (PLAYING),
-    ``process`` (each input message), ``on_params`` (after a live change), ``on_pause``,
-    ``on_eos`` (every input ended, or a source was asked to finish), ``teardown``.
+    ``process`` (each input message), ``on_params`` (after a live change), ``on_call`` (a call into
+    one of its ``interfaces``), ``on_pause``, ``on_eos`` (every input ended, or a source was asked
+    to finish), ``teardown``.
     """
 
     inputs: ClassVar[dict[str, Pad]] = {}
@@ -55,7 +56,9 @@ class Node:
     passthrough: ClassVar[bool] = False
     # Named control interfaces this type implements, so the runtime can reach it without knowing
     # the type. "emotion": the type has params ``emotion`` and ``intensity`` (and may have
-    # ``transition_ms``), which the control API's POST /emotion sets.
+    # ``transition_ms``), which the control API's POST /emotion sets. Other interfaces are served
+    # by ``on_call`` (GStreamer's action signals): "say" (text to speak, POST /say), "speak"
+    # (audio streamed in, POST /speak and its WebSocket).
     interfaces: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: NodeContext):
@@ -83,6 +86,13 @@ class Node:
 
     def on_eos(self) -> None:
         """No more input will come: emit what is buffered."""
+
+    def on_call(self, interface: str, args: Mapping[str, Any]) -> Any:
+        """A call into one of the type's ``interfaces`` from the control plane (``Runner.call``, the
+        control API): act on it and return the answer (msgpack-able: a dict of plain values). Refuse
+        by raising ``ParamError`` with the reason; the caller gets it as ``CallRefused``. Runs on the
+        node's loop like every hook, never while other node code runs."""
+        raise ParamError(f"node type '{type(self).__name__}' takes no '{interface}' call")
 
     def on_latency(self, upstream_ns: int, pads: Mapping[str, int]) -> None:
         """The runner's latency query (``runtime.latency``): the most any path into this node holds

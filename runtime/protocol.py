@@ -24,9 +24,10 @@ BIND = "bind"        # {links: {id: expected seq | None}}: bind deferred tcp inp
 EOS = "eos"          # {}: a source ends its stream. Also node -> runner: its stream has ended
 STOP = "stop"        # {}: exit
 LATENCY = "latency"  # {upstream_ns, pads}: the latency of the paths into the node, and into each input pad (runtime.latency)
+CALL = "call"        # {interface, args}: a call into one of the node's interfaces (Node.on_call); the result is its answer
 
 # messages, node -> runner
-REPLY = "reply"      # {id, ok, result, error, refused?}: refused: a param change the node refused (nothing changed)
+REPLY = "reply"      # {id, ok, result, error, refused?}: refused: a param change or a call the node refused, with the reason
 HELLO = "hello"      # {pid}: the process runs
 BUS = "bus"          # {type, text, ...}: a bus message from the node
 MARK = "mark"        # {link}: a hold's MARK arrived on this input

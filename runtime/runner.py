@@ -13,6 +13,7 @@ import itertools
 import os
 import secrets
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable, Coroutine, Mapping
 
 import zmq
@@ -21,12 +22,12 @@ import zmq.asyncio
 from . import protocol as op
 from .bus import Bus
 from .endpoints import tcp_links
-from .errors import ControlError, GraphError, ParamError, ParamRefused, Problem
+from .errors import CallRefused, ControlError, GraphError, ParamError, ParamRefused, Problem
 from .graph import Graph
 from .hotswap import HotSwap
 from .latency import LatencyTracker
 from .nodeprocess import NodeProcess
-from .params import check_params, check_wire
+from .params import check_params, check_wire, wire_problem
 from .protocol import InputSpec, OutputSpec, SpawnSpec
 from .state import StateStore, open_store
 from .states import NULL, PAUSED, PLAYING, READY, rank
@@ -123,6 +124,14 @@ class Runner:
     def set_state(self, state: str) -> str:
         return self.on_loop(self.set_state_async(state), 20)
 
+    def call(self, node: str, interface: str, args: Mapping[str, Any] | None = None, timeout: float = 5.0) -> Any:
+        """Call into one of a node's interfaces (``Node.on_call``); its answer, or CallRefused."""
+        return self.on_loop(self.call_async(node, interface, dict(args or {}), timeout), timeout + 5)
+
+    def nodes_with(self, interface: str) -> list[str]:
+        """The local running nodes whose type declares ``interface`` (``Node.interfaces``)."""
+        return [name for name in list(self.procs) if interface in getattr(self.types.get(name), "interfaces", ())]
+
     def swap(self, node: str, type: str | None = None, params: Mapping[str, Any] | None = None,
              timeout: float = 30.0) -> int:
         """Replace a node by a new process (same or other type, new params) while the graph runs."""
@@ -142,6 +151,25 @@ class Runner:
     def on_loop(self, work: Coroutine[Any, Any, Any] | Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run a coroutine, or a plain callable, on the runner's loop thread (where the graph
         changes, so it never sees a half-made swap) and wait for its result. From any other thread."""
+        fut = self._submit(work, "on_loop")
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    async def on_loop_async(self, work: Coroutine[Any, Any, Any] | Callable[[], Any], timeout: float = 10.0) -> Any:
+        """``on_loop`` for code on another event loop (the control API's): awaits the result
+        without holding a thread. TimeoutError after ``timeout`` seconds (the work is cancelled)."""
+        fut = self._submit(work, "on_loop_async")
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            fut.cancel()
+            raise
+
+    def _submit(self, work: Coroutine[Any, Any, Any] | Callable[[], Any], caller: str) -> "Future[Any]":
+        """Hand work to the runner's loop; ControlError when the graph is not running."""
         if callable(work):  # a coroutine object is not callable
             async def call() -> Any:
                 return work()
@@ -154,17 +182,12 @@ class Runner:
             raise ControlError("the graph is not running")
         if self._thread is not None and threading.get_ident() == self._thread.ident:
             coro.close()  # waiting here for the loop would wait for ever
-            raise RuntimeError("Runner.on_loop called on the runner's own loop; await the *_async method instead")
+            raise RuntimeError(f"Runner.{caller} called on the runner's own loop; await the *_async method instead")
         try:
-            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
         except RuntimeError:  # the loop closed between the check and now
             coro.close()
             raise ControlError("the graph is not running") from None
-        try:
-            return fut.result(timeout)
-        except TimeoutError:
-            fut.cancel()
-            raise
 
     def __enter__(self) -> "Runner":
         return self.start()
@@ -222,6 +245,22 @@ class Runner:
         self.keep(name, {k: result[k] for k in changed if k in result})  # as the node holds them
         await self.latency.update(self)  # latency query: a param may change a path's latency
         return result
+
+    async def call_async(self, name: str, interface: str, args: Mapping[str, Any], timeout: float = 5.0) -> Any:
+        """Call into one of a node's interfaces (``Node.on_call``), like GStreamer's action signals.
+
+        CallRefused at once when the node's type does not declare ``interface``, or with the node's
+        reason when it refuses; ControlError when it does not answer within ``timeout``."""
+        np = self.proc(name)
+        cls = self.types[name]
+        if interface not in cls.interfaces:
+            have = ", ".join(sorted(cls.interfaces)) or "none"
+            raise CallRefused(f"node '{name}' ({self.graph.nodes[name].type}) has no '{interface}' interface "
+                              f"(its interfaces: {have})")
+        why = wire_problem(dict(args))  # a value msgpack cannot carry is refused here, not lost on the way
+        if why is not None:
+            raise CallRefused(f"node '{name}': the '{interface}' call's arguments hold {why}")
+        return await self.request(np, op.CALL, timeout=timeout, interface=interface, args=dict(args))
 
     async def set_state_async(self, target: str) -> str:
         if target not in (PAUSED, PLAYING):
@@ -335,7 +374,8 @@ class Runner:
         finally:
             self._pending.pop(rid, None)
         if not reply["ok"]:
-            raise (ParamRefused if reply.get("refused") else ControlError)(f"node '{np.name}': {reply['error']}")
+            refused = (CallRefused if op_ == op.CALL else ParamRefused) if reply.get("refused") else ControlError
+            raise refused(f"node '{np.name}': {reply['error']}")
         return reply["result"]
 
     # --- process plumbing, used by runtime.supervisor and runtime.hotswap ------------------------

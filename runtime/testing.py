@@ -10,6 +10,9 @@ import itertools
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import msgpack
+
+from .errors import ParamError
 from .graph import Graph, graph_from_dict, parse_graph
 from .message import Message, decode, encode
 from .node import Node, apply_params
@@ -127,6 +130,15 @@ class NodeHarness:
     def set_params(self, **params: Any) -> None:
         """A live change to the playing node, as its process makes it: refused (ParamError), it changes nothing."""
         apply_params(self.node, params, PLAYING)
+
+    def call(self, interface: str, **args: Any) -> Any:
+        """A call into one of the node's interfaces, as its process takes one (``Runner.call``): the
+        answer as it would arrive (through msgpack); a refusal raises the node's ParamError."""
+        if interface not in self.cls.interfaces:
+            raise ParamError(f"node type '{self.cls.__name__}' has no '{interface}' interface")
+        args = msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False)
+        answer = self.node.on_call(interface, args)
+        return msgpack.unpackb(msgpack.packb(answer, use_bin_type=True), raw=False)
 
     def eos(self) -> list[tuple[str, Message]]:
         start = len(self.outputs)

@@ -36,7 +36,7 @@ from .states import NULL, PLAYING, READY
 from .transport import InLink, LinkWatch, OutLink
 
 PERIODIC_S = 1.0  # parent check, QOS and link warnings
-_DEFERRED = (op.STATE, op.PARAMS, op.EOS, op.LATENCY)  # requests that change the node: held while node code runs
+_DEFERRED = (op.STATE, op.PARAMS, op.EOS, op.LATENCY, op.CALL)  # requests that change the node: held while node code runs
 # a tcp link down this long gets a WARNING (the other host's runner not started, or with another graph?)
 LINK_WAIT_WARN_S = float(os.environ.get("AVATAR_LINK_WARN_S", "10"))
 _RING = 1024
@@ -103,7 +103,7 @@ class Worker:
         self._ops: dict[str, Callable[[dict], None]] = {
             op.STATS: self._op_stats, op.PARAMS: self._op_params, op.STATE: self._op_state, op.HOLD: self._op_hold,
             op.RELINK: self._op_relink, op.DRAIN: self._op_drain, op.BIND: self._op_bind, op.EOS: self._op_eos,
-            op.STOP: self._op_stop, op.LATENCY: self._op_latency,
+            op.STOP: self._op_stop, op.LATENCY: self._op_latency, op.CALL: self._op_call,
         }
 
         self.cls: type[Node] = get_node_type(spec.type)
@@ -455,13 +455,22 @@ class Worker:
 
     def _reply(self, req: dict, ok: bool = True, result: Any = None, error: str | None = None) -> None:
         if "id" in req:
-            self._send(op.REPLY, id=req["id"], ok=ok, result=result, error=error)
+            try:
+                raw = op.pack(op.REPLY, id=req["id"], ok=ok, result=result, error=error)
+            except (TypeError, ValueError, OverflowError) as exc:  # node code answered what msgpack cannot carry
+                raw = op.pack(op.REPLY, id=req["id"], ok=False, result=None,
+                              error=f"the answer to '{req.get('op')}' cannot be sent: {exc}")
+            try:
+                self.control.send(raw, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
 
     def _refuse(self, req: dict, exc: Exception) -> None:
-        """A request that failed: a refused param change says so (the runner raises ParamRefused)."""
+        """A request that failed: a refused param change or call says so (the runner raises
+        ParamRefused or CallRefused)."""
         if "id" in req:
             self._send(op.REPLY, id=req["id"], ok=False, result=None, error=str(exc),
-                       refused=req.get("op") == op.PARAMS and isinstance(exc, ValueError))
+                       refused=req.get("op") in (op.PARAMS, op.CALL) and isinstance(exc, ValueError))
 
     def _handle_control(self) -> None:
         while True:
@@ -562,6 +571,23 @@ class Worker:
         self._guarded(lambda: self.node.on_latency(int(req["upstream_ns"]), pads))
         self._reply(req)
 
+    def _op_call(self, req: dict) -> None:
+        """A call into one of the node's interfaces (``Node.on_call``); a ParamError is its refusal."""
+        interface = req["interface"]
+        if interface not in self.cls.interfaces:
+            raise ParamError(f"node type '{self.spec.type}' has no '{interface}' interface")
+        answer: list[Any] = []
+        try:
+            self._guarded(lambda: answer.append(self.node.on_call(interface, req.get("args") or {})))
+        except (ParamError, ValueError, KeyError, NodeStop):
+            raise
+        except Exception as exc:  # a call from outside must not take the node (and every session in it) down
+            self.log.exception("node '%s': the '%s' call failed", self.name, interface)
+            self.post("WARNING", f"the '{interface}' call failed: {type(exc).__name__}: {exc}")
+            self._reply(req, False, error=f"the '{interface}' call failed: {type(exc).__name__}: {exc}")
+            return
+        self._reply(req, result=answer[0])
+
     def _op_stop(self, req: dict) -> None:
         self.stopping = True
         self._reply(req)
@@ -601,6 +627,7 @@ class Worker:
             "in": self.n_in, "out": self.n_out,
             "drops": sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values()),
             "queue_depth": sum(len(l.queue) for l in self.in_links),
+            "deferred": len(self.deferred),  # control requests (params, calls) waiting for node code to return
             "proc_us_p50": times[len(times) // 2] / 1000, "proc_us_p99": times[min(len(times) - 1, int(len(times) * 0.99))] / 1000,
             "proc_hist": self.proc_hist.update(self.proc_ns, self.proc_i),
             "inputs": {l.id: l.stats() for l in self.in_links},

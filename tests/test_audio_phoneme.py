@@ -162,3 +162,26 @@ links:
     check_timeline(rows, pts0, len(pcm) / 16000)
     errors, matched, _ = _eval_module().match(truth, as_phones(rows, pts0))
     assert np.median(errors) < 60 and matched >= 0.8 * len(truth)
+
+
+def test_a_text_waits_for_the_audio_before_its_pts(speech) -> None:
+    """The text and audio pads' messages travel side by side: an utterance's end marker (an empty
+    text at the audio's end pts) that overtakes the last chunks waits for them, then finishes it."""
+    pcm, truth = speech
+    msgs = chunks(pcm, "s")
+    end = msgs[-1].pts_ns + len(msgs[-1].arrays["pcm"]) * 62_500
+    h = NodeHarness("audio_phoneme")
+    try:
+        out = h.feed("text", Message("text/plain", {"text": [TEXT]}, session=["s"], pts_ns=PTS0))
+        for m in msgs[:-3]:
+            out += h.feed("in", m)
+        out += h.feed("text", Message("text/plain", {"text": [""]}, session=["s"], pts_ns=end))
+        assert h.node.stats()["aligning"] == 1  # held: the last three chunks have not come
+        for m in msgs[-3:]:
+            out += h.feed("in", m)
+        stats = h.node.stats()
+        assert stats["aligning"] == 0 and stats["failed_alignments"] == 0  # finished at its end, whole
+        rows = rows_of(out)
+        assert rows[-1][3] == end and len([r for r in rows if r[1] != "sil"]) == len([p for p in truth if p[0] != "sil"])
+    finally:
+        h.close()

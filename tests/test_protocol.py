@@ -6,7 +6,7 @@ from runtime import protocol as op
 from runtime.protocol import InputSpec, OutputSpec, SpawnSpec
 from runtime.worker import Worker
 
-REQUESTS = (op.STATS, op.PARAMS, op.STATE, op.HOLD, op.RELINK, op.DRAIN, op.BIND, op.EOS, op.STOP, op.LATENCY)
+REQUESTS = (op.STATS, op.PARAMS, op.STATE, op.HOLD, op.RELINK, op.DRAIN, op.BIND, op.EOS, op.STOP, op.LATENCY, op.CALL)
 
 
 def test_spawn_spec_round_trip():

@@ -1,10 +1,17 @@
-"""Speech: 16 kHz PCM and resampling, WAV files, espeak-ng synthesis, phoneme recognition and alignment."""
+"""Speech: 16 kHz PCM and resampling, sample formats, WAV files and streams, Opus packets, audio
+streamed in as bytes, sentences, espeak-ng synthesis, phoneme recognition and alignment."""
 from .espeak import ESPEAK_MAPPING, Espeak, arpabet_table, espeak_g2p, events_to_phones, speak
+from .opus import OPUS_CHANNELS, OPUS_RATE, OpusDecoder
 from .pcm import RATE, Resampler, to_int16
 from .recognizer import FRAME_RATE, PHONES, Phone, PhonemeStream, arpabet, merge_silences, recognize, transcript_words
-from .wav import WavReader
+from .samples import SAMPLE_FORMATS, FrameDecoder, SampleFormat, sample_format, to_mono
+from .sentences import MAX_SENTENCE_CHARS, split_sentences
+from .streams import CODECS, AudioStream, OpusStream, PcmStream, open_stream
+from .wav import MAX_HEADER_BYTES, WavFormat, WavReader, WavStream, parse_fmt
 
-__all__ = ["ESPEAK_MAPPING", "Espeak", "FRAME_RATE", "PHONES", "Phone", "PhonemeStream", "RATE", "Resampler",
-           "WavReader", "arpabet", "arpabet_table", "espeak_g2p", "events_to_phones", "merge_silences",
-           "recognize", "speak", "to_int16", "transcript_words"]
-
+__all__ = ["CODECS", "ESPEAK_MAPPING", "Espeak", "FRAME_RATE", "AudioStream", "FrameDecoder", "MAX_HEADER_BYTES",
+           "MAX_SENTENCE_CHARS", "OPUS_CHANNELS", "OPUS_RATE", "OpusDecoder", "OpusStream", "PHONES", "PcmStream",
+           "Phone", "PhonemeStream", "RATE", "Resampler", "SAMPLE_FORMATS", "SampleFormat", "WavFormat", "WavReader",
+           "WavStream", "arpabet", "arpabet_table", "espeak_g2p", "events_to_phones", "merge_silences", "open_stream",
+           "parse_fmt", "recognize", "sample_format", "speak", "split_sentences", "to_int16", "to_mono",
+           "transcript_words"]

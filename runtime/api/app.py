@@ -9,6 +9,9 @@ Endpoints and the role each needs (roles are ordered viewer < operator < admin):
 ``GET /bus``               viewer    bus messages (``?since=N``, ``?type=ERROR``)
 ``GET /metrics``           viewer    Prometheus text format
 ``POST /emotion``          operator  emotion and intensity of the nodes that take one (blenders)
+``POST /say``              operator  text for the nodes with the ``say`` interface to speak
+``POST /speak``            operator  a voice (WAV, raw PCM) streamed into the ``speak`` node
+``WS /speak``              operator  a voice (PCM, Opus packets) over a WebSocket (``runtime.api.speak``)
 ``POST /nodes/{n}/params`` operator  set a node's params live
 ``POST /nodes/{n}/swap``   admin     hot-swap a node
 ``GET /openapi.json``,     public    the OpenAPI schema and its Swagger UI page
@@ -17,7 +20,8 @@ Endpoints and the role each needs (roles are ordered viewer < operator < admin):
 
 The runner's blocking API is called from FastAPI's thread pool (plain ``def`` endpoints); reads
 of the graph description run on the runner's own loop (``Runner.on_loop``) so they never see a
-half-made swap.
+half-made swap. Calls into nodes (``/say``, ``/speak``) are ``async`` endpoints that await the
+runner's loop (``Runner.on_loop_async``), so a slow or paced call holds no pooled thread.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import math
 import re
 from typing import Any, Callable, Literal, Optional
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security, WebSocket
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -43,10 +47,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..dot import to_dot
 from ..errors import ControlError
 from .auth import AuthError, Principal, authenticate
+from .calls import call_node, control_http_error, nodes_for
 from .config import ApiConfig
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render as render_metrics
 from .ratelimit import RateLimitMiddleware, TokenBuckets
+from .speak import SpeakSocket, origin_allowed, speak_http
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 _NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -70,6 +76,18 @@ class ParamsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     params: dict[str, Any] = Field(min_length=1, description="param name -> new value")
+
+
+class SayBody(BaseModel):
+    """Text for the nodes that say things (text_phoneme) to speak, queued behind a session's speech
+    or replacing it."""
+
+    model_config = ConfigDict(extra="forbid")
+    session: str = Field("default", min_length=1, max_length=1024, description="the session (avatar) that speaks")
+    text: str = Field("", description="what to say (the node caps its length); empty with interrupt: stop speaking")
+    interrupt: bool = Field(False, description="drop the session's queued speech and start this now")
+    node: Optional[str] = Field(None, pattern=_NAME, description="a node whose type has the 'say' interface; "
+                                                                  "default: every such node")
 
 
 class SwapBody(BaseModel):
@@ -144,20 +162,7 @@ def _validation_errors(exc: RequestValidationError) -> list:
     return _finite(list(errors), _spelled)
 
 
-def _http_error(exc: ControlError | TimeoutError) -> HTTPException:
-    """A runner refusal as HTTP: unknown node 404, busy 409, graph gone 503, too slow 504, else 422."""
-    if isinstance(exc, TimeoutError):
-        return HTTPException(504, "the runner did not answer in time")
-    text = str(exc)
-    if text.startswith("no node '"):
-        return HTTPException(404, text)
-    if "already being swapped" in text or "is being restarted" in text:
-        return HTTPException(409, text)
-    if text == "the graph is not running" or "is not reachable" in text or "did not answer" in text:
-        return HTTPException(503, text)
-    return HTTPException(422, text)
-
-
+SAY = "say"  # the interface (``Node.interfaces``) POST /say calls: text to speak
 EMOTION = "emotion"  # the control interface (``Node.interfaces``) POST /emotion sets: params emotion, intensity
 
 
@@ -224,13 +229,14 @@ class SecurityHeadersMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over ``limit`` bytes with 413 (reads small bodies up front)."""
+    """Refuses request bodies over ``limit`` bytes with 413 (reads small bodies up front). The
+    ``streamed`` paths read their bodies as streams, with limits of their own (POST /speak)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, streamed: tuple[str, ...] = ()):
+        self.app, self.limit, self.streamed = app, limit, streamed
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or scope["path"] in self.streamed:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", ())).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
@@ -299,7 +305,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
         try:
             return fn()
         except (ControlError, TimeoutError) as exc:
-            raise _http_error(exc) from None
+            raise control_http_error(exc) from None
         except RecursionError:  # the runner refuses deep params first; this is the last guard
             raise HTTPException(422, "a value is nested too deeply") from None
 
@@ -366,6 +372,45 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
             done[name] = {k: result.get(k) for k in ("emotion", "intensity", "transition_ms")}
         return _json({"nodes": done})
 
+    @app.post("/say", tags=["voice"], dependencies=[operator],
+              summary="Say a text: every node with the 'say' interface (or the one named) speaks it")
+    async def say(body: SayBody) -> JSONResponse:
+        targets = await nodes_for(runner, SAY, body.node, "says things")
+        args = {"session": body.session, "text": body.text, "interrupt": body.interrupt}
+        return _json({"nodes": {name: await call_node(runner, name, SAY, args) for name in targets}})
+
+    @app.post("/speak", tags=["voice"], dependencies=[operator],
+              summary="Stream a voice (a WAV, or raw PCM) into the node with the 'speak' interface",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                  "audio/L16": {"schema": {"type": "string", "format": "binary"}},
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def speak(request: Request,
+                    session: str = Query("default", min_length=1, max_length=1024, description="the session that speaks"),
+                    rate: Optional[int] = Query(None, description="raw PCM: samples per second (8000 .. 48000)"),
+                    channels: Optional[int] = Query(None, description="raw PCM: channels (default 1)"),
+                    format: Optional[str] = Query(None, max_length=16, description="raw PCM: s16le (default), "
+                                                  "s16be (audio/L16's), f32le, s24le, s32le, u8, f64le"),
+                    transcript: Optional[str] = Query(None, description="what is said (or the X-Transcript header, "
+                                                      "URL-encoded): the lip-sync aligns to it"),
+                    interrupt: bool = Query(False, description="drop the session's queued speech and start this now"),
+                    node: Optional[str] = Query(None, pattern=_NAME, description="the node (default: the only one "
+                                                "with the 'speak' interface)")) -> JSONResponse:
+        return _json(await speak_http(runner, request, session=session, rate=rate, channels=channels, fmt=format,
+                                      transcript=transcript, interrupt=interrupt, node=node,
+                                      max_upload=config.max_upload_bytes))
+
+    @app.websocket("/speak")
+    async def speak_socket(ws: WebSocket) -> None:
+        if not origin_allowed(ws, list(config.cors_origins), config.tls):
+            await ws.accept()
+            await ws.send_text(json.dumps({"type": "error", "error": f"origin '{ws.headers.get('origin', '')[:100]}' "
+                                                                       "is not allowed (--api-cors)"}))
+            await ws.close(1008, "origin not allowed")
+            return
+        await ws.accept()
+        await SpeakSocket(runner, ws, secret).run()
+
     @app.post("/nodes/{name}/params", tags=["control"], dependencies=[operator], summary="Set a running node's params")
     def set_params(body: ParamsBody, name: str = Path(pattern=_NAME)) -> JSONResponse:
         running_node(name)
@@ -381,7 +426,8 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
     # FastAPI parses a JSON body before it runs dependencies: answer 401/403 before 422 anyway,
     # so a client without the right token learns nothing from validation errors
     roles: dict[Any, str] = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer",
-                             emotion: "operator", set_params: "operator", swap: "admin"}
+                             emotion: "operator", say: "operator", speak: "operator", set_params: "operator",
+                             swap: "admin"}
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -407,10 +453,11 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
         return HTMLResponse(docs_html, headers={"Content-Security-Policy": docs_csp, "Cache-Control": "no-cache"})
 
     # outermost last: security headers > CORS > rate limit > body size > the app
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, streamed=("/speak",))
     app.add_middleware(RateLimitMiddleware, buckets=TokenBuckets(config.rate, config.burst), secret=secret)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], allow_credentials=False, max_age=600)
+                           allow_headers=["Authorization", "Content-Type", "X-Transcript"], allow_credentials=False,
+                           max_age=600)
     app.add_middleware(SecurityHeadersMiddleware, tls=config.tls)
     return app

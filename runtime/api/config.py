@@ -24,6 +24,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``64M``, ``1G`` (binary multiples) -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    digits = t[:-1] if scale > 1 else t
+    if not digits.isdigit():
+        raise ApiConfigError(f"a size is a number of bytes, optionally with K, M or G (64M), got '{text}'")
+    return int(digits) * scale
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``PORT`` (on 127.0.0.1) -> (host, port)."""
     host, sep, port = text.rpartition(":")
@@ -46,7 +56,8 @@ class ApiConfig:
     The HS256 secret comes from ``secret_file`` if given, else from the environment variable
     ``secret_env``. ``insecure_local`` turns authentication off, and is refused unless ``host``
     is a loopback address. ``rate`` requests per second with bursts of ``burst`` are allowed per
-    client (its token's subject, or its address without one).
+    client (its token's subject, or its address without one). ``max_body_bytes`` caps a JSON
+    body; ``max_upload_bytes`` a voice streamed to POST /speak.
     """
 
     host: str = "127.0.0.1"
@@ -60,6 +71,7 @@ class ApiConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_body_bytes: int = 65536
+    max_upload_bytes: int = 64 * 1024 * 1024
 
     @property
     def tls(self) -> bool:
@@ -91,6 +103,8 @@ class ApiConfig:
                                  f"(127.0.0.1, ::1, localhost), not on '{self.host}'")
         if self.rate <= 0 or self.burst < 1:
             raise ApiConfigError(f"rate limit must be > 0 requests/s with a burst >= 1, got {self.rate}/s burst {self.burst}")
+        if self.max_upload_bytes < 1:
+            raise ApiConfigError(f"the upload limit must be at least 1 byte, got {self.max_upload_bytes}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ApiConfigError("TLS needs both a certificate and its key (tls_cert and tls_key)")
         for path in (self.tls_cert, self.tls_key):

@@ -1,5 +1,8 @@
 """Per-client rate limiting: a token bucket per client, 429 with Retry-After when it is empty.
 
+Every HTTP request and every WebSocket connection spends a token (a connection's messages do
+not); a WebSocket over the limit is refused at the handshake (HTTP 403).
+
 A client is the subject of its (valid) bearer token, or its IP address without one; a forged
 token cannot buy a fresh bucket, because only verified subjects count.
 """
@@ -49,11 +52,15 @@ class RateLimitMiddleware:
         self.app, self.buckets, self.secret = app, buckets, secret
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         wait = self.buckets.take(client_key(scope, self.secret))
         if not wait:
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":  # a connection is one request (its messages are not counted)
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008, "reason": "too many requests"})  # HTTP 403
+            return
         retry = max(1, math.ceil(wait))
         body = json.dumps({"detail": f"too many requests: {self.buckets.rate:g} per second (bursts of "
                                      f"{self.buckets.burst}) per client; retry in {retry} s"}).encode()

@@ -10,6 +10,7 @@ import uvicorn
 
 from .app import create_app
 from .config import ApiConfig
+from .speak import PIECE_BYTES
 
 
 class ApiServer:
@@ -42,7 +43,8 @@ class ApiServer:
         self.port = sock.getsockname()[1]
         ucfg = uvicorn.Config(app, host=cfg.host, port=self.port, ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key,
                               log_config=None, log_level="warning", access_log=False, lifespan="off",
-                              proxy_headers=False, server_header=False, timeout_graceful_shutdown=2)
+                              proxy_headers=False, server_header=False, timeout_graceful_shutdown=2,
+                              ws_max_size=PIECE_BYTES)  # a WebSocket /speak message is at most 64 KiB
         try:
             ucfg.load()  # TLS files are read here, so a bad certificate fails in start()
         except BaseException:
