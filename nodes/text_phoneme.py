@@ -62,6 +62,8 @@ class TextPhoneme(Node):
         "max_chars": Param(int, 10000, "longest text one request may say (longer ones are refused)", min=1, max=1_000_000),
         "max_queued_chars": Param(int, 100000, "text a session may have waiting to be synthesized (more is refused)",
                                   min=1, max=10_000_000),
+        "repeat_s": Param(float, 0.0, "say the 'text' param again this long after the session falls quiet (a demo, a "
+                                      "kiosk: whoever opens the page hears it); 0: once", min=0.0, max=86400.0),
         "synth_ahead_ms": Param(float, 1000.0, "a session's next sentence is synthesized once less than this of its "
                                 "speech is queued ahead", min=0.0, max=60000.0),
     }
@@ -85,6 +87,8 @@ class TextPhoneme(Node):
         self.audio_s = 0.0
         self.synth_s = 0.0
         self.synth_max_s = 0.0
+        self.repeat_at: int | None = None  # when the 'text' param is said again (repeat_s)
+        self.repeats = 0
         self.timer = self.every(self.p.chunk_ms / 1000, self._tick)
 
     def on_play(self) -> None:
@@ -248,10 +252,28 @@ class TextPhoneme(Node):
         waiting = [s for s, q in self.pending.items() if q and self._ahead_ns(s, now) < self.p.synth_ahead_ms * 1e6]
         if waiting:  # one sentence a tick, the most urgent session's: the loop stays responsive
             self._synthesize([min(waiting, key=lambda s: self._ahead_ns(s, now))], now)
+        if self.p.repeat_s > 0 and self.p.text and self.spoken_param and not self.p.eos_after_text:
+            self._repeat(now)
         if self.ticks % 50 == 0:
             self._forget_idle(now)
         if self.p.eos_after_text and self.spoken_param and not any(self.queues.values()) and not any(self.pending.values()):
             self._end()
+
+    def _repeat(self, now: int) -> None:
+        """The 'text' param again, ``repeat_s`` after its session fell quiet (whatever it said)."""
+        session = self.p.session
+        if self.queues.get(session) or self.pending.get(session):
+            self.repeat_at = None
+        elif self.repeat_at is None:
+            self.repeat_at = max(now, self.busy_until.get(session, now)) + int(self.p.repeat_s * 1e9)
+        elif now >= self.repeat_at:
+            self.repeat_at = None
+            self.repeats += 1
+            try:
+                self._say([(session, self.p.text, False)])
+            except ParamError as exc:
+                self.refused += 1
+                self.warn(f"text_phoneme: the 'text' param is not said again: {exc}")
 
     def _forget_idle(self, now: int) -> None:
         """Sessions with nothing queued or waiting, whose speech has played, are forgotten."""
@@ -276,7 +298,7 @@ class TextPhoneme(Node):
 
     def stats(self) -> dict:
         return {"utterances": self.utterances, "sentences": self.sentences, "interrupts": self.interrupts,
-                "refused": self.refused, "phonemes": self.phonemes_sent, "audio_s": round(self.audio_s, 3),
+                "refused": self.refused, "repeats": self.repeats, "phonemes": self.phonemes_sent, "audio_s": round(self.audio_s, 3),
                 "synth_s": round(self.synth_s, 3), "synth_max_ms": round(self.synth_max_s * 1000, 1),
                 "queued_chunks": sum(len(q) for q in self.queues.values()),
                 "pending_sentences": sum(len(q) for q in self.pending.values()),

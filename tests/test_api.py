@@ -203,6 +203,13 @@ def test_metrics_parse_as_prometheus_text(api, runner):
         assert total > 0 if name == "avatar_node_processing_seconds" else abs(total) < 60 * count
 
 
+def test_interfaces_lists_what_the_running_nodes_can_be_asked(api):
+    assert httpx.get(f"{api.url}/interfaces").status_code == 401
+    r = client(api, "viewer").get("/interfaces")
+    assert r.status_code == 200
+    assert r.json() == {"interfaces": {"emotion": ["face"]}}  # the test graph's blender; nothing says or speaks
+
+
 def test_openapi_is_served_and_documents_bearer_auth(api):
     r = httpx.get(f"{api.url}/openapi.json")
     assert r.status_code == 200

@@ -325,3 +325,23 @@ links:
     assert runner.call("tts", "say", {"text": "But this, yes."})["sentences"] == 1
     wait_until(lambda: runner.stats()["nodes"]["rp"]["node"]["written"] == 2, 10, what="the new text said")
     assert len(read_recording(rp)) == 2
+
+
+def test_the_text_param_is_said_again_repeat_s_after_the_session_falls_quiet() -> None:
+    h = NodeHarness("text_phoneme", text="Hi there.", repeat_s=1.0)
+    first = [m for _, m in h.outputs if m.caps == "phonemes/arpabet"]  # said when playing started
+    again = [m for p, m in h.advance(4.0) if p == "phonemes"]
+    assert len(first) == 1 and len(again) == 2 and h.node.stats()["repeats"] == 2
+    end = first[0].data["phonemes"][-1][3]
+    assert again[0].pts_ns == end + 1_000_000_000 or abs(again[0].pts_ns - (end + 1_000_000_000)) <= 20_000_000
+    # something else said meanwhile: the repeat waits until the session is quiet again
+    n = len(h.outputs)
+    h.call("say", session="default", text="Something else entirely, said in between.")
+    said = [m for p, m in h.outputs[n:] if p == "phonemes"]
+    assert len(said) == 1
+    busy_end = said[0].data["phonemes"][-1][3]
+    assert not [m for p, m in h.advance(busy_end / 1e9 - h.now + 0.9) if p == "phonemes"]  # not while it speaks
+    later = [m for p, m in h.advance(4.0) if p == "phonemes"]
+    assert later and later[0].pts_ns >= busy_end + 1_000_000_000 - 20_000_000
+    off = NodeHarness("text_phoneme", text="Hi there.")  # repeat_s 0: once
+    assert not [m for p, m in off.advance(4.0) if p == "phonemes"] and off.node.stats()["repeats"] == 0

@@ -7,6 +7,7 @@ Endpoints and the role each needs (roles are ordered viewer < operator < admin):
 ``GET /stats``             viewer    per-node and per-link stats (``Runner.stats``)
 ``GET /graph``             viewer    the graph as JSON plus Graphviz dot; ``?format=dot``
 ``GET /bus``               viewer    bus messages (``?since=N``, ``?type=ERROR``)
+``GET /interfaces``        viewer    the control interfaces of the running nodes (emotion, say, speak)
 ``GET /metrics``           viewer    Prometheus text format
 ``POST /emotion``          operator  emotion and intensity of the nodes that take one (blenders)
 ``POST /say``              operator  text for the nodes with the ``say`` interface to speak
@@ -336,6 +337,20 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
             return Response(dot, media_type="text/vnd.graphviz; charset=utf-8")
         return _json({"graph": info, "dot": dot})
 
+    @app.get("/interfaces", tags=["read"], dependencies=[viewer],
+             summary="The control interfaces the running nodes declare, and which nodes have each")
+    def interfaces() -> JSONResponse:
+        """What this graph can be asked to do (a page shows its emotion buttons, text box and
+        microphone by it): ``{"interfaces": {"emotion": [nodes], "say": [...], "speak": [...]}}``."""
+        def collect() -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for name in runner.pids():
+                for interface in sorted(getattr(getattr(runner, "types", {}).get(name), "interfaces", ())):
+                    out.setdefault(interface, []).append(name)
+            return out
+
+        return _json({"interfaces": call(lambda: runner.on_loop(collect))})
+
     @app.get("/bus", tags=["read"], dependencies=[viewer], summary="Bus messages, oldest first")
     def bus(since: int = Query(0, ge=0, description="index of the first message; pass the last answer's 'next'"),
             type: Optional[str] = Query(None, max_length=64, description="only messages of this type")) -> JSONResponse:
@@ -425,7 +440,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
 
     # FastAPI parses a JSON body before it runs dependencies: answer 401/403 before 422 anyway,
     # so a client without the right token learns nothing from validation errors
-    roles: dict[Any, str] = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer",
+    roles: dict[Any, str] = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer", interfaces: "viewer",
                              emotion: "operator", say: "operator", speak: "operator", set_params: "operator",
                              swap: "admin"}
 

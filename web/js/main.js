@@ -11,6 +11,7 @@ import { Transport } from "./transport.js";
 import { Face, columnNames } from "./face.js";
 import { Overlay, Meter, RelativeLatency } from "./overlay.js";
 import { Voice } from "./voice.js";
+import { Microphone, SayBox, authHeaders, errorText } from "./speak.js";
 
 const KEYFRAME_REQUEST_MIN_MS = 200;
 const SHOW_AHEAD_MS = 8;        // a frame is shown at the animation frame nearest its pts: up to half a frame early
@@ -139,7 +140,7 @@ transport.addEventListener("message", (ev) => {
 transport.addEventListener("close", resetStream);
 transport.addEventListener("state", (ev) => {
   overlay.setState(ev.detail.state, ev.detail.transport, ev.detail.error);
-  showEmotions(transport.config);
+  if (ev.detail.state === "live") refreshInterfaces();
 });
 
 overlay.onPick((session, lod) => {
@@ -165,27 +166,46 @@ intensity.addEventListener("input", () => {
   document.getElementById("intensity-value").textContent = Number(intensity.value).toFixed(2);
 });
 
-function showEmotions(config) {
-  document.getElementById("emotions").hidden = !(config && config.api);
+// --- what the graph can be asked (GET /interfaces): emotion buttons, the text box, the microphone ------------
+const api = () => (transport.config && transport.config.api) || null;
+const token = () => tokenField.value.trim();
+const watching = () => transport.session || (lastFrame && lastFrame.session) || "default";
+
+async function refreshInterfaces() {
+  const base = api();
+  let have = null;
+  if (base) {
+    try {
+      const res = await fetch(`${base.replace(/\/$/, "")}/interfaces`, { headers: authHeaders(token()) });
+      if (res.ok) have = (await res.json()).interfaces || {};
+    } catch { /* the API is down or refuses us: show what needs no answer */ }
+  }
+  document.getElementById("token-form").hidden = !base;
+  document.getElementById("emotions").hidden = !base || (have !== null && !have.emotion);  // unknown: as before
+  document.getElementById("say-form").hidden = !(have && have.say);
+  document.getElementById("mic").hidden = !(have && have.speak && navigator.mediaDevices);
+  document.getElementById("speak").hidden = !(have && (have.say || have.speak));
 }
+tokenField.addEventListener("change", refreshInterfaces);
+
+const speakStatus = document.getElementById("speak-status");
+const sayBox = new SayBox({ form: document.getElementById("say-form"), text: document.getElementById("say-text"),
+                            interrupt: document.getElementById("say-interrupt"), status: speakStatus, api, token,
+                            session: watching });
+const microphone = new Microphone({ button: document.getElementById("mic"), status: speakStatus, api, token,
+                                    session: watching });
+microphone.addEventListener("state", (ev) => voice.mute(ev.detail));  // the presenter does not hear itself late
 
 async function setEmotion(emotion) {
-  const api = transport.config && transport.config.api;
-  if (!api) return;
-  const headers = { "Content-Type": "application/json" };
-  const token = tokenField.value.trim();
-  if (token) headers.Authorization = `Bearer ${token}`;
+  const base = api();
+  if (!base) return;
   status.classList.remove("error");
   status.textContent = `${emotion}...`;
   try {
-    const res = await fetch(`${api.replace(/\/$/, "")}/emotion`, {
-      method: "POST", headers, body: JSON.stringify({ emotion, intensity: Number(intensity.value) }),
+    const res = await fetch(`${base.replace(/\/$/, "")}/emotion`, {
+      method: "POST", headers: authHeaders(token()), body: JSON.stringify({ emotion, intensity: Number(intensity.value) }),
     });
-    if (!res.ok) {
-      let detail = "";
-      try { detail = (await res.json()).detail; } catch { /* no JSON body */ }
-      throw new Error(`HTTP ${res.status}${detail ? `: ${typeof detail === "string" ? detail : JSON.stringify(detail)}` : ""}`);
-    }
+    if (!res.ok) throw new Error(await errorText(res));
     status.textContent = `${emotion} ${Number(intensity.value).toFixed(2)}`;
     for (const b of document.querySelectorAll("[data-emotion]")) b.classList.toggle("active", b.dataset.emotion === emotion);
   } catch (e) {
@@ -257,6 +277,7 @@ window.avatar = {
   get voiceClock() { return voice.ptsNow(); },
   get sync() { return { offsets: Array.from(sync.offsets.slice(0, Math.min(sync.n, SYNC_RING))), skew: sync.skew }; },
   startRecording, stopRecording, recordingSummary,
+  sayBox, microphone,                                   // the text box (POST /say) and the microphone (/speak)
   connection: transport,
   face,
 };

@@ -15,7 +15,8 @@ export function authHeaders(token) {
   return h;
 }
 
-async function errorText(res) {
+/** An API error answer in words: its status and its `detail`. */
+export async function errorText(res) {
   let detail = "";
   try { detail = (await res.json()).detail; } catch { /* no JSON body */ }
   return `HTTP ${res.status}${detail ? `: ${typeof detail === "string" ? detail : JSON.stringify(detail)}` : ""}`;
@@ -60,7 +61,7 @@ export class Microphone extends EventTarget {
     Object.assign(this, opts);
     this.on = false; this.ws = null; this.ctx = null; this.stream = null; this.encoder = null;
     this.sent = { frames: 0, bytes: 0 };
-    this.captures = [];  // [epoch ms when the worklet had a frame's last sample, frame number], for the benchmark
+    this.captures = [];  // [epoch ms when the worklet had a frame's last sample, frame number, its RMS]: the benchmark
     this.button.addEventListener("click", () => (this.on ? this.stop() : this.start()));
   }
 
@@ -141,7 +142,9 @@ export class Microphone extends EventTarget {
     if (!this.on || !this.ws || this.ws.readyState !== WebSocket.OPEN) return;
     // when the worklet had the frame's last sample (the device's own input latency comes before)
     const at = performance.now() - Math.max(0, this.ctx.currentTime - endCtx) * 1000;
-    this.captures.push([performance.timeOrigin + at, this.sent.frames]);
+    let power = 0;
+    for (const x of pcm) power += x * x;
+    this.captures.push([performance.timeOrigin + at, this.sent.frames, Math.sqrt(power / pcm.length)]);
     if (this.captures.length > 3000) this.captures.splice(0, 1000);
     if (this.encoder) {
       this.encoder.encode(new AudioData({ format: "f32", sampleRate: rate, numberOfFrames: pcm.length, numberOfChannels: 1,
@@ -170,6 +173,10 @@ export class Microphone extends EventTarget {
   }
 
   _show(text, error = false, active = false) {
+    if (active !== this._active) {
+      this._active = active;
+      this.dispatchEvent(new CustomEvent("state", { detail: active }));  // true while streaming
+    }
     this.status.classList.toggle("error", error);
     this.status.textContent = text;
     this.button.classList.toggle("active", active);

@@ -33,6 +33,7 @@ export class Voice extends EventTarget {
     this.counts = { frames: 0, played: 0, late: 0, rebuffers: 0, malformed: 0, decodeErrors: 0 };
     this.lastHeardAt = -Infinity;                         // performance.now() of the last packet scheduled/played
     this._level = null;
+    this.muted = false;
   }
 
   /** What to ask the sink for on a WebSocket: Opus where WebCodecs can decode it, else PCM. */
@@ -46,6 +47,7 @@ export class Voice extends EventTarget {
       this.analyser.fftSize = 512;
       this.output.connect(this.ctx.destination);
       this.output.connect(this.analyser);
+      this.output.gain.value = this.muted ? 0 : 1;
       this._level = new Float32Array(this.analyser.fftSize);
       this.ctx.addEventListener("statechange", () => this._checkBlocked());
       this.ctx.resume().catch(() => {});
@@ -62,6 +64,13 @@ export class Voice extends EventTarget {
       this.blocked = blocked;
       this.dispatchEvent(new CustomEvent("blocked", { detail: blocked }));
     }
+  }
+
+  /** Silence the voice (a presenter's own page while it streams the microphone: no echo of oneself). */
+  mute(on) {
+    this.muted = on;
+    if (this.output) this.output.gain.value = on ? 0 : 1;
+    if (this.element) this.element.muted = on;
   }
 
   /** From a user gesture: start the sound the browser held back. */
@@ -161,6 +170,7 @@ export class Voice extends EventTarget {
       document.body.appendChild(this.element);
     }
     this.element.srcObject = new MediaStream([track]);
+    this.element.muted = this.muted;
     this.element.play().catch(() => this._checkBlocked()).finally(() => this._checkBlocked());
     this._tapTrack(track);
   }
