@@ -8,15 +8,19 @@ and every face frame it shows, with the jaw; the tests judge those recordings.
 """
 from __future__ import annotations
 
+import ast
 import json
+import re
+import socket
 import subprocess
 import sys
+import wave
 
 import numpy as np
 import pytest
 
 from tests.browser import AUTOPLAY, launch, needs_chromium, new_page, until
-from tests.helpers import wait_until
+from tests.helpers import ROOT, wait_until
 
 pytestmark = needs_chromium
 
@@ -42,6 +46,29 @@ links:
   - {from: web.requests, to: detail.requests, feedback: true}
 """
 SENTENCE = "Peter Piper picked a peck of pickled peppers, and the birch canoe slid on the smooth planks."
+# the shipped graph, its WebRTC candidates on the namespace's loopback (its only interface)
+TALK = (ROOT / "graphs" / "talk.yaml").read_text().replace("name: talk", "name: browser-talk").replace(
+    'api: "${api}"}', 'api: "${api}", ice_addresses: [127.0.0.1]}')
+
+
+def with_api(graph, netns, text: str, **args):
+    """Start a graph with its control API (unauthenticated, loopback only, the page's origin
+    allowed), its sink told the API's URL; (process, page URL, API URL)."""
+    web, api = (8080, 8081) if netns else (free_port(), free_port())
+    proc, url = graph(text, "--api", f"127.0.0.1:{api}", "--api-insecure-local", "--api-cors", f"http://127.0.0.1:{web}",
+                      port=web, api=f"http://127.0.0.1:{api}", **args)
+    return proc, url, f"http://127.0.0.1:{api}"
+
+
+def type_and_say(page, text: str, interrupt: bool = False) -> None:
+    """What a user does: types the sentence in the page's text box and presses enter."""
+    until(page, "!document.getElementById('say-form').hidden", 20, "the page's text box")
+    page.fill("#say-text", text)
+    if interrupt:
+        page.check("#say-interrupt")
+    page.press("#say-text", "Enter")
+    until(page, "document.getElementById('say-text').value === ''", 10,
+          "POST /say to answer (the box empties): " + page.inner_text("#speak-status"))
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +141,14 @@ def check_in_sync(page, at_most_ms: float = 40.0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("transport", ["webrtc", "websocket"])
-def test_text_is_heard_in_the_page_while_the_jaw_moves_then_silence_and_a_closed_mouth(
+def test_text_typed_in_the_page_is_heard_while_the_jaw_moves_then_silence_and_a_closed_mouth(
         graph, loud_browser, netns, transport):
-    proc, url = graph(SAY)
+    proc, url, _ = with_api(graph, netns, SAY)
     page = new_page(loud_browser)
     try:
         page.goto(f"{url}?transport={transport}")
         until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
-        rec = record_speech(page, lambda: say(proc, netns, SENTENCE))
+        rec = record_speech(page, lambda: type_and_say(page, SENTENCE))
         assert page.evaluate("() => window.avatar.transport") == transport
         assert page.evaluate("() => window.avatar.voice.kind") == ("rtp" if transport == "webrtc" else "opus")
         check_spoken(rec)
@@ -197,3 +224,139 @@ def test_a_viewer_joining_mid_sentence_hears_and_sees_the_rest_in_sync(graph, lo
     finally:
         first.context.close()
         late.context.close()
+
+
+# --- any voice: POST /speak (curl), the WebSocket (the Python client of docs/voice.md) ----------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def speech_wav(path, rate: int = 16000) -> np.ndarray:
+    """espeak-ng saying SENTENCE, as a 16-bit mono WAV at ``rate``; the samples."""
+    from nodes.speech import Resampler, speak
+
+    audio, _ = speak(SENTENCE)
+    if rate != 16000:
+        rs = Resampler(16000, rate)
+        x = np.concatenate([rs.process(audio.astype(np.float32)), rs.flush()])
+        audio = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(audio.astype("<i2").tobytes())
+    return audio
+
+
+def in_netns(netns, *cmd: str, stdin: bytes | None = None) -> str:
+    """A command inside the namespace (where the API listens); its output. It must succeed."""
+    r = subprocess.run([*(netns.prefix if netns else []), *cmd], input=stdin, capture_output=True, timeout=120)
+    assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    return r.stdout.decode()
+
+
+def test_a_wav_posted_with_curl_is_heard_in_the_page_with_the_mouth_moving(graph, loud_browser, netns, tmp_path):
+    proc, url, api = with_api(graph, netns, TALK)
+    wav = tmp_path / "hello.wav"
+    speech_wav(wav, rate=22050)
+    page = new_page(loud_browser)
+    try:
+        page.goto(f"{url}?transport=webrtc")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        answer: dict = {}
+        rec = record_speech(page, lambda: answer.update(json.loads(in_netns(
+            netns, "curl", "-sS", "--fail-with-body", "-H", "Content-Type: audio/wav", "--data-binary", f"@{wav}",
+            f"{api}/speak?session=default&transcript={SENTENCE.replace(' ', '%20')}"))))
+        assert answer["rate"] == 22050 and abs(answer["seconds"] - 5.5) < 2.5, answer
+        check_spoken(rec)
+        check_in_sync(page)
+    finally:
+        page.context.close()
+
+
+def test_a_chunked_pcm_stream_from_curl_is_heard_in_the_page(graph, loud_browser, netns, tmp_path):
+    proc, url, api = with_api(graph, netns, TALK)
+    pcm = speech_wav(tmp_path / "unused.wav")
+    page = new_page(loud_browser)
+    try:
+        page.goto(f"{url}?transport=websocket")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        answer: dict = {}
+        # curl -T - sends stdin with Transfer-Encoding: chunked, as a live stream is sent
+        rec = record_speech(page, lambda: answer.update(json.loads(in_netns(
+            netns, "curl", "-sS", "--fail-with-body", "-X", "POST", "-T", "-", "-H", "Content-Type: audio/pcm",
+            f"{api}/speak?session=default&rate=16000", stdin=pcm.astype("<i2").tobytes()))))
+        assert answer["bytes"] == 2 * len(pcm) and answer["rate"] == 16000, answer
+        check_spoken(rec)
+        check_in_sync(page)
+    finally:
+        page.context.close()
+
+
+def test_the_websocket_client_of_the_docs_is_heard_in_the_page(graph, loud_browser, netns, tmp_path):
+    doc = (ROOT / "docs" / "voice.md").read_text()
+    client = re.search(r'```python\n("""Streams a 16-bit WAV.*?)```', doc, re.S).group(1)
+    (tmp_path / "speak_ws.py").write_text(client)
+    wav = tmp_path / "hello.wav"
+    speech_wav(wav)
+    proc, url, api = with_api(graph, netns, TALK)
+    assert api == "http://127.0.0.1:8081" or not netns  # the client's address, as documented
+    page = new_page(loud_browser)
+    try:
+        page.goto(f"{url}?transport=webrtc")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        out: list[str] = []
+        rec = record_speech(page, lambda: out.append(in_netns(
+            netns, sys.executable, str(tmp_path / "speak_ws.py"), str(wav), SENTENCE)))
+        ended = ast.literal_eval(out[0].strip().splitlines()[-1])  # the client prints the last message it got
+        assert ended["type"] == "ended" and ended["reason"] == "end", out
+        check_spoken(rec)
+    finally:
+        page.context.close()
+
+
+@pytest.fixture(scope="module")
+def mic_browser(playwright, netns, tmp_path_factory):
+    """Chromium whose microphone says SENTENCE, a second of silence, and again (looped)."""
+    where = tmp_path_factory.mktemp("mic")
+    speech = speech_wav(where / "speech.wav", rate=48000)
+    mic = where / "mic.wav"
+    with wave.open(str(mic), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(np.concatenate([np.zeros(48000, np.int16), speech]).astype("<i2").tobytes())
+    b = launch(playwright, netns, where, AUTOPLAY, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+               f"--use-file-for-fake-audio-capture={mic}")
+    yield b
+    b.close()
+
+
+def test_a_microphone_in_one_page_moves_the_mouth_in_another(graph, mic_browser, netns):
+    proc, url, api = with_api(graph, netns, TALK)
+    presenter, viewer = new_page(mic_browser), new_page(mic_browser)
+    try:
+        presenter.goto(f"{url}?transport=webrtc&render=0")
+        viewer.goto(f"{url}?transport=webrtc")
+        until(viewer, "window.avatar && window.avatar.framesDecoded >= 30", 45, "the viewer's first frames")
+        until(presenter, "!document.getElementById('mic').hidden", 20, "the presenter's microphone button")
+        viewer.evaluate("() => window.avatar.startRecording()")
+        presenter.click("#mic")
+        until(presenter, "window.avatar.microphone.on && window.avatar.microphone.sent.frames > 0", 20,
+              "the microphone streaming: " + presenter.inner_text("#speak-status"))
+        until(viewer, f"window.avatar.recordingSummary({LOUD}).voiced >= 40", 40, "the viewer hearing the microphone")
+        until(viewer, f"window.avatar.recordingSummary({LOUD}, {QUIET}).quietMs >= 600", 30, "the pause in it")
+        rec = viewer.evaluate("() => window.avatar.stopRecording()")
+        assert presenter.evaluate("() => window.avatar.voice.muted")  # the presenter does not hear itself late
+        presenter.click("#mic")  # off
+        until(presenter, "!window.avatar.microphone.on", 10, "the microphone off")
+        t, level, jaw = heard_and_shown(rec)
+        voiced = level > LOUD
+        assert jaw.max() > 0.2 and (jaw[voiced] > 0.05).mean() > 0.5, (jaw.max(), (jaw[voiced] > 0.05).mean())
+        assert not presenter.evaluate("() => window.avatar.voice.muted")
+        assert not presenter.errors and not viewer.errors, (presenter.errors, viewer.errors)
+    finally:
+        presenter.context.close()
+        viewer.context.close()

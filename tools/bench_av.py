@@ -35,7 +35,6 @@ and 10 viewers; time to first sound p50 <= 400 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
