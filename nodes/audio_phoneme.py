@@ -66,7 +66,9 @@ class AudioPhoneme(Node):
         "lag_ms": Param(float, 100.0, "a phone must end this long before the newest audio to go out", min=0.0, max=2000.0),
         "warmup_ms": Param(float, 500.0, "audio buffered at a session's start to set the cepstral mean", min=0.0, max=5000.0),
         "max_utterance_s": Param(float, 20.0, "free recognition restarts at a pause after this long", min=1.0, max=600.0),
-        "gap_ms": Param(float, 200.0, "a pts jump larger than this ends the utterance and re-anchors", min=10.0, max=60000.0),
+        "gap_ms": Param(float, 200.0, "a pts jump larger than this, or no audio for this long after the newest "
+                                      "sample's pts, ends the utterance (its held-back phones go out) and re-anchors",
+                        min=10.0, max=60000.0),
         "session_timeout_s": Param(float, 30.0, "a session unheard for this long is finished and freed", min=0.5),
     }
 
@@ -82,7 +84,9 @@ class AudioPhoneme(Node):
         self.closed_audio_s = 0.0
         self.oov: list[str] = []
         self.failed = 0
+        self.quiet_ends = 0
         self.every(1.0, self._expire)
+        self.every(0.05, self._quiet)
 
     def _stream(self, transcript: str | None) -> PhonemeStream:
         return PhonemeStream(transcript, holdback=self.p.holdback, lag_ms=self.p.lag_ms,
@@ -155,6 +159,18 @@ class AudioPhoneme(Node):
         self.oov += s.stream.oov
         self.failed += s.stream.failed
 
+    def _quiet(self) -> None:
+        """Audio that stopped coming (a stream cut off, a stalled upload, the end of a file played
+        at real time) ends its utterance after gap_ms: the phones held back for later audio go
+        out now, within the latency this node declares, not when the next utterance begins (the
+        mouth would move in the silence after it)."""
+        limit = self.now_ns() - int(self.p.gap_ms * 1e6)
+        for sid, s in self.sessions.items():
+            if s.started and s.reached_ns() < limit:
+                self._send(sid, s, s.stream.finish())
+                s.started = False  # the next chunk re-anchors, as after a pts jump
+                self.quiet_ends += 1
+
     def _expire(self) -> None:
         stale = self.now_ns() - _TEXT_WAIT_NS
         for sid, s in self.sessions.items():
@@ -173,6 +189,7 @@ class AudioPhoneme(Node):
         audio = self.closed_audio_s + sum(s.stream.audio_s for s in self.sessions.values())
         return {
             "sessions": len(self.sessions), "phonemes": self.sent, "audio_s": round(audio, 3),
+            "quiet_ends": self.quiet_ends,
             "cpu_s": round(cpu, 3), "rtf": round(cpu / audio, 4) if audio else 0.0,
             "aligning": sum(1 for s in self.sessions.values() if s.stream.aligning),
             "failed_alignments": self.failed + sum(s.stream.failed for s in self.sessions.values()),

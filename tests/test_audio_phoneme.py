@@ -185,3 +185,27 @@ def test_a_text_waits_for_the_audio_before_its_pts(speech) -> None:
         assert rows[-1][3] == end and len([r for r in rows if r[1] != "sil"]) == len([p for p in truth if p[0] != "sil"])
     finally:
         h.close()
+
+
+def test_audio_that_stops_coming_ends_its_utterance_within_gap_ms(speech) -> None:
+    """A stream cut off mid-sentence (a stalled upload): the phones held back for later audio go
+    out gap_ms after the last sample, well within the declared latency, not when audio comes again."""
+    pcm, _ = speech
+    h = NodeHarness("audio_phoneme", gap_ms=200.0)
+    cut = int(len(pcm) * 0.6) // 320 * 320
+    for m in chunks(pcm[:cut], pts0=0):  # at real time: each chunk when its pts comes
+        h.advance(max(0.0, m.pts_ns / 1e9 - h.now))
+        h.feed("in", m)
+    end = cut * 62_500
+    h.advance(end / 1e9 - h.now + 0.02)
+    before = len(rows_of(h.outputs))
+    held = rows_of(h.advance(0.25))  # gap_ms and one look of the timer later
+    assert held and h.node.stats()["quiet_ends"] == 1, "the held-back phones did not go out"
+    assert len(rows_of(h.outputs)) > before and max(r[3] for r in held) <= end + 1_000_000
+    assert not rows_of(h.advance(2.0)), "nothing more without audio"
+    later = chunks(pcm[cut:cut + 16000], pts0=int(h.now * 1e9))  # audio again: a new utterance, anchored anew
+    for m in later:
+        h.advance(max(0.0, m.pts_ns / 1e9 - h.now))
+        h.feed("in", m)
+    rows = rows_of(h.advance(0.5))
+    assert all(r[2] >= later[0].pts_ns for r in rows)

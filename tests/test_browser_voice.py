@@ -360,3 +360,81 @@ def test_a_microphone_in_one_page_moves_the_mouth_in_another(graph, mic_browser,
     finally:
         presenter.context.close()
         viewer.context.close()
+
+
+STALLING_CLIENT = '''
+import json, sys, time, wave
+from websockets.sync.client import connect
+
+with wave.open(sys.argv[1]) as wav, connect(sys.argv[2]) as ws:
+    ws.send(json.dumps({"type": "start", "session": "default", "codec": "pcm", "rate": wav.getframerate()}))
+    ws.recv()
+    frames = wav.getframerate() // 50
+    t0 = time.monotonic()
+    for i in range(int(sys.argv[3])):  # part of the sentence, at real time, then nothing: a stalled stream
+        ws.send(wav.readframes(frames))
+        time.sleep(max(0.0, t0 + (i + 1) / 50 - time.monotonic()))
+    while (msg := json.loads(ws.recv()))["type"] != "ended":
+        pass
+    print(json.dumps(msg))
+'''
+
+
+def test_a_voice_that_stalls_mid_sentence_ends_cleanly_and_the_mouth_closes(graph, loud_browser, netns, tmp_path):
+    (tmp_path / "stall.py").write_text(STALLING_CLIENT)
+    wav = tmp_path / "hello.wav"
+    speech_wav(wav)
+    proc, url, api = with_api(graph, netns, TALK)
+    page = new_page(loud_browser)
+    try:
+        page.goto(f"{url}?transport=websocket")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        out: list[str] = []
+        rec = record_speech(page, lambda: out.append(in_netns(
+            netns, sys.executable, str(tmp_path / "stall.py"), str(wav), api.replace("http", "ws") + "/speak", "100")))
+        assert json.loads(out[0])["reason"] == "stall", out  # the node ended the stream that stopped coming
+        check_spoken(rec)  # the two seconds it got were heard with the mouth moving, then silence, mouth closed
+    finally:
+        page.context.close()
+
+
+@pytest.fixture(scope="module")
+def silent_mic_browser(playwright, netns, tmp_path_factory):
+    """Chromium whose microphone hears nothing at all."""
+    where = tmp_path_factory.mktemp("silent-mic")
+    with wave.open(str(where / "silence.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(bytes(2 * 48000 * 2))
+    b = launch(playwright, netns, where, AUTOPLAY, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+               f"--use-file-for-fake-audio-capture={where / 'silence.wav'}")
+    yield b
+    b.close()
+
+
+def test_a_microphone_that_sends_silence_streams_and_moves_nothing(graph, silent_mic_browser, netns):
+    proc, url, api = with_api(graph, netns, TALK)
+    presenter, viewer = new_page(silent_mic_browser), new_page(silent_mic_browser)
+    try:
+        presenter.goto(f"{url}?transport=webrtc&render=0")
+        viewer.goto(f"{url}?transport=webrtc")
+        until(viewer, "window.avatar && window.avatar.framesDecoded >= 30", 45, "the viewer's first frames")
+        until(presenter, "!document.getElementById('mic').hidden", 20, "the presenter's microphone button")
+        viewer.evaluate("() => window.avatar.startRecording()")
+        presenter.click("#mic")
+        until(presenter, "window.avatar.microphone.on && window.avatar.microphone.sent.frames >= 150", 30,
+              "three seconds of the silent microphone streamed: " + presenter.inner_text("#speak-status"))
+        more_frames = viewer.evaluate("() => window.avatar.framesShown") + 60
+        until(viewer, f"window.avatar.framesShown >= {more_frames}", 20, "the viewer's face going on")
+        rec = viewer.evaluate("() => window.avatar.stopRecording()")
+        assert presenter.evaluate("() => window.avatar.microphone.on")  # still streaming: silence is no error
+        presenter.click("#mic")
+        t, level, jaw = heard_and_shown(rec)
+        assert level.max() < LOUD and jaw.max() < 0.1, (level.max(), jaw.max())  # breathing, no speech
+        stats = json.loads(avatar_cli(netns, "stats", "-g", "browser-talk"))["nodes"]
+        assert stats["voice"]["node"]["refused"] == 0 and stats["voice"]["state"] == "PLAYING"
+        assert not presenter.errors and not viewer.errors, (presenter.errors, viewer.errors)
+    finally:
+        presenter.context.close()
+        viewer.context.close()

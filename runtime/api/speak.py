@@ -234,6 +234,12 @@ class SpeakSocket:
                         msg = await asyncio.wait_for(self.ws.receive(), START_TIMEOUT_S)
                     except asyncio.TimeoutError:
                         raise _Close(1008, f"no 'start' message with a token within {START_TIMEOUT_S:g} s") from None
+                elif self.stream is not None:  # an utterance is open: a quiet client still hears how it goes
+                    try:
+                        msg = await asyncio.wait_for(self.ws.receive(), QUEUED_EVERY_S)
+                    except asyncio.TimeoutError:
+                        await self._status()
+                        continue
                 else:
                     msg = await self.ws.receive()
                 first = False
@@ -342,6 +348,21 @@ class SpeakSocket:
             return
         if time.monotonic() - self.last_queued >= QUEUED_EVERY_S:
             await self._queued(self.stream.queued_ms if self.stream else 0.0)
+
+    async def _status(self) -> None:
+        """No message for a while: the utterance's queue, or its end if the node ended it (a stall)."""
+        stream = self.stream
+        assert stream is not None
+        try:
+            answer = await stream.call("status")
+        except HTTPException as exc:
+            await self._failed(exc)
+            return
+        if answer.get("ended"):
+            self.stream, stream.open_ = None, False
+            await self._send({"type": "ended", "reason": str(answer["ended"]), "stream": stream.id})
+        else:
+            await self._queued(stream.queued_ms)
 
     async def _queued(self, ms: float) -> None:
         self.last_queued = time.monotonic()
