@@ -90,7 +90,9 @@ class AudioSource(Node):
                     self.gap_samples = int(self.p.loop_gap_s * RATE)
                     self.loops += 1
                     self.pending = np.concatenate([self.pending, y])
-                    return
+                    if self.gap_samples:  # the pause first (_tick waits it out); none: read on
+                        return
+                    continue
             self.pending = np.concatenate([self.pending, y])
 
     def _tick(self) -> None:

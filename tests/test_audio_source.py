@@ -130,6 +130,18 @@ def test_a_looped_file_plays_again_after_its_pause_on_the_clock(tmp_path: Path) 
         h.close()
 
 
+def test_a_file_looped_without_a_pause_plays_on_seamlessly(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "tone.wav", tone(16000, 0.5), 16000)
+    h = NodeHarness("audio_source", path=str(path), loop=True, loop_gap_s=0.0)
+    try:
+        out = [m for _, m in h.advance(1.6)]
+        assert not h.ended and h.node.stats()["loops"] == 3
+        pts = np.array([m.pts_ns for m in out])
+        assert np.all(np.diff(pts) == 20_000_000)  # chunk after chunk, no gap at the seams
+    finally:
+        h.close()
+
+
 def test_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         NodeHarness("audio_source")

@@ -25,30 +25,17 @@ from tests.helpers import ROOT, wait_until
 pytestmark = needs_chromium
 
 LOUD, QUIET = 0.02, 0.003  # RMS of the sound heard: speech, and silence
-SAY = """
-name: browser-say
-args: {port: 8080, api: "", text: ""}
-link_defaults: {policy: leaky, size: 4}
-nodes:
-  tts: {type: text_phoneme, params: {text: "${text}"}}
-  mouth: {type: viseme, params: {rate: 60}}
-  face: {type: blender, params: {rate: 60, micro_per_min: 0, sessions: [default]}}
-  detail: {type: lod}
-  encode: {type: compressor, params: {bits: 8, keyframe_interval: 60, ref_interval: 1}}
-  web: {type: webrtc_sink, params: {host: 127.0.0.1, port: "${port}", api: "${api}", ice_addresses: [127.0.0.1]}}
-links:
-  - {from: tts.phonemes, to: mouth, policy: block, size: 16}
-  - {from: tts.audio, to: web.audio, policy: block, size: 64}
-  - {from: mouth, to: face.visemes, size: 2}
-  - face -> detail -> encode.in
-  - encode -> web.in
-  - {from: web.requests, to: encode.requests, feedback: true}
-  - {from: web.requests, to: detail.requests, feedback: true}
-"""
+def shipped(name: str, as_name: str) -> str:
+    """A graph of graphs/ as a user runs it, renamed (its control channel is the test's own)."""
+    return (ROOT / "graphs" / f"{name}.yaml").read_text().replace(f"name: {name}\n", f"name: {as_name}\n", 1)
+
+
+# the shipped graphs; the tests' args: no greeting, WebRTC candidates on the namespace's loopback
+SAY = shipped("say", "browser-say")
+SAY_ARGS = {"text": "", "repeat_s": 0, "ice": "[127.0.0.1]"}
+TALK = shipped("talk", "browser-talk")
+TALK_ARGS = {"ice": "[127.0.0.1]"}
 SENTENCE = "Peter Piper picked a peck of pickled peppers, and the birch canoe slid on the smooth planks."
-# the shipped graph, its WebRTC candidates on the namespace's loopback (its only interface)
-TALK = (ROOT / "graphs" / "talk.yaml").read_text().replace("name: talk", "name: browser-talk").replace(
-    'api: "${api}"}', 'api: "${api}", ice_addresses: [127.0.0.1]}')
 
 
 def with_api(graph, netns, text: str, **args):
@@ -143,7 +130,7 @@ def check_in_sync(page, at_most_ms: float = 40.0) -> np.ndarray:
 @pytest.mark.parametrize("transport", ["webrtc", "websocket"])
 def test_text_typed_in_the_page_is_heard_while_the_jaw_moves_then_silence_and_a_closed_mouth(
         graph, loud_browser, netns, transport):
-    proc, url, _ = with_api(graph, netns, SAY)
+    proc, url, _ = with_api(graph, netns, SAY, **SAY_ARGS)
     page = new_page(loud_browser)
     try:
         page.goto(f"{url}?transport={transport}")
@@ -159,7 +146,7 @@ def test_text_typed_in_the_page_is_heard_while_the_jaw_moves_then_silence_and_a_
 
 
 def test_a_page_without_an_opus_decoder_plays_the_pcm_fallback(graph, loud_browser, netns):
-    proc, url = graph(SAY)
+    proc, url = graph(SAY, **SAY_ARGS)
     page = new_page(loud_browser)
     try:
         page.add_init_script("delete window.AudioDecoder;")
@@ -184,7 +171,7 @@ def strict_browser(playwright, netns, tmp_path_factory):
 
 
 def test_a_browser_that_refuses_autoplay_asks_for_a_click_and_the_face_moves_meanwhile(graph, strict_browser, netns):
-    proc, url = graph(SAY)
+    proc, url = graph(SAY, **SAY_ARGS)
     page = new_page(strict_browser)
     try:
         # Nothing may look into the page until the sound is refused: Playwright's evaluate and its
@@ -208,7 +195,7 @@ def test_a_browser_that_refuses_autoplay_asks_for_a_click_and_the_face_moves_mea
 
 
 def test_a_viewer_joining_mid_sentence_hears_and_sees_the_rest_in_sync(graph, loud_browser, netns):
-    proc, url = graph(SAY)
+    proc, url = graph(SAY, **SAY_ARGS)
     first, late = new_page(loud_browser), new_page(loud_browser)
     try:
         first.goto(f"{url}?transport=webrtc&render=0")  # decodes and listens, draws nothing: two cores
@@ -258,7 +245,7 @@ def in_netns(netns, *cmd: str, stdin: bytes | None = None) -> str:
 
 
 def test_a_wav_posted_with_curl_is_heard_in_the_page_with_the_mouth_moving(graph, loud_browser, netns, tmp_path):
-    proc, url, api = with_api(graph, netns, TALK)
+    proc, url, api = with_api(graph, netns, TALK, **TALK_ARGS)
     wav = tmp_path / "hello.wav"
     speech_wav(wav, rate=22050)
     page = new_page(loud_browser)
@@ -277,7 +264,7 @@ def test_a_wav_posted_with_curl_is_heard_in_the_page_with_the_mouth_moving(graph
 
 
 def test_a_chunked_pcm_stream_from_curl_is_heard_in_the_page(graph, loud_browser, netns, tmp_path):
-    proc, url, api = with_api(graph, netns, TALK)
+    proc, url, api = with_api(graph, netns, TALK, **TALK_ARGS)
     pcm = speech_wav(tmp_path / "unused.wav")
     page = new_page(loud_browser)
     try:
@@ -301,7 +288,7 @@ def test_the_websocket_client_of_the_docs_is_heard_in_the_page(graph, loud_brows
     (tmp_path / "speak_ws.py").write_text(client)
     wav = tmp_path / "hello.wav"
     speech_wav(wav)
-    proc, url, api = with_api(graph, netns, TALK)
+    proc, url, api = with_api(graph, netns, TALK, **TALK_ARGS)
     assert api == "http://127.0.0.1:8081" or not netns  # the client's address, as documented
     page = new_page(loud_browser)
     try:
@@ -317,35 +304,56 @@ def test_the_websocket_client_of_the_docs_is_heard_in_the_page(graph, loud_brows
         page.context.close()
 
 
-@pytest.fixture(scope="module")
-def mic_browser(playwright, netns, tmp_path_factory):
-    """Chromium whose microphone says SENTENCE, a second of silence, and again (looped)."""
-    where = tmp_path_factory.mktemp("mic")
-    speech = speech_wav(where / "speech.wav", rate=48000)
+def fake_mic(playwright, netns, where, pcm48: np.ndarray):
+    """Chromium whose microphone plays ``pcm48`` (48 kHz, looped), and lets pages play sound."""
     mic = where / "mic.wav"
     with wave.open(str(mic), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(48000)
-        w.writeframes(np.concatenate([np.zeros(48000, np.int16), speech]).astype("<i2").tobytes())
-    b = launch(playwright, netns, where, AUTOPLAY, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-               f"--use-file-for-fake-audio-capture={mic}")
+        w.writeframes(pcm48.astype("<i2").tobytes())
+    return launch(playwright, netns, where, AUTOPLAY, "--use-fake-ui-for-media-stream",
+                  "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}")
+
+
+@pytest.fixture(scope="module")
+def mic_browser(playwright, netns, tmp_path_factory):
+    """Its microphone says SENTENCE after a second of silence, again and again."""
+    where = tmp_path_factory.mktemp("mic")
+    speech = speech_wav(where / "speech.wav", rate=48000)
+    b = fake_mic(playwright, netns, where, np.concatenate([np.zeros(48000, np.int16), speech]))
     yield b
     b.close()
 
 
+@pytest.fixture(scope="module")
+def silent_mic_browser(playwright, netns, tmp_path_factory):
+    """Its microphone hears nothing at all."""
+    b = fake_mic(playwright, netns, tmp_path_factory.mktemp("silent-mic"), np.zeros(2 * 48000, np.int16))
+    yield b
+    b.close()
+
+
+def present(url: str, browser) -> tuple:
+    """A presenter's page (decode only) and a viewer's page of the session; the viewer recording,
+    the presenter's microphone on. (presenter, viewer)."""
+    presenter, viewer = new_page(browser), new_page(browser)
+    presenter.goto(f"{url}?transport=webrtc&render=0")
+    viewer.goto(f"{url}?transport=webrtc")
+    until(viewer, "window.avatar && window.avatar.framesDecoded >= 30", 45, "the viewer's first frames")
+    until(presenter, "!document.getElementById('mic').hidden", 20, "the presenter's microphone button")
+    viewer.evaluate("() => window.avatar.startRecording()")
+    presenter.click("#mic")
+    until(presenter, "window.avatar.microphone.on && window.avatar.microphone.sent.frames > 0", 20,
+          "the microphone streaming: " + presenter.inner_text("#speak-status"))
+    return presenter, viewer
+
+
 def test_a_microphone_in_one_page_moves_the_mouth_in_another(graph, mic_browser, netns):
-    proc, url, api = with_api(graph, netns, TALK)
-    presenter, viewer = new_page(mic_browser), new_page(mic_browser)
+    proc, url, api = with_api(graph, netns, TALK, **TALK_ARGS)
+    presenter = viewer = None
     try:
-        presenter.goto(f"{url}?transport=webrtc&render=0")
-        viewer.goto(f"{url}?transport=webrtc")
-        until(viewer, "window.avatar && window.avatar.framesDecoded >= 30", 45, "the viewer's first frames")
-        until(presenter, "!document.getElementById('mic').hidden", 20, "the presenter's microphone button")
-        viewer.evaluate("() => window.avatar.startRecording()")
-        presenter.click("#mic")
-        until(presenter, "window.avatar.microphone.on && window.avatar.microphone.sent.frames > 0", 20,
-              "the microphone streaming: " + presenter.inner_text("#speak-status"))
+        presenter, viewer = present(url, mic_browser)
         until(viewer, f"window.avatar.recordingSummary({LOUD}).voiced >= 40", 40, "the viewer hearing the microphone")
         until(viewer, f"window.avatar.recordingSummary({LOUD}, {QUIET}).quietMs >= 600", 30, "the pause in it")
         rec = viewer.evaluate("() => window.avatar.stopRecording()")
@@ -358,8 +366,9 @@ def test_a_microphone_in_one_page_moves_the_mouth_in_another(graph, mic_browser,
         assert not presenter.evaluate("() => window.avatar.voice.muted")
         assert not presenter.errors and not viewer.errors, (presenter.errors, viewer.errors)
     finally:
-        presenter.context.close()
-        viewer.context.close()
+        for pg in (presenter, viewer):
+            if pg is not None:
+                pg.context.close()
 
 
 STALLING_CLIENT = '''
@@ -384,7 +393,7 @@ def test_a_voice_that_stalls_mid_sentence_ends_cleanly_and_the_mouth_closes(grap
     (tmp_path / "stall.py").write_text(STALLING_CLIENT)
     wav = tmp_path / "hello.wav"
     speech_wav(wav)
-    proc, url, api = with_api(graph, netns, TALK)
+    proc, url, api = with_api(graph, netns, TALK, **TALK_ARGS)
     page = new_page(loud_browser)
     try:
         page.goto(f"{url}?transport=websocket")
@@ -398,33 +407,12 @@ def test_a_voice_that_stalls_mid_sentence_ends_cleanly_and_the_mouth_closes(grap
         page.context.close()
 
 
-@pytest.fixture(scope="module")
-def silent_mic_browser(playwright, netns, tmp_path_factory):
-    """Chromium whose microphone hears nothing at all."""
-    where = tmp_path_factory.mktemp("silent-mic")
-    with wave.open(str(where / "silence.wav"), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48000)
-        w.writeframes(bytes(2 * 48000 * 2))
-    b = launch(playwright, netns, where, AUTOPLAY, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-               f"--use-file-for-fake-audio-capture={where / 'silence.wav'}")
-    yield b
-    b.close()
-
-
 def test_a_microphone_that_sends_silence_streams_and_moves_nothing(graph, silent_mic_browser, netns):
-    proc, url, api = with_api(graph, netns, TALK)
-    presenter, viewer = new_page(silent_mic_browser), new_page(silent_mic_browser)
+    proc, url, api = with_api(graph, netns, TALK, **TALK_ARGS)
+    presenter = viewer = None
     try:
-        presenter.goto(f"{url}?transport=webrtc&render=0")
-        viewer.goto(f"{url}?transport=webrtc")
-        until(viewer, "window.avatar && window.avatar.framesDecoded >= 30", 45, "the viewer's first frames")
-        until(presenter, "!document.getElementById('mic').hidden", 20, "the presenter's microphone button")
-        viewer.evaluate("() => window.avatar.startRecording()")
-        presenter.click("#mic")
-        until(presenter, "window.avatar.microphone.on && window.avatar.microphone.sent.frames >= 150", 30,
-              "three seconds of the silent microphone streamed: " + presenter.inner_text("#speak-status"))
+        presenter, viewer = present(url, silent_mic_browser)
+        until(presenter, "window.avatar.microphone.sent.frames >= 150", 30, "three seconds of the silent microphone")
         more_frames = viewer.evaluate("() => window.avatar.framesShown") + 60
         until(viewer, f"window.avatar.framesShown >= {more_frames}", 20, "the viewer's face going on")
         rec = viewer.evaluate("() => window.avatar.stopRecording()")
@@ -436,5 +424,6 @@ def test_a_microphone_that_sends_silence_streams_and_moves_nothing(graph, silent
         assert stats["voice"]["node"]["refused"] == 0 and stats["voice"]["state"] == "PLAYING"
         assert not presenter.errors and not viewer.errors, (presenter.errors, viewer.errors)
     finally:
-        presenter.context.close()
-        viewer.context.close()
+        for pg in (presenter, viewer):
+            if pg is not None:
+                pg.context.close()

@@ -7,17 +7,21 @@ microphone, and what the voice costs.
 Everything runs on this machine's loopback: the graphs in this process's Runner, Debian's
 Chromium driven by Playwright. The first page of a case renders the face (software WebGL); the
 others decode, play the voice and schedule the face without drawing (``?render=0``). Pages may
-play sound without a click (``--autoplay-policy``).
+play sound without a click (``--autoplay-policy``), and send no echoes (``?echo=0``): the
+measures are the pages' own, and ten pages echoing every frame (600 messages a second into the
+sink's Python SCTP) starved the two cores: the sink sent the voice late and the pages showed
+the face late (p95 171-316 ms at 10 WebRTC viewers, against 8 ms without echoes).
 
 1. **A/V sync.** ``graphs/say.yaml``'s chain (text_phoneme -> viseme -> blender -> lod ->
    compressor -> webrtc_sink, the voice to the sink's audio pad) says a paragraph (POST /say).
    Every page reports, for each face frame it showed on the voice's clock, that clock minus the
    frame's pts (``window.avatar.sync.offsets``): how far the mouth shape shown was from the sound
-   being heard. Pooled over the pages: median and p95 of |offset|. As a check that the clock is the
-   sound, the first page also records the level it hears and the jaw it shows; the lag that best
-   lines the two up (cross-correlation) is compared with the same lag computed from the graph's own
-   voice and face (recorded before the sink, the face shifted by the sink's hold): their
-   difference is the delivery's own offset, the phonetics left out.
+   being heard, by the page's own clocks. Pooled over the pages: median and p95 of |offset|.
+1b. **The probe**, a check of those clocks against what is heard: 1 kHz tone bursts into
+   ``tools/av_probe.py``'s face, whose jaw is open exactly while the voice is loud, 150 ms behind
+   it (declared, so the sink holds the voice that long). The rendering page and one decode-only
+   page each record the level they hear (a WebAudio analyser; over WebRTC, a tap of the audio
+   track) and the jaw they show; each burst heard -> the jaw shown opening for it.
 2. **Time to first sound**: POST /say of a short sentence -> the first audible sample the page
    hears (its analyser, mapped to when it is heard); p50, p95.
 3. **Mouth latency, live microphone**: ``graphs/talk.yaml``'s chain (voice_in -> audio_phoneme ->
@@ -48,7 +52,6 @@ sys.path.insert(0, str(ROOT))
 
 from runtime import Runner, parse_graph  # noqa: E402
 from runtime.api import ApiConfig, ApiServer  # noqa: E402
-from runtime.recording import read_recording  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-gl=swiftshader", "--no-first-run",
@@ -59,54 +62,34 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-gl=swiftshader
 LOUD = 0.02
 PARAGRAPH = ("The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
              "It's easy to tell the depth of a well. Kick the ball straight and follow through.")
-JAW = 17  # jawOpen in the ARKit order
 
-SAY = """
-name: bench-av-say
-args: {dir: ""}
+def shipped(name: str) -> str:
+    return (ROOT / "graphs" / f"{name}.yaml").read_text()
+
+
+# the shipped graphs, as a user runs them, on free ports with WebRTC candidates on loopback
+SAY, SAY_ARGS = shipped("say"), {"text": "", "repeat_s": "0", "port": "0", "ice": "[127.0.0.1]"}
+TALK, TALK_ARGS = shipped("talk"), {"port": "0", "ice": "[127.0.0.1]"}
+
+PROBE = """
+name: bench-av-probe
+args: {wav: ""}
 link_defaults: {policy: leaky, size: 4}
 nodes:
-  tts: {type: text_phoneme}
-  mouth: {type: viseme, params: {rate: 60}}
-  face: {type: blender, params: {rate: 60, sessions: [default], micro_per_min: 0}}
-  detail: {type: lod}
-  encode: {type: compressor, params: {bits: 8, keyframe_interval: 120, ref_interval: 1}}
-  web: {type: webrtc_sink, params: {host: 127.0.0.1, port: 0, ice_addresses: [127.0.0.1]}}
-  rec_voice: {type: recorder, params: {path: "${dir}/voice.msgpack", flush_every: 10}}
-  rec_face: {type: recorder, params: {path: "${dir}/face.msgpack", flush_every: 60}}
-links:
-  - {from: tts.phonemes, to: mouth, policy: block, size: 16}
-  - {from: tts.audio, to: web.audio, policy: block, size: 64}
-  - {from: tts.audio, to: rec_voice, policy: block, size: 64}
-  - {from: mouth, to: face.visemes, size: 2}
-  - face -> detail -> encode.in
-  - {from: face, to: rec_face, policy: block, size: 256}
-  - encode -> web.in
-  - {from: web.requests, to: encode.requests, feedback: true}
-  - {from: web.requests, to: detail.requests, feedback: true}
-"""
-
-TALK = """
-name: bench-av-talk
-link_defaults: {policy: leaky, size: 4}
-nodes:
-  voice: {type: voice_in}
-  phones: {type: audio_phoneme}
-  mouth: {type: viseme, params: {rate: 60}}
-  face: {type: blender, params: {rate: 60, sessions: [default], micro_per_min: 0}}
-  detail: {type: lod}
+  tone: {type: audio_source, params: {path: "${wav}", loop: true, loop_gap_s: 0.0}}
+  probe: {type: "tools.av_probe:ProbeFace", params: {latency_ms: 150}}
   encode: {type: compressor, params: {bits: 8, keyframe_interval: 120, ref_interval: 1}}
   web: {type: webrtc_sink, params: {host: 127.0.0.1, port: 0, ice_addresses: [127.0.0.1]}}
 links:
-  - {from: voice.audio, to: phones.in, policy: block, size: 64}
-  - {from: voice.text, to: phones.text, policy: block, size: 16}
-  - {from: voice.audio, to: web.audio, policy: block, size: 64}
-  - {from: phones, to: mouth, policy: block, size: 64}
-  - {from: mouth, to: face.visemes, size: 2}
-  - face -> detail -> encode.in
+  - {from: tone, to: probe, policy: block, size: 64}
+  - {from: tone, to: web.audio, policy: block, size: 64}
+  - probe -> encode.in
   - encode -> web.in
   - {from: web.requests, to: encode.requests, feedback: true}
 """
+BURST_S, PERIOD_S = 0.15, 0.7
+
+
 
 
 # --- plumbing -------------------------------------------------------------------------------------
@@ -126,10 +109,10 @@ class Graph:
 
     def __init__(self, text: str, **args: str):
         self.runner = Runner(parse_graph(text, "<bench>", args), stop_on_eos=False).start()
-        self.api = ApiServer(self.runner, ApiConfig(host="127.0.0.1", port=0, insecure_local=True,
-                                                    rate=1000, burst=1000), announce=False).start()
-        self.runner.set_params("web", api=self.api.url)  # the pages' text box and microphone call it
         self.url = self.sink()["url"]
+        self.api = ApiServer(self.runner, ApiConfig(host="127.0.0.1", port=0, insecure_local=True, rate=1000, burst=1000,
+                                                    cors_origins=[self.url.rstrip("/")]), announce=False).start()
+        self.runner.set_params("web", api=self.api.url)  # the pages' text box and microphone call it
 
     def sink(self) -> dict:
         return self.runner.stats()["nodes"]["web"]["node"]
@@ -162,7 +145,7 @@ def open_pages(browser, url: str, n: int, transport: str, extra: str = "") -> li
     for i in range(n):
         ctx = browser.new_context(viewport={"width": 480, "height": 360})
         page = ctx.new_page()
-        page.goto(f"{url}?transport={transport}{'' if i == 0 else '&render=0'}{extra}")
+        page.goto(f"{url}?transport={transport}&echo=0{'' if i == 0 else '&render=0'}{extra}")
         pages.append(page)
     for page in pages:
         wait(lambda p=page: p.evaluate("() => !!window.avatar && window.avatar.framesDecoded > 30"), 60, "a page to start")
@@ -176,52 +159,9 @@ def spoken(page, timeout: float = 60.0) -> None:
          "quiet after the voice")
 
 
-# --- content: the lag that lines up the level heard with the jaw shown -------------------------------
-def best_lag(t: np.ndarray, level: np.ndarray, jaw: np.ndarray, step_ms: float = 5.0, span_ms: float = 200.0) -> float:
-    """The lag (ms) by which the jaw follows the sound, at the peak of their cross-correlation."""
-    grid = np.arange(t[0], t[-1], step_ms)
-    a = np.interp(grid, t, jaw)
-    b = np.interp(grid, t, level)
-    a, b = a - a.mean(), b - b.mean()
-    a, b = a / (np.linalg.norm(a) + 1e-12), b / (np.linalg.norm(b) + 1e-12)
-    lags = np.arange(-int(span_ms / step_ms), int(span_ms / step_ms) + 1)
-    cc = [np.dot(a[max(0, k):len(a) + min(0, k)], b[max(0, -k):len(b) - max(0, k)]) for k in lags]
-    return float(lags[int(np.argmax(cc))] * step_ms)
-
-
-def page_lag(rec: dict) -> float:
-    face = np.array([(t, jaw) for t, _p, _c, jaw in rec["face"] if jaw is not None], dtype=np.float64)
-    level = np.array([(t, rms) for t, rms, _c in rec["level"]], dtype=np.float64)
-    i = np.searchsorted(face[:, 0], level[:, 0], side="right") - 1
-    jaw = np.where(i >= 0, face[np.clip(i, 0, None), 1], 0.0)
-    return best_lag(level[:, 0], level[:, 1], jaw)
-
-
-def graph_lag(folder: Path, hold_ms: float, window_ms: float = 512 / 48) -> float:
-    """The same lag from the graph's own voice (its level over the page analyser's window) and face
-    (the blender's frames, shifted back by the sink's hold onto the voice's clock)."""
-    voice = read_recording(folder / "voice.msgpack")
-    pcm = np.concatenate([m.arrays["pcm"] for m in voice]).astype(np.float64) / 32768
-    t0, rate = voice[0].pts_ns, int(voice[0].data["rate"])
-    # chunks of one utterance follow on; a new one starts at its own pts: place every sample
-    times = np.concatenate([(m.pts_ns - t0) / 1e6 + np.arange(len(m.arrays["pcm"])) * 1000 / rate for m in voice])
-    grid = np.arange(times[0], times[-1], 5.0)
-    n = max(1, int(window_ms * rate / 1000))
-    power = np.convolve(pcm ** 2, np.ones(n) / n, mode="same")
-    level = np.sqrt(np.interp(grid, times, power))
-    face = read_recording(folder / "face.msgpack")
-    ft = np.array([(m.pts_ns - t0) / 1e6 - hold_ms for m in face])
-    fj = np.array([float(m.arrays["weights"][0, JAW]) for m in face])
-    i = np.searchsorted(ft, grid, side="right") - 1
-    jaw = np.where(i >= 0, fj[np.clip(i, 0, None)], 0.0)
-    return best_lag(grid, level, jaw)
-
-
 # --- 1. A/V sync and cost -----------------------------------------------------------------------------
-def sync_case(browser, transport: str, n: int, tmp: Path) -> dict:
-    folder = tmp / f"{transport}-{n}"
-    folder.mkdir(parents=True, exist_ok=True)
-    g = Graph(SAY, dir=str(folder))
+def sync_case(browser, transport: str, n: int) -> dict:
+    g = Graph(SAY, **SAY_ARGS)
     try:
         pages = open_pages(browser, g.url, n, transport)
         pages[0].evaluate("() => window.avatar.startRecording()")
@@ -240,12 +180,11 @@ def sync_case(browser, transport: str, n: int, tmp: Path) -> dict:
             (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio') b += s.bytesReceived + (s.headerBytesReceived || 0); });
             return b; }""") if transport == "webrtc" else None
         voice_s = after["voice_s"] - before["voice_s"]
-        lag_page = page_lag(rec)
-        lag_graph = graph_lag(folder, after["voice_hold_ms"])
+        del rec
         return {
             "frames": len(offsets), "median": float(np.median(np.abs(offsets))),
             "p95": float(np.percentile(np.abs(offsets), 95)), "skew": skew,
-            "lag_page": lag_page, "lag_graph": lag_graph, "hold_ms": after["voice_hold_ms"],
+            "hold_ms": after["voice_hold_ms"],
             "voice_s": voice_s,
             "bytes_per_viewer_s": (after["voice_bytes"] - before["voice_bytes"]) / n / max(voice_s, 1e-9),
             "rtp_bytes_s": rtp / max(voice_s, 1e-9) if rtp else None,
@@ -260,9 +199,62 @@ def sync_case(browser, transport: str, n: int, tmp: Path) -> dict:
         g.close()
 
 
+# --- 1b. the probe: tone bursts heard against the jaw steps shown ----------------------------------------
+def burst_wav(path: Path, bursts: int = 10) -> None:
+    """1 kHz bursts of BURST_S every PERIOD_S (looped by the graph), 16 kHz."""
+    t = np.arange(int(bursts * PERIOD_S * 16000)) / 16000
+    x = np.where((t % PERIOD_S >= 0.3) & (t % PERIOD_S < 0.3 + BURST_S), 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+
+
+def rises(t: np.ndarray, x: np.ndarray, above: float, quiet_ms: float = 200.0) -> np.ndarray:
+    """Times where ``x`` goes above ``above`` after at least ``quiet_ms`` below it."""
+    out, last_high = [], -np.inf
+    for ti, xi in zip(t, x):
+        if xi > above:
+            if ti - last_high > quiet_ms:
+                out.append(ti)
+            last_high = ti
+    return np.array(out)
+
+
+def probe_offsets(rec: dict) -> np.ndarray:
+    """Each burst heard -> the jaw shown opening for it (ms; positive: the mouth after the sound)."""
+    level = np.array([(t, rms) for t, rms, _c in rec["level"]], dtype=np.float64)
+    face = np.array([(t, jaw) for t, _p, _c, jaw in rec["face"] if jaw is not None], dtype=np.float64)
+    heard, shown = rises(level[:, 0], level[:, 1], 0.05), rises(face[:, 0], face[:, 1], 0.5)
+    out = []
+    for h in heard:
+        near = shown[np.abs(shown - h) < PERIOD_S * 500]
+        if len(near):
+            out.append(float(near[np.argmin(np.abs(near - h))] - h))
+    return np.array(out)
+
+
+def probe_case(browser, transport: str, n: int, tmp: Path, seconds: float) -> np.ndarray:
+    wav = tmp / "bursts.wav"
+    burst_wav(wav)
+    g = Graph(PROBE, wav=str(wav))
+    try:
+        pages = open_pages(browser, g.url, n, transport)
+        listeners = pages[:2]  # the rendering page and a decode-only one
+        for p in listeners:
+            p.evaluate("() => window.avatar.startRecording()")
+        time.sleep(seconds)  # the measured window: the bursts repeat
+        return np.concatenate([probe_offsets(p.evaluate("() => window.avatar.stopRecording()")) for p in listeners])
+    finally:
+        for p in browser.contexts:
+            p.close()
+        g.close()
+
+
 # --- 2. time to first sound ----------------------------------------------------------------------------
-def first_sound(browser, transport: str, trials: int, tmp: Path) -> list[float]:
-    g = Graph(SAY, dir=str(tmp / f"ttfs-{transport}"))
+def first_sound(browser, transport: str, trials: int) -> list[float]:
+    g = Graph(SAY, **SAY_ARGS)
     out = []
     try:
         page, = open_pages(browser, g.url, 1, transport)
@@ -305,7 +297,7 @@ def mic_latency(playwright, seconds: float, tmp: Path) -> list[float]:
     mic_wav(wav)
     browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                          args=[*ARGS, f"--use-file-for-fake-audio-capture={wav}"])
-    g = Graph(TALK)
+    g = Graph(TALK, **TALK_ARGS)
     try:
         presenter = open_pages(browser, g.url, 1, "webrtc", "&render=0")[0]
         viewer = open_pages(browser, g.url, 1, "webrtc")[0]
@@ -339,6 +331,7 @@ def main() -> None:
     ap.add_argument("--transports", nargs="+", default=["webrtc", "websocket"], choices=["webrtc", "websocket"])
     ap.add_argument("--trials", type=int, default=10, help="time-to-first-sound trials per transport")
     ap.add_argument("--mic-seconds", type=float, default=40.0)
+    ap.add_argument("--probe-seconds", type=float, default=15.0)
     ap.add_argument("--no-mic", action="store_true")
     a = ap.parse_args()
     import tempfile
@@ -350,26 +343,35 @@ def main() -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            print("1. A/V sync: |voice clock - pts| of each face frame shown, pooled over the pages; content lag:\n"
-                  "   the jaw behind the sound heard in page 1, and the same in the graph itself (ms)\n")
-            hdr = (f"{'transport':>9} | {'viewers':>7} | {'frames':>6} | {'median':>6} | {'p95':>6} | {'page lag':>8} | "
-                   f"{'graph lag':>9} | {'diff':>5} | {'voice B/s':>9} | {'RTP B/s':>7} | {'enc CPU':>7} | {'sink CPU':>8} | late/rebuf")
+            print("1. A/V sync: |voice clock - pts| of each face frame shown (ms), pooled over the pages; the voice's\n"
+                  "   bytes per viewer per second (Opus payload; RTP with headers, page 1); the sink's encoder CPU per\n"
+                  "   second of voice and the sink process's CPU while speaking (of one core); voice packets the sink\n"
+                  "   sent late, and the pages' rebuffers\n")
+            hdr = (f"{'transport':>9} | {'viewers':>7} | {'frames':>6} | {'median':>6} | {'p95':>6} | "
+                   f"{'voice B/s':>9} | {'RTP B/s':>7} | {'enc CPU':>7} | {'sink CPU':>8} | late/rebuf")
             print(hdr)
             print("-" * len(hdr))
-            rows = []
+            rows, probes = [], []
             for transport in a.transports:
                 for n in a.viewers:
-                    r = sync_case(browser, transport, n, tmp)
+                    r = sync_case(browser, transport, n)
                     rows.append((transport, n, r))
                     rtp = f"{r['rtp_bytes_s']:>7.0f}" if r["rtp_bytes_s"] else f"{'-':>7}"
                     print(f"{transport:>9} | {n:>7} | {r['frames']:>6} | {r['median']:>6.1f} | {r['p95']:>6.1f} | "
-                          f"{r['lag_page']:>8.0f} | {r['lag_graph']:>9.0f} | {r['lag_page'] - r['lag_graph']:>5.0f} | "
                           f"{r['bytes_per_viewer_s']:>9.0f} | {rtp} | {r['encoder_cpu']:>6.1%} | {r['sink_cpu']:>7.1%} | "
                           f"{r['late']}/{r['rebuffers']}", flush=True)
+            print("\n1b. probe: 1 kHz bursts into tools/av_probe.py's face (its jaw open exactly while the voice is loud,\n"
+                  "    150 ms behind it); each burst heard in a page -> the jaw shown opening for it (ms, + = mouth late)\n")
+            for transport in a.transports:
+                for n in a.viewers:
+                    o = probe_case(browser, transport, n, tmp, a.probe_seconds)
+                    probes.append((transport, n, o))
+                    print(f"   {transport:>9} x{n:<2}: median {np.median(o):+.1f}, median |.| {np.median(np.abs(o)):.1f}, "
+                          f"p95 |.| {np.percentile(np.abs(o), 95):.1f} ({len(o)} bursts)", flush=True)
             print("\n2. time to first sound: POST /say 'Hello there.' -> first audible sample heard in the page (ms)")
             ttfs = {}
             for transport in a.transports:
-                v = first_sound(browser, transport, a.trials, tmp)
+                v = first_sound(browser, transport, a.trials)
                 ttfs[transport] = v
                 print(f"   {transport:>9}: p50 {np.median(v):.0f}, p95 {np.percentile(v, 95):.0f}, "
                       f"min {min(v):.0f}, max {max(v):.0f} ({len(v)} trials)", flush=True)

@@ -21,6 +21,7 @@ validate`` stay quick. ``websocket_sink`` is this class; ``webrtc_sink`` adds We
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
@@ -219,8 +220,6 @@ class ViewerSink(Node):
 
     def _voice(self, msg: Message) -> None:
         """A chunk of a session's voice: encoded at once, handed to the loop to wait until it is due."""
-        import time
-
         pcm = msg.arrays.get("pcm")
         problem = pcm_problem(msg.data, pcm, msg.session)
         if problem is not None:

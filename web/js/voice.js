@@ -12,7 +12,8 @@
 //   context time being heard now (getOutputTimestamp), mapped back to pts.
 // - WebRTC: an audio track (Opus over RTP) played by an <audio> element. The clock is the RTP
 //   timestamp of the audio last played out (RTCRtpReceiver.getSynchronizationSources) mapped to pts
-//   with the sink's {"type": "voice_clock", epoch_us, rtp_origin}, plus the time since it played.
+//   with the sink's {"type": "voice_clock", epoch_us, rtp_origin}, plus the time since it played,
+//   less the output device's latency (measured on an AudioContext: what plays out is heard later).
 //
 // Browsers may refuse to play sound before the user touches the page: `blocked` is then true and
 // a "voice" event asks the page to show "click to enable sound"; `enable()` (from a click) plays.
@@ -32,7 +33,7 @@ export class Voice extends EventTarget {
     this.blocked = false; this.kind = null;               // "opus" | "pcm" | "rtp"
     this.counts = { frames: 0, played: 0, late: 0, rebuffers: 0, malformed: 0, decodeErrors: 0 };
     this.lastHeardAt = -Infinity;                         // performance.now() of the last packet scheduled/played
-    this._level = null;
+    this._level = null; this._tap = null; this.outputLatencyS = 0;
     this.muted = false;
   }
 
@@ -57,7 +58,8 @@ export class Voice extends EventTarget {
   }
 
   _checkBlocked() {
-    const ctxBlocked = this.ctx !== null && this.ctx.state !== "running" && this.ctx.state !== "closed";
+    // a WebRTC voice plays in its <audio> element: its context only measures (and may be suspended)
+    const ctxBlocked = this.kind !== "rtp" && this.ctx !== null && this.ctx.state !== "running" && this.ctx.state !== "closed";
     const elBlocked = this.element !== null && this.element.paused && this.track !== null;
     const blocked = ctxBlocked || elBlocked;
     if (blocked !== this.blocked) {
@@ -87,7 +89,8 @@ export class Voice extends EventTarget {
     if (this.decoder && this.decoder.state !== "closed") { try { this.decoder.close(); } catch { /* closed */ } }
     this.decoder = null;
     if (this.element) { this.element.srcObject = null; }
-    this.track = null; this.receiver = null; this.kind = null;
+    if (this._tap) this._tap.disconnect();
+    this.track = null; this.receiver = null; this.kind = null; this._tap = null;
     this._checkBlocked();
   }
 
@@ -99,7 +102,7 @@ export class Voice extends EventTarget {
       return;
     }
     this.counts.frames++;
-    const ctx = this._context();
+    this._context();  // the player (and, until the user acts, maybe "click to enable sound")
     this.kind = msg.t;
     if (msg.t === "pcm") {
       if (msg.d.length % 2) { this.counts.malformed++; return; }
@@ -121,7 +124,6 @@ export class Voice extends EventTarget {
     } catch (e) {
       this.counts.decodeErrors++;
     }
-    void ctx;
   }
 
   _decoded(data) {
@@ -172,7 +174,21 @@ export class Voice extends EventTarget {
     this.element.srcObject = new MediaStream([track]);
     this.element.muted = this.muted;
     this.element.play().catch(() => this._checkBlocked()).finally(() => this._checkBlocked());
-    this._tapTrack(track);
+    this._tap = null;  // the level meter taps the track when it is first asked for (an AudioContext costs)
+    this._measureOutputLatency();
+  }
+
+  /** The output device's latency, from an AudioContext on it (the element plays to the same
+   *  device): the RTP playout timestamp is when the sound went to the device, heard this much later.
+   *  The context is suspended again unless the level meter needs it. */
+  _measureOutputLatency() {
+    const ctx = this._context();
+    const read = () => {
+      if (ctx.state !== "running") return;
+      this.outputLatencyS = (ctx.baseLatency || 0) + (ctx.outputLatency || 0);
+      if (this.kind === "rtp" && !this._tap) ctx.suspend().catch(() => {});
+    };
+    setTimeout(read, 250);
   }
 
   /** {"type": "voice_clock"}: RTP timestamp r plays the sound of pts epoch_us + (r - rtp_origin) / 48 kHz. */
@@ -183,10 +199,10 @@ export class Voice extends EventTarget {
   _tapTrack(track) {  // the level meter listens to the track too (it does not play it: the element does)
     const ctx = this._context();
     try {
-      if (this._tap) this._tap.disconnect();
       this._tap = ctx.createMediaStreamSource(new MediaStream([track]));
       this._tap.connect(this.analyser);
     } catch (e) {
+      this._tap = false;
       console.warn("no level meter for the voice track:", e.message);
     }
   }
@@ -214,7 +230,7 @@ export class Voice extends EventTarget {
     const playedMs = clock.epochUs / 1000 + (ticks * 1000) / RTP_RATE;
     const sinceMs = performance.timeOrigin + performance.now() - s.timestamp;  // s.timestamp: epoch ms
     this.lastHeardAt = performance.now() - sinceMs;
-    return playedMs + Math.max(0, sinceMs);
+    return playedMs + Math.max(0, sinceMs) - this.outputLatencyS * 1000;  // played out, then heard after the device
   }
 
   /** When (performance.now() time) the sound the context is processing now will be heard. */
@@ -228,6 +244,10 @@ export class Voice extends EventTarget {
 
   /** RMS of the sound playing now (0 when none): the level meter, and the tests' ears. */
   level() {
+    if (this.kind === "rtp" && this._tap === null && this.track) {
+      this._tapTrack(this.track);
+      if (this.ctx && this.ctx.state === "suspended" && !this.blocked) this.ctx.resume().catch(() => {});
+    }
     if (!this.analyser || !this.ctx || this.ctx.state !== "running") return 0;
     this.analyser.getFloatTimeDomainData(this._level);
     let sum = 0;
