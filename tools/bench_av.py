@@ -5,8 +5,10 @@ microphone, and what the voice costs.
     python tools/bench_av.py [--viewers 1 10] [--transports webrtc websocket] [--trials 10] [--no-mic]
 
 Everything runs on this machine's loopback: the graphs in this process's Runner, Debian's
-Chromium driven by Playwright. The first page of a case renders the face (software WebGL); the
-others decode, play the voice and schedule the face without drawing (``?render=0``). Pages may
+Chromium driven by Playwright. A single viewer's page renders the face (software WebGL); with
+ten, every page decodes, plays the voice and schedules the face without drawing (``?render=0``):
+one software renderer takes half of one of the two cores the graph runs on, and a viewer's
+pixels are drawn on its own machine. Pages may
 play sound without a click (``--autoplay-policy``), and send no echoes (``?echo=0``): the
 measures are the pages' own, and ten pages echoing every frame (600 messages a second into the
 sink's Python SCTP) starved the two cores: the sink sent the voice late and the pages showed
@@ -107,8 +109,8 @@ def wait(pred, timeout: float, what: str, interval: float = 0.1):
 class Graph:
     """A graph with its control API (unauthenticated, loopback), in this process."""
 
-    def __init__(self, text: str, **args: str):
-        self.runner = Runner(parse_graph(text, "<bench>", args), stop_on_eos=False).start()
+    def __init__(self, yaml_text: str, /, **args: str):
+        self.runner = Runner(parse_graph(yaml_text, "<bench>", args), stop_on_eos=False).start()
         self.url = self.sink()["url"]
         self.api = ApiServer(self.runner, ApiConfig(host="127.0.0.1", port=0, insecure_local=True, rate=1000, burst=1000,
                                                     cors_origins=[self.url.rstrip("/")]), announce=False).start()
@@ -141,11 +143,13 @@ def cpu_s(pid: int) -> float:
 
 
 def open_pages(browser, url: str, n: int, transport: str, extra: str = "") -> list:
+    """``n`` viewers: one renders the face; of several, none does (each would on its own machine;
+    here software WebGL for one page takes half of one of the two cores the graph runs on)."""
     pages = []
-    for i in range(n):
+    for _ in range(n):
         ctx = browser.new_context(viewport={"width": 480, "height": 360})
         page = ctx.new_page()
-        page.goto(f"{url}?transport={transport}&echo=0{'' if i == 0 else '&render=0'}{extra}")
+        page.goto(f"{url}?transport={transport}&echo=0{'' if n == 1 else '&render=0'}{extra}")
         pages.append(page)
     for page in pages:
         wait(lambda p=page: p.evaluate("() => !!window.avatar && window.avatar.framesDecoded > 30"), 60, "a page to start")
@@ -262,7 +266,14 @@ def first_sound(browser, transport: str, trials: int) -> list[float]:
         for _ in range(trials):
             page.evaluate("() => window.avatar.startRecording()")
             t0 = g.say("Hello there.")
-            spoken(page)
+            try:
+                spoken(page, 20)
+            except TimeoutError:  # said, never heard: a failure the report shows
+                state = page.evaluate("() => [window.avatar.voice.counts, window.avatar.recordingSummary(0.02)]")
+                print(f"   ({transport}: a trial was not heard within 20 s: {state})", flush=True)
+                page.evaluate("() => window.avatar.stopRecording()")
+                out.append(float("inf"))
+                continue
             rec = page.evaluate("() => window.avatar.stopRecording()")
             heard = [t for t, rms, _c in rec["level"] if rms > LOUD]
             out.append(origin + heard[0] - t0)
@@ -361,7 +372,8 @@ def main() -> None:
                           f"{r['bytes_per_viewer_s']:>9.0f} | {rtp} | {r['encoder_cpu']:>6.1%} | {r['sink_cpu']:>7.1%} | "
                           f"{r['late']}/{r['rebuffers']}", flush=True)
             print("\n1b. probe: 1 kHz bursts into tools/av_probe.py's face (its jaw open exactly while the voice is loud,\n"
-                  "    150 ms behind it); each burst heard in a page -> the jaw shown opening for it (ms, + = mouth late)\n")
+                  "    150 ms behind it); each burst heard in a page -> the jaw shown opening for it (ms, + = mouth late).\n"
+                  "    Over WebRTC the page hears through a WebAudio tap of the track, which adds a lag of its own.\n")
             for transport in a.transports:
                 for n in a.viewers:
                     o = probe_case(browser, transport, n, tmp, a.probe_seconds)
@@ -373,8 +385,10 @@ def main() -> None:
             for transport in a.transports:
                 v = first_sound(browser, transport, a.trials)
                 ttfs[transport] = v
+                heard = [x for x in v if np.isfinite(x)]
                 print(f"   {transport:>9}: p50 {np.median(v):.0f}, p95 {np.percentile(v, 95):.0f}, "
-                      f"min {min(v):.0f}, max {max(v):.0f} ({len(v)} trials)", flush=True)
+                      f"min {min(heard, default=np.inf):.0f}, max {max(heard, default=np.inf):.0f} "
+                      f"({len(v)} trials, {len(v) - len(heard)} not heard)", flush=True)
         finally:
             browser.close()
         if not a.no_mic:

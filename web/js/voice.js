@@ -19,7 +19,7 @@
 // a "voice" event asks the page to show "click to enable sound"; `enable()` (from a click) plays.
 const LEAD_S = 0.06;        // jitter buffer of the WebSocket voice: the first packet plays this long after it came
 const MIN_AHEAD_S = 0.005;  // a packet due sooner than this is late: the timeline moves later (counted)
-const REBUFFER_S = 0.02;    // ... by as much as it was late, and this much more
+const REBUFFER_S = 0.05;    // ... by as much as it was late, and this much more (one glitch, not a run of them)
 const MAX_AHEAD_S = 2.0;    // a packet due later than this: the sender's clock jumped, start again
 const RTP_RATE = 48000;
 const PCM_RATE = 16000;
