@@ -207,5 +207,10 @@ class DataChannelTransport:
         if self.track is not None:
             self.track.put(packet)
 
+    @property
+    def voice_drops(self) -> int:
+        """Voice packets the audio track dropped (aiortc's sender fell half a second behind)."""
+        return self.track.dropped if self.track is not None else 0
+
     async def close(self) -> None:
         await self.pc.close()

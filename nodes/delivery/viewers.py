@@ -88,7 +88,7 @@ class Viewer:
         return {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
                 "sent": self.sent, "drops": self.drops, "skipped": self.skipped, "queued": len(self.queue),
                 "waiting": self.waiting, "audio": self.audio, "voice_sent": self.voice_sent,
-                "voice_drops": self.voice_drops}
+                "voice_drops": self.voice_drops + getattr(self.transport, "voice_drops", 0)}
 
 
 class ProtocolError(ValueError):

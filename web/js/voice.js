@@ -32,7 +32,6 @@ export class Voice extends EventTarget {
     this.track = null; this.receiver = null; this.element = null; this.rtpClock = null;
     this.blocked = false; this.kind = null;               // "opus" | "pcm" | "rtp"
     this.counts = { frames: 0, played: 0, late: 0, rebuffers: 0, malformed: 0, decodeErrors: 0 };
-    this.lastHeardAt = -Infinity;                         // performance.now() of the last packet scheduled/played
     this._level = null; this._tap = null; this.outputLatencyS = 0;
     this.muted = false;
   }
@@ -157,7 +156,6 @@ export class Voice extends EventTarget {
     src.connect(this.output);
     src.start(at);
     this.counts.played++;
-    this.lastHeardAt = performance.now() + (at - now) * 1000;
   }
 
   // --- WebRTC voice ----------------------------------------------------------------------------------
@@ -229,7 +227,6 @@ export class Voice extends EventTarget {
     const ticks = (s.rtpTimestamp - clock.rtpOrigin) >>> 0;           // RTP timestamps wrap at 2^32
     const playedMs = clock.epochUs / 1000 + (ticks * 1000) / RTP_RATE;
     const sinceMs = performance.timeOrigin + performance.now() - s.timestamp;  // s.timestamp: epoch ms
-    this.lastHeardAt = performance.now() - sinceMs;
     return playedMs + Math.max(0, sinceMs) - this.outputLatencyS * 1000;  // played out, then heard after the device
   }
 
