@@ -1,6 +1,6 @@
-"""Festival speech: real festival and its HTS voice, driven through one long-lived process; its
-phones mapped to ARPAbet on the audio's timeline; text that cannot escape its string; clear
-errors.
+"""Festival as text_phoneme's second engine: real festival and its HTS voice, driven through one
+long-lived process; its phones mapped to ARPAbet on the audio's timeline; text that cannot
+escape its string; clear errors; a real graph and the say interface.
 
 Tests that need festival are skipped, saying why, when it or its voice is not installed
 (``make test`` installs both: festival festvox-us-slt-hts)."""
@@ -26,6 +26,10 @@ from nodes.speech import (
     scheme_string,
     segments_to_phones,
 )
+from runtime import CallRefused, Message, ParamError, ParamRefused
+from runtime.recording import read_recording
+from runtime.testing import NodeHarness, run_to_eos, start_graph
+from tests.helpers import wait_until
 
 VALID = set(PHONES) | {"sil"}
 MAPPING = "mappings/festival_arpabet.yaml"
@@ -160,6 +164,8 @@ def test_a_wrong_voice_is_refused_with_the_installed_list(festival: Festival, tm
     with pytest.raises(FestivalError, match="festival has no voice"):
         Festival(f'x) (system "touch {victim}") (voice_x')
     assert not victim.exists()
+    with pytest.raises(FestivalError, match=rf"installed: .*{FESTIVAL_VOICE}"):
+        NodeHarness("text_phoneme", engine="festival", voice="no_such_voice")
 
 
 def test_a_festival_that_died_is_started_again(festival: Festival) -> None:
@@ -189,3 +195,121 @@ def test_the_rate_follows_wpm(festival: Festival) -> None:
     assert lengths[0] > lengths[1] * 1.2 and lengths[2] < lengths[1] / 1.2
     audio, phones = festival.speak(text, wpm=260)
     assert_covers(audio, phones)
+
+
+# --- text_phoneme with engine: festival ---------------------------------------------------------
+def phonemes_and_audio(outputs: list[tuple[str, Message]]) -> tuple[list[Message], list[Message]]:
+    return [m for p, m in outputs if p == "phonemes"], [m for p, m in outputs if p == "audio"]
+
+
+def audio_end(m: Message) -> int:
+    return m.pts_ns + len(m.arrays["pcm"]) * 1_000_000_000 // 16000
+
+
+def assert_continuous(audio: list[Message]) -> None:
+    for a, b in zip(audio, audio[1:]):
+        assert abs(b.pts_ns - audio_end(a)) <= 1, (a.pts_ns, b.pts_ns)
+
+
+def test_graph_text_to_recorders(festival: Festival, tmp_path: Path) -> None:
+    rp, ra = tmp_path / "phonemes.msgpack", tmp_path / "audio.msgpack"
+    runner = run_to_eos(f"""
+nodes:
+  tts: {{type: text_phoneme, params: {{engine: festival, text: "Hello. Type a sentence, the avatar says it.",
+                                      realtime: false, eos_after_text: true}}}}
+  rp: {{type: recorder, params: {{path: "{rp}"}}}}
+  ra: {{type: recorder, params: {{path: "{ra}"}}}}
+links:
+  - {{from: tts.phonemes, to: rp.in, policy: block, size: 8}}
+  - {{from: tts.audio, to: ra.in, policy: block, size: 8}}
+""", timeout=60)
+    assert runner.exit_code == 0, runner.bus.messages("ERROR")
+    phon, audio = read_recording(rp), read_recording(ra)
+    assert len(phon) == 2
+    rows = [r for m in phon for r in m.data["phonemes"]]
+    assert [r[1] for r in rows if r[1] != "sil"][:4] == ["HH", "AH", "L", "OW"]
+    assert all(r[1] in VALID for r in rows) and all(a[3] == b[2] for a, b in zip(rows, rows[1:]))
+    assert audio[0].pts_ns == rows[0][2] and audio_end(audio[-1]) == rows[-1][3]
+    assert_continuous(audio)
+    assert sum(len(m.arrays["pcm"]) for m in audio) / 16000 == pytest.approx((rows[-1][3] - rows[0][2]) / 1e9, abs=0.002)
+
+
+def test_graph_says_on_request_with_festival(festival: Festival, tmp_path: Path, runners) -> None:
+    """The say interface through a real process: sentences out as they are due, one timeline."""
+    rp, ra = tmp_path / "phonemes.msgpack", tmp_path / "audio.msgpack"
+    runner = start_graph(f"""
+name: say_festival
+nodes:
+  tts: {{type: text_phoneme, params: {{engine: festival, synth_ahead_ms: 1500}}}}
+  rp: {{type: recorder, params: {{path: "{rp}", flush_every: 1}}}}
+  ra: {{type: recorder, params: {{path: "{ra}", flush_every: 1}}}}
+links:
+  - {{from: tts.phonemes, to: rp.in, policy: block, size: 8}}
+  - {{from: tts.audio, to: ra.in, policy: block, size: 64}}
+""")
+    runners.append(runner)
+    assert runner.nodes_with("say") == ["tts"]
+    answer = runner.call("tts", "say", {"session": "s", "text": "One sentence here. And another one follows."})
+    assert answer["sentences"] == 2 and answer["pending_sentences"] == 1  # the first is being made
+    with pytest.raises(CallRefused, match="nothing to say"):
+        runner.call("tts", "say", {"session": "s", "text": ""})
+    with pytest.raises(ParamRefused, match=rf"festival has no voice 'nope'; installed: .*{FESTIVAL_VOICE}"):
+        runner.set_params("tts", voice="nope")
+
+    def all_said() -> bool:
+        stats = runner.stats()["nodes"]
+        tts = stats["tts"]["node"]
+        return (tts["sentences"] == 2 and tts["queued_chunks"] == 0 and not tts["synthesizing"] and
+                stats["ra"]["node"]["written"] == stats["tts"]["outputs"]["tts.audio-ra.in"]["sent"])
+    wait_until(all_said, 60, what="both sentences spoken")
+    tts = runner.stats()["nodes"]["tts"]["node"]
+    assert tts["engine"] == "festival" and tts["failed"] == 0 and tts["unknown_mnemonics"] == []
+    phon, audio = read_recording(rp), read_recording(ra)
+    assert len(phon) == 2 and phon[1].data["phonemes"][0][2] == phon[0].data["phonemes"][-1][3]
+    assert_continuous(audio)
+    assert audio[0].pts_ns == phon[0].pts_ns and audio_end(audio[-1]) == phon[1].data["phonemes"][-1][3]
+    assert np.median(np.diff([m.pts_ns for m in audio])) == 20_000_000
+
+
+def wait_for(h: NodeHarness, done, timeout: float = 30.0) -> None:
+    """Drive a harness on the real clock's pace (festival works in real time on its thread)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+        h.advance(0.02)
+
+
+def test_an_interrupt_drops_the_sentence_festival_is_making(festival: Festival) -> None:
+    h = NodeHarness("text_phoneme", engine="festival", synth_ahead_ms=500.0)
+    try:
+        h.call("say", session="s", text="The first sentence is here. The second one follows it. A third one, too.")
+        wait_for(h, lambda: phonemes_and_audio(h.outputs)[0])  # the first sentence made
+        # the second is made once less than synth_ahead_ms of the first is left: interrupt then
+        wait_for(h, lambda: h.node.stats()["synthesizing"])
+        before = len(h.outputs)
+        cut = h.call("say", session="s", text="Stop.", interrupt=True)
+        assert cut["interrupted"]
+        wait_for(h, lambda: h.node.stats()["sentences"] >= 2 and not h.node.stats()["synthesizing"]
+                 and not h.node.stats()["pending_sentences"])
+        h.advance(5.0)
+        phon = [m for p, m in h.outputs[before:] if p == "phonemes"]
+        said = [[r[1] for r in m.data["phonemes"] if r[1] != "sil"] for m in phon]
+        assert said == [["S", "T", "AA", "P"]]  # the sentence in the making when the cut came is dropped
+        s_audio = [m for p, m in h.outputs[before:] if p == "audio"]
+        assert_continuous(s_audio)
+        assert audio_end(s_audio[-1]) == phon[0].data["phonemes"][-1][3]
+    finally:
+        h.close()
+    assert h.node.festival is not None and h.node.festival.proc is None  # stopped in teardown
+
+
+def test_festival_is_started_in_setup_and_stopped_in_teardown(festival: Festival) -> None:
+    h = NodeHarness("text_phoneme", engine="festival")
+    proc = h.node.festival.proc
+    assert proc is not None and proc.poll() is None
+    with pytest.raises(ParamError, match="festival has no voice 'nope'"):
+        h.set_params(voice="nope")
+    assert h.node.p.voice == ""
+    h.close()
+    assert proc.poll() is not None
