@@ -78,7 +78,7 @@ class TextPhoneme(Node):
         "engine": Param(str, "espeak", "what speaks: espeak (espeak-ng, built in) or festival (Festival and its voices, "
                         f"Debian's {FESTIVAL_PACKAGES}; started in setup)", choices=ENGINES, mutable=READY),
         "voice": Param(str, "", f"the engine's voice; empty: its default. espeak: an espeak-ng voice ({ESPEAK_VOICE}, "
-                                f"en-gb, en-us+f3 ...); festival: a voice festival lists ({FESTIVAL_VOICE}, kal_diphone ...), "
+                                f"en-gb, en-us+f3 ...); festival: a voice festival lists ({FESTIVAL_VOICE}; Debian's festvox-* add others), "
                                 "checked in setup and when changed (a wrong one is refused with the installed list)"),
         "wpm": Param(int, 175, "speaking rate, words per minute (festival: 175 is its voice's own pace, others in "
                                "proportion, by Duration_Stretch and the HTS engine's speed)", min=80, max=450),
