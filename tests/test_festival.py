@@ -157,6 +157,22 @@ def test_text_is_spoken_literally_never_evaluated(festival: Festival, tmp_path: 
     assert victim.exists()
 
 
+def test_a_text_with_nothing_to_say_gives_nothing(festival: Festival) -> None:
+    for text in ("...", "", "\u65e5\u672c\u8a9e"):  # punctuation, nothing, no ASCII letters
+        audio, phones = festival.speak(text)
+        assert len(audio) == 0 and phones == []
+
+
+def test_a_graph_with_festival_but_no_festival_program_does_not_load(monkeypatch) -> None:
+    import nodes.text_phoneme
+    from runtime import GraphError, parse_graph, validate_graph
+
+    monkeypatch.setattr(nodes.text_phoneme.shutil, "which", lambda name: None)
+    with pytest.raises(GraphError, match="festival is not installed .*festival festvox-us-slt-hts"):
+        validate_graph(parse_graph("nodes:\n  tts: {type: text_phoneme, params: {engine: festival}}\n", "<test>"))
+    validate_graph(parse_graph("nodes:\n  tts: {type: text_phoneme}\n", "<test>"))  # espeak needs no festival
+
+
 def test_a_wrong_voice_is_refused_with_the_installed_list(festival: Festival, tmp_path: Path) -> None:
     with pytest.raises(FestivalError, match=rf"festival has no voice 'no_such_voice'; installed: .*{FESTIVAL_VOICE}"):
         Festival("no_such_voice")

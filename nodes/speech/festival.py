@@ -306,9 +306,12 @@ class Festival:
     def speak(self, text: str, wpm: int = 175, table: dict[str, list[str]] | None = None,
               unknown: set[str] | None = None, voice: str | None = None) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
         """16 kHz int16 speech for a text and its ARPAbet phones in seconds from the first sample,
-        as ``nodes.speech.speak`` gives espeak's; ``wpm`` as espeak's (175 is the voice's own pace)."""
+        as ``nodes.speech.speak`` gives espeak's; ``wpm`` as espeak's (175 is the voice's own pace).
+        Nothing (no samples, no phones) for a text with nothing to say in it."""
         pcm, rate, segments = self.synthesize(text, stretch=175.0 / wpm, voice=voice)
         phones = segments_to_phones(segments, len(pcm), rate, table or arpabet_table(FESTIVAL_MAPPING), unknown)
+        if all(ph == "sil" for ph, _, _ in phones):  # nothing festival can say (punctuation, no ASCII letters)
+            return np.zeros(0, np.int16), []
         rs = Resampler(rate, RATE)
         audio = to_int16(np.concatenate([rs.process(pcm), rs.flush()]))
         return audio, phones
