@@ -28,10 +28,11 @@ web/assets/face.glb: $(STAMP) $(WEB_STAMP) tools/build_face_glb.py tools/face_mo
 	$(PY) tools/build_face_glb.py
 
 # Debian packages the nodes and tests use; installed only where missing (needs root, as on CI):
-# espeak-ng's library (text_phoneme), Chromium (the browser tests), iproute2 (their network namespace),
-# redis-server (the state store's test starts its own), curl (the voice tests post with it, as the docs do);
-# and Node.js with npm for the web client, where there is no npm yet.
-APT_PACKAGES := libespeak-ng1 chromium iproute2 redis-server curl
+# espeak-ng's library (text_phoneme), Festival and its US English HTS voice (text_phoneme's engine: festival),
+# Chromium (the browser tests), iproute2 (their network namespace), redis-server (the state store's test starts
+# its own), curl (the voice tests post with it, as the docs do); and Node.js with npm for the web client, where
+# there is no npm yet.
+APT_PACKAGES := libespeak-ng1 festival festvox-us-slt-hts chromium iproute2 redis-server curl
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \

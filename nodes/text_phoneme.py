@@ -1,7 +1,13 @@
-"""text_phoneme: text in, ARPAbet phonemes with timings and the spoken audio out (espeak-ng).
+"""text_phoneme: text in, ARPAbet phonemes with timings and the spoken audio out (espeak-ng or Festival).
 
-The speaking is ``nodes.speech`` (espeak-ng through ctypes, with exact phoneme times); this node
-adds params, per-session queues and the pacing of phonemes and audio on the pts clock.
+The speaking is ``nodes.speech``: espeak-ng through ctypes (the built-in voice, with exact
+phoneme times, a few milliseconds a sentence) or, with ``engine: festival``, a Festival process
+the node starts in setup and stops in teardown (``nodes.speech.Festival``: more natural voices,
+such as Debian's HTS voice ``cmu_us_slt_arctic_hts``, at a few hundred milliseconds a sentence).
+This node adds params, per-session queues and the pacing of phonemes and audio on the pts clock.
+Festival synthesises on a thread of the node's, one sentence at a time, so the node's loop goes
+on sending the audio already made while the next sentence is being made (espeak is fast enough
+to synthesise on the loop).
 
 Text comes from the ``text`` param (said when playing starts, and whenever it is set live), the
 ``text`` input pad (``data {"text": [...], "interrupt": [bool]*S}``, one row per session) and the
@@ -21,8 +27,11 @@ no text just stops: one ``sil`` phoneme from now closes the mouth.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping
 
 import numpy as np
@@ -32,15 +41,30 @@ from runtime.sessions import batch_sessions
 from runtime.states import READY
 
 from .face import TABLE_RULE
-from .speech import ESPEAK_MAPPING, RATE, Espeak, arpabet_table, speak, split_sentences
+from .speech import (
+    ESPEAK_MAPPING,
+    FESTIVAL_MAPPING,
+    FESTIVAL_PACKAGES,
+    FESTIVAL_VOICE,
+    RATE,
+    Espeak,
+    Festival,
+    FestivalError,
+    arpabet_table,
+    speak,
+    split_sentences,
+)
 
 MAX_SESSION_CHARS = 1024  # a session id is a name, not a payload
 _SAY_ARGS = ("session", "text", "interrupt")
 _STOP_NS = 100_000_000  # the sil phoneme an interrupt without text sends: the mouth closes
+ENGINES = ("espeak", "festival")
+ESPEAK_VOICE = "en-us"
+_DEFAULTS = {"espeak": (ESPEAK_VOICE, ESPEAK_MAPPING), "festival": (FESTIVAL_VOICE, FESTIVAL_MAPPING)}
 
 
 class TextPhoneme(Node):
-    """Speaks text with espeak-ng: ARPAbet phonemes with timings, and the speech as audio/pcm."""
+    """Speaks text with espeak-ng or Festival: ARPAbet phonemes with timings, and the speech as audio/pcm."""
 
     interfaces = frozenset({"say"})
     inputs = {"text": Pad(caps="text/plain", required=False,
@@ -51,14 +75,23 @@ class TextPhoneme(Node):
     }
     params = {
         "text": Param(str, "", "text to say when playing starts (and again whenever it is set live)"),
-        "voice": Param(str, "en-us", "espeak-ng voice"),
-        "wpm": Param(int, 175, "speaking rate, words per minute", min=80, max=450),
-        "pitch": Param(int, 50, "espeak pitch", min=0, max=99),
+        "engine": Param(str, "espeak", "what speaks: espeak (espeak-ng, built in) or festival (Festival and its voices, "
+                        f"Debian's {FESTIVAL_PACKAGES}; started in setup)", choices=ENGINES, mutable=READY),
+        "voice": Param(str, "", f"the engine's voice; empty: its default. espeak: an espeak-ng voice ({ESPEAK_VOICE}, "
+                                f"en-gb, en-us+f3 ...); festival: a voice festival lists ({FESTIVAL_VOICE}; Debian's festvox-* add others), "
+                                "checked in setup and when changed (a wrong one is refused with the installed list)"),
+        "wpm": Param(int, 175, "speaking rate, words per minute (festival: 175 is its voice's own pace, others in "
+                               "proportion, by Duration_Stretch and the HTS engine's speed)", min=80, max=450),
+        "pitch": Param(int, 50, "espeak pitch; festival does not use it (its voices keep their own pitch: festival "
+                                "offers no simple pitch setting for its HTS voices)", min=0, max=99),
         "session": Param(str, "default", "session of the 'text' param's speech"),
         "realtime": Param(bool, True, "send audio chunks as they are due; false = all at once"),
         "chunk_ms": Param(int, 20, "duration of one audio chunk", min=10, max=20, mutable=READY),
         "eos_after_text": Param(bool, False, "end the stream once the 'text' param is spoken (no text input linked)"),
-        "mapping": Param(str, ESPEAK_MAPPING, f"YAML table of espeak mnemonics -> ARPAbet ({TABLE_RULE})", mutable=READY),
+        "mapping": Param(str, "", f"YAML table of the engine's phones -> ARPAbet ({TABLE_RULE}); empty: the engine's own, "
+                                  f"{ESPEAK_MAPPING} or {FESTIVAL_MAPPING}", mutable=READY),
+        "festival_timeout": Param(float, 30.0, "festival: seconds a sentence may take before festival is taken for hung "
+                                  "(it is then killed and started again, once)", min=1.0, max=600.0, mutable=READY),
         "max_chars": Param(int, 10000, "longest text one request may say (longer ones are refused)", min=1, max=1_000_000),
         "max_queued_chars": Param(int, 100000, "text a session may have waiting to be synthesized (more is refused)",
                                   min=1, max=10_000_000),
@@ -68,10 +101,45 @@ class TextPhoneme(Node):
                                 "speech is queued ahead", min=0.0, max=60000.0),
     }
 
+    @classmethod
+    def check_config(cls, params: Mapping[str, Any]) -> list[str]:
+        problems = []
+        if params["mapping"]:
+            try:
+                arpabet_table(params["mapping"])
+            except (ParamError, OSError, KeyError, TypeError, AttributeError) as exc:
+                problems.append(f"mapping: {exc}")
+        if params["engine"] == "festival" and shutil.which("festival") is None:
+            problems.append(f"engine festival: festival is not installed (no 'festival' program on PATH); install the "
+                            f"Debian packages {FESTIVAL_PACKAGES}")
+        return problems
+
     def setup(self) -> None:
-        self.espeak = Espeak.get()
-        self.table = arpabet_table(self.p.mapping)
+        default_voice, default_mapping = _DEFAULTS[self.p.engine]
+        self.table = arpabet_table(self.p.mapping or default_mapping)
+        self.festival: Festival | None = None
+        self.pool: ThreadPoolExecutor | None = None  # festival's synthesis thread
+        self.job: _Job | None = None  # the sentence festival is making
+        if self.p.engine == "festival":
+            # started here, so the first sentence is fast; a missing program or voice fails setup, saying which
+            self.festival = Festival(self.p.voice or default_voice, timeout=self.p.festival_timeout)
+            try:
+                self.festival.speak("Hello.", table=self.table, unknown=set())  # loads the lexicon and the voice's models
+            except BaseException:
+                self.festival.close()
+                raise
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-festival")
+            # the thread says when a sentence is made, so the loop takes it at once, not at its next tick
+            self.wake_r, self.wake_w = os.pipe()
+            os.set_blocking(self.wake_r, False)
+            os.set_blocking(self.wake_w, False)
+            self.watch(self.wake_r, self._woken)
+        else:
+            self.espeak = Espeak.get()
+            self._check_voice(self.p.voice)
+        self.generation: dict[str, int] = {}  # per session, +1 at every interrupt: a sentence made before is dropped
         self.unknown: set[str] = set()
+        self.failed = 0  # sentences festival could not say
         self.queues: dict[str, deque[tuple[int, np.ndarray]]] = {}  # audio not yet sent, per session
         self.pending: dict[str, deque[str]] = {}  # sentences not yet synthesized, per session
         self.busy_until: dict[str, int] = {}  # end pts of each session's queued speech
@@ -104,7 +172,34 @@ class TextPhoneme(Node):
             if self.p.eos_after_text and not self.p.realtime:
                 self._end()
 
+    def teardown(self) -> None:
+        festival = getattr(self, "festival", None)  # setup may have failed before
+        if festival is not None:
+            if self.job is not None:
+                festival.kill()  # the sentence in the making ends at once
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.unwatch(self.wake_r)
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+            festival.close()
+
+    def _check_voice(self, voice: str) -> None:
+        """Refuse (ParamError) a voice the engine does not have."""
+        if self.festival is not None:
+            try:
+                self.festival.check_voice(voice or FESTIVAL_VOICE)  # against the list festival gave at start
+            except FestivalError as exc:
+                raise ParamError(str(exc)) from None
+        else:
+            try:
+                self.espeak.check_voice(voice or ESPEAK_VOICE)
+            except ValueError as exc:
+                raise ParamError(str(exc)) from None
+
     def on_params(self, changed: dict) -> None:
+        if "voice" in changed:
+            self._check_voice(changed["voice"])
         if changed.get("text"):
             self._say([(self.p.session, changed["text"], False)])  # a ParamError refuses the change
 
@@ -179,8 +274,11 @@ class TextPhoneme(Node):
                     first.append(session)
             answers.append({"session": session, "sentences": len(sentences), "queued_s": round(ahead / 1e9, 3),
                             "interrupted": interrupt})
-        due = [s for s in first if not self.p.realtime or self._ahead_ns(s, now) < self.p.synth_ahead_ms * 1e6]
-        self._synthesize(due, now)
+        if self.pool is not None and self.p.realtime:
+            self._submit(now)  # the first sentence at once if festival is free, else right after its current one
+        else:
+            due = [s for s in first if not self.p.realtime or self._ahead_ns(s, now) < self.p.synth_ahead_ms * 1e6]
+            self._synthesize(due, now)
         if not self.p.realtime:
             while any(self.pending.values()):
                 for session in [s for s, q in self.pending.items() if q]:
@@ -194,6 +292,7 @@ class TextPhoneme(Node):
         """Drop the session's audio not yet sent and its sentences not yet synthesized: what comes
         next starts now (after the chunk already sent). ``stop``: nothing comes next; close the mouth."""
         self.interrupts += 1
+        self.generation[session] = self.generation.get(session, 0) + 1
         self.queues.pop(session, None)
         self.pending.pop(session, None)
         start = max(now, self.sent_until.get(session, 0))
@@ -206,37 +305,129 @@ class TextPhoneme(Node):
     def _ahead_ns(self, session: str, now: int) -> int:
         return self.busy_until.get(session, 0) - now
 
+    def _speak(self, sentence: str, voice: str, wpm: int, pitch: int) -> tuple[np.ndarray, list, set[str]]:
+        """One sentence by the engine: 16 kHz audio, (ARPAbet, start s, end s), the phones the table lacks.
+        Runs on festival's synthesis thread for festival: it reads nothing of the node's that changes."""
+        unknown: set[str] = set()
+        if self.festival is not None:
+            audio, phones = self.festival.speak(sentence, wpm, self.table, unknown, voice=voice or FESTIVAL_VOICE)
+        else:
+            audio, phones = speak(sentence, voice or ESPEAK_VOICE, wpm, pitch, self.table, unknown)
+        return audio, phones, unknown
+
     def _synthesize(self, sessions: list[str], now: int) -> None:
-        """The next sentence of each of these sessions, on its timeline; one phonemes message."""
-        names, rows = [], []
+        """The next sentence of each of these sessions, on its timeline, made here and now (espeak,
+        and festival when not in real time); one phonemes message."""
+        self._finish_job(now)
+        names: list[str] = []
+        rows: list[list] = []
         for session in sessions:
             q = self.pending.get(session)
             while q:
                 sentence = q.popleft()
                 t0 = time.perf_counter()
-                audio, phones = speak(sentence, self.p.voice, self.p.wpm, self.p.pitch, self.table, self.unknown)
-                took = time.perf_counter() - t0
-                self.synth_s += took
-                self.synth_max_s = max(self.synth_max_s, took)
+                try:
+                    audio, phones, unknown = self._speak(sentence, self.p.voice, self.p.wpm, self.p.pitch)
+                except FestivalError as exc:
+                    self._failed(session, exc)
+                    continue
+                self._took(time.perf_counter() - t0, unknown)
                 if not len(audio):
                     continue  # only punctuation: nothing to say, take the next one
-                start = max(now, self.busy_until.get(session, 0))
-                row = len(names)
-                names.append(session)
-                rows += [[row, ph, start + int(s * 1e9), start + int(e * 1e9)] for ph, s, e in phones]
-                step = RATE * self.p.chunk_ms // 1000
-                chunks = self.queues.setdefault(session, deque())
-                for i in range(0, len(audio), step):
-                    chunks.append((start + i * 1_000_000_000 // RATE, audio[i:i + step]))
-                self.busy_until[session] = start + len(audio) * 1_000_000_000 // RATE
-                rows[-1][3] = self.busy_until[session]  # espeak's own rate's rounding: end with the audio
-                self.sentences += 1
-                self.audio_s += len(audio) / RATE
+                self._place(session, audio, phones, now, names, rows)
                 break
+        self._emit_phonemes(names, rows)
+
+    def _place(self, session: str, audio: np.ndarray, phones: list, now: int, names: list[str], rows: list[list]) -> None:
+        """A sentence's phonemes (as rows of the next message) and audio (queued) on its session's timeline."""
+        start = max(now, self.busy_until.get(session, 0))
+        row = len(names)
+        names.append(session)
+        rows += [[row, ph, start + int(s * 1e9), start + int(e * 1e9)] for ph, s, e in phones]
+        step = RATE * self.p.chunk_ms // 1000
+        chunks = self.queues.setdefault(session, deque())
+        for i in range(0, len(audio), step):
+            chunks.append((start + i * 1_000_000_000 // RATE, audio[i:i + step]))
+        self.busy_until[session] = start + len(audio) * 1_000_000_000 // RATE
+        rows[-1][3] = self.busy_until[session]  # the engine's own rate's rounding: end with the audio
+        self.sentences += 1
+        self.audio_s += len(audio) / RATE
+
+    def _emit_phonemes(self, names: list[str], rows: list[list]) -> None:
         if rows:
             self.phonemes_sent += len(rows)
             self.emit("phonemes", Message("phonemes/arpabet", {"phonemes": rows}, pts_ns=min(r[2] for r in rows),
                                           session=names))
+
+    def _took(self, seconds: float, unknown: set[str]) -> None:
+        self.synth_s += seconds
+        self.synth_max_s = max(self.synth_max_s, seconds)
+        self.unknown |= unknown
+
+    def _failed(self, session: str, exc: Exception) -> None:
+        self.failed += 1
+        self.warn(f"text_phoneme: a sentence for session {session[:40]!r} is not said: {exc}")
+
+    # --- festival's thread -------------------------------------------------------------------
+    def _submit(self, now: int) -> None:
+        """Festival free: start the next sentence of the session whose speech runs out first
+        (of those with less than synth_ahead_ms queued) on the synthesis thread."""
+        if self.job is not None or self.pool is None:
+            return
+        waiting = [s for s, q in self.pending.items() if q and self._ahead_ns(s, now) < self.p.synth_ahead_ms * 1e6]
+        if not waiting:
+            return
+        session = min(waiting, key=lambda s: self._ahead_ns(s, now))
+        sentence = self.pending[session].popleft()
+        future = self.pool.submit(self._speak, sentence, self.p.voice, self.p.wpm, self.p.pitch)
+        self.job = _Job(session, self.generation.get(session, 0), time.perf_counter(), future)
+        future.add_done_callback(self._wake)
+
+    def _wake(self, _future: Future) -> None:
+        """On the synthesis thread: a sentence is made (or failed); wake the loop."""
+        try:
+            os.write(self.wake_w, b"!")
+        except OSError:  # full (the loop is behind: it will see the job done anyway), or closed in teardown
+            pass
+
+    def _woken(self) -> None:
+        try:
+            os.read(self.wake_r, 64)
+        except BlockingIOError:
+            pass
+        now = self._now()
+        self._collect(now)
+        self._submit(now)
+
+    def _collect(self, now: int) -> None:
+        """The sentence festival finished, if it has: on its session's timeline, unless an
+        interrupt came meanwhile."""
+        job = self.job
+        if job is None or not job.future.done():
+            return
+        self.job = None
+        try:
+            audio, phones, unknown = job.future.result()
+        except FestivalError as exc:
+            self._failed(job.session, exc)
+            return
+        self._took(time.perf_counter() - job.t0, unknown)
+        if job.generation != self.generation.get(job.session, 0) or not len(audio):
+            return  # interrupted while it was made, or nothing to say
+        names: list[str] = []
+        rows: list[list] = []
+        self._place(job.session, audio, phones, now, names, rows)
+        self._emit_phonemes(names, rows)
+        self._send_due(now)  # a sentence that starts now: its first chunk at once
+
+    def _finish_job(self, now: int) -> None:
+        """Wait for festival's sentence in the making, and place it."""
+        if self.job is not None:
+            try:
+                self.job.future.result()
+            except FestivalError:
+                pass  # _collect reports it
+            self._collect(now)
 
     def _send_due(self, until_ns: int) -> None:
         for session, q in self.queues.items():
@@ -249,20 +440,25 @@ class TextPhoneme(Node):
         self.ticks += 1
         now = self._now()
         self._send_due(now)
-        waiting = [s for s, q in self.pending.items() if q and self._ahead_ns(s, now) < self.p.synth_ahead_ms * 1e6]
-        if waiting:  # one sentence a tick, the most urgent session's: the loop stays responsive
-            self._synthesize([min(waiting, key=lambda s: self._ahead_ns(s, now))], now)
+        if self.pool is not None:  # festival: take what it made, give it the next
+            self._collect(now)
+            self._submit(now)
+        else:
+            waiting = [s for s, q in self.pending.items() if q and self._ahead_ns(s, now) < self.p.synth_ahead_ms * 1e6]
+            if waiting:  # one sentence a tick, the most urgent session's: the loop stays responsive
+                self._synthesize([min(waiting, key=lambda s: self._ahead_ns(s, now))], now)
         if self.p.repeat_s > 0 and self.p.text and self.spoken_param and not self.p.eos_after_text:
             self._repeat(now)
         if self.ticks % 50 == 0:
             self._forget_idle(now)
-        if self.p.eos_after_text and self.spoken_param and not any(self.queues.values()) and not any(self.pending.values()):
+        if (self.p.eos_after_text and self.spoken_param and self.job is None and not any(self.queues.values())
+                and not any(self.pending.values())):
             self._end()
 
     def _repeat(self, now: int) -> None:
         """The 'text' param again, ``repeat_s`` after its session fell quiet (whatever it said)."""
         session = self.p.session
-        if self.queues.get(session) or self.pending.get(session):
+        if self.queues.get(session) or self.pending.get(session) or (self.job is not None and self.job.session == session):
             self.repeat_at = None
         elif self.repeat_at is None:
             self.repeat_at = max(now, self.busy_until.get(session, now)) + int(self.p.repeat_s * 1e9)
@@ -277,7 +473,8 @@ class TextPhoneme(Node):
 
     def _forget_idle(self, now: int) -> None:
         """Sessions with nothing queued or waiting, whose speech has played, are forgotten."""
-        for session in [s for s, end in self.busy_until.items() if end < now]:
+        making = self.job.session if self.job is not None else None
+        for session in [s for s, end in self.busy_until.items() if end < now and s != making]:
             if not self.queues.get(session) and not self.pending.get(session):
                 for d in (self.queues, self.pending, self.busy_until, self.sent_until):
                     d.pop(session, None)
@@ -292,14 +489,26 @@ class TextPhoneme(Node):
         """Input ended or asked to finish: synthesize and send the speech still queued (its pts say
         when to play it)."""
         now = self._now()
+        self._finish_job(now)
         while any(self.pending.values()):
             self._synthesize([s for s, q in self.pending.items() if q], now)
         self._send_due(1 << 62)
 
     def stats(self) -> dict:
-        return {"utterances": self.utterances, "sentences": self.sentences, "interrupts": self.interrupts,
-                "refused": self.refused, "repeats": self.repeats, "phonemes": self.phonemes_sent, "audio_s": round(self.audio_s, 3),
+        return {"engine": self.p.engine, "utterances": self.utterances, "sentences": self.sentences,
+                "interrupts": self.interrupts, "refused": self.refused, "failed": self.failed,
+                "synthesizing": self.job is not None, "repeats": self.repeats, "phonemes": self.phonemes_sent, "audio_s": round(self.audio_s, 3),
                 "synth_s": round(self.synth_s, 3), "synth_max_ms": round(self.synth_max_s * 1000, 1),
                 "queued_chunks": sum(len(q) for q in self.queues.values()),
                 "pending_sentences": sum(len(q) for q in self.pending.values()),
-                "unknown_mnemonics": sorted(self.unknown)}
+                "unknown_mnemonics": sorted(self.unknown),
+                **({"festival_restarts": self.festival.restarts} if self.festival is not None else {})}
+
+
+class _Job:
+    """A sentence festival is making on the synthesis thread: whose, in which generation of its speech."""
+
+    __slots__ = ("session", "generation", "t0", "future")
+
+    def __init__(self, session: str, generation: int, t0: float, future: Future):
+        self.session, self.generation, self.t0, self.future = session, generation, t0, future

@@ -59,7 +59,7 @@ def browser(playwright, netns, tmp_path_factory):
 @pytest.fixture
 def graph(netns, avatar_run, graph_file, tmp_path):
     """Start a graph inside the namespace; returns (process, page URL)."""
-    def start(text: str, *flags: str, port: int | None = None, **args):
+    def start(text: str, /, *flags: str, port: int | None = None, **args):  # text: the YAML; args may name a text arg
         port = port if port is not None else 8080 if netns else 0
         path = graph_file(text)
         proc = avatar_run("run", path, f"port={port}", *(f"{k}={v}" for k, v in args.items()), *flags,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ TALK_ARGS = {"ice": "[127.0.0.1]"}
 SENTENCE = "Peter Piper picked a peck of pickled peppers, and the birch canoe slid on the smooth planks."
 
 
-def with_api(graph, netns, text: str, **args):
+def with_api(graph, netns, text: str, /, **args):
     """Start a graph with its control API (unauthenticated, loopback only, the page's origin
     allowed), its sink told the API's URL; (process, page URL, API URL)."""
     web, api = (8080, 8081) if netns else (free_port(), free_port())
@@ -140,6 +141,24 @@ def test_text_typed_in_the_page_is_heard_while_the_jaw_moves_then_silence_and_a_
         assert page.evaluate("() => window.avatar.voice.kind") == ("rtp" if transport == "webrtc" else "opus")
         check_spoken(rec)
         check_in_sync(page)
+        assert not page.errors, page.errors
+    finally:
+        page.context.close()
+
+
+@pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed (make test installs it)")
+def test_festivals_voice_typed_in_the_page_is_heard_in_sync_with_the_jaw(graph, loud_browser, netns):
+    """The shipped say.yaml with engine=festival, as docs/voice.md runs it."""
+    proc, url, _ = with_api(graph, netns, SAY, engine="festival", **SAY_ARGS)
+    page = new_page(loud_browser)
+    try:
+        page.goto(f"{url}?transport=webrtc")
+        until(page, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
+        rec = record_speech(page, lambda: type_and_say(page, SENTENCE))
+        check_spoken(rec)
+        check_in_sync(page)
+        tts = json.loads(avatar_cli(netns, "stats", "-g", "browser-say"))["nodes"]["tts"]["node"]
+        assert tts["engine"] == "festival" and tts["sentences"] >= 1 and tts["failed"] == 0
         assert not page.errors, page.errors
     finally:
         page.context.close()

@@ -86,10 +86,15 @@ class Espeak:
     def _voice_and_params(self, voice: str, wpm: int, pitch: int) -> None:
         if voice != self._voice:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice '{voice}'")
+                raise ValueError(f"espeak-ng has no voice '{voice}' (espeak-ng --voices lists them)")
             self._voice = voice
         self.lib.espeak_SetParameter(_RATE, wpm, 0)
         self.lib.espeak_SetParameter(_PITCH, pitch, 0)
+
+    def check_voice(self, voice: str) -> None:
+        """ValueError if espeak-ng has no voice of this name (it becomes the voice in use)."""
+        with self.lock:
+            self._voice_and_params(voice, 175, 50)
 
     def synthesize(self, text: str, voice: str = "en-us", wpm: int = 175, pitch: int = 50
                    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
