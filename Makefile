@@ -8,6 +8,8 @@ GRAPH   ?= graphs/face.yaml
 # unauthenticated, loopback only, and said explicitly
 API_GRAPHS := graphs/face.yaml graphs/say.yaml graphs/talk.yaml graphs/lipsync_audio.yaml
 RUN_ARGS ?= $(if $(filter $(API_GRAPHS),$(GRAPH)),api=http://127.0.0.1:8081 --api 127.0.0.1:8081 --api-insecure-local --api-cors http://127.0.0.1:8080)
+# the graph's args: make run GRAPH=graphs/say.yaml ARGS="engine=festival"
+ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup run lint test bench clean system-deps
@@ -47,7 +49,7 @@ out/speech.wav: $(STAMP) tools/speech_wav.py
 setup: $(STAMP) system-deps $(WEB_STAMP) web/assets/face.glb out/speech.wav
 
 run: setup
-	$(VENV)/bin/avatar run $(GRAPH) $(RUN_ARGS)
+	$(VENV)/bin/avatar run $(GRAPH) $(ARGS) $(RUN_ARGS)
 
 # ruff over the whole tree, mypy over runtime/ (their settings: pyproject.toml); test runs it first
 lint: $(STAMP)
