@@ -343,6 +343,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10, help="time-to-first-sound trials per transport")
     ap.add_argument("--mic-seconds", type=float, default=40.0)
     ap.add_argument("--probe-seconds", type=float, default=15.0)
+    ap.add_argument("--probe-viewers", type=int, nargs="+", default=[1],
+                    help="viewers in the probe's cases (default 1: with ten pages on these two cores the probe's own "
+                         "graph is starved, and its figures change from run to run by hundreds of ms)")
     ap.add_argument("--no-mic", action="store_true")
     a = ap.parse_args()
     import tempfile
@@ -373,9 +376,10 @@ def main() -> None:
                           f"{r['late']}/{r['rebuffers']}", flush=True)
             print("\n1b. probe: 1 kHz bursts into tools/av_probe.py's face (its jaw open exactly while the voice is loud,\n"
                   "    150 ms behind it); each burst heard in a page -> the jaw shown opening for it (ms, + = mouth late).\n"
+                  "    The probe's face ticks at 60 Hz: its jaw opens up to a frame after the burst (8 ms on average).\n"
                   "    Over WebRTC the page hears through a WebAudio tap of the track, which adds a lag of its own.\n")
             for transport in a.transports:
-                for n in a.viewers:
+                for n in a.probe_viewers:
                     o = probe_case(browser, transport, n, tmp, a.probe_seconds)
                     probes.append((transport, n, o))
                     print(f"   {transport:>9} x{n:<2}: median {np.median(o):+.1f}, median |.| {np.median(np.abs(o)):.1f}, "
