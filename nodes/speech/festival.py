@@ -202,8 +202,11 @@ class Festival:
         """Evaluate ``forms``; return the lines festival printed meanwhile. FestivalError if it
         reports an error, dies, or does not answer within the timeout (then it is killed)."""
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             raise _Died(f"festival ({self.voice}) is not running")
+        if proc.poll() is not None:  # it exited already (at start, say): what it printed says why
+            self._drain(proc)
+            raise _Died(self._died(proc, what, []))
         self._n += 1
         marker = f"avatar-{self._nonce}-{self._n}"
         command = (f'(unwind-protect (begin {forms} (format t "\\n{marker} ok\\n")) '
@@ -238,6 +241,15 @@ class Festival:
                 if not chunk:
                     raise _Died(self._died(proc, what, lines))
                 self._buf += chunk
+
+    def _drain(self, proc: subprocess.Popen[bytes]) -> None:
+        """What an exited festival left in its pipe, into the buffer (for the error)."""
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            self._buf += chunk
 
     @staticmethod
     def _said_text(lines: list[str]) -> str:
