@@ -209,12 +209,6 @@ class VoiceSchedule:
             q.append(p)
         self.wake.set()
 
-    def held_ms(self) -> float:
-        """How far ahead of now the held voice reaches, at most over the sessions."""
-        now = self.clock()
-        ends = [q[-1].pts_ns + q[-1].duration_ns for q in self.held.values() if q]
-        return max(0.0, (max(ends) - now) / 1e6) if ends else 0.0
-
     async def run(self) -> None:
         while True:
             now = self.clock()
