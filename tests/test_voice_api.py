@@ -19,41 +19,13 @@ from runtime.api import ApiConfig, ApiServer, make_token
 from runtime.testing import start_graph
 from tests.helpers import avatar, wait_until
 from tests.speech_data import voice, wav_bytes, wav_header
-from tests.voice_graph import GRAPH, Recorded, assert_continuous, downmix, end_of
+from tests.voice_graph import Recorded, assert_continuous, downmix, end_of, voice_api_fixtures
 
 SECRET = "voice-secret-" + "v" * 32
 LONG = "Hello, I am the avatar. This voice comes in faster than real time, and plays out at real time."
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("voice_api")
-
-
-@pytest.fixture(scope="module")
-def runner(folder):
-    r = start_graph(GRAPH.format(name="voiceapi", dir=folder))
-    yield r
-    r.stop(drain=False)
-
-
-@pytest.fixture(scope="module")
-def secret_file(folder):
-    path = folder / "secret"
-    path.write_text(SECRET)
-    return path
-
-
-@pytest.fixture(scope="module")
-def api(runner, secret_file) -> Iterator[ApiServer]:
-    server = ApiServer(runner, ApiConfig(port=0, secret_file=str(secret_file), rate=1000, burst=1000)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def rec(folder) -> Recorded:
-    return Recorded(folder)
+folder, runner, secret_file, api, rec = voice_api_fixtures("voiceapi", SECRET)
 
 
 def client(api: ApiServer, role: str = "operator") -> httpx.Client:

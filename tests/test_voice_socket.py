@@ -4,7 +4,7 @@ bad message with what the server says and does (error and go on, or close with i
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -14,46 +14,16 @@ from websockets.sync.client import ClientConnection, connect
 
 from nodes.speech import OpusDecoder, to_int16
 from runtime.api import ApiConfig, ApiServer, make_token
-from runtime.testing import start_graph
 from tests.helpers import wait_until
 from tests.speech_data import opus_packets, voice, wav_bytes
-from tests.voice_graph import GRAPH, Recorded, assert_continuous, end_of
+from tests.voice_graph import assert_continuous, end_of, voice_api_fixtures
 
 SECRET = "socket-secret-" + "w" * 32
 ORIGIN = "https://studio.example"
 TEXT = "Hello, I am the avatar, and I speak over a WebSocket."
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("voice_socket")
-
-
-@pytest.fixture(scope="module")
-def runner(folder):
-    r = start_graph(GRAPH.format(name="voicesocket", dir=folder))
-    yield r
-    r.stop(drain=False)
-
-
-@pytest.fixture(scope="module")
-def secret_file(folder):
-    path = folder / "secret"
-    path.write_text(SECRET)
-    return path
-
-
-@pytest.fixture(scope="module")
-def api(runner, secret_file) -> Iterator[ApiServer]:
-    server = ApiServer(runner, ApiConfig(port=0, secret_file=str(secret_file), rate=1000, burst=1000,
-                                         cors_origins=[ORIGIN])).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def rec(folder) -> Recorded:
-    return Recorded(folder)
+folder, runner, secret_file, api, rec = voice_api_fixtures("voicesocket", SECRET, cors_origins=[ORIGIN])
 
 
 def url(api: ApiServer) -> str:

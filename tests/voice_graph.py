@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
+import pytest
 
 from runtime import Message
+from runtime.api import ApiConfig, ApiServer
 from runtime.recording import read_records, record_message
+from runtime.testing import start_graph
 
 GRAPH = """
 name: {name}
@@ -21,6 +25,41 @@ links:
   - {{from: voice.text, to: trec.in, policy: block, size: 64}}
   - {{from: tts.phonemes, to: prec.in, policy: block, size: 64}}
 """
+
+
+def voice_api_fixtures(name: str, secret: str, **api_config: Any) -> tuple:
+    """The module fixtures of a test module of the voice API: ``folder`` (the recordings), ``runner``
+    (GRAPH named ``name``), ``secret_file``, ``api`` (an ApiServer over it with ``api_config``) and
+    ``rec``; assign them to those names at the module's top."""
+
+    @pytest.fixture(scope="module", name="folder")
+    def folder(tmp_path_factory: Any) -> Path:
+        return tmp_path_factory.mktemp(name)
+
+    @pytest.fixture(scope="module", name="runner")
+    def runner(folder: Path) -> Iterator[Any]:
+        r = start_graph(GRAPH.format(name=name, dir=folder))
+        yield r
+        r.stop(drain=False)
+
+    @pytest.fixture(scope="module", name="secret_file")
+    def secret_file(folder: Path) -> Path:
+        path = folder / "secret"
+        path.write_text(secret)
+        return path
+
+    @pytest.fixture(scope="module", name="api")
+    def api(runner: Any, secret_file: Path) -> Iterator[ApiServer]:
+        server = ApiServer(runner, ApiConfig(port=0, secret_file=str(secret_file), rate=1000, burst=1000,
+                                             **api_config)).start()
+        yield server
+        server.stop()
+
+    @pytest.fixture(scope="module", name="rec")
+    def rec(folder: Path) -> "Recorded":
+        return Recorded(folder)
+
+    return folder, runner, secret_file, api, rec
 
 
 class Recorded:
