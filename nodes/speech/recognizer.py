@@ -9,9 +9,20 @@ word segmentation *is* the phone alignment, in one streaming pass. Silence is al
 the edges and where the text has punctuation: free silence between every word lets the search
 wander into a silence path it never leaves.
 
-In both modes the current best path is read while audio arrives and phones are handed out once
-they are stable (all but the last ``holdback``, ending ``lag_ms`` before the newest audio); a
-handed-out phone is never taken back. The first ``warmup_ms`` of a stream are decoded once
+Free recognition has two decoders (``decoder=``). ``"phones"`` (the default) is that phone loop.
+``"words"`` decodes words with the English language model and dictionary the wheel ships (the
+tree search alone, so the partial path read while streaming is the one the final result comes
+from); each word the search has kept unchanged for ``lag_ms`` (and that is not one of the newest
+``holdback`` words) is handed to the alignment grammar above together with its neighbours, over
+the utterance's stored audio between the word boundaries the search found, and comes out as
+phones. The search cannot do without a language model: a wrong word that sounds alike still
+gives mostly the right phones, and on natural speech the words constrain the phones far better
+than a phone loop does; on espeak-ng's voice the two are about even (``tools/phoneme_eval.py``).
+
+In every mode the current best path is read while audio arrives and phones are handed out once
+they are stable (phones: all but the last ``holdback``, ending ``lag_ms`` before the newest
+audio; words: as above, and every word at a pause or that ended ``force_ms`` ago); a handed-out
+phone is never taken back. The first ``warmup_ms`` of a stream are decoded once
 without search to set the cepstral mean before the real pass, since pocketsphinx's built-in
 initial mean makes it lose its way on the first second of many voices. When the audio does not
 fit the transcript (the grammar's end is never reached), the best partial path is kept and the
@@ -33,6 +44,12 @@ PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY
           "UH UW V W Y Z ZH").split()
 _TOKEN = re.compile(r"([a-z0-9]+(?:'[a-z0-9]+)*)|([,.;:!?\n])")
 _UNIT = "ph_"  # prefix of the one-phone dictionary words of the alignment grammar
+DECODERS = ("phones", "words")  # free recognition: the phone loop, or words aligned to phones
+# the word search: the tree pass only (the flat and best-path passes rescore the whole utterance
+# at its end, which a stream cannot wait for), at most 3000 HMMs a frame, with phone lookahead;
+# this keeps it near RTF 0.1 on one core with the wheel's 130k-word dictionary
+_PAD_FRAMES = 10  # quiet frames before a stretch of stored audio aligned again
+_WORD_SEARCH = {"fwdflat": False, "bestpath": False, "maxhmmpf": 3000, "pl_window": 5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +110,22 @@ class PhonemeStream:
 
     Times are seconds since the first sample fed. ``set_transcript`` ends the current
     utterance and aligns what follows to the given text (``None``: recognise freely).
+    ``decoder`` chooses free recognition's search: ``"phones"`` (the phone loop) or ``"words"``
+    (words, aligned to phones once they settle). ``holdback``: the newest phones (words: words)
+    held back, by default 3 (words: 0); ``lag_ms``: a phone must end this long before the
+    newest audio (words: a word must have stayed in the best path this long); ``force_ms``
+    (words): a word that ended this long ago goes out even if the search still changes it.
     """
 
-    def __init__(self, transcript: str | None = None, *, holdback: int = 3, lag_ms: float = 100.0,
+    def __init__(self, transcript: str | None = None, *, holdback: int | None = None, lag_ms: float = 100.0,
                  max_utterance_s: float = 20.0, warmup_ms: float = 500.0, silprob: float = 0.5,
-                 g2p: Callable[[str], list[str] | None] | None = _default_g2p):
-        self.holdback = holdback
+                 g2p: Callable[[str], list[str] | None] | None = _default_g2p, decoder: str = "phones",
+                 force_ms: float = 600.0):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+        self.decoder = decoder
+        self.force_frames = int(round(force_ms * FRAME_RATE / 1000))
+        self.holdback = holdback if holdback is not None else (0 if decoder == "words" else 3)
         self.lag_frames = int(round(lag_ms * FRAME_RATE / 1000))
         self.max_utt_frames = int(max_utterance_s * FRAME_RATE)
         self.warmup = int(warmup_ms * RATE / 1000)
@@ -123,6 +150,10 @@ class PhonemeStream:
         self._utt_samples = 0
         self._committed = 0  # utterance frame up to which phones were handed out
         self._best: list = []  # the latest non-empty best path (kept in case the final one fails)
+        self._audio = bytearray()  # the utterance's audio (words: aligned again once its words settle)
+        self._seen: dict[tuple[str, int, int], int] = {}  # word of the best path -> frame it appeared
+        self._context: tuple[str, int, tuple[list[list[str]], bool]] | None = None  # last word handed out:
+        # (word, start frame, its unit of the alignment grammar)
         self.set_transcript(transcript)
 
     @property
@@ -137,6 +168,11 @@ class PhonemeStream:
     @property
     def aligning(self) -> bool:
         return self._decoder is not None and self._decoder is self._aligner
+
+    @property
+    def _words(self) -> bool:
+        """Free recognition of words (their phones aligned once they settle)."""
+        return self.decoder == "words" and not self.aligning
 
     def set_transcript(self, text: str | None) -> list[Phone]:
         """Finish the current utterance; align the audio that follows to ``text``."""
@@ -223,21 +259,32 @@ class PhonemeStream:
             self._in_utt = True
             self._utt_sample0 = self.samples - len(pcm) - len(self._pending)
             self._utt_samples, self._committed, self._best = 0, 0, []
+            self._audio, self._seen, self._context = bytearray(), {}, None
         d.process_raw(pcm.tobytes())
         self._utt_samples += len(pcm)
         segs = list(d.seg() or [])
         out: list[Phone] = []
-        if segs and self._plausible(segs):
+        if self._words:
+            self._audio += pcm.tobytes()
+            out = self._settled_words(segs)
+        elif segs and self._plausible(segs):
             self._best = segs
             out = self._stable(segs)
-        if not self.aligning and self._utt_samples * FRAME_RATE // RATE > self.max_utt_frames and self._at_pause(segs):
+        frames = self._utt_samples * FRAME_RATE // RATE
+        if not self.aligning and frames > self.max_utt_frames and (self._at_pause(segs) or (
+                self._words and frames > 2 * self.max_utt_frames)):  # the words' stored audio is bounded too
             out += self._end_utterance()  # bound memory and keep a long free stream fresh
         return out
 
     def _recognizer_decoder(self):
         if self._recognizer is None:
-            self._recognizer = _decoder(allphone=_model_path("en-us/en-us-phone.lm.bin"), backtrace=True,
-                                        beam=1e-20, pbeam=1e-20, lw=2.0)
+            if self.decoder == "words":
+                from pocketsphinx import Decoder
+
+                self._recognizer = Decoder(loglevel="FATAL", **_WORD_SEARCH)  # the default LM and dictionary
+            else:
+                self._recognizer = _decoder(allphone=_model_path("en-us/en-us-phone.lm.bin"), backtrace=True,
+                                            beam=1e-20, pbeam=1e-20, lw=2.0)
         return self._recognizer
 
     def _aligner_decoder(self):
@@ -287,6 +334,120 @@ class PhonemeStream:
             return False
         return self._committed == 0 or any(s.end_frame + 1 == self._committed for s in segs)
 
+    def _settled_words(self, segs: list, final: bool = False) -> list[Phone]:
+        """Phones of the words at the head of the best path that settled, aligned in the stored audio.
+
+        A word settles once the path has held it (same word, same frames) for ``lag_ms`` and it
+        is not one of the newest ``holdback`` words; at a pause everything before the silence
+        settles, and a word that ended ``force_ms`` ago goes out as the path has it then (the
+        bound on the delay).
+        """
+        now = self._utt_samples * FRAME_RATE // RATE
+        keys = [(s.word, s.start_frame, s.end_frame) for s in segs]
+        self._seen = {k: self._seen.get(k, now) for k in keys}
+        n = len(segs)
+        if not final:
+            n = 0
+            for s, k in zip(segs, keys):
+                if now - self._seen[k] < self.lag_frames and now - s.end_frame - 1 < self.force_frames:
+                    break
+                n += 1
+            words = [i for i, s in enumerate(segs) if not _filler(s.word)]
+            for i in words[-self.holdback:] if self.holdback else []:
+                if now - segs[i].end_frame - 1 < self.force_frames:
+                    n = min(n, i)
+                    break
+            if self._at_pause(segs):
+                n = len(segs) - 1
+        new = [s for s in segs[:n] if s.end_frame + 1 > self._committed]
+        ctx = self._context
+        if new and ctx is not None and (new[0].word, new[0].start_frame) == ctx[:2] and new[0].start_frame < self._committed:
+            new = new[1:]  # the word handed out last, only its end moved: the words after it take those frames
+        return self._word_phones(new) if new else []
+
+    def _word_phones(self, words: list) -> list[Phone]:
+        """The phones of decoded words (fillers: silence) from the frame handed out so far to the
+        last word's end: their pronunciations (the ones the search chose) aligned in the stored
+        audio, the word handed out before them leading in; where that finds no complete path,
+        each word's frames shared evenly by its phones."""
+        rec = self._recognizer_decoder()
+        end = words[-1].end_frame + 1
+        first, skip = min(words[0].start_frame, self._committed), 0
+        units: list[tuple[list[list[str]], bool]] = []
+        spans: list[tuple[list[str], int, int]] = []  # (phones, start, end frame) per word, for the fallback
+        ctx = self._context
+        if ctx is not None and words[0].start_frame >= self._committed:
+            # the word before leads in: a word that must start in the first frame is often not found
+            units.append(ctx[2])
+            first, skip = ctx[1], len(ctx[2][0][0])
+        last = None
+        for s in words:
+            pron = None if _filler(s.word) else rec.lookup_word(s.word)
+            if pron:
+                units.append(([pron.split()], False))
+                spans.append((pron.split(), s.start_frame, s.end_frame + 1))
+                last = (s.word, s.start_frame, len(units) - 1)
+            else:
+                if units:
+                    units[-1] = (units[-1][0], True)
+                spans.append((["sil"], s.start_frame, s.end_frame + 1))
+        segs = self._align_span(units, first, end) if last is not None else []
+        if segs and skip:  # the leading word's phones went out before
+            k = next(i for i, (p, _, _) in enumerate(segs) if p != "sil" and (skip := skip - 1) == 0)
+            segs = segs[k + 1:]
+        elif not segs:
+            for phones, f0, f1 in spans:
+                step = max(1, (f1 - f0) // len(phones))
+                segs += [(p, min(f0 + j * step, f1 - 1), f1 if j == len(phones) - 1 else min(f0 + (j + 1) * step, f1))
+                         for j, p in enumerate(phones)]
+        if last is not None:
+            self._context = (last[0], last[1], units[last[2]])
+        out: list[Phone] = []
+        for phone, _, f1 in segs:
+            f1 = min(f1, end)
+            if f1 <= self._committed:
+                continue
+            self._add(out, phone, self._committed, f1)  # from the last end: no gap where the alignment left one
+            self._committed = f1
+        if self._committed < end:  # the alignment ended early: its last phone lasts to the words' end
+            if out:
+                out[-1] = Phone(out[-1].phone, out[-1].start, self._utt_sample0 / RATE + end / FRAME_RATE)
+            else:
+                self._add(out, "sil", self._committed, end)
+            self._committed = end
+        return out
+
+    def _align_span(self, units: list[tuple[list[list[str]], bool]], first: int, end: int) -> list[tuple[str, int, int]]:
+        """(phone, start, end frame) of ``units`` aligned in the stored audio's frames first..end;
+        empty when the grammar's end is not reached (the audio does not fit these words)."""
+        a = self._aligner_decoder()
+        self._grammars += 1
+        name = f"align{self._grammars}"
+        a.add_fsg(name, _grammar(a, units, name, self.silprob))
+        a.activate_search(name)
+        if self._grammars > 1:
+            a.remove_search(f"align{self._grammars - 1}")
+        a.set_cmn(self._recognizer_decoder().get_cmn())
+        pcm = bytes(self._audio[first * RATE // FRAME_RATE * 2:end * RATE // FRAME_RATE * 2])
+        # quiet before: the front end's noise estimate starts from an utterance's first frames (were
+        # they speech, it would take the speech for noise and remove it); quiet after: room for the
+        # last phone's HMM to end, as for a transcript
+        a.start_utt()
+        a.process_raw(self.tail[:_PAD_FRAMES * RATE // FRAME_RATE].tobytes() + pcm + self.tail.tobytes())
+        try:
+            a.end_utt()
+            found = list(a.seg() or [])
+        except RuntimeError:
+            return []
+        if sum(1 for s in found if arpabet(s.word) != "sil") < sum(len(p[0]) for p, _ in units):
+            return []
+        shift = first - _PAD_FRAMES
+        segs = [(arpabet(s.word), max(first, shift + s.start_frame), shift + s.end_frame + 1) for s in found
+                if shift + s.end_frame + 1 > first]
+        while segs and segs[-1][0] == "sil" and not units[-1][1]:
+            segs.pop()  # the last word ends where the search says: silence after it is the padding's
+        return segs
+
     def _at_pause(self, segs: list) -> bool:
         return bool(segs) and arpabet(segs[-1].word) == "sil" and segs[-1].end_frame - segs[-1].start_frame >= 30
 
@@ -332,11 +493,17 @@ class PhonemeStream:
         if self.aligning and sum(1 for s in segs if arpabet(s.word) != "sil") < self._min_phones:
             self.failed += 1  # no complete path: audio and transcript disagree somewhere
             segs = self._best
-        out = [p if p.end <= end else Phone(p.phone, p.start, end)
-               for p in self._stable(segs, final=True) if p.start < end]
+        phones = self._settled_words(segs, final=True) if self._words else self._stable(segs, final=True)
+        self._audio, self._seen, self._context = bytearray(), {}, None
+        out = [p if p.end <= end else Phone(p.phone, p.start, end) for p in phones if p.start < end]
         if out and out[-1].end < end and out[-1].phone == "sil":
             out[-1] = Phone("sil", out[-1].start, end)
         return out
+
+
+def _filler(word: str) -> bool:
+    """A word search's silence or noise (<s>, </s>, <sil>, [NOISE], ...), not a word."""
+    return word.startswith(("<", "[", "+"))
 
 
 def _grammar(d, units: list[tuple[list[list[str]], bool]], name: str, silprob: float):
