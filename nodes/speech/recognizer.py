@@ -32,7 +32,8 @@ FRAME_RATE = 100  # pocketsphinx frames per second
 PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
           "UH UW V W Y Z ZH").split()
 _TOKEN = re.compile(r"([a-z0-9]+(?:'[a-z0-9]+)*)|([,.;:!?\n])")
-_UNIT = "ph_"  # prefix of the one-phone dictionary words of the alignment grammar
+_UNIT = "ph_"
+_BOUNDARY_SLACK = 5  # frames (50 ms) a continuation may move a handed-out boundary  # prefix of the one-phone dictionary words of the alignment grammar
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ def _model_path(sub: str) -> str:
 def _decoder(**config: object):
     from pocketsphinx import Decoder
 
-    return Decoder(lm=None, loglevel="FATAL", **config)
+    return Decoder(lm=None, loglevel="FATAL", dither=True, seed=1, **config)  # dither: digital silence has no log energy
 
 
 def _default_g2p(word: str) -> list[str] | None:
@@ -285,7 +286,12 @@ class PhonemeStream:
         best = sum(1 for s in self._best if arpabet(s.word) != "sil")
         if phones < best - 3:
             return False
-        return self._committed == 0 or any(s.end_frame + 1 == self._committed for s in segs)
+        # a later partial path may move an already handed-out boundary by a few frames (the
+        # search re-weighs it), and a silence may be cut differently (the boundary then falls inside one);
+        # demanding the boundary exactly stalled the aligner for the whole utterance
+        c = self._committed
+        return c == 0 or any(abs(s.end_frame + 1 - c) <= _BOUNDARY_SLACK
+                             or (arpabet(s.word) == "sil" and s.start_frame <= c <= s.end_frame + 1) for s in segs)
 
     def _at_pause(self, segs: list) -> bool:
         return bool(segs) and arpabet(segs[-1].word) == "sil" and segs[-1].end_frame - segs[-1].start_frame >= 30
