@@ -133,14 +133,14 @@ class Articulator:
         f1, f2 = _formants(power[:, _LOW] * _PRE)
         lv = self.levels
         voiced = voicing > 0.45
-        lv.observe(db, voiced, f1, f2)
-        loud = lv.loudness(db)
-        active = (db > lv.floor_db + 9.0) & (voiced | (high > 0.3)) & (loud > 0.05)
-        act = np.zeros(len(db))
-        for i, a in enumerate(active.tolist()):  # hangover: a stop's closure is not a pause
-            self._hang = _HANGOVER if a else max(0, self._hang - 1)
+        loud, act, f1n, f2n = (np.zeros(len(db)) for _ in range(4))
+        for i in range(len(db)):  # frame by frame: the same frames whatever the chunking
+            lv.observe(db[i:i + 1], voiced[i:i + 1], f1[i:i + 1], f2[i:i + 1])
+            loud[i] = lv.loudness(db[i:i + 1])[0]
+            f1n[i], f2n[i] = lv.f1_norm(f1[i:i + 1])[0], lv.f2_norm(f2[i:i + 1])[0]
+            a = db[i] > lv.floor_db + 9.0 and (voiced[i] or high[i] > 0.3) and loud[i] > 0.05
+            self._hang = _HANGOVER if a else max(0, self._hang - 1)  # a stop's closure is not a pause
             act[i] = 1.0 if a else (0.5 if self._hang else 0.0)
-        f1n, f2n = lv.f1_norm(f1), lv.f2_norm(f2)
         v = voicing[:, None] >= 0.45
         jaw = np.where(v[:, 0], 0.55 * loud + 0.45 * f1n * loud ** 0.5, 0.3 * loud)
         lips = np.where(v[:, 0], 0.7 * loud + 0.3 * f1n, 0.45 * loud)
@@ -156,7 +156,7 @@ class Articulator:
                 target = raw[i, :2]
                 k = np.where(target > env, _ATTACK, _RELEASE)
                 env = env + k * (target - env)
-                out[i, :2] = env
+                out[i, :2] = env if raw[i, 3] > 0 else 0.0  # silence: closed, not a decaying tail
             self._env = env
             out[:, 2:] = raw[:, 2:]
             self.frames += len(out)

@@ -62,10 +62,8 @@ class SpeakerLevels:
             self._dirty += int(v.sum())
             if not self.calibrated:
                 self.peak_db = float(max(self._db))
-            elif self._dirty >= 10 or not np.isfinite(self.peak_db):
+            elif self._dirty >= 10:  # every 10 voiced frames: a percentile is not free
                 self._update()
-        if np.isfinite(self.peak_db):
-            self.floor_db = min(self.floor_db, self.peak_db - 20.0)
 
     def _update(self) -> None:
         self._dirty = 0
