@@ -39,7 +39,7 @@ from runtime.sessions import batch_sessions
 
 from .face import LEAD_ROOM_MS
 from .speech import RATE, Phone, PhonemeStream, Resampler, WavReader, to_int16
-from .speech.articulation import HOP, Articulator, algorithmic_delay_ns
+from .speech.articulation import FRAME_NS, HOP, Articulator, algorithmic_delay_ns
 from .speech.articulation_msg import ArticulationRuns
 from .speech.speaker import SpeakerLevels
 
@@ -49,6 +49,7 @@ from .speech.speaker import SpeakerLevels
 # max 0.73 s; 150 ms a phone makes the declared latency 0.7 s (a later one is drawn shortened).
 _PHONE_MS = 150.0
 _CHUNK_MS = 20.0  # the audio comes in chunks: a sample waits up to one chunk to be seen
+_MARGIN_MS = 4.0  # processing and the hop to the next node
 
 
 class _Mode:
@@ -127,7 +128,8 @@ class AudioPhoneme(Node):
         """live: the articulation's window and a chunk. Otherwise the phones' decision delay (a phone
         waits for ``holdback`` more phones and ``lag_ms`` of audio) plus the lead-in room."""
         mode = MODES[str(params["mode"])]
-        acoustic = algorithmic_delay_ns(mode.smooth) + int(_CHUNK_MS * 1e6)
+        # a frame between two 10 ms articulation frames needs the later one: one frame more
+        acoustic = algorithmic_delay_ns(mode.smooth) + FRAME_NS + int((_CHUNK_MS + _MARGIN_MS) * 1e6)
         if not mode.phones_on_time:
             return acoustic
         holdback, lag = _confirmation(params)

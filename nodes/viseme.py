@@ -59,6 +59,7 @@ from .face.articulation_track import ArticulationTrack
 from .face.fusion import Fusion
 from .speech.articulation_msg import read_articulation
 
+_EARLY_NS = 200_000_000  # a frame this little past a session's newest articulation was drawn too early (more: it went quiet)
 _LATE_MIN_MS = 60.0  # a late phoneme is drawn at least this long (the jaw needs a few frames to show it)
 
 
@@ -96,6 +97,7 @@ class Viseme(FrameClockNode):
         self.frames = self.ticks = 0
         self.upstream_ns = 0  # the latency of the path into this node (on_latency)
         self.late = 0
+        self.articulation_early = 0
         self.late_max_ns = 0
         self.warned: set[str] = set()
         self.slots = SessionSlots()
@@ -257,6 +259,8 @@ class Viseme(FrameClockNode):
         """The sessions with articulation at t: fused (``nodes.face.fusion``); speaking while voiced."""
         rows, arts = [], []
         for s, track in self.tracks.items():
+            if t > track.newest_ns() and t - track.newest_ns() < _EARLY_NS:
+                self.articulation_early += 1  # drawn before its voice came (a path declaring too little)
             a = track.at(t)
             if a is not None and s < len(weights):
                 rows.append(s)
@@ -313,4 +317,5 @@ class Viseme(FrameClockNode):
     def stats(self) -> dict:
         return {"frames": self.frames, "sessions": len(self.slots), "segments": int(self.seg_end.size),
                 "lookahead_ms": self.lookahead_ns / 1e6, "upstream_latency_ms": self.upstream_ns / 1e6,
-                "late": self.late, "late_max_ms": round(self.late_max_ns / 1e6, 1)}
+                "late": self.late, "late_max_ms": round(self.late_max_ns / 1e6, 1),
+                "articulation_early": self.articulation_early}

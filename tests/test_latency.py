@@ -90,7 +90,8 @@ def test_the_declared_latencies_of_the_shipped_types() -> None:
     assert own_latency(AudioPhoneme, {}) == 480_000_000
     assert own_latency(AudioPhoneme, {"mode": "file"}) == 820_000_000  # lag 100 + (3 + 1) x 150 + 120
     assert own_latency(AudioPhoneme, {"mode": "file", "holdback": 1}) == 520_000_000
-    assert own_latency(AudioPhoneme, {"mode": "live"}) == 36_000_000  # half a 32 ms window + a 20 ms chunk
+    # half a 32 ms window, the next 10 ms frame (interpolation), a 20 ms chunk and 4 ms to be processed and sent
+    assert own_latency(AudioPhoneme, {"mode": "live"}) == 50_000_000
     assert own_latency(Viseme, {}) == 0  # the sources leave the lead-in room
     assert abs(own_latency(Blender, {}) - 106_103_295) < 2  # One Euro at 1.5 Hz: 1 / (2 pi 1.5) s
     assert own_latency(WebSocketSink, {"queue_size": 6}) == 100_000_000

@@ -69,7 +69,7 @@ links:
 def test_live_mode_opens_the_jaw_with_the_voice_and_closes_it_in_silence(tmp_path: Path) -> None:
     pcm, _, spans = two_sentences()
     t, w, latency = mouth(tmp_path, "mode: live", pcm)
-    assert latency["latency_ns"] == 36_000_000  # the articulation's window and a chunk: no phone delay
+    assert latency["latency_ns"] == 50_000_000  # the articulation's window and a chunk: no phone delay
     assert np.isfinite(w).all()
     for start, end in spans:
         opened = t[(t >= start) & (w[:, JAW] > 0.1)]
