@@ -107,6 +107,7 @@ class Viseme(FrameClockNode):
         self.seg_vis = np.zeros(0, dtype=np.intp)
         self.seg_start = np.zeros(0, dtype=np.int64)
         self.seg_end = np.zeros(0, dtype=np.int64)
+        self.seg_late = np.zeros(0, dtype=bool)  # drawn after their time (shortened)
 
     def on_params(self, changed: dict) -> None:
         if "phoneme_table" in changed or "viseme_table" in changed:
@@ -166,13 +167,14 @@ class Viseme(FrameClockNode):
             self._schedule(np.array(slot, np.intp), np.array(vis, np.intp),
                            np.array(start, np.int64), np.array(end, np.int64))
 
-    def _shorten_late(self, slot: np.ndarray, vis: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+    def _shorten_late(self, slot: np.ndarray, vis: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Phonemes whose start was already drawn are drawn from the next frame on (in place), in
-        order, each at least _LATE_MIN_MS, and counted: late, never silently dropped."""
+        order, each at least _LATE_MIN_MS, and counted: late, never silently dropped. The mask of them."""
         t = self.clock_ns + self.period_ns - self.lookahead_ns  # pts of the next frame
-        late = np.flatnonzero((start < t) & (vis != SIL))
+        mask = (start < t) & (vis != SIL)
+        late = np.flatnonzero(mask)
         if not late.size:
-            return
+            return mask
         self.late += int(late.size)
         self.late_max_ns = max(self.late_max_ns, int((t - start[late]).max()))
         shortest = int(_LATE_MIN_MS * 1e6)
@@ -181,6 +183,7 @@ class Viseme(FrameClockNode):
             s = max(int(start[j]), cursor.get(int(slot[j]), t))
             start[j], end[j] = s, max(int(end[j]), s + shortest)
             cursor[int(slot[j])] = int(end[j])
+        return mask
 
     def _viseme_of(self, phone: str) -> int:
         key = strip_stress(phone)
@@ -197,7 +200,8 @@ class Viseme(FrameClockNode):
         first = np.full(self.slots.capacity, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, slot, start)
         keep = self.seg_start < first[self.seg_slot]
-        self._shorten_late(slot, vis, start, end)
+        late = self._shorten_late(slot, vis, start, end)
+        self.seg_late = np.concatenate([self.seg_late[keep], late])
         self.seg_slot = np.concatenate([self.seg_slot[keep], slot])
         self.seg_vis = np.concatenate([self.seg_vis[keep], vis])
         self.seg_start = np.concatenate([self.seg_start[keep], start])
@@ -243,6 +247,10 @@ class Viseme(FrameClockNode):
             weights = self._fuse(t, weights, slot, vis, dom, speaking)
 
         held = tb.hold[vis] > 0
+        if self.tracks and self.p.articulation:  # a late closure, where the voice is heard, would land on
+            voiced = np.zeros(n_slots, dtype=bool)  # another sound: its shape is drawn, not the constraint
+            voiced[list(self.tracks)] = True
+            held &= ~(self.seg_late[near] & voiced[slot])
         if held.any():  # hard constraints (PP closure, FF contact) around the phoneme's centre
             u = (t - start[held]) / (end[held] - start[held])
             strength = tb.hold[vis[held]] * hold_bump(u)
@@ -288,6 +296,7 @@ class Viseme(FrameClockNode):
                 keep = ~done
                 self.seg_slot, self.seg_vis = self.seg_slot[keep], self.seg_vis[keep]
                 self.seg_start, self.seg_end = self.seg_start[keep], self.seg_end[keep]
+                self.seg_late = self.seg_late[keep]
         every = max(1, int(self.p.rate))
         if self.ticks % every:
             return
