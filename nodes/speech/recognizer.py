@@ -310,7 +310,9 @@ class PhonemeStream:
                 break
             if end <= self._committed:
                 continue
-            self._add(out, arpabet(s.word), max(s.start_frame, self._committed), end)
+            if s.start_frame < self._committed - _BOUNDARY_SLACK // 2 and not final:
+                continue  # a handed-out phone whose end the search moved later: the next one starts at the old end
+            self._add(out, arpabet(s.word), self._committed if self._committed else s.start_frame, end)
             self._committed = end
         return out
 
