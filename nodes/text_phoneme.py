@@ -38,6 +38,11 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import batch_sessions
+
+from .face import LEAD_ROOM_MS
+from .speech.articulation import Articulator
+from .speech.articulation_msg import ArticulationRuns
+from .speech.speaker import SpeakerLevels
 from runtime.states import READY
 
 from .face import TABLE_RULE
@@ -144,6 +149,7 @@ class TextPhoneme(Node):
         self.pending: dict[str, deque[str]] = {}  # sentences not yet synthesized, per session
         self.busy_until: dict[str, int] = {}  # end pts of each session's queued speech
         self.sent_until: dict[str, int] = {}  # end pts of the audio each session has sent
+        self.levels: dict[str, SpeakerLevels] = {}  # per session: the voice's level and formant ranges
         self.period_ns = self.p.chunk_ms * 1_000_000
         self.t0_ns = self.now_ns()
         self.ticks = 0
@@ -297,10 +303,13 @@ class TextPhoneme(Node):
         self.pending.pop(session, None)
         start = max(now, self.sent_until.get(session, 0))
         self.busy_until[session] = start
-        if stop:
-            self.phonemes_sent += 1
-            self.emit("phonemes", Message("phonemes/arpabet", {"phonemes": [[0, "sil", start, start + _STOP_NS]]},
-                                          pts_ns=start, session=[session]))
+        data: dict[str, Any] = {"phonemes": [[0, "sil", start, start + _STOP_NS]] if stop else []}
+        arrays: dict[str, np.ndarray] = {}
+        runs = ArticulationRuns()
+        runs.add(0, start, np.zeros((1, 4), np.float32))  # the dropped speech's mouth motion goes too
+        runs.put(data, arrays)
+        self.phonemes_sent += int(stop)
+        self.emit("phonemes", Message("phonemes/arpabet", data, arrays, pts_ns=start, session=[session]))
 
     def _ahead_ns(self, session: str, now: int) -> int:
         return self.busy_until.get(session, 0) - now
@@ -321,6 +330,7 @@ class TextPhoneme(Node):
         self._finish_job(now)
         names: list[str] = []
         rows: list[list] = []
+        runs = ArticulationRuns()
         for session in sessions:
             q = self.pending.get(session)
             while q:
@@ -334,16 +344,21 @@ class TextPhoneme(Node):
                 self._took(time.perf_counter() - t0, unknown)
                 if not len(audio):
                     continue  # only punctuation: nothing to say, take the next one
-                self._place(session, audio, phones, now, names, rows)
+                self._place(session, audio, phones, now, names, rows, runs)
                 break
-        self._emit_phonemes(names, rows)
+        self._emit_phonemes(names, rows, runs)
 
-    def _place(self, session: str, audio: np.ndarray, phones: list, now: int, names: list[str], rows: list[list]) -> None:
-        """A sentence's phonemes (as rows of the next message) and audio (queued) on its session's timeline."""
-        start = max(now, self.busy_until.get(session, 0))
+    def _place(self, session: str, audio: np.ndarray, phones: list, now: int, names: list[str], rows: list[list],
+               runs: ArticulationRuns) -> None:
+        """A sentence's phonemes and articulation (as rows of the next message) and audio (queued) on its
+        session's timeline. Speech starts LEAD_ROOM_MS ahead at the soonest: the mouth's lead-in before
+        the first sound has its room, so the viseme node adds no latency of its own."""
+        start = max(now + int(LEAD_ROOM_MS * 1e6), self.busy_until.get(session, 0))
         row = len(names)
         names.append(session)
         rows += [[row, ph, start + int(s * 1e9), start + int(e * 1e9)] for ph, s, e in phones]
+        art = Articulator("centred", self.levels.setdefault(session, SpeakerLevels()))
+        runs.add(row, start, np.concatenate([art.feed(audio), art.flush(), np.zeros((1, 4), np.float32)]))
         step = RATE * self.p.chunk_ms // 1000
         chunks = self.queues.setdefault(session, deque())
         for i in range(0, len(audio), step):
@@ -353,10 +368,13 @@ class TextPhoneme(Node):
         self.sentences += 1
         self.audio_s += len(audio) / RATE
 
-    def _emit_phonemes(self, names: list[str], rows: list[list]) -> None:
+    def _emit_phonemes(self, names: list[str], rows: list[list], runs: ArticulationRuns) -> None:
         if rows:
             self.phonemes_sent += len(rows)
-            self.emit("phonemes", Message("phonemes/arpabet", {"phonemes": rows}, pts_ns=min(r[2] for r in rows),
+            data: dict[str, Any] = {"phonemes": rows}
+            arrays: dict[str, np.ndarray] = {}
+            runs.put(data, arrays)
+            self.emit("phonemes", Message("phonemes/arpabet", data, arrays, pts_ns=min(r[2] for r in rows),
                                           session=names))
 
     def _took(self, seconds: float, unknown: set[str]) -> None:
@@ -416,9 +434,10 @@ class TextPhoneme(Node):
             return  # interrupted while it was made, or nothing to say
         names: list[str] = []
         rows: list[list] = []
-        self._place(job.session, audio, phones, now, names, rows)
-        self._emit_phonemes(names, rows)
-        self._send_due(now)  # a sentence that starts now: its first chunk at once
+        runs = ArticulationRuns()
+        self._place(job.session, audio, phones, now, names, rows, runs)
+        self._emit_phonemes(names, rows, runs)
+        self._send_due(now)  # a sentence due now (behind an interrupt): its first chunk at once
 
     def _finish_job(self, now: int) -> None:
         """Wait for festival's sentence in the making, and place it."""

@@ -86,12 +86,16 @@ def test_the_declared_latencies_of_the_shipped_types() -> None:
     from nodes.websocket_sink import WebSocketSink
     from runtime.latency import own_latency
 
-    assert own_latency(AudioPhoneme, {}) == 700_000_000  # lag 100 ms + (holdback 3 + 1) x 150 ms
-    assert own_latency(AudioPhoneme, {"holdback": 1}) == 400_000_000
-    assert own_latency(Viseme, {}) == 120_000_000
+    # balanced: lag 60 ms + (holdback 1 + 1) x 150 ms + the lead-in room, 120 ms
+    assert own_latency(AudioPhoneme, {}) == 480_000_000
+    assert own_latency(AudioPhoneme, {"mode": "file"}) == 820_000_000  # lag 100 + (3 + 1) x 150 + 120
+    assert own_latency(AudioPhoneme, {"mode": "file", "holdback": 1}) == 520_000_000
+    # half a 32 ms window, the next 10 ms frame (interpolation), a 20 ms chunk and 4 ms to be processed and sent
+    assert own_latency(AudioPhoneme, {"mode": "live"}) == 50_000_000
+    assert own_latency(Viseme, {}) == 0  # the sources leave the lead-in room
     assert abs(own_latency(Blender, {}) - 106_103_295) < 2  # One Euro at 1.5 Hz: 1 / (2 pi 1.5) s
     assert own_latency(WebSocketSink, {"queue_size": 6}) == 100_000_000
-    assert "Latency:\n  700.0 ms" in describe_type("audio_phoneme")
+    assert "Latency:\n  480.0 ms" in describe_type("audio_phoneme")
     assert "Latency:\n  0 ms" in describe_type("mapper")
 
 
@@ -127,7 +131,7 @@ def _phonemes(c0: int, *rows: tuple[str, float, float]) -> Message:
 def test_viseme_lookahead_follows_the_path_into_it() -> None:
     h = NodeHarness("viseme", rate=50.0, max_lag_ms=0.0)
     c0 = h.node.clock_ns
-    h.node.on_latency(700_000_000, {"in": 700_000_000})
+    h.node.on_latency(820_000_000, {"in": 820_000_000})
     assert h.node.stats()["lookahead_ms"] == 820.0
     h.advance(1.0)
     h.feed("in", _phonemes(c0, ("AA", 0.3, 0.5)))  # 0.7 s after its start: within the 0.82 s lookahead
@@ -181,7 +185,7 @@ def test_the_plain_speech_line_moves_the_mouth(tmp_path: Path) -> None:
         code = runner.stop(drain=False)
     assert code == 0 and not runner.bus.messages("ERROR")
     total = runner.bus.wait_for("LATENCY", node="recorder", timeout=1)
-    assert total["latency_ns"] == 820_000_000 and total["path"] == ["speech", "audio_phoneme", "viseme", "recorder"]
+    assert total["latency_ns"] == 480_000_000 and total["path"] == ["speech", "audio_phoneme", "viseme", "recorder"]
 
     t0 = read_recording(audio)[0].pts_ns + int(LEAD_S * 1e9)  # pts of the sentence's first sample
     frames = read_recording(out)

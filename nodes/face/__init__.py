@@ -17,9 +17,9 @@ from .tables import (
     table_dirs,
     table_path,
 )
-from .visemes import SIL, VISEMES, VisemeTables, hold_bump, load_viseme_tables, ramp, strip_stress
+from .visemes import LEAD_ROOM_MS, SIL, VISEMES, VisemeTables, hold_bump, load_viseme_tables, ramp, strip_stress
 
-__all__ = ["FRAME_CLOCK_PARAMS", "FrameClockNode", "GRAPHS_DIR", "LodTableError", "MORPH_CAPS", "MorphTable",
+__all__ = ["FRAME_CLOCK_PARAMS", "FrameClockNode", "GRAPHS_DIR", "LEAD_ROOM_MS", "LodTableError", "MORPH_CAPS", "MorphTable",
            "MorphTableError", "OneEuro", "PROFILES", "SIL", "TABLE_PATH_ENV", "TABLE_RULE", "TableError",
            "TablePathError", "VISEMES", "VisemeTables", "approach", "arkit_names", "arkit_pose_names",
            "blink_curve", "hold_bump", "load_lod_table", "load_mapping", "load_morph_table",

@@ -15,6 +15,10 @@ from .tables import arkit_names, load_mapping
 
 VISEMES = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou")
 SIL = 0
+# The room a phoneme source leaves for lead-ins: the longest lead of the default tables (80 ms, x 1.5
+# for lip rounding). A source declares it in its latency (a recognizer) or schedules its speech that
+# far ahead (text to speech), so the viseme node adds nothing of its own by default.
+LEAD_ROOM_MS = 120.0
 _EXP_K = 4.0  # steepness of the exponential ramp
 _HOLD_EDGE = 0.3  # a hold ramps up over the first 30% of its phoneme and down over the last 30%
 

@@ -52,6 +52,7 @@ DECODERS = ("phones", "words")  # free recognition: the phone loop, or words ali
 # this keeps it near RTF 0.1 on one core with the wheel's 130k-word dictionary
 _PAD_FRAMES = 10  # quiet frames before a stretch of stored audio aligned again
 _WORD_SEARCH = {"fwdflat": False, "bestpath": False, "maxhmmpf": 3000, "pl_window": 5}
+_BOUNDARY_SLACK = 5  # frames (50 ms) a continuation may move a handed-out boundary
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ def _model_path(sub: str) -> str:
 def _decoder(**config: object):
     from pocketsphinx import Decoder
 
-    return Decoder(lm=None, loglevel="FATAL", **config)
+    return Decoder(lm=None, loglevel="FATAL", dither=True, seed=1, **config)  # dither: digital silence has no log energy
 
 
 def _default_g2p(word: str) -> list[str] | None:
@@ -334,7 +335,12 @@ class PhonemeStream:
         best = sum(1 for s in self._best if arpabet(s.word) != "sil")
         if phones < best - 3:
             return False
-        return self._committed == 0 or any(s.end_frame + 1 == self._committed for s in segs)
+        # a later partial path may move an already handed-out boundary by a few frames (the
+        # search re-weighs it), and a silence may be cut differently (the boundary then falls inside one);
+        # demanding the boundary exactly stalled the aligner for the whole utterance
+        c = self._committed
+        return c == 0 or any(abs(s.end_frame + 1 - c) <= _BOUNDARY_SLACK
+                             or (arpabet(s.word) == "sil" and s.start_frame <= c <= s.end_frame + 1) for s in segs)
 
     def _settled_words(self, segs: list, final: bool = False) -> list[Phone]:
         """Phones of the words at the head of the best path that settled, aligned in the stored audio.
@@ -467,7 +473,9 @@ class PhonemeStream:
                 break
             if end <= self._committed:
                 continue
-            self._add(out, arpabet(s.word), max(s.start_frame, self._committed), end)
+            if s.start_frame < self._committed - _BOUNDARY_SLACK // 2 and not final:
+                continue  # a handed-out phone whose end the search moved later: the next one starts at the old end
+            self._add(out, arpabet(s.word), self._committed if self._committed else s.start_frame, end)
             self._committed = end
         return out
 
