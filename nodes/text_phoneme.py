@@ -38,14 +38,9 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import batch_sessions
-
-from .face import LEAD_ROOM_MS
-from .speech.articulation import Articulator
-from .speech.articulation_msg import ArticulationRuns
-from .speech.speaker import SpeakerLevels
 from runtime.states import READY
 
-from .face import TABLE_RULE
+from .face import LEAD_ROOM_MS, TABLE_RULE
 from .speech import (
     ESPEAK_MAPPING,
     FESTIVAL_MAPPING,
@@ -59,6 +54,9 @@ from .speech import (
     speak,
     split_sentences,
 )
+from .speech.articulation import Articulator
+from .speech.articulation_msg import ArticulationRuns
+from .speech.speaker import SpeakerLevels
 
 MAX_SESSION_CHARS = 1024  # a session id is a name, not a payload
 _SAY_ARGS = ("session", "text", "interrupt")

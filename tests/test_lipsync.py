@@ -71,7 +71,7 @@ def test_live_mode_opens_the_jaw_with_the_voice_and_closes_it_in_silence(tmp_pat
     t, w, latency = mouth(tmp_path, "mode: live", pcm)
     assert latency["latency_ns"] == 50_000_000  # the articulation's window and a chunk: no phone delay
     assert np.isfinite(w).all()
-    for start, end in spans:
+    for start, _ in spans:
         opened = t[(t >= start) & (w[:, JAW] > 0.1)]
         assert len(opened) and opened[0] - start <= 0.1, f"the jaw opened {opened[0] - start:.3f} s after the voice"
     pause = (t > spans[0][1] + 0.15) & (t < spans[1][0] - 0.05)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from nodes.face import LEAD_ROOM_MS
-
 from runtime import CallRefused, Message, ParamError
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, run_to_eos, start_graph
