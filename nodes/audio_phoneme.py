@@ -147,6 +147,9 @@ class AudioPhoneme(Node):
         self._calib: np.ndarray | None = None
         if self.p.calibration:
             self._calibration_pcm()  # a bad file fails at setup, naming it
+        # a recognizer made ahead: making one takes ~0.1 s, which the first chunk of a new voice
+        # would otherwise wait for (its mouth frames late by that much in live mode)
+        self._spare: PhonemeStream | None = self._stream(self.p.transcript or None)
         self.every(1.0, self._expire)
         self.every(0.05, self._quiet)
 
@@ -181,7 +184,8 @@ class AudioPhoneme(Node):
     def _session(self, sid: str) -> _Session:
         s = self.sessions.get(sid)
         if s is None:
-            s = self.sessions[sid] = _Session(self._stream(self.p.transcript or None), self.now_ns(), self._levels())
+            stream, self._spare = self._spare or self._stream(self.p.transcript or None), None
+            s = self.sessions[sid] = _Session(stream, self.now_ns(), self._levels())
         s.seen_ns = self.now_ns()
         return s
 
@@ -294,7 +298,12 @@ class AudioPhoneme(Node):
                 s.started = False  # the next chunk re-anchors, as after a pts jump
                 self.quiet_ends += 1
 
+    def on_params(self, changed: dict) -> None:
+        self._spare = None  # made with the old params
+
     def _expire(self) -> None:
+        if self._spare is None:
+            self._spare = self._stream(self.p.transcript or None)
         stale = self.now_ns() - _TEXT_WAIT_NS
         for sid, s in self.sessions.items():
             if s.texts and s.texts[0][0] < stale:  # the audio before it never came: apply it now

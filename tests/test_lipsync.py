@@ -40,13 +40,16 @@ def two_sentences() -> tuple[np.ndarray, list[tuple[str, float, float]], list[tu
 
 
 def mouth(tmp_path: Path, line: str, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Frames (pts in s from the audio's first sample, weights) of a launch line fed by audio_source."""
+    """Frames (pts in s from the audio's first sample, weights) of the audio -> mouth chain fed by
+    audio_source as fast as the links take it: the audio's pts run ahead of the clock, so every
+    frame is drawn with its voice there, whatever the machine's load (what is checked is where
+    on the pts clock the mouth moves; how long it takes is tools/lipsync_latency.py's)."""
     wav, out, audio = tmp_path / "speech.wav", tmp_path / "mouth.msgpack", tmp_path / "audio.msgpack"
     write_wav(wav, pcm)
     runner = run_to_eos(f"""
 name: lipsync
 nodes:
-  speech: {{type: audio_source, params: {{path: "{wav}", realtime: true}}}}
+  speech: {{type: audio_source, params: {{path: "{wav}", realtime: false}}}}
   phones: {{type: audio_phoneme, params: {{{line}}}}}
   lips: {{type: viseme, params: {{rate: 60}}}}
   rec: {{type: recorder, params: {{path: "{out}"}}}}
