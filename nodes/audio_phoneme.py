@@ -116,7 +116,7 @@ class AudioPhoneme(Node):
         "calibration": Param(str, "", "WAV of the speaker's voice (a few seconds) to set level and formant ranges "
                              "from the start; empty: a running estimate from each session's own voice"),
         "warmup_ms": Param(float, 500.0, "audio buffered at a session's start to set the cepstral mean", min=0.0, max=5000.0),
-        "max_utterance_s": Param(float, 20.0, "free recognition restarts at a pause after this long", min=1.0, max=600.0),
+        "max_utterance_s": Param(float, 4.0, "free recognition restarts at a pause after this long (its search is redone over the whole utterance with every chunk: short ones cost less)", min=1.0, max=600.0),
         "gap_ms": Param(float, 200.0, "a pts jump larger than this, or no audio for this long after the newest "
                                       "sample's pts, ends the utterance (its held-back phones go out) and re-anchors",
                         min=10.0, max=60000.0),

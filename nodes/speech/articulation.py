@@ -43,6 +43,7 @@ _LOW = _FREQS <= 4000.0
 _HIGH = _FREQS >= 3000.0
 # pre-emphasis (1 - 0.9 z^-1) as a spectral weight: the LPC fits the vocal tract, not the glottal tilt
 _PRE = np.abs(1.0 - 0.9 * np.exp(-2j * np.pi * _FREQS[_LOW] / RATE)) ** 2
+_TOEPLITZ = np.abs(np.arange(_LPC_ORDER)[:, None] - np.arange(_LPC_ORDER)[None, :])
 _SMOOTH_HALF = 2  # centred smoother: +-2 frames (a 5-tap raised cosine, 40 ms wide)
 _SMOOTH = np.hanning(2 * _SMOOTH_HALF + 3)[1:-1]
 _SMOOTH = _SMOOTH / _SMOOTH.sum()
@@ -184,22 +185,17 @@ class Articulator:
 
 
 def _formants(low_power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1 and F2 (Hz) per frame from LPC (Levinson-Durbin) on the pre-emphasised 0-4 kHz band;
+    """F1 and F2 (Hz) per frame from LPC (autocorrelation method) on the pre-emphasised 0-4 kHz band;
     NaN where no resonance qualifies."""
     r = np.fft.irfft(low_power, 2 * (low_power.shape[1] - 1))[:, :_LPC_ORDER + 1]
     n = len(r)
     r[:, 0] = r[:, 0] * (1.0 + 1e-4) + 1e-15  # white-noise correction: stable on silence and clipping
     r = r / r[:, :1]
-    a = np.zeros((n, _LPC_ORDER + 1))
-    a[:, 0] = 1.0
-    err = r[:, 0].copy()
-    for i in range(1, _LPC_ORDER + 1):
-        k = -(a[:, :i] * r[:, i:0:-1]).sum(axis=1) / err
-        prev = a.copy()
-        a[:, 1:i + 1] = prev[:, 1:i + 1] + k[:, None] * prev[:, i - 1::-1]
-        err = err * (1.0 - k * k)
+    # the normal equations (Toeplitz in r), solved for every frame at once: one call, not a
+    # Levinson-Durbin loop of small ones
+    coef = np.linalg.solve(r[:, _TOEPLITZ], -r[:, 1:, None])[:, :, 0]
     comp = np.zeros((n, _LPC_ORDER, _LPC_ORDER))
-    comp[:, 0, :] = -a[:, 1:]
+    comp[:, 0, :] = -coef
     comp[:, np.arange(1, _LPC_ORDER), np.arange(_LPC_ORDER - 1)] = 1.0
     roots = np.linalg.eigvals(comp)
     fs = 8000.0
