@@ -58,6 +58,7 @@ from .speech.articulation import Articulator
 from .speech.articulation_msg import ArticulationRuns
 from .speech.speaker import SpeakerLevels
 
+_SEND_AHEAD_NS = 40_000_000  # audio goes out this far ahead of its pts (two chunks)
 MAX_SESSION_CHARS = 1024  # a session id is a name, not a payload
 _SAY_ARGS = ("session", "text", "interrupt")
 _STOP_NS = 100_000_000  # the sil phoneme an interrupt without text sends: the mouth closes
@@ -447,6 +448,10 @@ class TextPhoneme(Node):
             self._collect(now)
 
     def _send_due(self, until_ns: int) -> None:
+        """Send the chunks due by ``until_ns``, and those due within the next _SEND_AHEAD_NS: the
+        sink holds the voice to its pts anyway, and a chunk sent when its pts has passed would
+        reach it late (the timer ticks once a chunk; the sink may hold the voice only a few ms)."""
+        until_ns += _SEND_AHEAD_NS
         for session, q in self.queues.items():
             while q and q[0][0] <= until_ns:
                 pts, pcm = q.popleft()
