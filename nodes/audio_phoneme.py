@@ -144,6 +144,7 @@ class AudioPhoneme(Node):
         self.failed = 0
         self.quiet_ends = 0
         self.artic_frames = 0
+        self.clipped = 0  # samples at full scale: a recording too loud (the mouth still moves: levels are relative)
         self._calib: np.ndarray | None = None
         if self.p.calibration:
             self._calibration_pcm()  # a bad file fails at setup, naming it
@@ -241,8 +242,9 @@ class AudioPhoneme(Node):
         if s.artic is None:
             s.artic = Articulator(MODES[self.p.mode].smooth, s.levels)
             s.artic_sample0 = s.stream.samples
-        first = s.artic.frames
+        first, clipped = s.artic.frames, s.artic.clipped
         frames = s.artic.feed(pcm)
+        self.clipped += s.artic.clipped - clipped
         return self._frames_at(s, first, frames)
 
     def _end_articulation(self, s: _Session) -> tuple[int, np.ndarray] | None:
@@ -322,6 +324,7 @@ class AudioPhoneme(Node):
         return {
             "sessions": len(self.sessions), "phonemes": self.sent, "audio_s": round(audio, 3),
             "quiet_ends": self.quiet_ends, "mode": self.p.mode, "articulation_frames": self.artic_frames,
+            "clipped_samples": self.clipped,
             "cpu_s": round(cpu, 3), "rtf": round(cpu / audio, 4) if audio else 0.0,
             "aligning": sum(1 for s in self.sessions.values() if s.stream.aligning),
             "failed_alignments": self.failed + sum(s.stream.failed for s in self.sessions.values()),

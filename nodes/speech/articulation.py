@@ -79,7 +79,8 @@ class Articulator:
         self._raw: np.ndarray = np.zeros((0, 4))  # analysed, not yet smoothed (centred)
         self._env = np.zeros(2)  # causal envelope state of jaw, lips
         self._hang = 0
-        self.clipped = 0  # frames with samples at full scale
+        self.clipped = 0  # samples at full scale (a clipped recording still opens the jaw: level is relative)
+        self._hist = np.zeros((_SMOOTH_HALF, 4))  # the centred smoother's last frames before _raw
 
     def feed(self, pcm: np.ndarray) -> np.ndarray:
         """Frames completed by these samples, float32 (n, 4) in ``CHANNELS`` order; frame i of the
@@ -174,8 +175,7 @@ class Articulator:
     def _smoothed(self, raw: np.ndarray, n: int) -> np.ndarray:
         """The first n frames of ``raw`` smoothed with the centred kernel; ``raw`` keeps the
         frames before them (up to _SMOOTH_HALF, held from the last call) as their history."""
-        hist = getattr(self, "_hist", np.zeros((_SMOOTH_HALF, 4)))
-        padded = np.concatenate([hist, raw])
+        padded = np.concatenate([self._hist, raw])
         out = np.empty((n, 4))
         for c in range(4):
             out[:, c] = np.convolve(padded[:, c], _SMOOTH, mode="valid")[:n]
