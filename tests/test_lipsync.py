@@ -6,6 +6,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nodes.face import arkit_names
 from nodes.speech import speak
@@ -130,3 +131,18 @@ links:
         assert w[near, CLOSE].max() > 0.3 and abs(peak - (s + e) / 2) <= 40e6, p
     end = phonemes[-1][3]
     assert t[-1] >= end and w[-1].max() < 0.02  # closed after the speech
+
+
+def test_a_quiet_and_a_loud_voice_move_the_jaw_alike(tmp_path: Path) -> None:
+    """The same sentences 20 dB apart, each through its own graph: after the running per-speaker
+    calibration (a third of a second of voice) the jaw moves alike."""
+    pcm, _, spans = two_sentences()
+    quiet = np.clip(np.rint(pcm * 0.1), -32768, 32767).astype(np.int16)
+    (tmp_path / "loud").mkdir()
+    (tmp_path / "quiet").mkdir()
+    t1, w1, _ = mouth(tmp_path / "loud", "mode: live", pcm)
+    t2, w2, _ = mouth(tmp_path / "quiet", "mode: live", quiet)
+    grid = np.arange(spans[0][0] + 0.4, spans[1][1], 0.01)
+    a, b = np.interp(grid, t1, w1[:, JAW]), np.interp(grid, t2, w2[:, JAW])
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    assert b.mean() == pytest.approx(a.mean(), rel=0.15) and a.mean() > 0.05
