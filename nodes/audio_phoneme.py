@@ -29,6 +29,7 @@ side by side) waits for that audio, so an utterance's end marker never cuts its 
 """
 from __future__ import annotations
 
+import copy
 from collections import deque
 from typing import Any, Mapping
 
@@ -38,7 +39,7 @@ from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import batch_sessions
 
 from .face import LEAD_ROOM_MS
-from .speech import RATE, Phone, PhonemeStream, Resampler, WavReader, to_int16
+from .speech import RATE, Phone, PhonemeStream, Resampler, read_wav, to_int16
 from .speech.articulation import FRAME_NS, HOP, Articulator, algorithmic_delay_ns
 from .speech.articulation_msg import ArticulationRuns
 from .speech.speaker import SpeakerLevels
@@ -145,9 +146,12 @@ class AudioPhoneme(Node):
         self.quiet_ends = 0
         self.artic_frames = 0
         self.clipped = 0  # samples at full scale: a recording too loud (the mouth still moves: levels are relative)
-        self._calib: np.ndarray | None = None
+        self._calibrated: SpeakerLevels | None = None  # from the calibration WAV, once (a bad file fails here)
         if self.p.calibration:
-            self._calibration_pcm()  # a bad file fails at setup, naming it
+            try:
+                self._calibrated = SpeakerLevels().calibrate(read_wav(self.p.calibration, max_s=30.0))
+            except (OSError, ValueError) as exc:
+                raise ParamError(f"calibration: {exc}") from None
         # a recognizer made ahead: making one takes ~0.1 s, which the first chunk of a new voice
         # would otherwise wait for (its mouth frames late by that much in live mode)
         self._spare: PhonemeStream | None = self._stream(self.p.transcript or None)
@@ -160,27 +164,8 @@ class AudioPhoneme(Node):
                              warmup_ms=self.p.warmup_ms, max_utterance_s=self.p.max_utterance_s)
 
     def _levels(self) -> SpeakerLevels:
-        levels = SpeakerLevels()
-        if self.p.calibration:
-            levels.calibrate(self._calibration_pcm())
-        return levels
-
-    def _calibration_pcm(self) -> np.ndarray:
-        """The calibration WAV's first 30 s at 16 kHz, read once (a bad file is a ParamError naming it)."""
-        if self._calib is None:
-            try:
-                reader = WavReader(self.p.calibration)
-                try:
-                    pcm = reader.read(30 * reader.rate)
-                finally:
-                    reader.close()
-            except (OSError, ValueError) as exc:
-                raise ParamError(f"calibration: {exc}") from None
-            if reader.rate != RATE:
-                rs = Resampler(reader.rate, RATE)
-                pcm = np.concatenate([rs.process(pcm.astype(np.float32)), rs.flush()])
-            self._calib = to_int16(pcm)
-        return self._calib
+        """A new session's speaker levels: a copy of the calibration's, or blank (a running estimate)."""
+        return copy.deepcopy(self._calibrated) if self._calibrated is not None else SpeakerLevels()
 
     def _session(self, sid: str) -> _Session:
         s = self.sessions.get(sid)
@@ -277,7 +262,7 @@ class AudioPhoneme(Node):
             runs = ArticulationRuns()
             runs.add(0, art[0], art[1])
             runs.put(data, arrays)
-        pts = rows[0][2] if rows else art[0] if art is not None else self.now_ns()
+        pts = rows[0][2] if rows or art is None else art[0]
         self.emit("out", Message("phonemes/arpabet", data, arrays, pts_ns=pts, session=[sid]))
 
     def _close(self, sid: str) -> None:

@@ -138,3 +138,50 @@ def test_fusion_takes_amounts_from_the_voice_and_shapes_from_the_phones() -> Non
     assert out[2, jaw] > 0.3 and out[2, funnel] > 0.2
     assert np.all(out[3] == 0.0)
     assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_a_calibration_wav_sets_the_speaker_up_front_and_a_bad_one_is_refused(speech, tmp_path) -> None:
+    """audio_phoneme calibration=voice.wav: every new session starts from the speaker's calibration
+    (a copy each), so a quiet voice's first second moves the jaw as the loud one's calibrated the
+    same way; a bad file is refused, naming itself."""
+    import wave
+
+    from runtime import Message, ParamError
+    from runtime.testing import NodeHarness
+
+    pcm, _ = speech
+
+    def first_second(x: np.ndarray, **params) -> list[np.ndarray]:
+        """The articulation audio_phoneme sends for the first second of speech, per session."""
+        h = NodeHarness("audio_phoneme", mode="live", **params)
+        try:
+            for sid in ("a", "b"):
+                for i in range(0, 16000, 320):
+                    h.feed("in", Message("audio/pcm", {"rate": 16000}, {"pcm": x[8000 + i:8000 + i + 320]},
+                                         pts_ns=i * 62_500, session=[sid]))
+            return [np.concatenate([f for _, m in h.outputs if m.session == [sid]
+                                    for _, _, f in read_articulation(m.data, m.arrays)]) for sid in ("a", "b")]
+        finally:
+            h.close()
+
+    def wav_of(x: np.ndarray, name: str) -> str:
+        path = tmp_path / name
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(x.astype("<i2").tobytes())
+        return str(path)
+
+    quiet = scaled(pcm, 0.1)
+    a, b = first_second(quiet, calibration=wav_of(quiet, "quiet.wav"))
+    np.testing.assert_array_equal(a, b)  # each session from the same calibration, not from the other's voice
+    loud, _ = first_second(pcm, calibration=wav_of(pcm, "loud.wav"))
+    assert np.corrcoef(a[:, JAW], loud[:, JAW])[0, 1] > 0.98
+    assert a[:, JAW].mean() == pytest.approx(loud[:, JAW].mean(), rel=0.1)
+    blank, _ = first_second(quiet)
+    assert np.abs(blank[:, JAW] - a[:, JAW]).max() > 0.05  # the calibration, not a running estimate, set the levels
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not a wav")
+    with pytest.raises(ParamError, match="calibration: .*bad.wav"):
+        NodeHarness("audio_phoneme", calibration=str(bad))

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nodes.speech import Phone, PhonemeStream, Resampler, merge_silences, speak, to_int16  # noqa: E402
+from nodes.speech import Phone, PhonemeStream, merge_silences, read_wav, speak  # noqa: E402
 
 # Harvard sentences (IEEE 1969 recommended practice for speech quality measurements)
 SENTENCES = [
@@ -103,19 +102,6 @@ def festival_clips(sentences: list[str]) -> list[Clip]:
 
     with Festival() as f:
         return [(s, *f.speak(s)) for s in sentences]
-
-
-def read_wav(path: Path) -> np.ndarray:
-    """A WAV file as 16 kHz int16 mono (channels averaged, resampled)."""
-    with wave.open(str(path), "rb") as w:
-        rate, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        if width != 2:
-            raise ValueError(f"{path}: only 16-bit PCM is read here")
-        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, ch).mean(axis=1)
-    if rate != 16000:
-        rs = Resampler(rate, 16000)
-        x = np.concatenate([rs.process(x.astype(np.float32)), rs.flush()])
-    return to_int16(x)
 
 
 def real_clips(wavs: list[tuple[Path, str]] | None = None) -> list[Clip]:

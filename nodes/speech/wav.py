@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .pcm import RATE, Resampler, to_int16
 from .samples import FrameDecoder, SampleFormat, to_mono
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
@@ -101,6 +102,21 @@ class WavReader:
 
     def close(self) -> None:
         self.f.close()
+
+
+def read_wav(path: str | Path, rate: int = RATE, max_s: float | None = None) -> np.ndarray:
+    """A whole WAV file (its first ``max_s`` seconds) as int16 mono at ``rate``: a speaker's
+    calibration sample, a benchmark's recording. ValueError or OSError naming the file."""
+    reader = WavReader(path)
+    try:
+        frames = reader.frames if max_s is None else int(max_s * reader.rate)
+        x = reader.read(frames if frames is not None else 1 << 30)
+    finally:
+        reader.close()
+    if reader.rate != rate:
+        rs = Resampler(reader.rate, rate)
+        x = np.concatenate([rs.process(x.astype(np.float32)), rs.flush()])
+    return to_int16(x)
 
 
 class WavStream:
