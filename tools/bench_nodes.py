@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Node benchmark: per-node CPU cost, wire bytes per LOD level, codec error, phoneme timing.
 
-    .venv/bin/python tools/bench_nodes.py [--sessions 1 100] [--repeat 3] [--sentences 20]
+    .venv/bin/python tools/bench_nodes.py [--sessions 1 100 1000] [--repeat 3] [--sentences 20] [--paths compiled reference] [--nodes TYPE ...]
 
 (a) every node type's processing cost, measured in this process on realistic input: each node
     is hosted by ``runtime.testing.NodeHarness`` (its emits kept as Python objects, so the wire
@@ -17,7 +17,10 @@
 (d) audio_phoneme's real-time factor and phoneme boundary error against espeak-ng's exact phoneme
     times, without and with the transcript (``tools/phoneme_eval.py``'s functions).
 
-Single-threaded BLAS (OPENBLAS_NUM_THREADS=1), as in node processes.
+Section (a) runs twice, each in a child process: with the compiled hot paths (``nodes.compiled``)
+and with the pure-Python reference code (``AVATAR_PURE_PYTHON=1``), printed side by side with
+the ratio (``--paths`` picks one). Single-threaded BLAS (OPENBLAS_NUM_THREADS=1), as in node
+processes.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -148,12 +152,14 @@ class Row:
 
 
 def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: list[tuple[str, np.ndarray, list]],
-                log: Callable[[str], None]) -> list[Row]:
+                log: Callable[[str], None], only: set[str] | None = None) -> list[Row]:
     rows: list[Row] = []
 
     closing: list[Any] = []  # sockets and nodes to close at the end
 
     def run(row: Row, case: Callable[[int], tuple[Callable[[], Step], int] | float]) -> None:
+        if only and row.node not in only:
+            return
         log(f"  {row.node} ({row.note}) ...")
         for s in sizes if row.batched else [1]:
             got = case(s)
@@ -233,7 +239,7 @@ def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: 
         ticking("arkit_replay", path=str(TAKE), loop=True, speed=0.0))
 
     # audio: a few sentences of espeak speech
-    pcm = np.concatenate([a for _, a, _ in speech[:4]])
+    pcm = np.concatenate([a for _, a, _ in speech[:4]]) if speech else np.zeros(16000, np.int16)
     wav48 = write_wav(tmp / "speech48k.wav", pcm, 48000, 2)
     wav16 = write_wav(tmp / "speech16k.wav", pcm, 16000, 1)
     chunks = len(pcm) // 320
@@ -377,20 +383,52 @@ def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: 
     return rows
 
 
-def print_nodes(rows: list[Row], sizes: list[int]) -> None:
+PATHS = {"compiled": {}, "reference": {"AVATAR_PURE_PYTHON": "1"}}  # the environment of each path's child
+
+
+def nodes_in_child(path: str, argv: list[str], log: Callable[[str], None]) -> list[Row]:
+    """Section (a) in a child process on one path (compiled or reference), its rows back as JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        env = {**os.environ, **PATHS[path]}
+        if path == "compiled":
+            env.pop("AVATAR_PURE_PYTHON", None)
+        log(f"(a) per-node cost, {path} path")
+        subprocess.run([sys.executable, __file__, *argv, "--rows-json", out.name], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        rows = []
+        for d in json.loads(Path(out.name).read_text()):
+            r = Row(d["node"], d["unit"], d["per_s"], d["batched"], d["note"])
+            r.us = {int(k): v for k, v in d["us"].items()}
+            rows.append(r)
+        return rows
+
+
+def print_nodes(by_path: dict[str, list[Row]], sizes: list[int]) -> None:
+    """One line per node and path; the reference line ends with how many times slower it is."""
     big = max(sizes)
-    head = (f"{'node':<14} {'one frame is':<25} " + " ".join(f"{'S=' + str(s) + ' µs':>11}" for s in sizes)
+    head = (f"{'node':<14} {'one frame is':<25} {'path':<9} " + " ".join(f"{'S=' + str(s) + ' µs':>11}" for s in sizes)
             + f" {'µs/session':>11} {'core % @rt':>10}  notes")
     print(head)
     print("-" * len(head))
-    for r in rows:
-        cells = " ".join(f"{r.us[s]:11.1f}" if s in r.us else f"{'-':>11}" for s in sizes)
-        per_session = f"{r.us[big] / big:11.2f}" if big in r.us and big > 1 else f"{'-':>11}"
-        s_used = big if big in r.us else 1
-        load = r.us[s_used] * r.per_s / 1e4
-        print(f"{r.node:<14} {r.unit:<25} {cells} {per_session} {load:9.2f}%  {r.note}")
+    paths = list(by_path)
+    first = by_path[paths[0]]
+    for i, r0 in enumerate(first):
+        for j, path in enumerate(paths):
+            r = by_path[path][i]
+            cells = " ".join(f"{r.us[s]:11.1f}" if s in r.us else f"{'-':>11}" for s in sizes)
+            per_session = f"{r.us[big] / big:11.2f}" if big in r.us and big > 1 else f"{'-':>11}"
+            s_used = big if big in r.us else 1
+            load = r.us[s_used] * r.per_s / 1e4
+            note = r.note if j == 0 else ""
+            if j and paths[0] == "compiled":
+                ratios = [r.us[s] / r0.us[s] for s in sizes if s in r.us and s in r0.us and r0.us[s] > 0]
+                note = "reference / compiled: " + ", ".join(f"{x:.1f}x" for x in ratios)
+            print(f"{r.node if j == 0 else '':<14} {r.unit if j == 0 else '':<25} {path:<9} {cells} {per_session} "
+                  f"{load:9.2f}%  {note}")
     print(f"core % @rt: share of one core the node needs in real time (60 frames/s for animation, 50 chunks/s "
-          f"for audio),\nat S={big} for batched nodes, S=1 for the others (one session per node or per message).")
+          f"for audio),\nat S={big} for batched nodes, S=1 for the others (one session per node or per message).\n"
+          f"compiled: the C extensions of nodes/**/*.pyx where a node has one (nodes.compiled); reference: "
+          f"AVATAR_PURE_PYTHON=1.")
 
 
 # --- (b) wire size per LOD level ----------------------------------------------------------------
@@ -533,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="\n".join(__doc__.splitlines()[2:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 100], metavar="S",
-                    help="batch sizes for the batched nodes (default 1 100)")
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 100, 1000], metavar="S",
+                    help="batch sizes for the batched nodes (default 1 100 1000)")
     ap.add_argument("--repeat", type=int, default=3, help="fresh runs per figure; the best is kept (default 3)")
     ap.add_argument("--sentences", type=int, default=len(SENTENCES),
                     help=f"sentences for the phoneme benchmark (default {len(SENTENCES)})")
@@ -543,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], choices=("nodes", "wire", "error", "phonemes"),
                     help="sections to leave out")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                    help="section (a) on the compiled hot paths, the pure-Python reference, or both (default)")
+    ap.add_argument("--nodes", nargs="+", metavar="TYPE", help="section (a) for these node rows only")
+    ap.add_argument("--rows-json", help=argparse.SUPPRESS)  # child: run section (a) here, rows to this file
     a = ap.parse_args(argv)
     sizes = sorted(set(a.sessions))
     sys.stdout.reconfigure(line_buffering=True)
@@ -557,14 +599,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_nodes: {os.cpu_count()} cores, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
           f"numpy {np.__version__}, capture {cap.path.name} ({cap.n} frames)\n")
     results: dict[str, bool] = {}
-    if "nodes" not in a.skip:
-        log("(a) per-node cost")
-        speech = [(s, *speak(s)) for s in SENTENCES[:6]]
+    if a.rows_json:  # a child: section (a) on this process's path
+        speaking = not a.nodes or bool({"audio_source", "audio_phoneme", "text_phoneme", "viseme"} & set(a.nodes))
+        speech = [(s, *speak(s)) for s in SENTENCES[:6]] if speaking else []
         with tempfile.TemporaryDirectory() as tmp:
-            rows = bench_nodes(cap, sizes, a.repeat, Path(tmp), speech, log)
+            rows = bench_nodes(cap, sizes, a.repeat, Path(tmp), speech, log, set(a.nodes or ()))
+        Path(a.rows_json).write_text(json.dumps([vars(r) for r in rows]))
+        return 0
+    if "nodes" not in a.skip:
+        child_argv = ["--sessions", *map(str, sizes), "--repeat", str(a.repeat), "--capture", str(a.capture)]
+        child_argv += (["--nodes", *a.nodes] if a.nodes else []) + (["--quiet"] if a.quiet else [])
+        by_path = {path: nodes_in_child(path, child_argv, log) for path in a.paths}
         print(f"(a) per-node processing cost, µs per frame (best of {a.repeat} runs of the mean; "
               "node code only, the wire encoding is the last row)")
-        print_nodes(rows, sizes)
+        print_nodes(by_path, sizes)
         print()
     if "wire" not in a.skip:
         log("(b) wire size")
