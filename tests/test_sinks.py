@@ -543,3 +543,21 @@ def test_pipeline_latency_is_also_a_histogram_that_metrics_can_export() -> None:
     fam = HistogramMetricFamily("x", "x", labels=["node"])
     _add_histogram(fam, ["sink"], h)
     assert [s.value for s in fam.samples if s.name == "x_count"] == [9]
+
+
+def test_session_rate_says_how_evenly_frames_reach_the_sessions() -> None:
+    """stats()['session_rate']: frames per second per live session over the last whole second.
+    Past capacity the graph drops frames; the spread (min, p1 .. max, Jain's index) says whether
+    every session loses alike or a few lose everything."""
+    clock = [0]
+    reg = Viewers(queue_size=8, keyframe_min_interval_ns=0, session_timeout_ns=10**10, request=lambda *a: None,
+                  clock=lambda: clock[0])
+    sessions = [f"s{i}" for i in range(10)]
+    for tick in range(121):  # two seconds at 60 Hz; s9 is in every other batch only
+        clock[0] = 1 + tick * 16_666_667
+        batch = sessions if tick % 2 == 0 else sessions[:9]
+        reg.dispatch(batch, [b""] * len(batch), clock[0], np.zeros(len(batch), bool), np.full(len(batch), -1))
+    rate = reg.stats()["session_rate"]
+    assert rate["sessions"] == 10 and rate["window_s"] == 1.0
+    assert rate["max"] == rate["p50"] == 60.0 and rate["min"] == 30.0
+    assert 0.97 < rate["fairness"] < 1.0

@@ -22,10 +22,10 @@ server's event loop (one thread, no locks); the node hands it each ``avatar/pack
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import reprlib
-from collections import deque
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -36,6 +36,7 @@ from ..wire import MAX_SESSION_ID, N_LOD_LEVELS
 from .voice import VoicePacket
 
 MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
+_RATE_WINDOW_NS = 1_000_000_000  # session_rate in stats: frames per session over this window
 _RING = 256  # packets remembered per watched session for echoes
 _LATENCY_RING = 1024
 _PIPE_RING = 8192  # rows remembered for pipeline latency (capture arrival -> dispatch)
@@ -72,8 +73,8 @@ class Viewer:
         self.auto = False  # subscribed to "the first live session" (follows it when it leaves)
         self.lod: int | None = None
         self.waiting = True  # no delta until a keyframe
-        self.queue: deque[tuple[bytes, bool]] = deque()
-        self.texts: deque[str] = deque(maxlen=_TEXT_QUEUE)
+        self.queue: collections.deque[tuple[bytes, bool]] = collections.deque()
+        self.texts: collections.deque[str] = collections.deque(maxlen=_TEXT_QUEUE)
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.sending = False  # a packet is on its way (the transport may be waiting for room)
@@ -81,7 +82,7 @@ class Viewer:
         self.sent = self.drops = self.skipped = 0
         self.closed = False
         self.audio: str | None = None  # the voice's format for this viewer (AUDIO_FORMATS), None: no voice
-        self.voice: deque[VoicePacket] = deque()
+        self.voice: collections.deque[VoicePacket] = collections.deque()
         self.voice_sent = self.voice_drops = 0
 
     def info(self) -> dict[str, Any]:
@@ -120,6 +121,10 @@ class Viewers:
         self.pipe_us = np.zeros(_PIPE_RING, np.float64)
         self.pipe_hist = np.zeros(_PIPE_BINS, np.int64)
         self.pipe_rows = 0
+        # frames per session over the last whole second: are rows spread fairly when the graph falls behind?
+        self.window_rows: collections.Counter[str] = collections.Counter()
+        self.window_start = 0
+        self.session_rate: dict[str, float] = {}
         self.overruns_seen = 0
         self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
                        "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0,
@@ -272,6 +277,9 @@ class Viewers:
         seen = self.seen
         n = len(seen)
         seen.update(dict.fromkeys(sessions, now))
+        self.window_rows.update(sessions)  # one C loop: the only per-row work here
+        if now - self.window_start >= _RATE_WINDOW_NS:
+            self._rate_window(now)
         if len(seen) != n:
             self.sessions_changed = True
             if self.unassigned:
@@ -298,6 +306,25 @@ class Viewers:
                 self.rings[session][n % _RING] = (n, pts_ns)
             for v in viewers.values():
                 self._push(v, packet, key)
+
+    def _rate_window(self, now: int) -> None:
+        """Close a window: frames per second per live session (0 for one that sent none), as a
+        summary. Past capacity the graph drops frames; this says whether it drops them evenly."""
+        span = now - self.window_start
+        counts, self.window_rows = self.window_rows, collections.Counter()
+        first = self.window_start == 0
+        self.window_start = now
+        if first or span <= 0:
+            return
+        rates = np.fromiter((counts.get(s, 0) for s in self.seen), np.float64, len(self.seen)) * (1e9 / span)
+        if not len(rates):
+            self.session_rate = {}
+            return
+        lo, p1, p50, p99, hi = np.percentile(rates, [0, 1, 50, 99, 100]).tolist()
+        jain = float(rates.sum() ** 2 / (len(rates) * (rates ** 2).sum())) if rates.any() else 1.0
+        self.session_rate = {"window_s": round(span / 1e9, 3), "sessions": len(rates), "min": round(lo, 1),
+                             "p1": round(p1, 1), "p50": round(p50, 1), "p99": round(p99, 1), "max": round(hi, 1),
+                             "fairness": round(jain, 4)}
 
     def _pipeline_latency(self, now: int, arrival_ns: np.ndarray) -> None:
         lat = (now - arrival_ns[arrival_ns > 0]) / 1000.0
@@ -496,6 +523,7 @@ class Viewers:
             "waiting": sum(v.waiting and v.session is not None for v in self.viewers.values()),
             "echo_latency_us_p50": round(p50, 1), "echo_latency_us_p99": round(p99, 1),
             "pipeline_rows": self.pipe_rows,
+            "session_rate": self.session_rate,  # frames/s per session over the last second: min, p1, p50, p99, max, Jain's index
             "pipeline_latency_us_p50": round(q50, 1), "pipeline_latency_us_p99": round(q99, 1),
             "pipeline_latency_hist": {"step_us": _PIPE_STEP_US, "bins": hist.tolist(),
                                       "counts": self.pipe_hist[hist].tolist()},
