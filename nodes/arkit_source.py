@@ -13,12 +13,16 @@ in the next batch, one per batch, so no frame is lost or sent twice (a backlog h
 Bad datagrams are counted by reason, reported as at most one WARNING a second, and dropped:
 no input can kill this node.
 
-Thousands of devices send tens of thousands of packets a second, so the per-packet Python work
-is a receive and a dict lookup: a v6 packet's header (version, device id, subject) is the same
-in every packet of a device, so once ``parse_packet`` has accepted one, later packets with that
-header go to the device's slot directly, and their fixed-size tails (frame, values) are checked
-and stored for all the packets of a wake-up at once with numpy (``livelink.parse_tails``).
-Anything else (a new device, JSON, a damaged packet) takes the full parser.
+Thousands of devices send tens of thousands of packets a second. A v6 packet's header (version,
+device id, subject) is the same in every packet of a device, so once ``parse_packet`` has accepted
+one, later packets with that header go to the device's slot directly, and only their fixed-size
+tails (frame, values) are checked. Compiled (``nodes/livelink/_udp.pyx``, when built), a read is
+``recvmmsg`` in batches of 256 datagrams, and the header lookup, the tail checks, the clamping and
+the stores into the slots run in C, so a packet costs little more than the kernel's receive; the
+reference code (``AVATAR_PURE_PYTHON=1``, or not built) reads with one ``recvmsg`` per datagram, looks
+headers up in a dict and checks the tails of a wake-up's packets at once with numpy
+(``livelink.parse_tails``). Both give the same batches. Anything else (a new device, JSON, a damaged
+packet) takes the full parser, which says what is wrong.
 
 A packet's arrival is the kernel's receive timestamp (``SO_TIMESTAMPNS``, on the pts clock), so
 it stays exact however late the node reads. With a rate, batches go out only at ticks, so after
