@@ -462,7 +462,7 @@ def datagram(draw: st.DrawFn) -> bytes:
     return raw
 
 
-@settings(max_examples=40, **FUZZ)
+@settings(max_examples=80, **FUZZ)
 @given(st.lists(st.lists(datagram(), min_size=1, max_size=40), min_size=1, max_size=4),
        st.sampled_from([("fresh", 240.0), ("all", 60.0), ("fresh", 0.0)]), st.integers(2, 8))
 def test_compiled_and_reference_agree_on_any_stream(monkeypatch, bursts, mode, max_sessions):
