@@ -13,12 +13,16 @@ in the next batch, one per batch, so no frame is lost or sent twice (a backlog h
 Bad datagrams are counted by reason, reported as at most one WARNING a second, and dropped:
 no input can kill this node.
 
-Thousands of devices send tens of thousands of packets a second, so the per-packet Python work
-is a receive and a dict lookup: a v6 packet's header (version, device id, subject) is the same
-in every packet of a device, so once ``parse_packet`` has accepted one, later packets with that
-header go to the device's slot directly, and their fixed-size tails (frame, values) are checked
-and stored for all the packets of a wake-up at once with numpy (``livelink.parse_tails``).
-Anything else (a new device, JSON, a damaged packet) takes the full parser.
+Thousands of devices send tens of thousands of packets a second. A v6 packet's header (version,
+device id, subject) is the same in every packet of a device, so once ``parse_packet`` has accepted
+one, later packets with that header go to the device's slot directly, and only their fixed-size
+tails (frame, values) are checked. Compiled (``nodes/livelink/_udp.pyx``, when built), a read is
+``recvmmsg`` in batches of 256 datagrams, and the header lookup, the tail checks, the clamping and
+the stores into the slots run in C, so a packet costs little more than the kernel's receive; the
+reference code (``AVATAR_PURE_PYTHON=1``, or not built) reads with one ``recvmsg`` per datagram, looks
+headers up in a dict and checks the tails of a wake-up's packets at once with numpy
+(``livelink.parse_tails``). Both give the same batches. Anything else (a new device, JSON, a damaged
+packet) takes the full parser, which says what is wrong.
 
 A packet's arrival is the kernel's receive timestamp (``SO_TIMESTAMPNS``, on the pts clock), so
 it stays exact however late the node reads. With a rate, batches go out only at ticks, so after
@@ -36,6 +40,7 @@ import numpy as np
 
 from runtime import Message, Node, Pad, Param, ParamError
 
+from .compiled import load
 from .livelink import (
     CAPS,
     N_BLENDSHAPES,
@@ -60,6 +65,9 @@ _READ_PAUSE_S = 0.004  # with a rate: after a read, the socket is left alone thi
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
 _STAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
 _NO_STAMP = bytes(16)
+# recvmmsg in batches and the known devices' packets parsed in C (nodes/livelink/_udp.pyx); None: the
+# reference code below (recvmsg per datagram, parse_tails)
+_udp = load("nodes.livelink._udp")
 
 
 class ArkitSource(Node):
@@ -88,7 +96,6 @@ class ArkitSource(Node):
         self.headers: dict[bytes, int] = {}  # v6 packet header (before the tail) -> slot: the fast path
         self.slot_headers: dict[int, list[bytes]] = {}
         self.wait_hist = np.zeros(_WAIT_BINS, np.int64)
-        self.ids: list[str | None] = []  # slot -> session id
         self.free: list[int] = []
         self._alloc(16)
         self.order = np.zeros(0, np.intp)
@@ -104,6 +111,7 @@ class ArkitSource(Node):
         self.last_bad = ""
         self.paused_ns = 0
         self.rewatch = None
+        self._rx = _udp.Receiver(_MAX_DRAIN) if _udp is not None else None
         self.sock = self._bind(self.p.host, self.p.port, replacing=self.replacement)
         self.bound = (self.p.host, self.p.port)
         self.watch(self.sock, self._read)
@@ -128,12 +136,12 @@ class ArkitSource(Node):
             "weights": np.zeros((cap, N_BLENDSHAPES), np.float32), "pose": np.zeros((cap, N_POSE), np.float32),
             "last_ns": np.zeros(cap, np.int64), "arrival": np.zeros(cap, np.int64),
             "frame": np.full(cap, -1, np.int64), "active": np.zeros(cap, bool), "used": np.zeros(cap, bool),
+            "ids": np.full(cap, None, object),  # slot -> session id (str), None when free
         }
         for name, arr in arrays.items():
             if n:
                 arr[:n] = getattr(self, name)
             setattr(self, name, arr)
-        self.ids.extend([None] * (cap - n))
         self.cap = cap
 
     def _join(self, sid: str, addr: Any) -> int:
@@ -164,6 +172,8 @@ class ArkitSource(Node):
         self.used[slot] = self.active[slot] = False
         for header in self.slot_headers.pop(slot, ()):
             del self.headers[header]
+            if self._rx is not None:
+                self._rx.remove_header(header)
         self.backlog.pop(slot, None)
         self.free.append(slot)
         self.left += 1
@@ -175,7 +185,7 @@ class ArkitSource(Node):
         self._drain()
         if self.p.rate == 0:  # a batch now, and one more per packet still in a backlog
             while len(fresh := np.flatnonzero(self.active[: self.cap])):
-                self._emit(fresh, [self.ids[i] for i in fresh.tolist()], int(self.arrival[fresh].min()))
+                self._emit(fresh, self.ids[fresh].tolist(), int(self.arrival[fresh].min()))
         elif self.rewatch is None:  # batches go out at ticks: read again after a pause (or at the tick)
             self.unwatch(self.sock)
             self.rewatch = self.call_later(_READ_PAUSE_S, self._rewatch)
@@ -186,6 +196,9 @@ class ArkitSource(Node):
 
     def _drain(self) -> None:
         """Read every datagram the socket holds (up to a budget) into the slots (and backlogs)."""
+        if self._rx is not None:
+            self._drain_compiled()
+            return
         recv = self.sock.recvmsg
         datas: list[bytes] = []
         addrs: list[Any] = []
@@ -225,6 +238,34 @@ class ArkitSource(Node):
         if known:
             self._store_known(datas, addrs, stamps, known, slots)
 
+    def _drain_compiled(self) -> None:
+        """``_drain`` with recvmmsg: the known devices' valid packets come parsed, as rows; the
+        datagrams the compiled code hands back take the reference path, at their place in order."""
+        rx = self._rx
+        n, err, handed = rx.drain(self.sock.fileno(), _MAX_DRAIN)
+        if err:  # e.g. ICMP errors surfacing on the socket: never fatal
+            self._bad("socket", f"receive failed: {_udp.errno_text(err)}", None)
+        if not n:
+            return
+        now = self.now_ns()
+        raw = rx.stamp[:n]  # CLOCK_REALTIME ns, 0: no stamp
+        arrival = raw + (now - time.clock_gettime_ns(time.CLOCK_REALTIME))
+        arrival[(raw == 0) | (arrival > now)] = now  # no stamp (or a clock step): now
+        self.received += n
+        start = 0
+        for row, data, addr in handed:
+            if row > start:
+                self._store_rows_compiled(start, row, arrival)
+            stamp = int(arrival[row])
+            slot = self.headers.get(data[:-TAIL_BYTES])  # a header known since the compiled code saw it
+            if slot is not None:
+                self._store_known([data], [addr], [stamp], [0], [slot])
+            else:
+                self._parse_one(data, addr, stamp)
+            start = row + 1
+        if start < n:
+            self._store_rows_compiled(start, n, arrival)
+
     def _parse_one(self, data: bytes, addr: Any, stamp: int) -> None:
         """The full parser, for a packet whose header is not known yet (or a bad one)."""
         try:
@@ -239,6 +280,8 @@ class ArkitSource(Node):
                 header = header_of(data)
                 mine.append(header)
                 self.headers[header] = slot
+                if self._rx is not None:
+                    self._rx.add_header(header, slot)
 
     def _store_known(self, datas: list[bytes], addrs: list, stamps: list[int], rows: list[int], slots: list[int]) -> None:
         """Packets of known devices, all at once: check their tails, clamp, store them in their slots."""
@@ -251,6 +294,11 @@ class ArkitSource(Node):
             slot_arr, values, frames, arrival = slot_arr[ok], values[ok], frames[ok], arrival[ok]
             if not len(slot_arr):
                 return
+        self._store_rows(slot_arr, frames, values, arrival)
+
+    def _store_rows(self, slot_arr: np.ndarray, frames: np.ndarray, values: np.ndarray, arrival: np.ndarray) -> None:
+        """Valid packets of known devices, in arrival order: clamp, count, store them in their slots
+        (or, batch: fresh, a session's backlog). The arrays may be views of reused buffers: copied."""
         weights = values[:, :N_BLENDSHAPES]
         clipped = np.clip(weights, 0.0, 1.0)
         off = clipped != weights
@@ -259,39 +307,64 @@ class ArkitSource(Node):
             self.clamped += n_off
             self.clamped_packets += int(np.count_nonzero(off.any(axis=1)))
         self.packets += len(slot_arr)
+        later = None  # batch: fresh: rows that wait in their session's backlog (after the stores below)
         if self.p.batch == "fresh":
             if len(slot_arr) > 1 or self.backlog or self.active[slot_arr].any():
-                keep = self._defer_repeats(slot_arr, clipped, values, frames, arrival)
-                slot_arr, clipped, values, frames, arrival = (
-                    slot_arr[keep], clipped[keep], values[keep], frames[keep], arrival[keep])
+                keep = self._fresh_rows(slot_arr)
+                if not keep.all():
+                    later = (slot_arr, clipped, values, frames, arrival, np.flatnonzero(~keep).tolist())
+                    slot_arr, clipped, values, frames, arrival = (
+                        slot_arr[keep], clipped[keep], values[keep], frames[keep], arrival[keep])
         else:  # batch: all: the latest packet of a session since the last tick wins
-            self.superseded += int(np.count_nonzero(self.active[slot_arr]))
             if len(slot_arr) > 1:
                 _, last = np.unique(slot_arr[::-1], return_index=True)
                 if len(last) < len(slot_arr):
-                    self.superseded += len(slot_arr) - len(last)
+                    self.superseded += len(slot_arr) - len(last)  # the earlier packets of this read
                     keep = len(slot_arr) - 1 - last
                     slot_arr, clipped, values, frames, arrival = (
                         slot_arr[keep], clipped[keep], values[keep], frames[keep], arrival[keep])
+            self.superseded += int(np.count_nonzero(self.active[slot_arr]))  # and a frame from before it
         self.weights[slot_arr] = clipped
         self.pose[slot_arr] = values[:, N_BLENDSHAPES:]
         self.frame[slot_arr] = frames
         self.arrival[slot_arr] = arrival
         self.last_ns[slot_arr] = arrival
         self.active[slot_arr] = True
+        if later is not None:
+            slots, clipped, values, frames, arrival, rows = later
+            for j in rows:  # in arrival order
+                self._queue(int(slots[j]), clipped[j], values[j, N_BLENDSHAPES:], int(frames[j]), int(arrival[j]))
 
-    def _defer_repeats(self, slots: np.ndarray, weights: np.ndarray, values: np.ndarray, frames: np.ndarray,
-                       arrival: np.ndarray) -> np.ndarray:
+    def _store_rows_compiled(self, lo: int, hi: int, arrival: np.ndarray) -> None:
+        """``_store_rows`` for rows lo..hi-1 of the compiled receiver, in C: one pass, no numpy per row."""
+        fresh = self.p.batch == "fresh"
+        backlogged = None
+        if fresh and self.backlog:
+            backlogged = np.zeros(self.cap, np.uint8)
+            backlogged[np.fromiter(self.backlog, np.intp, len(self.backlog))] = 1
+        clamped, clamped_packets, superseded, later = self._rx.store(
+            lo, hi, arrival, fresh, self.weights, self.pose, self.frame, self.arrival, self.last_ns,
+            self.active.view(np.uint8), backlogged)
+        self.packets += hi - lo
+        self.clamped += clamped
+        self.clamped_packets += clamped_packets
+        self.superseded += superseded
+        if later:
+            slots, frames, values = self._rx.slot, self._rx.frame, self._rx.values  # values: clamped in place
+            for r in later:  # in arrival order
+                self._queue(int(slots[r]), values[r, :N_BLENDSHAPES], values[r, N_BLENDSHAPES:], int(frames[r]),
+                            int(arrival[r]))
+
+    def _fresh_rows(self, slots: np.ndarray) -> np.ndarray:
         """batch: fresh: a packet of a session whose last packet has not gone out yet waits in the
-        session's backlog instead of overwriting it. Returns which rows go into their slots now."""
+        session's backlog instead of overwriting it. Which rows go into their slots now: the first
+        of each slot, unless its slot is active or has a backlog."""
         _, first = np.unique(slots, return_index=True)  # np.unique: the earliest row of each slot
         now = np.zeros(len(slots), bool)
         now[first] = True
         now &= ~self.active[slots]
         if self.backlog:
             now &= ~np.isin(slots, np.fromiter(self.backlog, np.intp, len(self.backlog)))
-        for j in np.flatnonzero(~now).tolist():  # in arrival order
-            self._queue(int(slots[j]), weights[j], values[j, N_BLENDSHAPES:], int(frames[j]), int(arrival[j]))
         return now
 
     def _queue(self, slot: int, weights: np.ndarray, pose: np.ndarray, frame: int, arrival: int) -> None:
@@ -377,7 +450,7 @@ class ArkitSource(Node):
         if self.p.batch == "fresh":
             fresh = self.order[self.active[self.order]]
             if len(fresh):
-                self._emit(fresh, [self.ids[i] for i in fresh.tolist()], now)
+                self._emit(fresh, self.ids[fresh].tolist(), now)
             return
         self._emit(self.order, self.order_ids, now)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Many avatars through one graph: the full capture pipeline under S simulated Live Link Face devices.
 
-    .venv/bin/python tools/bench_sessions.py [--sizes 1 100 1000 5000] [--seconds 10] [--viewers 3]
-        [--gather-rate 240] [--batch fresh] [--timer-blender]
+    .venv/bin/python tools/bench_sessions.py [--sizes 1000 2000 5000 8000] [--seconds 10] [--viewers 3]
+        [--gather-rate 240] [--batch fresh] [--timer-blender] [--baseline-sessions N]
 
 For each S, the graph of ``graphs/capture.yaml`` runs with the runtime's Python API (every node
 its own process)::
@@ -18,6 +18,19 @@ fed by a load generator: ``--senders`` processes (default one per 2,000 devices)
 Live Link Face packets (``nodes.livelink.build_packets``, built before the run) for S devices
 with distinct ids, each device at 60 Hz on its own phase (spread evenly over the frame period,
 as independent phones are; ``--phases burst`` sends every device of a frame back to back).
+Each wake-up of a sender sends its due packets with one ``sendmmsg`` (``nodes.livelink._udp``;
+a ``send`` per packet where the extension is not built), so that generating 300,000 packets a
+second leaves the two cores to the pipeline as far as it can (on loopback the sender's system
+time also pays for delivering into the receiver's socket).
+
+First, a baseline: the bare cost of receiving the same packets (the generator for
+``--baseline-sessions`` devices, default the smallest size) in one process that only reads
+them, with ``recvmmsg`` and kernel timestamps as ``arkit_source`` does, and drops them: CPU
+microseconds per packet (``time.process_time`` of that process over the window). It reads as
+the source does, waking when packets wait and then leaving the socket alone for
+``--baseline-pause-ms`` (default 4, the source's pause after a read; 0 = a tight loop that reads
+on every wake-up). Each size's CPU per session-frame is also shown as a multiple of it, a figure
+that carries across machines of different speeds better than microseconds do.
 The viewers subscribe to different sessions, decode with ``nodes.wire.Decoder`` and
 count frames and gaps.
 
@@ -34,6 +47,8 @@ Measured over ``--seconds`` after the sessions have joined and a warm-up:
   window, in microseconds per session-frame and in cores; the generator's own CPU apart;
 - drops: UDP packets sent but never read by the source (kernel ``Udp: RcvbufErrors`` delta
   too), bad packets, link drops and gaps, sink overruns and viewer gaps (lost wire seqs).
+
+The summary line names the largest S that holds, strict and pipeline.
 
 A size holds the budget when every session gets its 60 frames/s (2%), p99 < 16.7 ms and nothing
 is dropped in the window (UDP packets lost while all S devices join at once are reported
@@ -70,7 +85,10 @@ import numpy as np  # noqa: E402
 from capture_pipeline import capture_pipeline  # noqa: E402
 from llf_send import device_ids, synthetic_values  # noqa: E402
 
+from nodes.compiled import load  # noqa: E402
 from nodes.livelink import build_packets  # noqa: E402
+
+_udp = load("nodes.livelink._udp")  # sendmmsg / recvmmsg; None: plain sockets
 
 PERIOD_BUDGET_MS = 1000.0 / 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -95,6 +113,7 @@ def sender_main(a: argparse.Namespace) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", a.port))
     send = sock.send
+    fd = sock.fileno()
     print("ready", flush=True)
     sent = errors = late_chunks = frames_sent = 0
     max_lag = 0.0
@@ -117,11 +136,15 @@ def sender_main(a: argparse.Namespace) -> None:
                     max_lag = lag
                 if lag > period:
                     late_chunks += 1
-            for p in packets[lo:hi]:
-                try:
-                    send(p)
-                except OSError:
-                    errors += 1
+            if _udp is not None:  # one system call for the chunk
+                ok, _ = _udp.send_batch(fd, packets, lo, hi)
+                errors += hi - lo - ok
+            else:
+                for p in packets[lo:hi]:
+                    try:
+                        send(p)
+                    except OSError:
+                        errors += 1
             sent += hi - lo
         frames_sent += 1
         f += 1
@@ -129,7 +152,91 @@ def sender_main(a: argparse.Namespace) -> None:
     sock.close()
     print(json.dumps({"sent": sent, "errors": errors, "frames": frames_sent, "seconds": took,
                       "max_lag_ms": max_lag * 1000, "late_chunks": late_chunks,
-                      "cpu_s": time.process_time() - cpu0, "devices": len(mine)}), flush=True)
+                      "cpu_s": time.process_time() - cpu0, "devices": len(mine),
+                      "sendmmsg": _udp is not None}), flush=True)
+
+
+# --- the baseline: receiving the same packets and nothing else (its own process) --------------------
+def baseline_receiver_main(a: argparse.Namespace) -> None:
+    """Bind, say the port, read and drop datagrams until ``until``; report CPU and packets between
+    ``start + 1 s`` and ``until - 0.5 s`` (monotonic)."""
+    import select
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # as arkit_source
+    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    fd = sock.fileno()
+    rx = _udp.Receiver(4096) if _udp is not None else None
+    print(sock.getsockname()[1], flush=True)
+    start, until = float(input()), float(input())
+    pause = a.pause_ms / 1000.0
+    m0, m1 = start + 1.0, until - 0.5
+    n = wakeups = 0
+    marks: dict[str, tuple[float, int, float, int]] = {}
+    while True:
+        now = time.monotonic()
+        if now >= until:
+            break
+        for key, at in (("a", m0), ("b", m1)):
+            if key not in marks and now >= at:
+                marks[key] = (time.process_time(), n, now, wakeups)
+        ready, _, _ = select.select([sock], [], [], 0.05)
+        if not ready:
+            continue
+        wakeups += 1
+        if rx is not None:
+            n += rx.discard(fd)[0]
+        else:
+            for _ in range(4096):
+                try:
+                    sock.recvmsg(65536, 64)
+                except (BlockingIOError, InterruptedError):
+                    break
+                n += 1
+        if pause:
+            time.sleep(pause)
+    (c0, n0, t0, w0), (c1, n1, t1, w1) = marks.get("a", (0, 0, 0, 0)), marks.get("b", (0, 0, 0, 0))
+    print(json.dumps({"packets": n1 - n0, "cpu_s": c1 - c0, "seconds": t1 - t0, "wakeups": w1 - w0,
+                      "recvmmsg": rx is not None}), flush=True)
+
+
+def run_baseline(s: int, a: argparse.Namespace) -> dict[str, Any]:
+    """The generator of size ``s`` against the bare receiver: CPU µs per packet received."""
+    recv = subprocess.Popen([sys.executable, __file__, "--baseline-receiver", "--pause-ms", str(a.baseline_pause_ms)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    senders: list[subprocess.Popen] = []
+    try:
+        port = int(recv.stdout.readline())
+        n_senders = min(s, a.senders or max(1, math.ceil(s / 2000)))
+        start = time.monotonic() + 2.0 + s / 20000
+        until = start + 1.5 + a.baseline_seconds
+        recv.stdin.write(f"{start!r}\n{until!r}\n")
+        recv.stdin.flush()
+        for i in range(n_senders):
+            senders.append(subprocess.Popen(
+                [sys.executable, __file__, "--sender", "--index", str(i), "--senders", str(n_senders),
+                 "--total", str(s), "--port", str(port), "--rate", str(a.rate), "--phases", a.phases,
+                 "--start", repr(start), "--until", repr(until), "--templates", str(a.templates)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True))
+        reports = [json.loads(p.communicate(timeout=until - time.monotonic() + 60)[0].strip().splitlines()[-1])
+                   for p in senders]
+        got = json.loads(recv.communicate(timeout=30)[0].strip().splitlines()[-1])
+    finally:
+        for p in [recv, *senders]:
+            if p.poll() is None:
+                p.kill()
+    sent = sum(r["sent"] for r in reports)
+    gen_seconds = max(r["seconds"] for r in reports)
+    return {"S": s, "packets": got["packets"], "seconds": got["seconds"],
+            "us_per_packet": got["cpu_s"] * 1e6 / got["packets"] if got["packets"] else math.nan,
+            "cores": got["cpu_s"] / got["seconds"] if got["seconds"] else math.nan,
+            "wakeups_per_s": got["wakeups"] / got["seconds"] if got["seconds"] else math.nan,
+            "recvmmsg": got["recvmmsg"], "gen_rate": sent / gen_seconds if gen_seconds > 0 else 0.0,
+            "gen_cpu_cores": sum(r["cpu_s"] for r in reports) / gen_seconds if gen_seconds > 0 else math.nan,
+            "gen_us_per_packet": sum(r["cpu_s"] for r in reports) * 1e6 / sent if sent else math.nan,
+            "sendmmsg": all(r.get("sendmmsg") for r in reports), "senders": len(reports)}
 
 
 # --- viewers (asyncio in a thread of this process) -------------------------------------------------
@@ -360,7 +467,7 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000, 5000], help="session counts S")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 8000], help="session counts S")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window per size (default 10)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds after every session joined (default 3)")
     ap.add_argument("--viewers", type=int, default=3, help="WebSocket viewers, each on another session (default 3)")
@@ -376,6 +483,11 @@ def main() -> None:
     ap.add_argument("--templates", type=int, default=30, help="frames of packets built per device (default 30)")
     ap.add_argument("--timer-blender", action="store_true",
                     help="the blender ticks on its timer alone (tick_on_capture: false, the node's default)")
+    ap.add_argument("--baseline-sessions", type=int, default=None,
+                    help="devices whose packets the bare-receive baseline reads (default: the smallest size; 0: none)")
+    ap.add_argument("--baseline-seconds", type=float, default=5.0, help="measured window of the baseline (default 5)")
+    ap.add_argument("--baseline-pause-ms", type=float, default=4.0,
+                    help="the baseline receiver's pause after each read, as arkit_source's (default 4; 0: a tight loop)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     # sender role
     ap.add_argument("--sender", action="store_true", help=argparse.SUPPRESS)
@@ -384,28 +496,48 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--start", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--until", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--baseline-receiver", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pause-ms", type=float, default=4.0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.sender:
         sender_main(a)
+        return
+    if a.baseline_receiver:
+        baseline_receiver_main(a)
         return
     print(f"sessions benchmark on {os.cpu_count()} cores: {a.seconds:g} s per size, devices at {a.rate:g} Hz "
           f"({a.phases} phases), arkit_source at {a.gather_rate or a.rate:g} Hz with '{a.batch}' batches, blender "
           f"{'on its timer' if a.timer_blender else 'following capture'}, {a.viewers} viewers; budget: {a.rate:g} "
           f"frames/s per session, p99 < {PERIOD_BUDGET_MS:.1f} ms, no drops\n", flush=True)
+    base = None
+    base_s = min(a.sizes) if a.baseline_sessions is None else a.baseline_sessions
+    if base_s > 0:
+        base = run_baseline(base_s, a)
+        how = "recvmmsg" if base["recvmmsg"] else "recvmsg in Python (nodes.livelink._udp not built)"
+        pause = f"{a.baseline_pause_ms:g} ms pause after each read" if a.baseline_pause_ms else "no pause"
+        print(f"baseline: receiving {base['gen_rate']:.0f} packets/s ({base_s} devices at {a.rate:g} Hz) in one process "
+              f"that only reads them ({how}, kernel stamps, {pause}): {base['us_per_packet']:.2f} us CPU per packet "
+              f"({base['cores']:.3f} cores, {base['wakeups_per_s']:.0f} wake-ups/s, {base['packets']} packets in "
+              f"{base['seconds']:.1f} s); generator {base['gen_cpu_cores']:.2f} cores, {base['gen_us_per_packet']:.2f} us "
+              f"per packet ({base['senders']} processes, {'sendmmsg' if base['sendmmsg'] else 'send per packet'})\n",
+              flush=True)
+    base_us = base["us_per_packet"] if base else math.nan
     hdr = (f"{'S':>5} | {'batch/s':>7} {'fps':>5} | {'arrival->sink p50':>17} {'p99':>5} | {'tick wait p99':>13} | "
-           f"{'tick->viewer p50':>16} {'p99':>5} | {'CPU us/sess-frame':>17} {'cores':>5} | {'gen pkt/s':>10} | "
-           f"{'drops udp/link/viewer':>21} | holds")
+           f"{'tick->viewer p50':>16} {'p99':>5} | {'CPU us/sess-frame':>17} {'x base':>6} {'cores':>5} | "
+           f"{'gen pkt/s':>10} | {'drops udp/link/viewer':>21} | holds")
     print(hdr)
     print("-" * len(hdr), flush=True)
     results = []
     for s in a.sizes:
         r = run_size(s, a)
+        r["x_baseline"] = r["cpu_us_per_session_frame"] / base_us  # per session-frame, in bare receives of a packet
         results.append(r)
         d = r["drops"]
         gen = f"{r['gen_rate']:>10.0f}" + ("" if r["gen_ok"] else "!")
         print(f"{s:>5} | {r['tick_hz']:>7.1f} {r['session_fps']:>5.1f} | {r['p50_ms']:>14.1f} ms {r['p99_ms']:>5.1f} | "
               f"{r['gather_wait_ms_p99']:>10.1f} ms | {r['viewer_tick_lat_ms_p50']:>13.1f} ms "
-              f"{r['viewer_tick_lat_ms_p99']:>5.1f} | {r['cpu_us_per_session_frame']:>17.1f} {r['cpu_cores']:>5.2f} | "
+              f"{r['viewer_tick_lat_ms_p99']:>5.1f} | {r['cpu_us_per_session_frame']:>17.1f} {r['x_baseline']:>5.1f}x "
+              f"{r['cpu_cores']:>5.2f} | "
               f"{gen:>10} | {d['rcvbuf_errors'] + d['bad']:>7}/"
               f"{d['link_drops'] + d['link_gaps'] + d['sink_drops']:>6}/{d['viewer_lost']:>6} | "
               f"{'yes' if r['holds'] else 'no'}/{'yes' if r['holds_pipeline'] else 'no'}"
@@ -417,12 +549,19 @@ def main() -> None:
               f"viewers {r['viewer_frames']} frames; drops {d}", flush=True)
     print(f"\nholds: strict (arrival->sink p99 < {PERIOD_BUDGET_MS:.1f} ms) / pipeline (tick->viewer p99 < "
           f"{PERIOD_BUDGET_MS:.1f} ms); both also need {a.rate:g} frames/s per session (2%), no drops and a generator "
-          f"on target")
-    for key, label in (("holds", "strict"), ("holds_pipeline", "pipeline")):
-        held = [r["S"] for r in results if r[key]]
-        print(f"largest S holding the budget ({label}): {max(held) if held else 'none'}")
+          f"on target; 'x base': CPU per session-frame as a multiple of the baseline's CPU per packet received")
+    largest = {}
+    for key in ("holds", "holds_pipeline"):
+        held = [r for r in results if r[key]]
+        largest[key] = max(held, key=lambda r: r["S"]) if held else None
+
+    def said(r: dict | None) -> str:
+        return (f"S = {r['S']} ({r['cpu_us_per_session_frame']:.1f} us CPU per session-frame, "
+                f"{r['x_baseline']:.1f}x the bare receive)") if r else "none"
+    print(f"largest S that holds (of {' '.join(str(s) for s in a.sizes)}): strict {said(largest['holds'])}; "
+          f"pipeline {said(largest['holds_pipeline'])}")
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        Path(a.json).write_text(json.dumps([dict(r, baseline=base) for r in results], indent=1))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Sources: a Live Link Face CSV export (--csv), a packet container file (--bin, the default is the
 real capture in shared/data/livelink), or synthetic faces (--synthetic). Recorded timing is kept
 (scaled by --speed; 0 = as fast as possible). --devices N sends every frame as N devices with
-distinct 36-character ids, so one process can stand in for a room full of phones.
+distinct 36-character ids, so one process can stand in for a room full of phones: a frame's packets
+go out with one ``sendmmsg`` (``nodes.livelink._udp``; a ``sendto`` per packet where it is not built).
 
     python tools/llf_send.py --port 11111                      # the real capture, once
     python tools/llf_send.py --csv take.csv --loop --speed 2   # a take, looped, twice as fast
@@ -24,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nodes.compiled import load  # noqa: E402
 from nodes.livelink import (  # noqa: E402
     N_BLENDSHAPES,
     N_VALUES,
@@ -36,6 +38,7 @@ from nodes.livelink import (  # noqa: E402
 )
 
 DEFAULT_BIN = SAMPLE_CAPTURE
+_udp = load("nodes.livelink._udp")  # sendmmsg; None: sendto per packet
 
 Frame = tuple[float, int, np.ndarray]  # seconds since the first frame, frame number, (61,) values
 
@@ -97,6 +100,8 @@ def send(frames: Iterator[Frame], host: str, port: int, ids: list[str], *, speed
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     target = (host, port)
+    if _udp is not None:
+        sock.connect(target)  # sendmmsg sends to the connected address
     sent = frames_sent = 0
     start = time.monotonic()
     try:
@@ -114,8 +119,11 @@ def send(frames: Iterator[Frame], host: str, port: int, ids: list[str], *, speed
                 frac = (t * fps) % 1.0
                 packets = build_packets(ids, rows, subject=subject, frame=frame_no, subframe=frac,
                                         fps=(int(round(fps)), 1))
-            for p in packets:
-                sock.sendto(p, target)
+            if _udp is not None:  # refusals (nobody listening yet) are skipped, as sendto ignores them
+                _udp.send_batch(sock.fileno(), packets)
+            else:
+                for p in packets:
+                    sock.sendto(p, target)
             sent += len(packets)
             frames_sent += 1
     except KeyboardInterrupt:
