@@ -31,6 +31,7 @@ buffer): a flood of small datagrams costs a few hundred wake-ups a second, not o
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections import deque
@@ -111,6 +112,7 @@ class ArkitSource(Node):
         self.last_bad = ""
         self.paused_ns = 0
         self.rewatch = None
+        self.kernel_drops = self.sock_drops_seen = self.next_drop_check_ns = 0  # the socket's own count starts at 0
         self._rx = _udp.Receiver(_MAX_DRAIN) if _udp is not None else None
         self.sock = self._bind(self.p.host, self.p.port, replacing=self.replacement)
         self.bound = (self.p.host, self.p.port)
@@ -428,6 +430,19 @@ class ArkitSource(Node):
         self.window = {}
         self.last_warn_ns = now
 
+    def _check_kernel_drops(self, now: int) -> None:
+        """Datagrams the kernel dropped because the socket's buffer was full (the source fell
+        behind: past capacity): counted in stats and posted as QOS, once a second at most."""
+        self.next_drop_check_ns = now + _WARN_EVERY_NS
+        total = socket_drops(self.sock)
+        if total is None or total <= self.sock_drops_seen:
+            return
+        new, self.sock_drops_seen = total - self.sock_drops_seen, total
+        self.kernel_drops += new
+        self.ctx.post("QOS", f"the kernel dropped {new} datagram(s) on UDP port {self.sock.getsockname()[1]}: "
+                             f"the source is behind (receive buffer full)", dropped=new, total=self.kernel_drops,
+                      where="udp receive buffer")
+
     # --- output ------------------------------------------------------------------------------
     def _expire(self) -> int:
         now = self.now_ns()
@@ -436,6 +451,8 @@ class ArkitSource(Node):
             for slot in stale.tolist():
                 self._leave(slot, now)
         self._maybe_warn(now)
+        if now >= self.next_drop_check_ns:
+            self._check_kernel_drops(now)
         return now
 
     def _tick(self) -> None:
@@ -533,6 +550,7 @@ class ArkitSource(Node):
             self.unwatch(self.sock)
             self.sock.close()
             self.sock = sock
+            self.sock_drops_seen = 0
             self.bound = (self.p.host, self.p.port)
             if self.rewatch is not None:
                 self.rewatch.cancel()
@@ -548,6 +566,7 @@ class ArkitSource(Node):
         return {
             "port": self.sock.getsockname()[1] if self.sock.fileno() >= 0 else None,
             "received": self.received, "packets": self.packets, "bad": sum(self.bad.values()),
+            "kernel_drops": self.kernel_drops,
             "bad_reasons": dict(self.bad), "clamped": self.clamped, "clamped_packets": self.clamped_packets,
             "superseded": self.superseded, "overrun": self.overrun,
             "backlogged": sum(len(q) for q in self.backlog.values()),
@@ -556,6 +575,23 @@ class ArkitSource(Node):
             "gather_wait_hist": {"step_us": _WAIT_STEP_US, "bins": (nz := np.flatnonzero(self.wait_hist)).tolist(),
                                  "counts": self.wait_hist[nz].tolist()},
         }
+
+
+def socket_drops(sock: socket.socket) -> int | None:
+    """The kernel's count of datagrams this UDP socket dropped (its receive buffer was full), from
+    /proc/net/udp{,6} by the socket's inode; None where that is not available."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 12 and fields[9] == inode:
+                        return int(fields[12])
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None
 
 
 def _percentile(hist: np.ndarray, q: float) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nodes.arkit_source import socket_drops
 from nodes.livelink import SAMPLE_CAPTURE, build_json_packet, build_packet, parse_packet, read_container
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, start_graph
@@ -226,6 +227,25 @@ def test_many_devices_grow_the_slot_arrays(src, udp):
     msg = _only(src.advance(TICK))
     assert msg.session == ids
     assert np.allclose(msg.arrays["weights"][:, 0], np.arange(40) / 40)
+
+
+def test_datagrams_the_kernel_drops_are_counted_and_posted_as_qos(src, udp):
+    """Past capacity the first drops are the kernel's (the socket's buffer is full): the source
+    reads its socket's drop count and reports it, so nothing is lost silently."""
+    src.node.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a buffer of a few datagrams
+    packet = build_packet(DEV32, FRAMES[0].weights, FRAMES[0].pose)
+    target = ("127.0.0.1", _port(src))
+    sent = 0
+    while socket_drops(src.node.sock) == 0:  # nobody reads: the buffer fills, then the kernel drops
+        udp.sendto(packet, target)
+        sent += 1
+        assert sent < 10_000, "the kernel never dropped a datagram"
+    src.advance(1.1)  # the drop check runs with the ticks, once a second
+    qos = [f for level, _, f in src.bus if level == "QOS"]
+    assert len(qos) == 1 and qos[0]["dropped"] >= 1 and qos[0]["where"] == "udp receive buffer"
+    assert src.node.stats()["kernel_drops"] == qos[0]["total"] == socket_drops(src.node.sock)
+    src.advance(1.1)  # nothing new dropped: nothing new posted
+    assert len([1 for level, _, _ in src.bus if level == "QOS"]) == 1
 
 
 def test_port_can_change_while_running(src, udp):
