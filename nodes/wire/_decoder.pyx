@@ -13,11 +13,12 @@ Packets go through a fast C parser for the shapes an encoder writes (a msgpack `
 ``codec.parse_packet``, so a malformed packet raises its ValueError with the reference's text. A
 delta's bit stream is always read here, with the reference's checks and texts.
 """
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 import numpy as np
 
@@ -70,15 +71,22 @@ cdef int c_seq_mask = SEQ_MOD - 1
 cdef int c_version = VERSION
 cdef int c_seq_half = SEQ_MOD // 2
 _STATUS_TEXT = ("decoded", "refused", "late", "malformed", "")
-_EG_ERROR = "bit stream: Exp-Golomb code cut short or too long"
 
 
 # --- the bit reader (codec.BitReader) ----------------------------------------------------------
+# Reads never raise (so they inline): the first error is kept in ``err`` and the caller raises it
+# (``raise_err``) before any check of its own, so the reference's first error is the one reported.
+cdef enum:
+    ERR_CUT = 1
+    ERR_EG = 2
+
+
 cdef struct Reader:
     const uint8_t *d
-    Py_ssize_t nbytes
+    Py_ssize_t nbytes  # readable bytes: the stream's, or 8 more zero bytes in a padded copy
     int64_t size  # bits
     int64_t pos
+    int err  # 0, ERR_CUT or ERR_EG
 
 
 cdef inline uint64_t peek64(const Reader *r) noexcept nogil:
@@ -96,31 +104,45 @@ cdef inline uint64_t peek64(const Reader *r) noexcept nogil:
     return v << (r.pos & 7)
 
 
-cdef inline int64_t rd(Reader *r, int width) except -1:
-    """``width`` bits (1..57), MSB first."""
+cdef inline int64_t rd(Reader *r, int width) noexcept nogil:
+    """``width`` bits (1..57), MSB first; 0 and ERR_CUT past the end."""
+    cdef uint64_t v
     if r.pos + width > r.size:
-        raise ValueError("bit stream is cut short")
-    cdef uint64_t v = peek64(r) >> (64 - width)
+        if not r.err:
+            r.err = ERR_CUT
+        return 0
+    v = peek64(r) >> (64 - width)
     r.pos += width
     return <int64_t>v
 
 
-cdef inline int64_t eg(Reader *r, int k) except -1:
-    """One Exp-Golomb code of order k (k <= 16): at most MAX_EG_ZEROS zero bits, then zeros + k + 1 bits."""
+cdef inline int64_t eg(Reader *r, int k) noexcept nogil:
+    """One Exp-Golomb code of order k (k <= 16): at most MAX_EG_ZEROS zero bits, then zeros + k + 1
+    bits; 0 and an error when the stream ends first or the prefix is too long."""
     cdef uint64_t w = peek64(r)
     cdef int zeros
-    if w == 0:  # no 1 bit in the stream's next 57: it ends first, or the prefix is too long
-        raise ValueError(_EG_ERROR)
+    cdef int64_t v
+    if w == 0 or clz64(w) > c_max_eg_zeros:  # w == 0: no 1 bit in the stream's next 57
+        if not r.err:
+            r.err = ERR_EG
+        return 0
     zeros = clz64(w)
-    if zeros > c_max_eg_zeros:
-        raise ValueError(_EG_ERROR)
     r.pos += zeros
-    return rd(r, zeros + k + 1) - ((<int64_t>1) << k)
+    v = rd(r, zeros + k + 1)  # >= 2**k when read (its first bit is the 1)
+    return v - ((<int64_t>1) << k) if v else 0
+
+
+cdef int raise_err(const Reader *r) except -1:
+    if r.err == ERR_CUT:
+        raise ValueError("bit stream is cut short")
+    raise ValueError("bit stream: Exp-Golomb code cut short or too long")
 
 
 cdef int finish(Reader *r) except -1:
     """The stream must end here, padded with zero bits to the end of its byte."""
     cdef int64_t rest = r.size - r.pos
+    if r.err:
+        raise_err(r)
     if rest >= 8:
         raise ValueError(f"bit stream: {rest // 8} byte(s) after the end")
     if rest and (peek64(r) >> (64 - rest)):
@@ -387,15 +409,17 @@ cdef class Core:
     cdef int64_t *acc  # scratch of read_values
     cdef int32_t *cols
     cdef int32_t *ks
+    cdef uint8_t *pad  # a delta's or keyframe's bytes, then 8 zero bytes
     cdef int64_t epoch
     cdef list groups
 
     def __cinit__(self, bint resume_after_loss=False, frame_type=None, batch_type=None, group_type=None):
         self.slots = <void **>calloc(c_max_slots, sizeof(void *))
         self.acc = <int64_t *>calloc(c_max_columns + 16, sizeof(int64_t))
-        self.cols = <int32_t *>calloc(c_max_columns + 16, sizeof(int32_t))
+        self.cols = <int32_t *>calloc(2 * (c_max_columns + 16), sizeof(int32_t))
         self.ks = <int32_t *>calloc(c_max_columns + 16, sizeof(int32_t))
-        if self.slots == NULL or self.acc == NULL or self.cols == NULL or self.ks == NULL:
+        self.pad = <uint8_t *>calloc(8 * (c_max_columns + c_pose_columns) + 32 + 16, 1)  # max_delta_bytes + 8
+        if self.slots == NULL or self.acc == NULL or self.cols == NULL or self.ks == NULL or self.pad == NULL:
             raise MemoryError()
         self.resume_after_loss = resume_after_loss
         self.status_code = NO_STATUS
@@ -407,6 +431,7 @@ cdef class Core:
         free(self.acc)
         free(self.cols)
         free(self.ks)
+        free(self.pad)
 
     # --- public -----------------------------------------------------------------------------------
     @property
@@ -485,61 +510,66 @@ cdef class Core:
         cdef float *p
         cdef i128 pts = 0
         cdef int outcome, m, ngroups = 0
-        cdef uint8_t[::1] codes
+        cdef uint8_t *codes
+        cdef Py_buffer view
         status = np.empty(s, dtype=np.uint8)
-        codes = status
+        PyObject_GetBuffer(status, &view, PyBUF_WRITABLE)  # held until the end: status is ours alone
+        codes = <uint8_t *>view.buf
         errors, losses = {}, {}
         self.epoch += 1
-        for i in range(s):
-            packet = packets[i]
-            self.n_packets += 1
-            self.last_loss = 0
-            self.status_code = MALFORMED
-            try:
-                self._parse(packet, &h)
-                st = self._stream(h.sid)
-                outcome = self._apply(&h, st, now_ns, &q, &pts)
-            except ValueError as exc:
-                self.n_malformed += 1
+        try:
+            for i in range(s):
+                packet = packets[i]
+                self.n_packets += 1
+                self.last_loss = 0
+                self.status_code = MALFORMED
+                try:
+                    self._parse(packet, &h)
+                    st = self._stream(h.sid)
+                    outcome = self._apply(&h, st, now_ns, &q, &pts)
+                except ValueError as exc:
+                    self.n_malformed += 1
+                    self.keep = None
+                    codes[i] = MALFORMED
+                    errors[i] = str(exc)
+                    continue
                 self.keep = None
-                codes[i] = MALFORMED
-                errors[i] = str(exc)
-                continue
-            self.keep = None
-            if self.last_loss:
-                losses[i] = self.last_loss
-            codes[i] = outcome
-            if outcome != DECODED:
-                continue
-            self.status_code = DECODED
-            key = st.key
-            if key.epoch != self.epoch:  # the batch's first row of this shape: a group
-                key.epoch, key.group = self.epoch, ngroups
-                if ngroups == len(self.groups):
-                    self.groups.append(_Group())
-                g = <_Group>self.groups[ngroups]
-                if g.key is not key:
-                    if g.key is None or g.key.m != key.m:
-                        free(g.w)
-                        g.w, g.cap = NULL, 0
-                    g.key = key
-                g.n = 0
-                g.reserve(s)
-                ngroups += 1
-            else:
-                g = <_Group>self.groups[key.group]
-            m = key.m
-            g.rows[g.n] = i
-            wt = table(st.bits, 0)
-            w = g.w + g.n * m
-            for j in range(m):
-                w[j] = wt[q[j]]
-            if key.pose:
-                pt = table(st.pose_bits, 1)
-                p = g.p + g.n * 9
-                for j in range(9):
-                    p[j] = pt[q[m + j]]
-            g.n += 1
+                if self.last_loss:
+                    losses[i] = self.last_loss
+                codes[i] = outcome
+                if outcome != DECODED:
+                    continue
+                self.status_code = DECODED
+                key = st.key
+                if key.epoch != self.epoch:  # the batch's first row of this shape: a group
+                    key.epoch, key.group = self.epoch, ngroups
+                    if ngroups == len(self.groups):
+                        self.groups.append(_Group())
+                    g = <_Group>self.groups[ngroups]
+                    if g.key is not key:
+                        if g.key is None or g.key.m != key.m:
+                            free(g.w)
+                            g.w, g.cap = NULL, 0
+                        g.key = key
+                    g.n = 0
+                    g.reserve(s)
+                    ngroups += 1
+                else:
+                    g = <_Group>self.groups[key.group]
+                m = key.m
+                g.rows[g.n] = i
+                wt = table(st.bits, 0)
+                w = g.w + g.n * m
+                for j in range(m):
+                    w[j] = wt[q[j]]
+                if key.pose:
+                    pt = table(st.pose_bits, 1)
+                    p = g.p + g.n * 9
+                    for j in range(9):
+                        p[j] = pt[q[m + j]]
+                g.n += 1
+        finally:
+            PyBuffer_Release(&view)
         out = []
         for i in range(ngroups):
             g = <_Group>self.groups[i]
@@ -583,7 +613,7 @@ cdef class Core:
             if not mp_bin(&p, end, &s, &n) or p != end:
                 return self._parse_reference(packet, h)
             h.keyframe = 0
-            h.r.d, h.r.nbytes, h.r.size, h.r.pos = s, n, 8 * n, 0
+            h.r.d, h.r.nbytes, h.r.size, h.r.pos, h.r.err = s, n, 8 * n, 0, 0
             return self._delta_header(h)
         # a keyframe: [version, sid, seq, pts, session, names, bits, pose_bits, values]
         p, end = d, d + size
@@ -656,17 +686,24 @@ cdef class Core:
 
     cdef int _delta_header(self, Head *h) except -1:
         cdef int64_t v, link
+        h.r.err = 0
         v = eg(&h.r, 0)
+        if h.r.err:
+            raise_err(&h.r)
         if v >= c_max_slots:
             raise ValueError(f"sid {v} is above {c_max_slots - 1}")
         h.sid = <int>v
         h.seq = <int>rd(&h.r, 16)
         link = eg(&h.r, 0)
+        if h.r.err:
+            raise_err(&h.r)
         if (link >> 1) + 1 > c_seq_mask:
             raise ValueError(f"back {(link >> 1) + 1} is above {c_seq_mask}")
         h.back = <int>((link >> 1) + 1)
         h.ref = not (link & 1)
         h.pts = unzigzag(eg(&h.r, 0))
+        if h.r.err:
+            raise_err(&h.r)
         return 0
 
     cdef int _parse_reference(self, object packet, Head *h) except -1:
@@ -686,7 +723,7 @@ cdef class Core:
         br = pk.body
         self.keep = br.x.to_bytes(br.size // 8, "big")
         d = <const uint8_t *>PyBytes_AS_STRING(self.keep)
-        h.r.d, h.r.nbytes, h.r.size, h.r.pos = d, PyBytes_GET_SIZE(self.keep), br.size, br.pos
+        h.r.d, h.r.nbytes, h.r.size, h.r.pos, h.r.err = d, PyBytes_GET_SIZE(self.keep), br.size, br.pos, 0
         return 0
 
     cdef _Key _key(self, object names, bint pose, int m):
@@ -729,7 +766,9 @@ cdef class Core:
                 raise ValueError("keyframe values: padding bits must be zero")
             total = m + (c_pose_columns if h.pose_bits else 0)
             buf_reserve(&st.ref, total)
-            r.d, r.nbytes, r.size, r.pos = h.body, h.body_len, 8 * h.body_len, 0
+            memcpy(self.pad, h.body, h.body_len)  # a copy with 8 zero bytes after it: every read is one load
+            memset(self.pad + h.body_len, 0, 8)
+            r.d, r.nbytes, r.size, r.pos, r.err = self.pad, h.body_len + 8, 8 * h.body_len, 0, 0
             for i in range(m):
                 st.ref.q[i] = <int32_t>(peek64(&r) >> (64 - h.bits))
                 r.pos += h.bits
@@ -761,6 +800,10 @@ cdef class Core:
         total = m + (c_pose_columns if st.pose_bits else 0)
         if h.r.size > 8 * (8 * <int64_t>total + 32):
             raise ValueError(f"a delta of {h.r.size // 8} bytes is longer than any for its {m} columns")
+        memcpy(self.pad, h.r.d, h.r.nbytes)  # as for keyframes
+        memset(self.pad + h.r.nbytes, 0, 8)
+        h.r.d = self.pad
+        h.r.nbytes += 8
         wide = 0 if motion else rd(&h.r, 1)
         buf_reserve(&st.cur, total)
         self._values(&h.r, st.ref.q, st.prev.q if motion else NULL, m, st.bits, wide, st.cur.q)
@@ -800,13 +843,17 @@ cdef class Core:
         """``codec.read_values``: one value section of n columns into ``out``."""
         cdef int64_t top = (1 << bits) - 1
         cdef int64_t *q = self.acc
-        cdef int32_t *cols = self.cols  # FLOOR from the start, QUIET from the end (backwards)
+        cdef int32_t *fl = self.cols  # FLOOR columns
+        cdef int32_t *ql = self.cols + c_max_columns + 16  # QUIET columns
         cdef int32_t *ks = self.ks  # MOVING columns and their k, as column * 32 + k
-        cdef int nf = 0, nq = 0, nm = 0, i, c, k, cnt, wide_k = bits - 4 if bits > 4 else 0
-        cdef int64_t rv, mo, pr, pos, z, lo, hi, am
+        cdef int nf = 0, nq = 0, nm = 0, i, c, k, cnt, bad
+        cdef int wide_k = bits - 4 if bits > 4 else 0
+        cdef int64_t rv, mo, pr, pos, z, am
+        if prev == NULL:  # no motion: every column's is 0
+            prev = ref
         for i in range(n):
             rv = ref[i]
-            mo = rv - prev[i] if prev != NULL else 0
+            mo = rv - prev[i]
             pr = rv + ((3 * mo + 2) >> 2)  # floor((3m + 2) / 4)
             if pr < 0:
                 pr = 0
@@ -814,17 +861,17 @@ cdef class Core:
                 pr = top
             q[i] = pr
             if pr == 0:
-                cols[nf] = i
+                fl[nf] = i
                 nf += 1
             elif wide:
                 ks[nm] = i * 32 + wide_k
                 nm += 1
             elif mo == 0:
-                cols[n - 1 - nq] = i
+                ql[nq] = i
                 nq += 1
             else:
                 am = mo if mo > 0 else -mo
-                k = 64 - clz64(<uint64_t>am) - 2
+                k = 62 - clz64(<uint64_t>am)  # bit_length(|m|) - 2
                 ks[nm] = i * 32 + (k if k > 0 else 0)
                 nm += 1
         for c in range(2):  # the FLOOR list, then the QUIET list
@@ -835,10 +882,12 @@ cdef class Core:
             while True:
                 pos += eg(r, 1 - c)
                 if pos > cnt:
+                    if r.err:
+                        raise_err(r)
                     raise ValueError("value section: a zero run goes past the end of its list")
                 if pos == cnt:
                     break
-                i = cols[pos] if c == 0 else cols[n - 1 - pos]
+                i = fl[pos] if c == 0 else ql[pos]
                 q[i] += unzigzag(eg(r, 1) + 1)
                 pos += 1
                 if pos == cnt:
@@ -852,16 +901,15 @@ cdef class Core:
                 if z == 3:
                     z += eg(r, 0)
             q[i] += unzigzag(z)
-        lo, hi = 0, top
+        if r.err:
+            raise_err(r)
+        bad = 0
         for i in range(n):
-            if q[i] < lo:
-                lo = q[i]
-            elif q[i] > hi:
-                hi = q[i]
-        if lo < 0 or hi > top:
+            z = q[i]
+            bad |= (z < 0) | (z > top)
+            out[i] = <int32_t>z
+        if bad:
             raise ValueError(f"value section: a decoded value is outside 0..{top}")
-        for i in range(n):
-            out[i] = <int32_t>q[i]
         return 0
 
 
@@ -872,27 +920,31 @@ cdef object _buf_list(Buf *b, bint pose):
 
 
 cdef object _floats(const int32_t *q, int n, const float *tab):
-    cdef float[::1] view
+    """A new float32 array of the values ``tab[q[i]]``."""
+    cdef Py_buffer view
+    cdef float *out
     arr = np.empty(n, dtype=np.float32)
-    view = arr
+    PyObject_GetBuffer(arr, &view, PyBUF_WRITABLE)
+    out = <float *>view.buf
     for i in range(n):
-        view[i] = tab[q[i]]
+        out[i] = tab[q[i]]
+    PyBuffer_Release(&view)
+    return arr
+
+
+cdef object _copied(object arr, const void *src, Py_ssize_t nbytes):
+    """``arr`` (new, C-contiguous) with ``nbytes`` copied into it from ``src``."""
+    cdef Py_buffer view
+    if nbytes:
+        PyObject_GetBuffer(arr, &view, PyBUF_WRITABLE)
+        memcpy(view.buf, src, nbytes)
+        PyBuffer_Release(&view)
     return arr
 
 
 cdef object _copy_floats(const float *src, Py_ssize_t rows, int cols):
-    cdef float[:, ::1] view
-    arr = np.empty((rows, cols), dtype=np.float32)
-    if rows and cols:
-        view = arr
-        memcpy(&view[0, 0], src, rows * cols * sizeof(float))
-    return arr
+    return _copied(np.empty((rows, cols), dtype=np.float32), src, rows * cols * sizeof(float))
 
 
 cdef object _copy_rows(const Py_ssize_t *src, Py_ssize_t n):
-    cdef Py_ssize_t[::1] view
-    arr = np.empty(n, dtype=np.intp)
-    if n:
-        view = arr
-        memcpy(&view[0], src, n * sizeof(Py_ssize_t))
-    return arr
+    return _copied(np.empty(n, dtype=np.intp), src, n * sizeof(Py_ssize_t))
