@@ -8,6 +8,7 @@ batches from ``decode_batch``, and the same messages from the decompressor node.
 """
 from __future__ import annotations
 
+import copy
 import struct
 
 import msgpack
@@ -476,3 +477,11 @@ def test_pure_python_is_the_reference(monkeypatch):
         wf.Decoder(compiled=True)
     monkeypatch.undo()
     assert type(wf.Decoder()) is CompiledDecoder and type(wf.Decoder(compiled=False)) is wf.Decoder
+
+
+def test_a_copy_of_the_reference_is_the_reference():
+    ref, comp, nxt = primed(True)
+    twin = copy.deepcopy(ref)
+    assert type(twin) is wf.Decoder and twin.resume_after_loss and twin._streams == comp._streams
+    for p in nxt:
+        step(twin, comp, p)

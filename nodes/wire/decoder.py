@@ -34,7 +34,6 @@ from .codec import (
 
 # a packet's outcome in ``Batch.status``; ``Decoder.status`` says the same in words
 DECODED, REFUSED, LATE, MALFORMED = 0, 1, 2, 3
-STATUS_NAMES = ("decoded", "refused", "late", "malformed")
 
 
 @dataclass
@@ -107,6 +106,10 @@ class Decoder:
             return super().__new__(CompiledDecoder)
         return super().__new__(cls)
 
+    def __getnewargs__(self) -> tuple[bool, bool]:
+        """A copy (pickle, deepcopy) of the reference stays the reference."""
+        return self.resume_after_loss, False
+
     def __init__(self, resume_after_loss: bool = False, compiled: bool | None = None):
         self.resume_after_loss = resume_after_loss
         self.counts = {"packets": 0, "keyframes": 0, "decoded": 0, "gaps": 0, "lost": 0, "refused": 0,
@@ -158,7 +161,7 @@ class Decoder:
             frames.append(frame)
         return Batch(status, losses, errors, [
             Group(names, np.array(rows, dtype=np.intp), np.stack([f.weights for f in frames]),
-                  np.stack([f.pose for f in frames]) if pose else None)
+                  np.stack([f.pose for f in frames if f.pose is not None]) if pose else None)
             for (names, pose), (rows, frames) in groups.items()])
 
     def forget_idle(self, now_ns: int, idle_ns: int) -> int:
@@ -234,12 +237,13 @@ class CompiledDecoder(Decoder):
 
     def __init__(self, resume_after_loss: bool = False, compiled: bool | None = None):
         core = _core(True)
+        assert core is not None  # _core(True) raises instead
         self._core = core.Core(resume_after_loss, Frame, Batch, Group)
         self.decode = self._core.decode  # type: ignore[method-assign]
         self.decode_batch = self._core.decode_batch  # type: ignore[method-assign]
         self.forget_idle = self._core.forget_idle  # type: ignore[method-assign]
 
-    @property  # type: ignore[override]
+    @property
     def resume_after_loss(self) -> bool:
         return self._core.resume_after_loss
 
@@ -247,25 +251,25 @@ class CompiledDecoder(Decoder):
     def resume_after_loss(self, value: bool) -> None:
         self._core.resume_after_loss = bool(value)
 
-    @property  # type: ignore[override]
-    def counts(self) -> dict[str, int]:
+    @property
+    def counts(self) -> dict[str, int]:  # type: ignore[override]
         """The reference's counts (a fresh dict: the numbers live in C)."""
         return self._core.counts()
 
-    @property  # type: ignore[override]
-    def status(self) -> str:
+    @property
+    def status(self) -> str:  # type: ignore[override]
         return self._core.status
 
-    @property  # type: ignore[override]
-    def last_loss(self) -> int:
+    @property
+    def last_loss(self) -> int:  # type: ignore[override]
         return self._core.last_loss
 
     @property
     def waiting(self) -> list[tuple[int, str | None]]:
         return self._core.waiting()
 
-    @property  # type: ignore[override]
-    def _streams(self) -> dict[int, _Stream]:
+    @property
+    def _streams(self) -> dict[int, _Stream]:  # type: ignore[override]
         """A snapshot of the streams as the reference holds them (tests compare the two)."""
         return self._core.snapshot(_Stream)
 
