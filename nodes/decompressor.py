@@ -1,6 +1,7 @@
 """decompressor: ``avatar/packet`` wire packets -> morph weights, one row per decodable session.
 
-Decoding is ``nodes.wire.Decoder`` (spec: ``docs/wire-format.md``). A session whose
+Decoding is ``nodes.wire.Decoder`` (spec: ``docs/wire-format.md``), a whole message at once
+(``decode_batch``: compiled when the extension is built, one array per names table). A session whose
 packets went missing is left out of the output until its next keyframe; the loss is counted
 in ``stats()``, reported on the bus, and the sessions waiting are listed so whoever can
 reach the compressor (its ``requests`` pad) can ask for a keyframe.
@@ -12,6 +13,7 @@ import numpy as np
 from runtime import Message, Node, Pad, Param
 
 from . import wire as wf
+from .wire.decoder import DECODED, REFUSED, Group
 
 _SECOND_NS = 1_000_000_000
 
@@ -47,39 +49,42 @@ class Decompressor(Node):
             self._warn(msg.pts_ns, "dropped an avatar/packet message: needs a session list and data "
                                    "{'packets': [bytes]} of the same length")
             return None
-        groups: dict[tuple, list[tuple[str, wf.Frame]]] = {}
-        for session, packet in zip(map(str, sessions), packets):
-            try:
-                frame = self.dec.decode(packet, msg.pts_ns)
-            except ValueError as exc:
-                self._warn(msg.pts_ns, f"session {session}: malformed packet: {exc}")
-                continue
-            if self.dec.last_loss:
-                self._warn(msg.pts_ns, f"session {session}: {self.dec.last_loss} packet(s) lost"
-                                       + ("; waiting for a keyframe" if frame is None else ""))
-            if frame is None:
-                if self.dec.status == "refused":
-                    self.need[session] = msg.pts_ns
-                continue
-            self.need.pop(session, None)
-            groups.setdefault((frame.names, frame.pose is not None), []).append((session, frame))
+        batch = self.dec.decode_batch(packets, msg.pts_ns)
+        sessions = list(map(str, sessions))
+        if batch.errors or batch.losses:  # in row order, as each packet was decoded
+            for i in sorted(batch.errors.keys() | batch.losses.keys()):
+                if i in batch.errors:
+                    self._warn(msg.pts_ns, f"session {sessions[i]}: malformed packet: {batch.errors[i]}")
+                else:
+                    self._warn(msg.pts_ns, f"session {sessions[i]}: {batch.losses[i]} packet(s) lost"
+                                           + ("; waiting for a keyframe" if batch.status[i] != DECODED else ""))
+        if (batch.status == REFUSED).any():  # after a loss: in row order, as a session may come twice
+            for i in np.flatnonzero(batch.status <= REFUSED).tolist():
+                if batch.status[i] == REFUSED:
+                    self.need[sessions[i]] = msg.pts_ns
+                else:
+                    self.need.pop(sessions[i], None)
+        elif self.need:
+            for group in batch.groups:
+                for i in group.rows.tolist():
+                    self.need.pop(sessions[i], None)
         if msg.pts_ns >= self.next_expiry:
             idle_ns = int(self.p.idle_s * _SECOND_NS)
             self.dec.forget_idle(msg.pts_ns, idle_ns)
             self.need = {s: t for s, t in self.need.items() if t >= msg.pts_ns - idle_ns}
             self.next_expiry = msg.pts_ns + _SECOND_NS
-        for (names, _), rows in groups.items():  # one message per names table: one array shape each
-            self.emit("out", self._message(names, rows, msg))
+        for group in batch.groups:  # one message per names table: one array shape each
+            self.emit("out", self._message(group, sessions, msg))
         return None
 
-    def _message(self, names: wf.Names, rows: list[tuple[str, wf.Frame]], msg: Message) -> Message:
-        arrays = {"weights": np.stack([f.weights for _, f in rows])}
-        if rows[0][1].pose is not None:
-            arrays["pose"] = np.stack([f.pose for _, f in rows])
-        sessions = [s for s, _ in rows]
-        if names == wf.TABLE_ARKIT52:
-            return Message("arkit/blendshapes", None, arrays, msg.pts_ns, sessions, msg.trace)
-        return Message("morphs/cc4", {"names": list(names)}, arrays, msg.pts_ns, sessions, msg.trace)
+    def _message(self, group: Group, sessions: list[str], msg: Message) -> Message:
+        arrays = {"weights": group.weights}
+        if group.pose is not None:
+            arrays["pose"] = group.pose
+        rows = sessions if len(group.rows) == len(sessions) else [sessions[i] for i in group.rows.tolist()]
+        if group.names == wf.TABLE_ARKIT52:
+            return Message("arkit/blendshapes", None, arrays, msg.pts_ns, rows, msg.trace)
+        return Message("morphs/cc4", {"names": list(group.names)}, arrays, msg.pts_ns, rows, msg.trace)
 
     def _warn(self, pts_ns: int, text: str) -> None:
         """At most one bus warning per second, saying how many were held back."""

@@ -1,13 +1,21 @@
 """The decoding end of the ``avatar/packet`` codec: per-session reference frames, loss detection.
 
 What ``web/js/wireformat.js`` does in the browser; the format is ``docs/wire-format.md``.
+``Decoder`` here is the reference; when the compiled core (``nodes/wire/_decoder.pyx``) is built,
+``Decoder()`` returns a ``CompiledDecoder``, the same decoder in C (identical frames, statuses,
+counts and errors, asserted by ``tests/test_wire_compiled_decoder.py``); ``Decoder(compiled=False)``
+is always the reference. ``decode_batch`` decodes a whole ``avatar/packet`` message into one
+array per frame shape, the decompressor's work without an array per packet.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from ..compiled import load
 from .codec import (
     POSE_COLUMNS,
     POSE_RANGE,
@@ -24,6 +32,9 @@ from .codec import (
     read_values,
 )
 
+# a packet's outcome in ``Batch.status``; ``Decoder.status`` says the same in words
+DECODED, REFUSED, LATE, MALFORMED = 0, 1, 2, 3
+
 
 @dataclass
 class Frame:
@@ -38,6 +49,24 @@ class Frame:
     weights: np.ndarray  # float32 (M,)
     pose: np.ndarray | None  # float32 (9,)
     bits: int
+
+
+class Group(NamedTuple):
+    """The decoded rows of a batch that share a frame shape (names, pose or not), in packet order."""
+
+    names: Names
+    rows: np.ndarray  # intp (n,): the rows' indices in the batch
+    weights: np.ndarray  # float32 (n, M)
+    pose: np.ndarray | None  # float32 (n, 9), or None: these frames have no pose
+
+
+class Batch(NamedTuple):
+    """What ``decode_batch`` made of a batch of packets."""
+
+    status: np.ndarray  # uint8 (S,): DECODED, REFUSED, LATE or MALFORMED per packet
+    losses: dict[int, int]  # row -> packets found missing by it (``last_loss`` of that packet)
+    errors: dict[int, str]  # row -> why its packet is malformed (the ValueError's text)
+    groups: list[Group]  # by first appearance
 
 
 @dataclass
@@ -70,7 +99,18 @@ class Decoder:
     exact: a delta names its reference by seq, and references are never overwritten silently.
     """
 
-    def __init__(self, resume_after_loss: bool = False):
+    def __new__(cls, resume_after_loss: bool = False, compiled: bool | None = None) -> "Decoder":
+        """``compiled``: None uses the compiled core when it is built, True requires it, False
+        is the reference."""
+        if cls is Decoder and _core(compiled) is not None:
+            return super().__new__(CompiledDecoder)
+        return super().__new__(cls)
+
+    def __getnewargs__(self) -> tuple[bool, bool]:
+        """A copy (pickle, deepcopy) of the reference stays the reference."""
+        return self.resume_after_loss, False
+
+    def __init__(self, resume_after_loss: bool = False, compiled: bool | None = None):
         self.resume_after_loss = resume_after_loss
         self.counts = {"packets": 0, "keyframes": 0, "decoded": 0, "gaps": 0, "lost": 0, "refused": 0,
                        "late": 0, "malformed": 0}
@@ -96,6 +136,33 @@ class Decoder:
             raise
         self.status = "decoded" if frame is not None else self.status
         return frame
+
+    def decode_batch(self, packets: Sequence[Any], now_ns: int = 0) -> Batch:
+        """Every packet decoded in order, as ``decode`` would, the frames stacked by shape: one
+        weights array per names table for a message of many sessions, no Frame per packet."""
+        status = np.empty(len(packets), dtype=np.uint8)
+        losses: dict[int, int] = {}
+        errors: dict[int, str] = {}
+        groups: dict[tuple[Names, bool], tuple[list[int], list[Frame]]] = {}
+        for i, packet in enumerate(packets):
+            try:
+                frame = self.decode(packet, now_ns)
+            except ValueError as exc:
+                status[i], errors[i] = MALFORMED, str(exc)
+                continue
+            if self.last_loss:
+                losses[i] = self.last_loss
+            if frame is None:
+                status[i] = REFUSED if self.status == "refused" else LATE
+                continue
+            status[i] = DECODED
+            rows, frames = groups.setdefault((frame.names, frame.pose is not None), ([], []))
+            rows.append(i)
+            frames.append(frame)
+        return Batch(status, losses, errors, [
+            Group(names, np.array(rows, dtype=np.intp), np.stack([f.weights for f in frames]),
+                  np.stack([f.pose for f in frames if f.pose is not None]) if pose else None)
+            for (names, pose), (rows, frames) in groups.items()])
 
     def forget_idle(self, now_ns: int, idle_ns: int) -> int:
         """Drop the state of streams not seen for ``idle_ns``; returns how many."""
@@ -161,3 +228,58 @@ class Decoder:
             self.last_loss = lost
             self.counts["gaps"] += 1
             self.counts["lost"] += lost
+
+
+class CompiledDecoder(Decoder):
+    """``Decoder`` with its work in C (``nodes/wire/_decoder.pyx``): what ``Decoder()`` returns
+    when the extension is built. Same results; ``decode``, ``decode_batch`` and ``forget_idle``
+    are the C core's own methods, so a call costs no Python frame."""
+
+    def __init__(self, resume_after_loss: bool = False, compiled: bool | None = None):
+        core = _core(True)
+        assert core is not None  # _core(True) raises instead
+        self._core = core.Core(resume_after_loss, Frame, Batch, Group)
+        self.decode = self._core.decode  # type: ignore[method-assign]
+        self.decode_batch = self._core.decode_batch  # type: ignore[method-assign]
+        self.forget_idle = self._core.forget_idle  # type: ignore[method-assign]
+
+    @property
+    def resume_after_loss(self) -> bool:
+        return self._core.resume_after_loss
+
+    @resume_after_loss.setter
+    def resume_after_loss(self, value: bool) -> None:
+        self._core.resume_after_loss = bool(value)
+
+    @property
+    def counts(self) -> dict[str, int]:  # type: ignore[override]
+        """The reference's counts (a fresh dict: the numbers live in C)."""
+        return self._core.counts()
+
+    @property
+    def status(self) -> str:  # type: ignore[override]
+        return self._core.status
+
+    @property
+    def last_loss(self) -> int:  # type: ignore[override]
+        return self._core.last_loss
+
+    @property
+    def waiting(self) -> list[tuple[int, str | None]]:
+        return self._core.waiting()
+
+    @property
+    def _streams(self) -> dict[int, _Stream]:  # type: ignore[override]
+        """A snapshot of the streams as the reference holds them (tests compare the two)."""
+        return self._core.snapshot(_Stream)
+
+
+def _core(compiled: bool | None) -> ModuleType | None:
+    """The compiled core to use: None for the reference (``compiled=False``, or not built)."""
+    if compiled is False:
+        return None
+    module = load("nodes.wire._decoder")
+    if module is None and compiled:
+        raise ImportError("the compiled avatar/packet decoder (nodes.wire._decoder) is not available: "
+                          "build it (make) and unset AVATAR_PURE_PYTHON")
+    return module
