@@ -13,7 +13,7 @@ import numpy as np
 from runtime import Message, Node, Pad, Param
 
 from . import wire as wf
-from .wire.decoder import DECODED, REFUSED, Group
+from .wire import DECODED, REFUSED, Group
 
 _SECOND_NS = 1_000_000_000
 
