@@ -13,6 +13,8 @@ import logging
 import os
 from types import ModuleType
 
+__all__ = ["MODULES", "PURE_ENV", "load", "pure_python", "require", "status"]
+
 PURE_ENV = "AVATAR_PURE_PYTHON"
 # every compiled module, beside the reference it replaces (setup.py builds each .pyx)
 MODULES = {
