@@ -365,3 +365,18 @@ def test_random_sessions_joining_and_leaving_every_batch(bits, pose_bits, ref_in
         pair.encode([pool[i] for i in chosen], face[chosen], pts, wf.TABLE_ARKIT52, rng.uniform(-3, 3, (len(chosen), 9)))
         if t % 6 == 5:
             pair.call("expire", pts, FRAME_NS * 3)
+
+
+@pytest.mark.parametrize("bits", [12, 14, 15, 16])
+def test_full_scale_jumps_after_slow_motion(bits):
+    """A column moving by a step (k = 0) then jumping across the range: the longest escape codes."""
+    pair = Pair(bits, bits, 1000, 1)
+    L = (1 << bits) - 1
+    a, b = np.full((2, 52), 0.5), np.full((2, 52), 0.5)
+    b[:, ::2] += 1 / L
+    b[:, 1::2] -= 1 / L
+    far = np.tile([1.0, 0.0], (2, 26))
+    near = np.tile([0.0, 1.0], (2, 26))
+    pose = np.zeros((2, 9))
+    for t, w in enumerate([a, b, far, b, a, b, near, a]):
+        pair.encode(["p", "q"], w, T0 + t * FRAME_NS, wf.TABLE_ARKIT52, pose + w[:, :9] * 6 - 3)

@@ -10,7 +10,6 @@ identical state. Each step below names the reference line it mirrors.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
-from libc.math cimport rint
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
@@ -21,6 +20,17 @@ cdef extern from "Python.h":
 
 
 cdef extern from *:
+    """
+    #include <math.h>
+    #if defined(__x86_64__) || defined(_M_X64)
+    #include <emmintrin.h>
+    /* cvtsd2si: the current rounding mode (half to even, as rint and np.rint), one instruction */
+    static inline long long avatar_round_even(double v) { return _mm_cvtsd_si64(_mm_set_sd(v)); }
+    #else
+    static inline long long avatar_round_even(double v) { return (long long)rint(v); }
+    #endif
+    """
+    long long avatar_round_even(double) nogil
     int __builtin_clzll(unsigned long long) nogil
     uint32_t __builtin_bswap32(uint32_t) nogil
 
@@ -114,26 +124,28 @@ cdef inline int64_t quant(double x, double lo, double hi, double nan_value, doub
     x = nan_value if x != x else x
     x = lo if x < lo else x  # clip also turns -inf into lo and +inf into hi, as nan_to_num does
     x = hi if x > hi else x
-    return <int64_t>rint((x - lo) * scale)  # rint: half to even, as np.rint (no a * b + c to fuse)
+    return avatar_round_even((x - lo) * scale)  # half to even, as np.rint (and no a * b + c to fuse)
 
 
 # --- a value section (codec.predict + codec.section_fields) ---------------------------------------
 ctypedef struct Scratch:
-    int64_t* res  # residual per column
-    unsigned char* ks  # Exp-Golomb k per MOVING column
-    int32_t* floor  # the FLOOR list's columns
-    int32_t* quiet  # the QUIET list's columns
-    int32_t* moving  # the MOVING columns
+    int64_t* floor  # the FLOOR list's residuals, in column order
+    int64_t* quiet  # the QUIET list's residuals
+    unsigned char* moving  # the MOVING columns' codes, written as the columns are classified
 
 
 cdef void section(Writer* w, const int64_t* q, const int64_t* ref, const int64_t* prev, Py_ssize_t m, int bits,
                   bint motion, bint wide, Scratch* sc) noexcept nogil:
-    """The columns' codes: FLOOR list, QUIET list, MOVING columns (``prev`` is used only with motion)."""
-    cdef int64_t top = (1 << bits) - 1, r, mo, p, a
+    """The columns' codes: FLOOR list, QUIET list, MOVING columns (``prev`` is used only with motion).
+
+    One pass over the columns: MOVING codes go straight to a second writer, the lists' residuals
+    are kept; then the lists are written and the MOVING bits appended."""
+    cdef int64_t top = (1 << bits) - 1, r, mo, p, d, a
     cdef int wide_k = bits - 4 if bits > 4 else 0, k
-    cdef int32_t i, n_floor = 0, n_quiet = 0, n_moving = 0
+    cdef Py_ssize_t i, n_floor = 0, n_quiet = 0
     cdef bint any_floor = False, any_quiet = False
-    cdef int64_t* res = sc.res
+    cdef Writer mv
+    w_init(&mv, sc.moving)
     for i in range(m):
         r = ref[i]
         mo = r - prev[i] if motion else 0
@@ -142,64 +154,71 @@ cdef void section(Writer* w, const int64_t* q, const int64_t* ref, const int64_t
             p = 0
         elif p > top:
             p = top
-        res[i] = q[i] - p
+        d = q[i] - p
         if p == 0:
-            sc.floor[n_floor] = i
+            sc.floor[n_floor] = d
             n_floor += 1
-            any_floor |= res[i] != 0
+            any_floor |= d != 0
         elif wide:
-            sc.ks[i] = wide_k
-            sc.moving[n_moving] = i
-            n_moving += 1
+            moving_code(&mv, zz(d), wide_k)
         elif mo == 0:
-            sc.quiet[n_quiet] = i
+            sc.quiet[n_quiet] = d
             n_quiet += 1
-            any_quiet |= res[i] != 0
+            any_quiet |= d != 0
         else:
             a = mo if mo > 0 else -mo
             k = bit_length(<uint64_t>a) - 2
-            sc.ks[i] = k if k > 0 else 0
-            sc.moving[n_moving] = i
-            n_moving += 1
+            moving_code(&mv, zz(d), k if k > 0 else 0)
     if n_floor:
-        zero_list(w, sc.floor, n_floor, any_floor, 1, res)
+        zero_list(w, sc.floor, n_floor, any_floor, 1)
     if n_quiet:
-        zero_list(w, sc.quiet, n_quiet, any_quiet, 0, res)
-    cdef uint64_t z, x
+        zero_list(w, sc.quiet, n_quiet, any_quiet, 0)
+    append(w, &mv, sc.moving)
+
+
+cdef inline void moving_code(Writer* w, uint64_t z, int k) noexcept nogil:
+    """codec._moving_code: Exp-Golomb k; with k = 0, z < 3 in 2 bits, else 11 and Exp-Golomb 0 of z - 3."""
+    cdef uint64_t x
     cdef int width
-    for i in range(n_moving):
-        z = zz(res[sc.moving[i]])
-        k = sc.ks[sc.moving[i]]
-        if k:
-            eg(w, z, k)
-        elif z < 3:
-            put(w, z, 2)
-        else:  # the bits 11, then Exp-Golomb 0 of z - 3: one field when it fits
-            x = z - 2
-            width = 2 * bit_length(x) - 1
-            if width <= 30:
-                put(w, ((<uint64_t>3) << width) | x, width + 2)
-            else:
-                put(w, 3, 2)
-                eg(w, z - 3, 0)
+    if k:
+        eg(w, z, k)
+    elif z < 3:
+        put(w, z, 2)
+    else:
+        x = z - 2
+        width = 2 * bit_length(x) - 1
+        if width <= 30:
+            put(w, ((<uint64_t>3) << width) | x, width + 2)
+        else:
+            put(w, 3, 2)
+            eg(w, z - 3, 0)
 
 
-cdef inline void zero_list(Writer* w, const int32_t* cols, int32_t n, bint any, int run_k,
-                           const int64_t* res) noexcept nogil:
-    """A FLOOR or QUIET list of n columns: a flag, then (zero run, value) per nonzero, then the run to the end."""
+cdef inline void zero_list(Writer* w, const int64_t* res, Py_ssize_t n, bint any, int run_k) noexcept nogil:
+    """A FLOOR or QUIET list of n residuals: a flag, then (zero run, value) per nonzero, then the run to the end."""
     put(w, 1 if any else 0, 1)
     if not any:
         return
-    cdef int32_t j, last = -1
-    cdef int64_t r
+    cdef Py_ssize_t j, last = -1
     for j in range(n):
-        r = res[cols[j]]
-        if r != 0:
+        if res[j] != 0:
             eg(w, <uint64_t>(j - last - 1), run_k)
-            eg(w, zz(r) - 1, 1)
+            eg(w, zz(res[j]) - 1, 1)
             last = j
     if n - 1 - last > 0:
         eg(w, <uint64_t>(n - 1 - last), run_k)
+
+
+cdef inline void append(Writer* w, const Writer* src, const unsigned char* start) noexcept nogil:
+    """The bits ``src`` wrote from ``start`` (its whole words, then its pending bits), onto ``w``."""
+    cdef const unsigned char* b = start
+    cdef uint32_t word
+    while b < src.p:  # src stores whole 32-bit words
+        memcpy(&word, b, 4)
+        put(w, __builtin_bswap32(word), 32)
+        b += 4
+    if src.n:
+        put(w, src.acc & (((<uint64_t>1) << src.n) - 1), src.n)
 
 
 # --- msgpack framing --------------------------------------------------------------------------
@@ -338,19 +357,15 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
     cdef Py_ssize_t cols = m + POSE_COLUMNS
     cdef Py_ssize_t delta_cap = 64 + 16 * cols
     cdef Py_ssize_t key_cap = 64 + 5 + 4 * 1024 + names_len + 5 + body_bytes
-    cdef int64_t* q = <int64_t*>malloc(2 * cols * sizeof(int64_t))
-    cdef int32_t* lists = <int32_t*>malloc(3 * cols * sizeof(int32_t))
-    cdef unsigned char* buf = <unsigned char*>malloc(2 * delta_cap + key_cap + cols)
-    if q == NULL or lists == NULL or buf == NULL:
+    cdef int64_t* q = <int64_t*>malloc(3 * cols * sizeof(int64_t))
+    cdef unsigned char* buf = <unsigned char*>malloc(3 * delta_cap + key_cap)
+    if q == NULL or buf == NULL:
         free(q)
-        free(lists)
         free(buf)
         raise MemoryError()
     cdef int64_t* qp = q + m
     cdef Scratch sc
-    sc.res = q + cols
-    sc.floor, sc.quiet, sc.moving = lists, lists + cols, lists + 2 * cols
-    sc.ks = buf + 2 * delta_cap + key_cap
+    sc.floor, sc.quiet, sc.moving = q + cols, q + 2 * cols, buf + 2 * delta_cap + key_cap
     cdef unsigned char* buf_a = buf
     cdef unsigned char* buf_b = buf + delta_cap
     cdef unsigned char* kbuf = buf + 2 * delta_cap
@@ -478,6 +493,5 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
             force[slot] = 0
     finally:
         free(q)
-        free(lists)
         free(buf)
     return packets, n_key, total_bytes
