@@ -380,3 +380,23 @@ def test_full_scale_jumps_after_slow_motion(bits):
     pose = np.zeros((2, 9))
     for t, w in enumerate([a, b, far, b, a, b, near, a]):
         pair.encode(["p", "q"], w, T0 + t * FRAME_NS, wf.TABLE_ARKIT52, pose + w[:, :9] * 6 - 3)
+
+
+def test_a_session_id_without_utf8_is_refused_alike_every_time():
+    """A lone surrogate: msgpack cannot write the keyframe; both paths raise and change the same state."""
+    pair = Pair()
+    w = np.full((2, 52), 0.4)
+    pair.encode(["ok"], w[:1], T0, wf.TABLE_ARKIT52)
+    for t in range(1, 4):
+        assert pair.encode(["ok", "bad\ud800"], w, T0 + t * FRAME_NS, wf.TABLE_ARKIT52) is None
+    assert pair.encode(["ok"], w[:1], T0 + 4 * FRAME_NS, wf.TABLE_ARKIT52).keyframe.tolist() == [False]
+
+
+def test_names_without_utf8_are_refused_alike_and_an_empty_batch_is_fine():
+    pair = Pair()
+    names = [f"m{i}" for i in range(51)] + ["bad\udc80"]
+    w = np.full((1, 52), 0.4)
+    for t in range(2):
+        pair.encode([], np.zeros((0, 52)), T0 + t * FRAME_NS, names)
+        assert pair.encode(["a"], w, T0 + t * FRAME_NS, names) is None
+    pair.encode(["a"], w, T0 + 3 * FRAME_NS, [f"m{i}" for i in range(52)])

@@ -36,9 +36,6 @@ cdef extern from *:
 
 
 cdef enum:
-    FLOOR = 0  # codec.FLOOR, QUIET, MOVING
-    QUIET = 1
-    MOVING = 2
     SEQ_MASK = 0xFFFF  # codec.SEQ_MOD - 1
     POSE_COLUMNS = 9  # codec.POSE_COLUMNS
     VERSION = 2  # codec.VERSION
@@ -338,19 +335,35 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
                 int64_t[::1] since_key, int64_t[::1] seq_of, int64_t[::1] ref_seq, int64_t[::1] prev_seq,
                 int64_t[::1] ref_pts, int64_t[::1] prev_pts,
                 int64_t[:, ::1] ref_q, int64_t[:, ::1] prev_q, int64_t[:, ::1] ref_pose, int64_t[:, ::1] prev_pose,
-                tuple sessions, bytes names_packed,
+                tuple sessions, object names_packed, object pack_names,
                 unsigned char[::1] key_out, int64_t[::1] seq_out) -> tuple:
-    """Encode every row: ``(packets, keyframes, bytes)``, the slot arrays updated in place.
+    """Encode every row: ``(packets, keyframes, bytes, names_packed)``, the slot arrays updated in place.
 
     Weights come as float64 (``w64``) or float32 (``w32``, the other one None), ``pose`` as float64
-    or None; each channel's range, NaN value and scale as ``codec.quantize`` computes them. Mirrors ``Encoder._encode_reference``: the same keyframe decision, the same packets,
-    the same state afterwards.
+    or None; each channel's range, NaN value and scale as ``codec.quantize`` computes them; the
+    names table as msgpack bytes, or None: ``pack_names()`` makes them (returned for the next call).
+    Mirrors ``Encoder._encode_reference``: the same keyframe decision, the same packets, the same
+    state afterwards, and the same errors before any state changes.
     """
     cdef Py_ssize_t s_rows = slots.shape[0], m, i, j, slot
     cdef bint has_pose = pose is not None, is32 = w64 is None
     m = w32.shape[1] if is32 else w64.shape[1]
     cdef Py_ssize_t pcols = POSE_COLUMNS if has_pose else 0
     cdef Py_ssize_t body_bytes = (m * bits + pcols * pose_bits + 7) // 8
+    cdef const char* utf8
+    cdef Py_ssize_t utf8_len
+    # Every session id as UTF-8 first (cached in the str): one that has none (a lone surrogate)
+    # raises here, before any state changes, as the reference raises before its state updates.
+    # Such a session never got a packet, so it is forced to a keyframe in every batch it is in;
+    # likewise a names table is packed (or refused) before anything changes.
+    for i in range(s_rows):
+        PyUnicode_AsUTF8AndSize(sessions[i], &utf8_len)
+    if names_packed is None:
+        if not s_rows:
+            return [], 0, 0, None
+        names_packed = pack_names()
+    if not isinstance(names_packed, bytes):
+        raise TypeError("names_packed must be bytes")
     cdef Py_ssize_t names_len = PyBytes_GET_SIZE(names_packed)
     cdef const char* names_at = PyBytes_AS_STRING(names_packed)
     # scratch: the row's values, residuals, classes, two delta candidates, a keyframe
@@ -375,8 +388,6 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
     cdef int64_t seq, back, pts_res, expect, since, link, nbytes, total_bytes = 0, n_key = 0
     cdef bint motion, key, ref, wide
     cdef int h
-    cdef const char* utf8
-    cdef Py_ssize_t utf8_len
     cdef const double* row64
     cdef const float* row32
     cdef const double* prow
@@ -494,4 +505,4 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
     finally:
         free(q)
         free(buf)
-    return packets, n_key, total_bytes
+    return packets, n_key, total_bytes, names_packed

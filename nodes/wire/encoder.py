@@ -175,9 +175,21 @@ class Encoder:
             raise ValueError(f"session ids must be strings of at most {MAX_SESSION_ID} characters")
         if new == -2:
             raise ValueError("a session appears twice in one batch")
-        if new:
-            for i in np.flatnonzero(slots < 0).tolist():
-                slots[i] = self._slot_for(batch[i])
+        if new:  # ``_slot_for`` for each new session in row order, the arrays set at once
+            rows = np.flatnonzero(slots < 0)
+            taken: list[int] = []
+            free, table, owner = self._free, self._slots, self._owner  # lists grown in place by _alloc
+            try:
+                for i in rows.tolist():
+                    slot = free.pop() if free else self._take_slot()
+                    session = batch[i]
+                    table[session] = slot
+                    owner[slot] = session
+                    taken.append(slot)
+            finally:
+                slots[rows[:len(taken)]] = taken
+                self._live[taken] = True
+                self._force[taken] = True  # seq goes on from the slot's last session, so old deltas never match
         return slots
 
     def _encode_compiled(self, batch: tuple, slots: np.ndarray, w: np.ndarray, pts_ms: int, names: Names,
@@ -188,14 +200,12 @@ class Encoder:
         else:
             w32, w64 = None, np.ascontiguousarray(w, dtype=np.float64)
         pose64 = None if pose is None else np.ascontiguousarray(pose, dtype=np.float64)
-        if self._names_packed is None:
-            self._names_packed = self._pack(names if isinstance(names, int) else list(names))
         n = len(slots)
         key, seq = np.zeros(n, dtype=bool), np.empty(n, dtype=np.int64)
         u8 = np.uint8
         lo, hi = WEIGHT_RANGE
         plo, phi = POSE_RANGE
-        packets, n_key, n_bytes = self._core.encode_rows(
+        packets, n_key, n_bytes, self._names_packed = self._core.encode_rows(
             slots, w64, w32, pose64, pts_ms, self.bits, self.pose_bits,
             lo, hi, min(max(0.0, lo), hi), ((1 << self.bits) - 1) / (hi - lo),
             plo, phi, min(max(0.0, plo), phi), ((1 << self.pose_bits) - 1) / (phi - plo),
@@ -203,7 +213,8 @@ class Encoder:
             self._force.view(u8), self._has_pose.view(u8), self._has_prev.view(u8),
             self._since_key, self._seq, self._ref_seq, self._prev_seq, self._ref_pts, self._prev_pts,
             self._ref_q, self._prev_q, self._ref_pose, self._prev_pose,
-            batch, self._names_packed, key.view(u8), seq)
+            batch, self._names_packed, lambda: self._pack(names if isinstance(names, int) else list(names)),
+            key.view(u8), seq)
         self.counts["packets"] += n
         self.counts["keyframes"] += n_key
         self.counts["bytes"] += n_bytes
@@ -340,16 +351,20 @@ class Encoder:
         slot = self._slots.get(session)
         if slot is not None:
             return slot
-        if self._free:
-            slot = self._free.pop()
-        else:
-            slot = len(self._live)
-            if slot >= MAX_SLOTS:
-                raise ValueError(f"more than {MAX_SLOTS} live sessions")
-            self._alloc(max(16, 2 * slot))
-            self._free.extend(range(len(self._live) - 1, slot, -1))
+        slot = self._take_slot()
         self._slots[session] = slot
         self._owner[slot] = session
         self._live[slot] = True
         self._force[slot] = True  # seq goes on from the slot's last session, so old deltas never match
+        return slot
+
+    def _take_slot(self) -> int:
+        """A free slot (the last one given back first), growing the arrays when there is none."""
+        if self._free:
+            return self._free.pop()
+        slot = len(self._live)
+        if slot >= MAX_SLOTS:
+            raise ValueError(f"more than {MAX_SLOTS} live sessions")
+        self._alloc(max(16, 2 * slot))
+        self._free.extend(range(len(self._live) - 1, slot, -1))
         return slot
