@@ -4,7 +4,8 @@ The encoding (quantize; keyframes; deltas from a prediction made from the previo
 fixed Exp-Golomb code; msgpack) is ``nodes.wire``, specified in ``docs/wire-format.md``.
 This node adds the graph side: caps, params (all live), keyframe requests from a pad or a param,
 and session slot expiry. Beside the packets it states what each one is (arrays ``keyframe`` and
-``seq``), so the sinks need not read that back out of the bytes.
+``seq``), so the sinks need not read that back out of the bytes. The encoder's per-row work runs
+compiled when ``nodes/wire/_encoder.pyx`` is built (the same packets; ``stats()`` says which path).
 """
 from __future__ import annotations
 
@@ -108,4 +109,4 @@ class Compressor(Node):
         c = self.enc.counts
         return {"sessions": len(self.enc.sessions), "packets": c["packets"], "keyframes": c["keyframes"],
                 "bytes": c["bytes"], "bytes_per_packet": round(c["bytes"] / c["packets"], 2) if c["packets"] else 0.0,
-                "rejected": self.rejected, "keyframe_requests": self.requests}
+                "rejected": self.rejected, "keyframe_requests": self.requests, "compiled": self.enc.compiled}

@@ -1,10 +1,14 @@
 """The encoding end of the ``avatar/packet`` codec: per-session state, keyframes and delta packets.
 
-One ``encode_batch`` call codes a batch of S sessions, vectorised over rows; the format is
-``docs/wire-format.md``, the shared pieces are in ``codec.py``.
+One ``encode_batch`` call codes a batch of S sessions; the format is ``docs/wire-format.md``, the
+shared pieces are in ``codec.py``. The per-row work runs in C (``_encoder.pyx``) when that
+extension is built, else in the numpy code here, vectorised over rows, which stays the reference:
+both write the same bytes and leave the same state (``tests/test_wire_compiled_encoder.py``).
 """
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import msgpack
@@ -35,6 +39,19 @@ from .codec import (
 )
 from .limits import MAX_SESSION_ID
 
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _core(compiled: bool | None) -> ModuleType | None:
+    """The compiled core for ``Encoder(compiled=...)``: None asks ``nodes.compiled`` (built, and not
+    ``AVATAR_PURE_PYTHON``), True requires it (ImportError if not built), False never uses it."""
+    if compiled is False:
+        return None
+    if compiled is True:
+        return importlib.import_module("nodes.wire._encoder")
+    from nodes.compiled import load
+    return load("nodes.wire._encoder")
+
 
 class Encoded(NamedTuple):
     """One encoded batch: a packet per session row, and what each is."""
@@ -45,9 +62,16 @@ class Encoded(NamedTuple):
 
 
 class Encoder:
-    """Encodes batches of sessions into packets; per-session state lives in slot-indexed arrays."""
+    """Encodes batches of sessions into packets; per-session state lives in slot-indexed arrays.
 
-    def __init__(self, bits: int = 8, pose_bits: int = 12, keyframe_interval: int = 60, ref_interval: int = 1):
+    ``compiled``: run the C core (True: required), the numpy reference (False), or whichever is
+    available (None); the packets and the state are the same either way.
+    """
+
+    def __init__(self, bits: int = 8, pose_bits: int = 12, keyframe_interval: int = 60, ref_interval: int = 1,
+                 compiled: bool | None = None):
+        self._core = _core(compiled)
+        self._names_packed: bytes | None = None  # the names table as msgpack, for the compiled keyframes
         self.bits, self.pose_bits = 8, 12
         self.keyframe_interval, self.ref_interval = 60, 1
         self._slots: dict[str, int] = {}
@@ -60,6 +84,11 @@ class Encoder:
         self.counts = {"packets": 0, "keyframes": 0, "bytes": 0}
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.configure(bits=bits, pose_bits=pose_bits, keyframe_interval=keyframe_interval, ref_interval=ref_interval)
+
+    @property
+    def compiled(self) -> bool:
+        """True when batches run through the compiled core."""
+        return self._core is not None
 
     def configure(self, **settings: int) -> None:
         """Change settings live; a precision change makes every session's next frame a keyframe."""
@@ -121,15 +150,79 @@ class Encoder:
         if self._last_batch is not None and self._last_batch[0] == batch:  # the same sessions as last time
             slots = self._last_batch[1]
         else:
-            if any(not isinstance(s, str) or len(s) > MAX_SESSION_ID for s in sessions):
-                raise ValueError(f"session ids must be strings of at most {MAX_SESSION_ID} characters")
-            if len(set(sessions)) != len(sessions):
-                raise ValueError("a session appears twice in one batch")
-            slots = np.array([self._slot_for(s) for s in sessions], dtype=np.int64)
+            slots = self._slots_of(batch)
             self._last_batch = (batch, slots)
         if names != self._names:
             self._set_columns(names, w.shape[1])
         self._seen_ns[slots] = pts_ns
+        if self._core is not None:
+            pts_ms = int(pts_ns) // 1_000_000
+            if _INT64[0] <= pts_ms <= _INT64[1]:  # else the reference raises as it does
+                return self._encode_compiled(batch, slots, w, pts_ms, names, pose)
+        return self._encode_reference(sessions, slots, w, pts_ns, names, pose)
+
+    def _slots_of(self, batch: tuple) -> np.ndarray:
+        """The batch's slots, new sessions given one in row order; ValueError for a malformed batch."""
+        if self._core is None:
+            if any(not isinstance(s, str) or len(s) > MAX_SESSION_ID for s in batch):
+                raise ValueError(f"session ids must be strings of at most {MAX_SESSION_ID} characters")
+            if len(set(batch)) != len(batch):
+                raise ValueError("a session appears twice in one batch")
+            return np.array([self._slot_for(s) for s in batch], dtype=np.int64)
+        slots = np.empty(len(batch), dtype=np.int64)
+        new = self._core.lookup_slots(batch, self._slots, MAX_SESSION_ID, len(self._live), slots)
+        if new == -1:
+            raise ValueError(f"session ids must be strings of at most {MAX_SESSION_ID} characters")
+        if new == -2:
+            raise ValueError("a session appears twice in one batch")
+        if new:  # ``_slot_for`` for each new session in row order, the arrays set at once
+            rows = np.flatnonzero(slots < 0)
+            taken: list[int] = []
+            free, table, owner = self._free, self._slots, self._owner  # lists grown in place by _alloc
+            try:
+                for i in rows.tolist():
+                    slot = free.pop() if free else self._take_slot()
+                    session = batch[i]
+                    table[session] = slot
+                    owner[slot] = session
+                    taken.append(slot)
+            finally:
+                slots[rows[:len(taken)]] = taken
+                self._live[taken] = True
+                self._force[taken] = True  # seq goes on from the slot's last session, so old deltas never match
+        return slots
+
+    def _encode_compiled(self, batch: tuple, slots: np.ndarray, w: np.ndarray, pts_ms: int, names: Names,
+                         pose: np.ndarray | None) -> "Encoded":
+        """``_encode_reference`` in C: the same packets, counts and state."""
+        if w.dtype == np.float32:
+            w32, w64 = np.ascontiguousarray(w), None
+        else:
+            w32, w64 = None, np.ascontiguousarray(w, dtype=np.float64)
+        pose64 = None if pose is None else np.ascontiguousarray(pose, dtype=np.float64)
+        n = len(slots)
+        key, seq = np.zeros(n, dtype=bool), np.empty(n, dtype=np.int64)
+        u8 = np.uint8
+        lo, hi = WEIGHT_RANGE
+        plo, phi = POSE_RANGE
+        packets, n_key, n_bytes, self._names_packed = self._core.encode_rows(
+            slots, w64, w32, pose64, pts_ms, self.bits, self.pose_bits,
+            lo, hi, min(max(0.0, lo), hi), ((1 << self.bits) - 1) / (hi - lo),
+            plo, phi, min(max(0.0, plo), phi), ((1 << self.pose_bits) - 1) / (phi - plo),
+            self.keyframe_interval, self.ref_interval,
+            self._force.view(u8), self._has_pose.view(u8), self._has_prev.view(u8),
+            self._since_key, self._seq, self._ref_seq, self._prev_seq, self._ref_pts, self._prev_pts,
+            self._ref_q, self._prev_q, self._ref_pose, self._prev_pose,
+            batch, self._names_packed, lambda: self._pack(names if isinstance(names, int) else list(names)),
+            key.view(u8), seq)
+        self.counts["packets"] += n
+        self.counts["keyframes"] += n_key
+        self.counts["bytes"] += n_bytes
+        return Encoded(packets, key, seq)
+
+    def _encode_reference(self, sessions: Sequence[str], slots: np.ndarray, w: np.ndarray, pts_ns: int,
+                          names: Names, pose: np.ndarray | None) -> "Encoded":
+        """The rows' packets, vectorised in numpy: the reference the compiled core must match."""
         has_pose = pose is not None
         q = quantize(w, self.bits, *WEIGHT_RANGE)
         qp = quantize(pose, self.pose_bits, *POSE_RANGE) if has_pose else None
@@ -249,6 +342,7 @@ class Encoder:
     def _set_columns(self, names: Names, m: int) -> None:
         """A new names table: every session starts again from a keyframe."""
         self._names, self._m = names, m
+        self._names_packed = None
         self._ref_q = np.zeros((len(self._live), m), dtype=np.int64)
         self._prev_q = np.zeros((len(self._live), m), dtype=np.int64)
         self._force[:] = True
@@ -257,16 +351,20 @@ class Encoder:
         slot = self._slots.get(session)
         if slot is not None:
             return slot
-        if self._free:
-            slot = self._free.pop()
-        else:
-            slot = len(self._live)
-            if slot >= MAX_SLOTS:
-                raise ValueError(f"more than {MAX_SLOTS} live sessions")
-            self._alloc(max(16, 2 * slot))
-            self._free.extend(range(len(self._live) - 1, slot, -1))
+        slot = self._take_slot()
         self._slots[session] = slot
         self._owner[slot] = session
         self._live[slot] = True
         self._force[slot] = True  # seq goes on from the slot's last session, so old deltas never match
+        return slot
+
+    def _take_slot(self) -> int:
+        """A free slot (the last one given back first), growing the arrays when there is none."""
+        if self._free:
+            return self._free.pop()
+        slot = len(self._live)
+        if slot >= MAX_SLOTS:
+            raise ValueError(f"more than {MAX_SLOTS} live sessions")
+        self._alloc(max(16, 2 * slot))
+        self._free.extend(range(len(self._live) - 1, slot, -1))
         return slot
