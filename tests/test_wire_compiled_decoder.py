@@ -468,7 +468,7 @@ def test_the_decompressor_emits_the_same_messages():
 
 def test_pure_python_is_the_reference(monkeypatch):
     """AVATAR_PURE_PYTHON=1 (or no extension): Decoder() is the reference, and compiled=True says why not."""
-    import nodes.compiled as compiled
+    from nodes.compiled import loader as compiled
 
     monkeypatch.setenv(compiled.PURE_ENV, "1")
     monkeypatch.setattr(compiled, "_loaded", {})

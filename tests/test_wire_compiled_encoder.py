@@ -170,7 +170,7 @@ def test_a_still_capture_frame_stays_identical_over_keyframe_references():
 
 # --- the encoder's behaviour: the same on both paths --------------------------------------------
 def test_compiled_none_follows_the_loader(monkeypatch):
-    from nodes import compiled
+    from nodes.compiled import loader as compiled
     assert wf.Encoder().compiled == (compiled.load("nodes.wire._encoder") is not None)
     monkeypatch.setenv(compiled.PURE_ENV, "1")
     monkeypatch.setattr(compiled, "_loaded", {})
