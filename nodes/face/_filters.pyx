@@ -15,7 +15,8 @@ pass over memory plus a fixed cost; here one pass over the rows does capture, id
 emotion, micro-expressions, clamping and the One Euro filter with the row in registers/L1.
 """
 from cpython.dict cimport PyDict_GetItem
-from cpython.list cimport PyList_GET_ITEM
+from cpython.list cimport PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
 from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact
 from cpython.object cimport PyObject
 from libc.math cimport cos, fabs, sin, M_PI
@@ -32,12 +33,15 @@ cdef double NEVER = -1e18
 cdef double SIN_PI = sin(M_PI)  # a finished micro-expression's phase (the usual case), as libm gives it
 
 # flags prepare() returns: which batch-wide branches the reference takes
-NEED_IDLE = 1    # some row is not fully on capture: idle motion is computed for the whole batch
-EMO_BLEND = 2    # some row is in an emotion transition: every row is eased (from + (to - from) * s)
-TALKING = 4      # some row speaks: the articulated channels fade, the visemes' mouth is mixed in
-BLINK_DUE = 8    # some row's next blink is due (the caller draws its random schedule)
-GAZE_DUE = 16    # some row's next saccade is due
-MICRO_DUE = 32   # some row's next micro-expression is due
+cdef enum:
+    F_NEED_IDLE = 1    # some row is not fully on capture: idle motion is computed for the whole batch
+    F_EMO_BLEND = 2    # some row is in an emotion transition: every row is eased (from + (to - from) * s)
+    F_TALKING = 4      # some row speaks: the articulated channels fade, the visemes' mouth is mixed in
+    F_BLINK_DUE = 8    # some row's next blink is due (the caller draws its random schedule)
+    F_GAZE_DUE = 16    # some row's next saccade is due
+    F_MICRO_DUE = 32   # some row's next micro-expression is due
+NEED_IDLE, EMO_BLEND, TALKING = F_NEED_IDLE, F_EMO_BLEND, F_TALKING
+BLINK_DUE, GAZE_DUE, MICRO_DUE = F_BLINK_DUE, F_GAZE_DUE, F_MICRO_DUE
 
 
 cdef inline double clip(double x, double lo, double hi) noexcept nogil:
@@ -112,11 +116,51 @@ cdef extern from *:
         }
     }
 
-    /* Blender.frame from the base (x: 52 weights + 9 pose, the capture or its mix with idle motion)
-       on: emotion (eased or not), micro-expression, the fade of articulated channels while
+    /* face_euro with the state rows updated in place (the blender's slots are distinct in a batch) */
+    static FACE_KERNEL void face_euro_inplace(const double *restrict x, double *restrict state,
+                                              double *restrict dstate, int primed, double dt,
+                                              double min_cutoff, double beta, double d_cutoff) {
+        double r = FACE_TWO_PI * d_cutoff * dt;
+        double alpha = r / (1.0 + r);
+        double tdt = FACE_TWO_PI * dt;
+        int j;
+        if (!primed) {
+            for (j = 0; j < FACE_N_X; j++) { state[j] = x[j]; dstate[j] = 0.0; }
+            return;
+        }
+        for (j = 0; j < FACE_N_X; j++) {
+            double p = state[j], dp = dstate[j];
+            double d = x[j] - p;
+            double e = d / dt;
+            e = e - dp;
+            e = e * alpha;
+            e = e + dp;
+            double a = fabs(e);
+            a = a * beta;
+            a = a + min_cutoff;
+            a = a * tdt;
+            a = a / (a + 1.0);
+            d = d * a;
+            state[j] = d + p;
+            dstate[j] = e;
+        }
+    }
+
+    /* A capture row into its slot: float32 -> float64 (exact). */
+    static FACE_KERNEL void face_ingest(const float *restrict w, const float *restrict pose,
+                                        double *restrict cw, double *restrict cp) {
+        int j;
+        for (j = 0; j < FACE_N_W; j++) cw[j] = w[j];
+        if (pose) { for (j = 0; j < FACE_N_X - FACE_N_W; j++) cp[j] = pose[j]; }
+        else { for (j = 0; j < FACE_N_X - FACE_N_W; j++) cp[j] = 0.0; }
+    }
+
+    /* Blender.frame from the base (x: 52 weights + 9 pose, the capture or its mix with idle motion;
+       when x is NULL the capture rows cw, cp themselves) on: emotion (eased or not), micro-expression, the fade of articulated channels while
        speaking, the clamp, the One Euro filter (its state rows ex, edx updated), the visemes'
        mouth, the final clamp and the float32 rows. */
-    static FACE_KERNEL void face_row(double *restrict x, const double *restrict efrom,
+    static FACE_KERNEL void face_row(const double *restrict x, const double *restrict cw,
+                                     const double *restrict cp, const double *restrict efrom,
                                      const double *restrict eto, int ease, double ss,
                                      const double *restrict mrow, double bump,
                                      const unsigned char *restrict art, const unsigned char *restrict mouth,
@@ -124,8 +168,13 @@ cdef extern from *:
                                      double *restrict ex, double *restrict edx, unsigned char *primed,
                                      double dt, double min_cutoff, double beta, double d_cutoff,
                                      float *restrict ow, float *restrict op) {
-        double e[FACE_N_W], o[FACE_N_X], ed[FACE_N_X];
+        double e[FACE_N_W], w[FACE_N_X];
         int j;
+        if (x) { for (j = 0; j < FACE_N_X; j++) w[j] = x[j]; }
+        else {
+            for (j = 0; j < FACE_N_W; j++) w[j] = cw[j];
+            for (j = 0; j < FACE_N_X - FACE_N_W; j++) w[FACE_N_W + j] = cp[j];
+        }
         if (ease) { for (j = 0; j < FACE_N_W; j++) e[j] = efrom[j] + (eto[j] - efrom[j]) * ss; }
         else { for (j = 0; j < FACE_N_W; j++) e[j] = eto[j]; }
         if (mrow) { for (j = 0; j < FACE_N_W; j++) e[j] = e[j] + mrow[j] * bump; }
@@ -135,13 +184,14 @@ cdef extern from *:
             for (j = 0; j < FACE_N_W; j++) e[j] = art[j] ? e[j] * f : e[j];
         }
         for (j = 0; j < FACE_N_W; j++) {
-            double v = x[j] + e[j];
+            double v = w[j] + e[j];
             v = v < 0.0 ? 0.0 : v;
-            x[j] = v > 1.0 ? 1.0 : v;
+            w[j] = v > 1.0 ? 1.0 : v;
         }
-        face_euro(x, ex, edx, *primed, FACE_N_X, dt, min_cutoff, beta, d_cutoff, o, ed);
-        for (j = 0; j < FACE_N_X; j++) { ex[j] = o[j]; edx[j] = ed[j]; }
+        face_euro_inplace(w, ex, edx, *primed, dt, min_cutoff, beta, d_cutoff);
         *primed = 1;
+        double *o = w;
+        for (j = 0; j < FACE_N_X; j++) o[j] = ex[j];
         if (talking) {
             for (j = 0; j < FACE_N_W; j++) o[j] = mouth[j] ? o[j] + s * (vis[j] - o[j]) : o[j];
         }
@@ -156,7 +206,8 @@ cdef extern from *:
     """
     void face_euro(const double* x, const double* prev, const double* dprev, int primed, int n, double dt,
                    double min_cutoff, double beta, double d_cutoff, double* out, double* edx) noexcept nogil
-    void face_row(double* x, const double* efrom, const double* eto, int ease, double ss, const double* mrow,
+    void face_ingest(const float* w, const float* pose, double* cw, double* cp) noexcept nogil
+    void face_row(const double* x, const double* cw, const double* cp, const double* efrom, const double* eto, int ease, double ss, const double* mrow,
                   double bump, const unsigned char* art, const unsigned char* mouth, int talking, double s,
                   const double* vis, double* ex, double* edx, unsigned char* primed, double dt, double min_cutoff,
                   double beta, double d_cutoff, float* ow, float* op) noexcept nogil
@@ -330,21 +381,12 @@ cdef class BlendCore:
         cdef int64_t* cap_arrival = &self.cap_arrival[0]
         cdef Py_ssize_t* sel = &self.sel[0]
         cdef const float* wp
-        cdef double* row
         for i in range(n):
             k = slots[i]
-            row = cap_w + k * N_W
-            wp = &w[i, 0]
-            for j in range(N_W):
-                row[j] = wp[j]
-            row = cap_pose + k * N_P
-            if pose is None:
-                for j in range(N_P):
-                    row[j] = 0.0
-            else:
+            wp = NULL
+            if pose is not None:
                 wp = &pose[i, 0]
-                for j in range(N_P):
-                    row[j] = wp[j]
+            face_ingest(&w[i, 0], wp, cap_w + k * N_W, cap_pose + k * N_P)
             a = True if active is None else active[i] is True
             cap_flag[k] = a
             cap_t[k] = t
@@ -409,20 +451,20 @@ cdef class BlendCore:
             caps[i] = c
             spks[i] = s
             if not c >= 1.0:
-                flags |= NEED_IDLE
+                flags |= F_NEED_IDLE
             if s > 0.0:
-                flags |= TALKING
+                flags |= F_TALKING
             dur = emo_dur[k]
             x = (t - emo_t0[k]) / (dur if dur > 1e-9 else 1e-9) if dur > 0 else 1.0
             if not x >= 1.0:
-                flags |= EMO_BLEND
+                flags |= F_EMO_BLEND
             ssx[i] = smoothstep(x)
             if blink_next[k] <= t:
-                flags |= BLINK_DUE
+                flags |= F_BLINK_DUE
             if gaze_next[k] <= t:
-                flags |= GAZE_DUE
+                flags |= F_GAZE_DUE
             if micro_next[k] <= t:
-                flags |= MICRO_DUE
+                flags |= F_MICRO_DUE
         return flags
 
     def blend(self, const Py_ssize_t[::1] slots, double t, int flags, double breath_amount, const double[::1] gaze_step,
@@ -433,7 +475,7 @@ cdef class BlendCore:
         returns the lists of the active and speaking flags. ``gaze_step``: 1 - exp(-dt / tau) per row
         (numpy's exp), needed only with NEED_IDLE."""
         cdef Py_ssize_t n = slots.shape[0], i, j, k, idx = 0, n_micro = self.n_micro
-        cdef bint idle = flags & NEED_IDLE, ease = flags & EMO_BLEND, talking = flags & TALKING
+        cdef bint idle = flags & F_NEED_IDLE, ease = flags & F_EMO_BLEND, talking = flags & F_TALKING
         cdef double c, s, dt, lid, b, up, g0, g1, left, right, upv, down, phase, sn, bump = 0.0, e, ss
         cdef double w[N_X]
         cdef double iw[N_W]
@@ -477,9 +519,11 @@ cdef class BlendCore:
         cdef double* ssx = &self.ssx[0]
         cdef unsigned char* act = &self.act[0]
         cdef unsigned char* spkg = &self.spkg[0]
+        cdef object flag
+        cdef list active, speaking
         cdef double* cw
         cdef double* mrow
-        active, speaking = [], []
+        active, speaking = PyList_New(n), PyList_New(n)
         for i in range(n):
             k = slots[i]
             c, s, dt = caps[i], spks[i], dts[i]
@@ -519,11 +563,6 @@ cdef class BlendCore:
                     w[j] = c * cw[j] + (1.0 - c) * clip(iw[j], 0.0, 1.0)
                 for j in range(N_P):
                     w[N_W + j] = c * cap_pose[k * N_P + j] + (1.0 - c) * ip[j]
-            else:
-                for j in range(N_W):
-                    w[j] = cw[j]
-                for j in range(N_P):
-                    w[N_W + j] = cap_pose[k * N_P + j]
             # 3. emotion and micro-expressions on top, 4. the One Euro filter, 2. the visemes' mouth after it
             mrow = NULL
             if n_micro:
@@ -531,13 +570,17 @@ cdef class BlendCore:
                 sn = SIN_PI if phase == 1.0 else sin(M_PI * phase)
                 bump = sn * sn * micro_amp[k]
                 mrow = micro + micro_idx[k] * N_W
-            face_row(w, emo_from + k * N_W, emo_to + k * N_W, ease, ssx[i], mrow, bump, articulated, mouth, talking,
+            face_row(w if idle else NULL, cw, cap_pose + k * N_P, emo_from + k * N_W, emo_to + k * N_W, ease, ssx[i], mrow, bump, articulated, mouth, talking,
                      s, vis_w + k * N_W, ex + k * N_X, edx + k * N_X, primed + k, dt, min_cutoff, beta, d_cutoff,
                      &out_w[i, 0], &out_pose[i, 0])
             arrival[i] = cap_arrival[k] if cap_fresh[k] else 0
             cap_fresh[k] = 0
-            active.append(True if act[i] else False)
-            speaking.append(True if spkg[i] else False)
+            flag = True if act[i] else False
+            Py_INCREF(flag)
+            PyList_SET_ITEM(active, i, flag)
+            flag = True if spkg[i] else False
+            Py_INCREF(flag)
+            PyList_SET_ITEM(speaking, i, flag)
         return active, speaking
 
 
