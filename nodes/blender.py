@@ -27,6 +27,14 @@ shared tick (phones are not in step with each other, and a shared 60 Hz tick alo
 to 16.7 ms). Each output batch then holds the sessions whose capture just came; the timer makes
 the frames of the sessions without live capture. Internal time follows the node's ``now_ns`` and
 each session advances by the time since its own last frame.
+
+Cost: with ``nodes/face/_filters.pyx`` built, a batch is two compiled passes over its rows
+(``BlendCore``: the capture in, every layer above and the One Euro filter in one pass, the
+state rows shared with the numpy code) plus a fixed cost of a few microseconds; the random
+schedules (blinks, saccades, micro-expressions) stay in numpy, the same generator calls in the
+same order. ``frame`` and ``_capture`` are the numpy reference, run when the extension is not
+built (or AVATAR_PURE_PYTHON=1) and for the odd batch the passes do not take (a session twice
+in one batch, weights not float32); both give the same bits (tests/test_face_compiled.py).
 """
 from __future__ import annotations
 

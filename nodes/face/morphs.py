@@ -73,7 +73,7 @@ class MorphTable:
         values after the secondary rules, then the result is clamped again.
         """
         x = np.asarray(weights, dtype=np.float32)
-        if self.select is not None and x.ndim == 2 and np.isfinite(x.sum()):
+        if self.select is not None and x.ndim == 2 and x.shape[1] == self.matrix.shape[0] and np.isfinite(x.sum()):
             # what the matmul gives for finite values, without it (+ 0: a zero comes out of it +0.0)
             out = (x[:, self.select] if len(self.select) else x) + np.float32(0.0)
         else:
