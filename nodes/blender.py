@@ -27,6 +27,14 @@ shared tick (phones are not in step with each other, and a shared 60 Hz tick alo
 to 16.7 ms). Each output batch then holds the sessions whose capture just came; the timer makes
 the frames of the sessions without live capture. Internal time follows the node's ``now_ns`` and
 each session advances by the time since its own last frame.
+
+Cost: with ``nodes/face/_filters.pyx`` built, a batch is two compiled passes over its rows
+(``BlendCore``: the capture in, every layer above and the One Euro filter in one pass, the
+state rows shared with the numpy code) plus a fixed cost of a few microseconds; the random
+schedules (blinks, saccades, micro-expressions) stay in numpy, the same generator calls in the
+same order. ``frame`` and ``_capture`` are the numpy reference, run when the extension is not
+built (or AVATAR_PURE_PYTHON=1) and for the odd batch the passes do not take (a session twice
+in one batch, weights not float32); both give the same bits (tests/test_face_compiled.py).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ from runtime import Message, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 from runtime.states import READY
 
+from .compiled import load
 from .face import (
     FRAME_CLOCK_PARAMS,
     TABLE_RULE,
@@ -62,6 +71,10 @@ _EYE_FULL_RAD = 0.6  # gaze angle at which an eyeLook* shape reaches 1
 _SACCADE_TAU_S = 0.02
 _BLINK_SHAPE_K = 6.0  # gamma shape of blink intervals: regular but not metronomic
 _NEVER = -1e18
+_ARKIT = "arkit/blendshapes"
+# the fused compiled passes (capture, idle, emotion, micro, clamps, One Euro in one pass over the
+# rows), or None: the numpy reference below (``frame``)
+_c = load("nodes.face._filters")
 
 # per-slot state: name -> (columns, dtype, value of a fresh slot)
 _STATE: dict[str, tuple[int, Any, Any]] = {
@@ -152,7 +165,16 @@ class Blender(FrameClockNode):
             setattr(self, name, np.zeros((self.slots.capacity, cols) if cols else self.slots.capacity, dtype=dtype))
         self.layout: tuple[np.ndarray, list[str]] | None = None  # live slots and their ids, until one joins or leaves
         self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
+        self._c = _c  # this node's path, fixed at setup
+        self.core = _c.BlendCore(_COL, _POSE) if _c is not None else None
+        self._bind()
         self._pin_params()
+
+    def _bind(self) -> None:
+        """Hand the state arrays to the compiled passes again (after they were replaced)."""
+        if self.core is not None:
+            self.euro.ensure(self.slots.capacity)
+            self.core.bind(self)
 
     def _load_tables(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """Presets, micro-expressions, mouth channels and articulated channels from the tables.
@@ -200,6 +222,7 @@ class Blender(FrameClockNode):
             raise ParamError(str(exc)) from exc
         if tables:
             self.presets, self.micro, self.mouth, self.articulated = tables
+            self._bind()
         for k in ("min_cutoff", "beta", "d_cutoff"):
             setattr(self.euro, k, float(getattr(self.p, k)))
         if "rate" in changed:
@@ -243,19 +266,36 @@ class Blender(FrameClockNode):
     # --- sessions ----------------------------------------------------------------------------
     def _lookup(self, sessions: list[str]) -> np.ndarray:
         """Slots of these sessions (first-seen ones get a fresh state); marks them seen now."""
-        slots, new = self.slots.lookup(sessions)
-        if self.cap_w.shape[0] != self.slots.capacity:
-            cap = self.slots.capacity
-            for name in _STATE:
-                setattr(self, name, fit(getattr(self, name), cap))
-        if new.any():
-            fresh = slots[new]
-            for name, (_, _, fill) in _STATE.items():
-                getattr(self, name)[fresh] = fill
-            self._init_slots(fresh)
-            self.layout = None
+        slots = self._known(sessions)
+        if slots is None:
+            slots, new = self.slots.lookup(sessions)
+            grown = self.cap_w.shape[0] != self.slots.capacity
+            if grown:
+                cap = self.slots.capacity
+                for name in _STATE:
+                    setattr(self, name, fit(getattr(self, name), cap))
+            if new.any():
+                fresh = slots[new]
+                for name, (_, _, fill) in _STATE.items():
+                    getattr(self, name)[fresh] = fill
+                self._init_slots(fresh)
+                self.layout = None
+            if grown or new.any():
+                self._bind()
         self.seen[slots] = self.t
         return slots
+
+    def _known(self, sessions: list[str]) -> np.ndarray | None:
+        """The slots of a batch of sessions all known already (the usual batch), else None: one
+        dict look-up per row, without SessionSlots.lookup's Python loop."""
+        n = len(sessions)
+        if self._c is not None and type(sessions) is list:
+            slots = np.empty(n, dtype=np.intp)
+            return slots if self._c.slots_of(self.slots.slot_of, sessions, slots) else None
+        try:
+            return np.fromiter(map(self.slots.slot_of.get, sessions), dtype=np.intp, count=n)
+        except TypeError:  # one is new (None), or not a session id
+            return None
 
     def _init_slots(self, slots: np.ndarray) -> None:
         """New sessions: their own random rhythms, their emotion already in place, a fresh smoother."""
@@ -304,29 +344,8 @@ class Blender(FrameClockNode):
         slots = self._lookup(sessions)
         data = msg.data if isinstance(msg.data, dict) else {}
         if pad == "capture":
-            self.cap_w[slots, :w.shape[1]] = w
-            pose = msg.arrays.get("pose")
-            if pose is not None:
-                pose = np.asarray(pose).reshape(len(sessions), -1)[:, :N_P]
-                if pose.shape[1] == N_P:
-                    self.cap_pose[slots] = pose
-                else:
-                    self.cap_pose[slots] = 0.0
-                    self.cap_pose[slots, :pose.shape[1]] = pose
-            else:
-                self.cap_pose[slots] = 0.0
-            active = data.get("active")
-            active = np.ones(len(sessions), dtype=bool) if active is None else np.asarray(active, dtype=bool)
-            if self.p.tick_on_capture:
-                self._follow_clock()
-            self.cap_flag[slots] = active
-            self.cap_t[slots] = self.t
-            arrival = msg.arrays.get("arrival_ns")
-            if arrival is not None and arrival.shape == (len(sessions),):
-                self.cap_arrival[slots] = arrival
-                self.cap_fresh[slots] |= active
-            if self.p.tick_on_capture and self.timer is not None:
-                self._capture_frames(slots[active])
+            if self.core is None or not self._capture_compiled(slots, sessions, w, msg, data):
+                self._capture(slots, sessions, w, msg, data)
         else:
             self.vis_w[slots, :w.shape[1]] = w
             speaking = data.get("speaking")
@@ -334,6 +353,63 @@ class Blender(FrameClockNode):
                 speaking = (w[:, self.mouth[:w.shape[1]]] > 0.02).any(axis=1)
             self.vis_flag[slots] = np.asarray(speaking, dtype=bool)
             self.vis_t[slots] = self.t
+
+    def _capture(self, slots: np.ndarray, sessions: list[str], w: np.ndarray, msg: Message, data: dict) -> None:
+        """A capture batch into the slots (the reference; ``_capture_compiled`` is the same in one pass)."""
+        self.cap_w[slots, :w.shape[1]] = w
+        pose = msg.arrays.get("pose")
+        if pose is not None:
+            pose = np.asarray(pose).reshape(len(sessions), -1)[:, :N_P]
+            if pose.shape[1] == N_P:
+                self.cap_pose[slots] = pose
+            else:
+                self.cap_pose[slots] = 0.0
+                self.cap_pose[slots, :pose.shape[1]] = pose
+        else:
+            self.cap_pose[slots] = 0.0
+        active = data.get("active")
+        active = np.ones(len(sessions), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        if self.p.tick_on_capture:
+            self._follow_clock()
+        self.cap_flag[slots] = active
+        self.cap_t[slots] = self.t
+        arrival = msg.arrays.get("arrival_ns")
+        if arrival is not None and arrival.shape == (len(sessions),):
+            self.cap_arrival[slots] = arrival
+            self.cap_fresh[slots] |= active
+        if self.p.tick_on_capture and self.timer is not None:
+            self._capture_frames(slots[active])
+
+    def _capture_compiled(self, slots: np.ndarray, sessions: list[str], w: np.ndarray, msg: Message,
+                          data: dict) -> bool:
+        """``_capture`` in one compiled pass, for the usual batch (float32 weights (S, 52) and pose
+        (S, 9), int64 arrival times, a list of bools); False for anything else (nothing was changed:
+        the reference runs)."""
+        n = len(sessions)
+        if w.dtype != np.float32 or w.shape[1] != N_W or not w.flags.c_contiguous:
+            return False
+        pose = msg.arrays.get("pose")
+        if pose is not None and (pose.dtype != np.float32 or pose.shape != (n, N_P) or not pose.flags.c_contiguous):
+            return False
+        active = data.get("active")
+        if active is not None and (type(active) is not list or len(active) != n):
+            return False
+        arrival = msg.arrays.get("arrival_ns")
+        if arrival is not None and arrival.shape != (n,):
+            arrival = None  # the reference ignores it too
+        if arrival is not None and (arrival.dtype != np.int64 or not arrival.flags.c_contiguous):
+            return False
+        follow = self.p.tick_on_capture
+        if follow:
+            self._follow_clock()  # (idempotent: the reference may call it again)
+        made = self.core.ingest(slots, w, pose, active, arrival, self.t, follow and self.timer is not None,
+                                0.5 / self.p.rate)
+        if made < 0:
+            return False
+        if made:
+            self.capture_ticks += 1
+            self._emit_frames(self.core.sel_array[:made], self.t_ns, sessions if made == n else None)
+        return True
 
     # --- output ------------------------------------------------------------------------------
     def on_play(self) -> None:
@@ -391,6 +467,8 @@ class Blender(FrameClockNode):
         """One batch: a frame for each of these slots, each advanced by the time since its last one."""
         if not slots.size:
             return
+        if self.core is not None and self._emit_compiled(slots, pts_ns, ids):
+            return
         period = 1.0 / self.p.rate
         if self.p.tick_on_capture:
             last = self.out_t[slots]
@@ -402,15 +480,44 @@ class Blender(FrameClockNode):
         # when the capture packet each row shows arrived, for rows showing it for the first time (else 0)
         arrival = np.where(self.cap_fresh[slots], self.cap_arrival[slots], 0)
         self.cap_fresh[slots] = False
+        self._send(slots, pts_ns, ids, weights.astype(np.float32), pose.astype(np.float32), arrival,
+                   active.tolist(), speaking.tolist())
+
+    def _send(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None, weights: np.ndarray, pose: np.ndarray,
+              arrival: np.ndarray, active: list[bool], speaking: list[bool]) -> None:
         if ids is None:
             names = self.slots.ids
             ids = [names[i] for i in slots.tolist()]
         self.frames += 1
         self.rows += len(slots)
-        self.emit("out", Message(
-            "arkit/blendshapes", {"active": active.tolist(), "speaking": speaking.tolist()},
-            {"weights": weights.astype(np.float32), "pose": pose.astype(np.float32), "arrival_ns": arrival},
-            pts_ns=pts_ns, session=ids))
+        self.emit("out", Message(_ARKIT, {"active": active, "speaking": speaking},
+                                 {"weights": weights, "pose": pose, "arrival_ns": arrival}, pts_ns=pts_ns, session=ids))
+
+    def _emit_compiled(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None) -> bool:
+        """``_emit_frames`` with the compiled passes: ``prepare`` (steps, flags, cross-fades), the
+        random schedules here (the same generator calls, in the same order, as the reference), then
+        ``blend`` (every layer and the One Euro filter, row by row). False if a slot is in the batch
+        twice (nothing was changed: the reference runs)."""
+        core, p, t, n, c = self.core, self.p, self.t, len(slots), self._c
+        flags = core.prepare(slots, t, 1.0 / p.rate, p.tick_on_capture, p.capture_timeout_ms / 1000.0,
+                             p.viseme_timeout_ms / 1000.0, p.capture_fade_ms, p.speech_fade_ms)
+        if flags < 0:
+            return False
+        gaze_step = None
+        if flags & c.NEED_IDLE:  # as frame() -> _idle()
+            if flags & c.BLINK_DUE:
+                self._schedule_blinks(slots)
+            if flags & c.GAZE_DUE:
+                self._schedule_gaze(slots)
+            gaze_step = 1.0 - np.exp(-core.dt_array[:n] / _SACCADE_TAU_S)
+        if flags & c.MICRO_DUE and len(self.micro):  # as _micro()
+            self._schedule_micro(slots)
+        weights, pose, arrival = np.empty((n, N_W), np.float32), np.empty((n, N_P), np.float32), np.empty(n, np.int64)
+        euro = self.euro
+        active, speaking = core.blend(slots, t, flags, p.breath_amount, gaze_step, euro.min_cutoff, euro.beta,
+                                      euro.d_cutoff, weights, pose, arrival)
+        self._send(slots, pts_ns, ids, weights, pose, arrival, active, speaking)
+        return True
 
     def frame(self, s: np.ndarray, dt: float | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Weights (L, 52), pose (L, 9), capture-active and speaking flags for slots ``s`` at time t;
@@ -448,15 +555,9 @@ class Blender(FrameClockNode):
 
     def _idle(self, s: np.ndarray, dt: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blinks, breathing and gaze saccades for slots ``s`` (advances their schedules)."""
-        t, p, rng = self.t, self.p, self.rng
+        t, p = self.t, self.p
         w, pose = np.zeros((len(s), N_W)), np.zeros((len(s), N_P))
-        # blinks: gamma-distributed intervals, measured from the end of the last blink
-        due = s[self.blink_next[s] <= t]
-        if due.size:
-            self.blink_t0[due] = t
-            self.blink_len[due] = p.blink_ms / 1000.0 * rng.uniform(0.8, 1.15, due.size)
-            gaps = rng.gamma(_BLINK_SHAPE_K, p.blink_interval_s / _BLINK_SHAPE_K, due.size)
-            self.blink_next[due] = t + self.blink_len[due] + np.maximum(gaps, 0.6)
+        self._schedule_blinks(s)
         lid = blink_curve((t - self.blink_t0[s]) / self.blink_len[s])
         w[:, _COL["eyeBlinkLeft"]] = w[:, _COL["eyeBlinkRight"]] = lid
         # breathing: a slow sinusoid on jaw, nostrils, brows and head pitch
@@ -467,12 +568,7 @@ class Blender(FrameClockNode):
         w[:, _COL["noseSneerRight"]] += 0.02 * up
         w[:, _COL["browInnerUp"]] += 0.012 * up
         pose[:, _POSE["headPitch"]] = 0.01 * p.breath_amount * b
-        # gaze: a new small fixation target every saccade_min_s .. saccade_max_s, reached quickly
-        due = s[self.gaze_next[s] <= t]
-        if due.size:
-            goal = rng.normal(0.0, [0.08, 0.04], (due.size, 2)) * p.gaze_amount
-            self.gaze_goal[due] = np.clip(goal, [-0.25, -0.12], [0.25, 0.12])
-            self.gaze_next[due] = t + rng.uniform(p.saccade_min_s, max(p.saccade_min_s, p.saccade_max_s), due.size)
+        self._schedule_gaze(s)
         self.gaze[s] += (self.gaze_goal[s] - self.gaze[s]) * (1.0 - np.exp(-dt / _SACCADE_TAU_S))
         yaw, pitch = self.gaze[s, 0], self.gaze[s, 1]
         left, right = np.clip(yaw, 0, None) / _EYE_FULL_RAD, np.clip(-yaw, 0, None) / _EYE_FULL_RAD
@@ -486,11 +582,28 @@ class Blender(FrameClockNode):
             pose[:, _POSE[f"{eye}EyePitch"]] = pitch
         return np.clip(w, 0.0, 1.0), pose
 
-    def _micro(self, s: np.ndarray) -> np.ndarray:
-        """Brief, small random activations (Poisson-timed), one at a time per session."""
-        t, out = self.t, np.zeros((len(s), N_W))
-        if not len(self.micro):
-            return out
+    def _schedule_blinks(self, s: np.ndarray) -> None:
+        """Blinks due among slots ``s``: gamma-distributed intervals, from the end of the last blink."""
+        t, p, rng = self.t, self.p, self.rng
+        due = s[self.blink_next[s] <= t]
+        if due.size:
+            self.blink_t0[due] = t
+            self.blink_len[due] = p.blink_ms / 1000.0 * rng.uniform(0.8, 1.15, due.size)
+            gaps = rng.gamma(_BLINK_SHAPE_K, p.blink_interval_s / _BLINK_SHAPE_K, due.size)
+            self.blink_next[due] = t + self.blink_len[due] + np.maximum(gaps, 0.6)
+
+    def _schedule_gaze(self, s: np.ndarray) -> None:
+        """Gaze: a new small fixation target every saccade_min_s .. saccade_max_s, reached quickly."""
+        t, p, rng = self.t, self.p, self.rng
+        due = s[self.gaze_next[s] <= t]
+        if due.size:
+            goal = rng.normal(0.0, [0.08, 0.04], (due.size, 2)) * p.gaze_amount
+            self.gaze_goal[due] = np.clip(goal, [-0.25, -0.12], [0.25, 0.12])
+            self.gaze_next[due] = t + rng.uniform(p.saccade_min_s, max(p.saccade_min_s, p.saccade_max_s), due.size)
+
+    def _schedule_micro(self, s: np.ndarray) -> None:
+        """Micro-expressions due among slots ``s``: which, how strong, how long, and the next one."""
+        t = self.t
         due = s[self.micro_next[s] <= t]
         if due.size:
             self.micro_idx[due] = self.rng.integers(0, len(self.micro), due.size)
@@ -498,6 +611,13 @@ class Blender(FrameClockNode):
             self.micro_len[due] = self.rng.uniform(0.25, 0.6, due.size)
             self.micro_t0[due] = t
             self.micro_next[due] = t + self.micro_len[due] + self._micro_wait(due.size)
+
+    def _micro(self, s: np.ndarray) -> np.ndarray:
+        """Brief, small random activations (Poisson-timed), one at a time per session."""
+        t, out = self.t, np.zeros((len(s), N_W))
+        if not len(self.micro):
+            return out
+        self._schedule_micro(s)
         phase = np.clip((t - self.micro_t0[s]) / self.micro_len[s], 0.0, 1.0)
         bump = np.sin(np.pi * phase) ** 2 * self.micro_amp[s]
         return self.micro[self.micro_idx[s]] * bump[:, None]

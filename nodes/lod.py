@@ -19,6 +19,11 @@ Wire size, and why the output looks the way it does:
   "unchanged" bits) and lets a client know a zero means "not sent" rather than "relaxed".
 - Decimation counts each session's own frames, so it stays right when sessions come and go or
   arrive in separate messages.
+
+Cost per batch: one dict look-up per row for the slots, one pass for the frame counts (compiled
+in ``nodes.face._filters.lod_step`` when built), one multiply by the level's mask; a batch whose
+rows are all due passes its session list and other arrays on as they are, and the scan for
+sessions to forget runs only once one can have timed out.
 """
 from __future__ import annotations
 
@@ -30,8 +35,11 @@ import numpy as np
 from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
+from .compiled import load
 from .face import TABLE_RULE, arkit_names, load_lod_table
 from .wire import N_LOD_LEVELS
+
+_c = load("nodes.face._filters")  # slots_of: a batch's slots in one compiled loop (else np.fromiter)
 
 
 def check_levels(levels: Any) -> dict[str, int]:
@@ -65,11 +73,16 @@ class Lod(Node):
         self.session_levels = check_levels(self.p.levels)
         self.default_level = self.p.level
         self.slots = SessionSlots()
+        self._c = _c  # this node's path, fixed at setup
         self.level = np.zeros(self.slots.capacity, dtype=np.int64)
         self.count = np.zeros(self.slots.capacity, dtype=np.int64)  # frames seen at the current level
         self.last_pts = np.zeros(self.slots.capacity, dtype=np.int64)
         self.masks: dict[tuple[str, ...], np.ndarray] = {}
         self.arkit = arkit_names()  # the columns of arkit/blendshapes, which carries no names
+        self._last_mask: tuple[list[str], np.ndarray] | None = None  # the names of the last batch, their mask
+        self._rows: dict[int, np.ndarray] = {}  # level -> its mask row repeated, for _rows_of
+        self._rows_of: np.ndarray | None = None
+        self.oldest_pts: float = np.inf  # at most every live session's last pts: no expiry before it times out
         self.rows_in = self.rows_out = self.dropped = self.requests = 0
 
     def on_params(self, changed: Mapping[str, Any]) -> None:
@@ -84,6 +97,7 @@ class Lod(Node):
             self.every, self.patterns = table
             self.table = self.p.table
             self.masks.clear()
+            self._last_mask = None
         self._relevel()
 
     def _relevel(self) -> None:
@@ -104,33 +118,71 @@ class Lod(Node):
         if weights is None or weights.ndim != 2 or weights.shape != (len(sessions), len(names)):
             self._drop(msg, weights, names, sessions)
             return None
-        slots, new = self.slots.lookup(sessions)
-        self._fit()
-        if new.any():
-            ids = [sessions[i] for i in np.flatnonzero(new)]
-            self.level[slots[new]] = [self.session_levels.get(str(s), self.default_level) for s in ids]
-            self.count[slots[new]] = 0
-        self.last_pts[slots] = msg.pts_ns
-        self._expire(msg.pts_ns)
+        n = len(sessions)
+        slots = self._known(sessions)
+        if slots is None:
+            slots, new = self.slots.lookup(sessions)
+            self._fit()
+            if new.any():
+                ids = [sessions[i] for i in np.flatnonzero(new)]
+                self.level[slots[new]] = [self.session_levels.get(str(s), self.default_level) for s in ids]
+                self.count[slots[new]] = 0
+        pts = msg.pts_ns
+        made = -1
+        if self._c is not None and type(pts) is int:
+            due = np.empty(n, dtype=np.uint8)
+            made = self._c.lod_step(slots, self.count, self.last_pts, pts, self.level, self.every, due)
+        if made < 0:  # the reference
+            self.last_pts[slots] = pts
+        self.oldest_pts = min(self.oldest_pts, pts)
+        self._expire(pts)  # (after the frame counts here: it only releases other sessions, and looks at last_pts)
 
-        level = self.level[slots]
-        due = self.count[slots] % self.every[level] == 0
-        self.count[slots] += 1
-        self.rows_in += len(sessions)
-        rows = np.flatnonzero(due)
-        if not len(rows):
+        self.rows_in += n
+        # every session at the default level (_relevel keeps it so) or each at its own
+        uniform = self.default_level if not self.session_levels else None
+        if made < 0:
+            level = self.level[slots]
+            due = self.count[slots] % self.every[level] == 0
+            self.count[slots] += 1
+            made = int(np.count_nonzero(due))
+        if made == 0:
             return None
-        self.rows_out += len(rows)
-        lv = level[rows]
-        arrays = {"weights": weights[rows] * self._mask(names)[lv]}
+        rows = None if made == n else np.flatnonzero(due)  # None: every row is due
+        if uniform is None:
+            level = self.level[slots]
+        # the due rows (rows None: all of them; then the batch's lists and arrays pass as they are)
+        kept = n if rows is None else len(rows)
+        self.rows_out += kept
+        if uniform is not None:
+            lv = None
+            w = weights if rows is None else weights[rows]
+            w = w * self._mask_rows(names, uniform, len(w))
+        else:
+            mask = self._mask(names)
+            lv = level if rows is None else level[rows]
+            w = (weights if rows is None else weights[rows]) * mask[lv]
+        arrays = {"weights": w}
         for name, arr in msg.arrays.items():
-            if name != "weights" and arr.shape[:1] == (len(sessions),):
-                arrays[name] = arr[rows]
+            if name != "weights" and arr.shape[:1] == (n,):
+                arrays[name] = arr if rows is None else arr[rows]
         data = dict(msg.data) if isinstance(msg.data, dict) else {}
-        if isinstance(data.get("active"), list) and len(data["active"]) == len(sessions):
+        if rows is not None and isinstance(data.get("active"), list) and len(data["active"]) == n:
             data["active"] = [data["active"][i] for i in rows]
-        data["lod"] = lv.tolist()
-        return Message(msg.caps, data, arrays, msg.pts_ns, [sessions[i] for i in rows], msg.trace)
+        data["lod"] = [uniform] * kept if lv is None else lv.tolist()
+        return Message(msg.caps, data, arrays, msg.pts_ns, sessions if rows is None else [sessions[i] for i in rows],
+                       msg.trace)
+
+    def _known(self, sessions: list) -> np.ndarray | None:
+        """The slots of a batch of sessions all known already (the usual batch), else None: one
+        dict look-up per row, without SessionSlots.lookup's Python loop."""
+        n = len(sessions)
+        if self._c is not None and type(sessions) is list:
+            slots = np.empty(n, dtype=np.intp)
+            return slots if self._c.slots_of(self.slots.slot_of, sessions, slots) else None
+        try:
+            return np.fromiter(map(self.slots.slot_of.get, sessions), dtype=np.intp, count=n)
+        except TypeError:  # one is new (None), or not a session id
+            return None
 
     def _request(self, msg: Message) -> None:
         wish = msg.data.get("lod") if isinstance(msg.data, dict) else None
@@ -156,6 +208,26 @@ class Lod(Node):
 
     def _mask(self, names: list[str]) -> np.ndarray:
         """(levels, M) float32: 1 where a level keeps the morph (cached per name list)."""
+        last = self._last_mask
+        if last is not None and (last[0] is names or last[0] == names):  # the same names as the last batch
+            return last[1]
+        mask = self._mask_of(names)
+        self._last_mask = (list(names), mask)
+        return mask
+
+    def _mask_rows(self, names: list[str], level: int, n: int) -> np.ndarray:
+        """(n, M) float32: the mask of this level on every row (a full array multiplies faster than
+        a broadcast row), cached per level until the names change."""
+        mask = self._mask(names)
+        rows = self._rows.get(level) if self._rows_of is mask else None
+        if self._rows_of is not mask:
+            self._rows, self._rows_of = {}, mask
+        if rows is None or len(rows) < n:
+            rows = np.tile(mask[level], (max(n, 2 * len(rows) if rows is not None else n), 1))
+            self._rows[level] = rows
+        return rows[:n]
+
+    def _mask_of(self, names: list[str]) -> np.ndarray:
         key = tuple(names)
         mask = self.masks.get(key)
         if mask is None:
@@ -165,9 +237,14 @@ class Lod(Node):
         return mask
 
     def _expire(self, pts_ns: int) -> None:
-        stale = np.flatnonzero(self.slots.used & (pts_ns - self.last_pts > self.p.session_timeout * 1e9))
+        timeout = self.p.session_timeout * 1e9
+        if pts_ns - self.oldest_pts <= timeout:  # no session's last frame is older than oldest_pts
+            return
+        stale = np.flatnonzero(self.slots.used & (pts_ns - self.last_pts > timeout))
         if len(stale):
             self.slots.release(stale)
+        live = self.last_pts[self.slots.used]
+        self.oldest_pts = int(live.min()) if len(live) else np.inf
 
     def _drop(self, msg: Message, weights: Any, names: list[str], sessions: list) -> None:
         self.dropped += 1

@@ -5,6 +5,12 @@ into arrays, so a batch of S sessions costs one (S, 52) @ (52, M) matmul, a seco
 the secondary rules (an open jaw pulls the cheeks and nostrils a little) and one vectorised
 ``minimum`` for the constraints (a closed mouth cannot exceed the open jaw; a blinking eye cannot
 be wide open). Keeping rules in YAML lets an artist retune a rig without touching code.
+
+A table whose every morph copies one ARKit shape at weight 1 (the identity table of the capture
+graphs, or a reordering) skips the matmul: each output is then its input exactly, as the matmul
+would give it (every other product is a zero), which costs a copy instead of 52 multiply-adds per
+value. Only for finite inputs: a NaN or infinite input spreads through the matmul's zero products
+to the whole row, and such a batch takes the matmul, so the results are the same bits either way.
 """
 from __future__ import annotations
 
@@ -44,6 +50,21 @@ class MorphTable:
     lim_by: np.ndarray      # (C,) int: morph the limit is computed from
     lim_scale: np.ndarray   # (C,) float32
     lim_offset: np.ndarray  # (C,) float32
+    # (M,) int: the ARKit shape each morph copies when the map only copies shapes (weight 1, one
+    # each), else None; arange(52) for the identity
+    select: np.ndarray | None = None
+    lim_unique: bool = True  # no morph has two constraints (else the tightest wins, np.minimum.at)
+
+    def __post_init__(self) -> None:
+        m = self.matrix
+        ones = (m == 1.0).sum(axis=0) == 1
+        select = None
+        if ones.all() and np.count_nonzero(m) == m.shape[1]:  # a single 1.0 per column, zeros elsewhere
+            select = np.argmax(m == 1.0, axis=0).astype(np.intp)
+            if np.array_equal(select, np.arange(m.shape[0])):
+                select = select[:0]  # the identity: no gather
+        object.__setattr__(self, "select", select)
+        object.__setattr__(self, "lim_unique", len(np.unique(self.lim_target)) == len(self.lim_target))
 
     def apply(self, weights: np.ndarray) -> np.ndarray:
         """(S, 52) ARKit weights -> (S, M) morph weights in 0..1.
@@ -51,20 +72,26 @@ class MorphTable:
         Secondary rules all read the mapped values (they do not chain); constraints all read the
         values after the secondary rules, then the result is clamped again.
         """
-        out = np.asarray(weights, dtype=np.float32) @ self.matrix
+        x = np.asarray(weights, dtype=np.float32)
+        if self.select is not None and x.ndim == 2 and x.shape[1] == self.matrix.shape[0] and np.isfinite(x.sum()):
+            # what the matmul gives for finite values, without it (+ 0: a zero comes out of it +0.0)
+            out = (x[:, self.select] if len(self.select) else x) + np.float32(0.0)
+        else:
+            out = x @ self.matrix
         np.clip(out, 0.0, 1.0, out=out)
         if len(self.sec_from):
             out += out[:, self.sec_from] @ self.sec_gain
             np.clip(out, 0.0, 1.0, out=out)
         if len(self.lim_target):
             upper = out[:, self.lim_by] * self.lim_scale + self.lim_offset
-            if len(np.unique(self.lim_target)) == len(self.lim_target):
-                out[:, self.lim_target] = np.minimum(out[:, self.lim_target], upper)
+            if self.lim_unique:  # only these columns change (the others are clamped already)
+                np.minimum(out[:, self.lim_target], upper, out=upper)
+                out[:, self.lim_target] = np.clip(upper, 0.0, 1.0, out=upper)
             else:  # several limits on one morph: the tightest wins
                 bound = np.full_like(out, np.inf)
                 np.minimum.at(bound, (slice(None), self.lim_target), upper)
                 np.minimum(out, bound, out=out)
-            np.clip(out, 0.0, 1.0, out=out)
+                np.clip(out, 0.0, 1.0, out=out)
         return out
 
 

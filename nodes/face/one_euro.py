@@ -3,11 +3,16 @@
 Why this filter: a fixed low-pass either jitters when still or lags when moving. The One Euro
 filter raises its cutoff with the signal's speed, so a still face is smoothed hard while a
 blink or a fast mouth movement passes with little lag. State is kept in arrays indexed by
-session slot, so a whole batch is filtered with a handful of numpy operations.
+session slot, so a whole batch is filtered with a handful of numpy operations (the reference);
+``nodes.face._filters.one_euro`` does the same arithmetic in one compiled pass when it is built.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..compiled import load
+
+_c = load("nodes.face._filters")
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float | np.ndarray) -> np.ndarray | float:
@@ -27,8 +32,10 @@ class OneEuro:
         self.x = np.zeros((capacity, n), dtype=np.float64)
         self.dx = np.zeros((capacity, n), dtype=np.float64)
         self.primed = np.zeros(capacity, dtype=bool)
+        self.compiled = _c  # the compiled pass, or None: the numpy reference (fixed per filter)
 
-    def _ensure(self, capacity: int) -> None:
+    def ensure(self, capacity: int) -> None:
+        """State rows for at least ``capacity`` slots (the blender keeps them as many as its slots)."""
         old = len(self.primed)
         if capacity <= old:
             return
@@ -45,7 +52,7 @@ class OneEuro:
         """Forget these slots' history (a slot handed to a new session starts fresh)."""
         slots = np.asarray(slots, dtype=np.intp)
         if slots.size:
-            self._ensure(int(slots.max()) + 1)
+            self.ensure(int(slots.max()) + 1)
             self.primed[slots] = False
 
     def __call__(self, x: np.ndarray, dt: float, slots: np.ndarray | None = None) -> np.ndarray:
@@ -56,7 +63,20 @@ class OneEuro:
         slots = np.asarray(slots, dtype=np.intp)
         if slots.size == 0:
             return x.copy()
-        self._ensure(int(slots.max()) + 1)
+        self.ensure(int(slots.max()) + 1)
+        if self.compiled is not None and x.ndim == 2 and x.shape == (len(slots), self.n):
+            rows = None
+            if isinstance(dt, np.ndarray) and dt.shape == (len(slots), 1) and dt.dtype == np.float64:
+                rows, step = np.ascontiguousarray(dt).reshape(-1), 0.0
+            elif type(dt) in (float, int, np.float64):
+                step = float(dt)
+            else:
+                step = None  # other broadcasts and precisions (a float32 step computes in float32): the reference
+            if step is not None:
+                out, edx = np.empty_like(x, order="C"), np.empty(x.shape)
+                if self.compiled.one_euro(np.ascontiguousarray(x), step, rows, slots, self.x, self.dx, self.primed.view(np.uint8),
+                               self.min_cutoff, self.beta, self.d_cutoff, out, edx):
+                    return out
         prev, dprev, primed = self.x.take(slots, axis=0), self.dx.take(slots, axis=0), self.primed[slots]
         # in place where it can be: this runs for every batch of every tick
         diff = x - prev
