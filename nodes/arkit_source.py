@@ -6,7 +6,10 @@ tick: phones are not in step, so a fast gather tick bounds how long a packet wai
 4.2 ms) and every packet's frame goes out exactly once. A second packet of a session that comes
 before its first has gone out (jitter, a late tick) waits in the session's backlog and goes out
 in the next batch, one per batch, so no frame is lost or sent twice (a backlog holds at most
-``_BACKLOG_MAX`` packets; beyond that the oldest is dropped and counted as ``overrun``).
+``_BACKLOG_MAX`` packets; beyond that the oldest is dropped and counted as ``overrun``). Past
+capacity (the node has fallen behind, and more than ``_BACKLOG_SLOTS`` sessions would wait), the
+newest packet of a session wins instead: the older frames are dropped, counted as ``shed`` and
+posted as QOS, so a node that falls behind catches up instead of spending ever longer queueing.
 ``batch: all`` is the old every-session-every-tick mode: a tick emits every slot's latest frame
 (``active`` says which are new), so a device faster than the rate loses frames (counted as
 ``superseded``) and a slower one is repeated.
@@ -62,6 +65,7 @@ _HEADERS_PER_SESSION = 4  # packet headers remembered per session (a device may 
 _WAIT_STEP_US = 100  # bins of the gather-wait histogram (arrival -> tick); the last bin takes the rest
 _WAIT_BINS = 2001
 _BACKLOG_MAX = 16  # packets of one session waiting for a batch (batch: fresh); beyond, the oldest is dropped
+_BACKLOG_SLOTS = 64  # sessions with a backlog at once; beyond, the node is behind: the newest packet wins (shed)
 _READ_PAUSE_S = 0.004  # with a rate: after a read, the socket is left alone this long
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
 _STAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
@@ -104,7 +108,8 @@ class ArkitSource(Node):
         self.dirty = False
         self.received = self.packets = self.clamped = self.clamped_packets = 0
         self.joined = self.left = self.batches = 0
-        self.superseded = self.overrun = 0
+        self.superseded = self.overrun = self.shed = 0
+        self.shed_posted = 0
         self.backlog: dict[int, deque] = {}  # slot -> packets (weights, pose, frame, arrival) waiting for a batch
         self.bad: dict[str, int] = {}
         self.window: dict[str, int] = {}
@@ -334,6 +339,10 @@ class ArkitSource(Node):
         self.active[slot_arr] = True
         if later is not None:
             slots, clipped, values, frames, arrival, rows = later
+            if self._behind(len(rows)):
+                r = np.asarray(rows, np.intp)
+                self._shed(slots[r], clipped[r], values[r, N_BLENDSHAPES:], frames[r], arrival[r])
+                return
             for j in rows:  # in arrival order
                 self._queue(int(slots[j]), clipped[j], values[j, N_BLENDSHAPES:], int(frames[j]), int(arrival[j]))
 
@@ -353,6 +362,10 @@ class ArkitSource(Node):
         self.superseded += superseded
         if later:
             slots, frames, values = self._rx.slot, self._rx.frame, self._rx.values  # values: clamped in place
+            if self._behind(len(later)):
+                r = np.asarray(later, np.intp)
+                self._shed(slots[r], values[r, :N_BLENDSHAPES], values[r, N_BLENDSHAPES:], frames[r], arrival[r])
+                return
             for r in later:  # in arrival order
                 self._queue(int(slots[r]), values[r, :N_BLENDSHAPES], values[r, N_BLENDSHAPES:], int(frames[r]),
                             int(arrival[r]))
@@ -368,6 +381,30 @@ class ArkitSource(Node):
         if self.backlog:
             now &= ~np.isin(slots, np.fromiter(self.backlog, np.intp, len(self.backlog)))
         return now
+
+    def _behind(self, waiting: int) -> bool:
+        """Would more than ``_BACKLOG_SLOTS`` sessions wait? Then the node has fallen behind."""
+        return len(self.backlog) + waiting > _BACKLOG_SLOTS
+
+    def _shed(self, slots: np.ndarray, weights: np.ndarray, pose: np.ndarray, frames: np.ndarray,
+              arrival: np.ndarray) -> None:
+        """Behind: packets that would wait take their slots at once, the newest of each session
+        winning, in a few array operations; the frames they replace (the slot's, a backlog's, the
+        earlier rows of this read) are dropped and counted as ``shed``."""
+        _, last = np.unique(slots[::-1], return_index=True)
+        take = len(slots) - 1 - last  # the newest row of each slot
+        won = slots[take]
+        dropped = len(slots)  # each row replaces one pending frame: the slot's, or an earlier row's
+        if self.backlog:
+            for slot in np.intersect1d(won, np.fromiter(self.backlog, np.intp, len(self.backlog))).tolist():
+                dropped += len(self.backlog.pop(slot))
+        self.shed += dropped
+        self.weights[won] = weights[take]
+        self.pose[won] = pose[take]
+        self.frame[won] = frames[take]
+        self.arrival[won] = arrival[take]
+        self.last_ns[won] = np.maximum(self.last_ns[won], arrival[take])
+        self.active[won] = True
 
     def _queue(self, slot: int, weights: np.ndarray, pose: np.ndarray, frame: int, arrival: int) -> None:
         q = self.backlog.setdefault(slot, deque())
@@ -430,10 +467,16 @@ class ArkitSource(Node):
         self.window = {}
         self.last_warn_ns = now
 
-    def _check_kernel_drops(self, now: int) -> None:
-        """Datagrams the kernel dropped because the socket's buffer was full (the source fell
-        behind: past capacity): counted in stats and posted as QOS, once a second at most."""
+    def _report_drops(self, now: int) -> None:
+        """What the source dropped because it fell behind (past capacity), posted as QOS once a
+        second at most: frames shed from its backlogs, and datagrams the kernel dropped because the
+        socket's buffer was full (counted in stats as ``kernel_drops``)."""
         self.next_drop_check_ns = now + _WARN_EVERY_NS
+        if self.shed > self.shed_posted:
+            self.ctx.post("QOS", f"behind: dropped {self.shed - self.shed_posted} older frame(s) of sessions whose "
+                                 f"newer packet came before they went out", dropped=self.shed - self.shed_posted,
+                          total=self.shed, where="source backlog")
+            self.shed_posted = self.shed
         total = socket_drops(self.sock)
         if total is None or total <= self.sock_drops_seen:
             return
@@ -452,7 +495,7 @@ class ArkitSource(Node):
                 self._leave(slot, now)
         self._maybe_warn(now)
         if now >= self.next_drop_check_ns:
-            self._check_kernel_drops(now)
+            self._report_drops(now)
         return now
 
     def _tick(self) -> None:
@@ -568,7 +611,7 @@ class ArkitSource(Node):
             "received": self.received, "packets": self.packets, "bad": sum(self.bad.values()),
             "kernel_drops": self.kernel_drops,
             "bad_reasons": dict(self.bad), "clamped": self.clamped, "clamped_packets": self.clamped_packets,
-            "superseded": self.superseded, "overrun": self.overrun,
+            "superseded": self.superseded, "overrun": self.overrun, "shed": self.shed,
             "backlogged": sum(len(q) for q in self.backlog.values()),
             "sessions": len(self.slots), "joined": self.joined, "left": self.left, "batches": self.batches,
             "gather_wait_us_p50": _percentile(self.wait_hist, 50), "gather_wait_us_p99": _percentile(self.wait_hist, 99),

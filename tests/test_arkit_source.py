@@ -248,6 +248,37 @@ def test_datagrams_the_kernel_drops_are_counted_and_posted_as_qos(src, udp):
     assert len([1 for level, _, _ in src.bus if level == "QOS"]) == 1
 
 
+def test_behind_the_newest_packet_wins_and_the_older_frames_are_shed(udp):
+    """batch: fresh queues a session's second packet for the next batch; but when more than
+    _BACKLOG_SLOTS sessions would wait, the node is behind: the newest packet takes the slot at
+    once and the frames it replaces are counted (shed) and posted as QOS, so it catches up."""
+    from nodes.arkit_source import _BACKLOG_SLOTS
+
+    h = NodeHarness("arkit_source", "src", host="127.0.0.1", port=0, rate=240.0, batch="fresh")
+    try:
+        n = _BACKLOG_SLOTS + 36
+        ids = [f"{i:08X}-0000-0000-0000-000000000000" for i in range(n)]
+        first = [build_packet(d, FRAMES[0].weights, FRAMES[0].pose, frame=1) for d in ids]
+        _deliver(h, udp, *first)
+        h.advance(1 / 240)  # every session known, its first frame gone out
+        few = [build_packet(d, FRAMES[1].weights, FRAMES[1].pose, frame=f) for d in ids[:3] for f in (2, 3)]
+        _deliver(h, udp, *few)  # three sessions with two packets: the second waits, as ever
+        assert h.node.stats()["backlogged"] == 3 and h.node.stats()["shed"] == 0
+        many = [build_packet(d, FRAMES[1].weights, FRAMES[1].pose, frame=f) for f in (4, 5) for d in ids]
+        _deliver(h, udp, *many)  # n sessions with two more: behind
+        st = h.node.stats()
+        assert st["backlogged"] == 0
+        assert st["shed"] == 3 + 3 + n  # the 3 waiting frames, the 3 slots' frames, then each session's frame 4
+        out = h.advance(1 / 240)
+        batch = _only(out)
+        assert sorted(batch.session) == sorted(ids) and set(batch.arrays["frame"].tolist()) == {5}
+        h.advance(1.0)
+        qos = [f for level, _, f in h.bus if level == "QOS" and f.get("where") == "source backlog"]
+        assert len(qos) == 1 and qos[0]["dropped"] == qos[0]["total"] == st["shed"]
+    finally:
+        h.close()
+
+
 def test_port_can_change_while_running(src, udp):
     old = _port(src)
     src.set_params(port=0)
