@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import json
 import reprlib
@@ -36,6 +37,7 @@ from ..wire import MAX_SESSION_ID, N_LOD_LEVELS
 from .voice import VoicePacket
 
 MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
+_SCAN_WATCHED = 16  # up to this many watched sessions, dispatch finds each in the batch instead of indexing it
 _RATE_WINDOW_NS = 1_000_000_000  # session_rate in stats: frames per session over this window
 _RING = 256  # packets remembered per watched session for echoes
 _LATENCY_RING = 1024
@@ -293,12 +295,15 @@ class Viewers:
                 self._want_keyframe(session)
         if not self.watched:
             return
-        if sessions != self._index_of:  # the batch layout changed: index it again
-            self._index_of = list(sessions)
-            self._index = {s: i for i, s in enumerate(sessions)}
-        index = self._index
+        if len(self.watched) > _SCAN_WATCHED:  # many watched: index the batch (once per layout)
+            if sessions != self._index_of:
+                self._index_of = list(sessions)
+                self._index = {s: i for i, s in enumerate(sessions)}
+            find = self._index.get
+        else:  # a few: find each in the batch (a C scan), no per-row Python for a layout that changes every batch
+            find = functools.partial(_find, sessions)
         for session, viewers in self.watched.items():
-            i = index.get(session)
+            i = find(session)
             if i is None:
                 continue
             packet, key, n = packets[i], bool(keyframe[i]), int(seq[i])
@@ -542,6 +547,14 @@ class Viewers:
         centers = (np.arange(_PIPE_BINS) + 0.5) * _PIPE_STEP_US
         return {"le_us": list(LATENCY_BOUNDS_US), "buckets": buckets,
                 "sum_us": float((self.pipe_hist * centers).sum()), "count": int(cum[-1])}
+
+
+def _find(sessions: list, session: str) -> int | None:
+    """Where a session is in a batch, or None."""
+    try:
+        return sessions.index(session)
+    except ValueError:
+        return None
 
 
 _REPR = reprlib.Repr()
