@@ -488,6 +488,8 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
         "received_in_window": cap1["received"] - cap0["received"],
         "drops": drops, "no_drops": no_drops, "holds": holds, "holds_pipeline": holds_pipeline,
         "viewer_frames": viewer_frames, "viewers": len(v1),
+        "session_rate": web1.get("session_rate") or {},  # the sink's frames/s per session, last second
+        "shed": cap1.get("shed", 0) - cap0.get("shed", 0), "kernel_drops": cap2.get("kernel_drops", 0),
         "viewer_tick_lat_ms_p50": float(np.percentile(lat_ms, 50)) if lat_ms else math.nan,
         "viewer_tick_lat_ms_p99": float(np.percentile(lat_ms, 99)) if lat_ms else math.nan,
         "nodes": {n: {"in_hz": round((node(s1, n)["in"] - node(s0, n)["in"]) / dt, 1),
@@ -584,6 +586,12 @@ def main() -> None:
               f"{r['bench_cpu_cores']:.2f}; whole machine busy {r['machine_busy_cores']:.2f} of {os.cpu_count()} cores "
               f"(others: about {max(0.0, r['machine_busy_cores'] - r['cpu_cores'] - r['gen_cpu_cores'] - r['bench_cpu_cores']):.2f}); "
               f"viewers {r['viewer_frames']} frames; drops {d}", flush=True)
+        sr = r["session_rate"]
+        if sr:
+            print(f"        frames/s per session at the sink (last second, {sr['sessions']} sessions): min {sr['min']:g}, "
+                  f"p1 {sr['p1']:g}, median {sr['p50']:g}, max {sr['max']:g}; Jain's fairness {sr['fairness']:.3f}; "
+                  f"source shed {r['shed']} frames in the window, kernel drops {r['kernel_drops']} over the run "
+                  f"(both posted as QOS)", flush=True)
     print(f"\nholds: strict (arrival->sink p99 < {PERIOD_BUDGET_MS:.1f} ms) / pipeline (tick->viewer p99 < "
           f"{PERIOD_BUDGET_MS:.1f} ms); both also need {a.rate:g} frames/s per session (2%), no drops and a generator "
           f"on target; 'x base': CPU per session-frame as a multiple of the baseline's CPU per packet received")
