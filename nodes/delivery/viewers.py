@@ -276,17 +276,23 @@ class Viewers:
         now = self.clock()
         if arrival_ns is not None and len(arrival_ns) == len(sessions):
             self._pipeline_latency(now, arrival_ns)
-        seen = self.seen
-        n = len(seen)
-        seen.update(dict.fromkeys(sessions, now))
-        self.window_rows.update(sessions)  # one C loop: the only per-row work here
+        # The one per-row step: count the rows per session in this window. A session's last-seen
+        # time is refreshed from these counts (at the window's close and at every sweep), so it is
+        # at most a window late; a session new to the window is checked against ``seen`` at once.
+        window = self.window_rows
+        known = len(window)
+        window.update(sessions)
+        if len(window) != known:
+            seen = self.seen
+            new = [s for s in sessions if s not in seen]
+            if new:
+                seen.update(dict.fromkeys(new, now))
+                self.sessions_changed = True
+                if self.unassigned:
+                    for v in list(self.unassigned.values()):
+                        self.subscribe(v, None, v.lod)
         if now - self.window_start >= _RATE_WINDOW_NS:
             self._rate_window(now)
-        if len(seen) != n:
-            self.sessions_changed = True
-            if self.unassigned:
-                for v in list(self.unassigned.values()):
-                    self.subscribe(v, None, v.lod)
         if overruns != self.overruns_seen:
             self.overruns_seen = overruns
             for session, viewers in self.watched.items():
@@ -317,6 +323,7 @@ class Viewers:
         summary. Past capacity the graph drops frames; this says whether it drops them evenly."""
         span = now - self.window_start
         counts, self.window_rows = self.window_rows, collections.Counter()
+        self.seen.update(dict.fromkeys(counts, now))  # every session of the closing window was seen in it
         first = self.window_start == 0
         self.window_start = now
         if first or span <= 0:
@@ -429,6 +436,7 @@ class Viewers:
         """Forget sessions not seen for ``session_timeout_ns`` (auto viewers follow to another);
         tell every viewer when the set of live sessions changed."""
         now = self.clock()
+        self.seen.update(dict.fromkeys(self.window_rows, now))  # seen since the window began
         gone = [s for s, t in self.seen.items() if now - t > self.session_timeout_ns]
         for s in gone:
             del self.seen[s]
