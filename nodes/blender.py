@@ -57,6 +57,7 @@ from .face import (
     arkit_names,
     arkit_pose_names,
     blink_curve,
+    known_slots,
     load_mapping,
     load_viseme_tables,
     smoothstep,
@@ -266,7 +267,7 @@ class Blender(FrameClockNode):
     # --- sessions ----------------------------------------------------------------------------
     def _lookup(self, sessions: list[str]) -> np.ndarray:
         """Slots of these sessions (first-seen ones get a fresh state); marks them seen now."""
-        slots = self._known(sessions)
+        slots = known_slots(self.slots.slot_of, sessions, self._c)
         if slots is None:
             slots, new = self.slots.lookup(sessions)
             grown = self.cap_w.shape[0] != self.slots.capacity
@@ -284,18 +285,6 @@ class Blender(FrameClockNode):
                 self._bind()
         self.seen[slots] = self.t
         return slots
-
-    def _known(self, sessions: list[str]) -> np.ndarray | None:
-        """The slots of a batch of sessions all known already (the usual batch), else None: one
-        dict look-up per row, without SessionSlots.lookup's Python loop."""
-        n = len(sessions)
-        if self._c is not None and type(sessions) is list:
-            slots = np.empty(n, dtype=np.intp)
-            return slots if self._c.slots_of(self.slots.slot_of, sessions, slots) else None
-        try:
-            return np.fromiter(map(self.slots.slot_of.get, sessions), dtype=np.intp, count=n)
-        except TypeError:  # one is new (None), or not a session id
-            return None
 
     def _init_slots(self, slots: np.ndarray) -> None:
         """New sessions: their own random rhythms, their emotion already in place, a fresh smoother."""

@@ -36,7 +36,7 @@ from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .compiled import load
-from .face import TABLE_RULE, arkit_names, load_lod_table
+from .face import TABLE_RULE, arkit_names, known_slots, load_lod_table
 from .wire import N_LOD_LEVELS
 
 _c = load("nodes.face._filters")  # slots_of: a batch's slots in one compiled loop (else np.fromiter)
@@ -119,7 +119,7 @@ class Lod(Node):
             self._drop(msg, weights, names, sessions)
             return None
         n = len(sessions)
-        slots = self._known(sessions)
+        slots = known_slots(self.slots.slot_of, sessions, self._c)
         if slots is None:
             slots, new = self.slots.lookup(sessions)
             self._fit()
@@ -171,18 +171,6 @@ class Lod(Node):
         data["lod"] = [uniform] * kept if lv is None else lv.tolist()
         return Message(msg.caps, data, arrays, msg.pts_ns, sessions if rows is None else [sessions[i] for i in rows],
                        msg.trace)
-
-    def _known(self, sessions: list) -> np.ndarray | None:
-        """The slots of a batch of sessions all known already (the usual batch), else None: one
-        dict look-up per row, without SessionSlots.lookup's Python loop."""
-        n = len(sessions)
-        if self._c is not None and type(sessions) is list:
-            slots = np.empty(n, dtype=np.intp)
-            return slots if self._c.slots_of(self.slots.slot_of, sessions, slots) else None
-        try:
-            return np.fromiter(map(self.slots.slot_of.get, sessions), dtype=np.intp, count=n)
-        except TypeError:  # one is new (None), or not a session id
-            return None
 
     def _request(self, msg: Message) -> None:
         wish = msg.data.get("lod") if isinstance(msg.data, dict) else None

@@ -85,7 +85,27 @@ cdef extern from *:
     /* numpy's clip: x < lo -> lo, then x > hi -> hi; NaN and -0.0 stay as they are */
     #define FACE_CLIP01(v) ((v) > 1.0 ? 1.0 : ((v) < 0.0 ? 0.0 : (v)))
 
-    /* One row of OneEuro.__call__ (n values), in its order of operations. */
+    /* One value of OneEuro.__call__, in its order of operations: from x and the previous value and
+       speed (prev, dprev) to the filtered value and speed (out, edx; they may be prev and dprev).
+       A macro, so it is compiled inside each FACE_KERNEL function, with its settings. */
+    #define FACE_EURO_STEP(X, PREV, DPREV, OUT, EDX) do {  \
+            double p_ = (PREV), dp_ = (DPREV);             \
+            double d_ = (X) - p_;                          \
+            double e_ = d_ / dt;                           \
+            e_ = e_ - dp_;                                 \
+            e_ = e_ * alpha;                               \
+            e_ = e_ + dp_;                                 \
+            double a_ = fabs(e_);                          \
+            a_ = a_ * beta;                                \
+            a_ = a_ + min_cutoff;                          \
+            a_ = a_ * tdt;                                 \
+            a_ = a_ / (a_ + 1.0);                          \
+            d_ = d_ * a_;                                  \
+            (OUT) = d_ + p_;                               \
+            (EDX) = e_;                                    \
+        } while (0)
+
+    /* One row of OneEuro.__call__ (n values). */
     static FACE_KERNEL void face_euro(const double *restrict x, const double *restrict prev,
                                       const double *restrict dprev, int primed, int n, double dt,
                                       double min_cutoff, double beta, double d_cutoff,
@@ -99,20 +119,7 @@ cdef extern from *:
             return;
         }
         for (j = 0; j < n; j++) {
-            double p = prev[j], dp = dprev[j];
-            double d = x[j] - p;
-            double e = d / dt;
-            e = e - dp;
-            e = e * alpha;
-            e = e + dp;
-            double a = fabs(e);
-            a = a * beta;
-            a = a + min_cutoff;
-            a = a * tdt;
-            a = a / (a + 1.0);
-            d = d * a;
-            out[j] = d + p;
-            edx[j] = e;
+            FACE_EURO_STEP(x[j], prev[j], dprev[j], out[j], edx[j]);
         }
     }
 
@@ -129,20 +136,7 @@ cdef extern from *:
             return;
         }
         for (j = 0; j < FACE_N_X; j++) {
-            double p = state[j], dp = dstate[j];
-            double d = x[j] - p;
-            double e = d / dt;
-            e = e - dp;
-            e = e * alpha;
-            e = e + dp;
-            double a = fabs(e);
-            a = a * beta;
-            a = a + min_cutoff;
-            a = a * tdt;
-            a = a / (a + 1.0);
-            d = d * a;
-            state[j] = d + p;
-            dstate[j] = e;
+            FACE_EURO_STEP(x[j], state[j], dstate[j], state[j], dstate[j]);
         }
     }
 

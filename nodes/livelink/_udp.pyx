@@ -221,6 +221,18 @@ cdef class Receiver:
         free(self.t_len)
 
     # --- the known headers -------------------------------------------------------------------
+    cdef void _reset(self, int want) noexcept nogil:
+        """Ready the first ``want`` message headers for a ``recvmmsg`` (it overwrites their lengths)."""
+        cdef int i
+        cdef msghdr *m
+        for i in range(want):
+            m = &self.msgs[i].msg_hdr
+            m.msg_name = &self.names[i]
+            m.msg_namelen = sizeof(sockaddr_storage)
+            m.msg_control = self.ctrl + i * CTRL
+            m.msg_controllen = CTRL
+            m.msg_flags = 0
+
     cdef void _table(self, Py_ssize_t cap) except *:
         """A fresh table of ``cap`` entries (a power of two) holding every key in self.keys."""
         free(self.t_hash)
@@ -329,13 +341,7 @@ cdef class Receiver:
         cdef int64_t[::1] stamps = self._stamp
         while n < limit:
             want = min(self.batch, limit - n)
-            for i in range(want):
-                m = &self.msgs[i].msg_hdr
-                m.msg_name = &self.names[i]
-                m.msg_namelen = sizeof(sockaddr_storage)
-                m.msg_control = self.ctrl + i * CTRL
-                m.msg_controllen = CTRL
-                m.msg_flags = 0
+            self._reset(want)
             with nogil:
                 got = recvmmsg(fd, self.msgs, want, MSG_DONTWAIT | MSG_TRUNC, NULL)
             if got < 0:
@@ -459,13 +465,7 @@ cdef class Receiver:
         cdef msghdr *m
         while n < limit:
             want = min(self.batch, limit - n)
-            for i in range(want):
-                m = &self.msgs[i].msg_hdr
-                m.msg_name = &self.names[i]
-                m.msg_namelen = sizeof(sockaddr_storage)
-                m.msg_control = self.ctrl + i * CTRL
-                m.msg_controllen = CTRL
-                m.msg_flags = 0
+            self._reset(want)
             with nogil:
                 got = recvmmsg(fd, self.msgs, want, MSG_DONTWAIT, NULL)
             if got < 0:
