@@ -204,6 +204,29 @@ def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: 
             return make, 600 if s < 50 else 200
         return case
 
+    # the capture graph's batching: arkit_source's 240 Hz batches of the sessions whose packet just
+    # came, so a frame of S sessions is 4 batches of S/4, each a different set (graphs/capture.yaml)
+    def fresh_node(type_: str, params: dict, pad: str = "in"):
+        def case(s: int):
+            ids = session_ids(s)
+            groups = [g for g in (ids[q::4] for q in range(4)) if g]
+
+            def make() -> Step:
+                h = Host(type_, **params)
+
+                def step(i: int) -> int:
+                    msgs = [cap.message(i, g) for g in groups]
+                    h.outputs.clear()
+
+                    def frame() -> None:
+                        for m in msgs:
+                            h.node.process(pad, m)
+                            h.advance(1 / 240)  # the node's timers, as its process runs them
+                    return timed(frame)
+                return step
+            return make, 300 if s < 50 else 100
+        return case
+
     def generic(type_: str, params: dict, caps_msg: Callable[[int, list[str]], Message]):
         def case(s: int):
             ids = session_ids(s)
@@ -326,6 +349,10 @@ def bench_nodes(cap: Capture, sizes: list[int], repeat: int, tmp: Path, speech: 
     run(Row("lod", "1 batch", 60, True, "level 1 (mask + pass-through)"), batch_node("lod", {"level": 1}))
     run(Row("compressor", "1 batch", 60, True, "8-bit weights, 12-bit pose, ref_interval 1"),
         batch_node("compressor", {"bits": 8, "ref_interval": 1}))
+    run(Row("blender", "4 batches of S/4 (fresh)", 60, True, "tick_on_capture, as graphs/capture.yaml"),
+        fresh_node("blender", {"rate": 60, "tick_on_capture": True}, pad="capture"))
+    run(Row("compressor", "4 batches of S/4 (fresh)", 60, True, "a different set of sessions every batch"),
+        fresh_node("compressor", {"bits": 8, "ref_interval": 1}))
 
     def decompressor(s: int):
         ids = session_ids(s)
