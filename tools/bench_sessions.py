@@ -188,6 +188,15 @@ def gso_chunks(sock: socket.socket, frames: list[list[bytes]], chunks: list[tupl
                 for _, lo, hi in chunks} for f, packets in enumerate(frames)}
 
 
+def start_senders(a: argparse.Namespace, s: int, n: int, port: int, start: float, until: float) -> list[subprocess.Popen]:
+    """``n`` generator processes sharing S devices' packets to ``port`` from ``start`` to ``until`` (monotonic)."""
+    return [subprocess.Popen(
+        [sys.executable, __file__, "--sender", "--index", str(i), "--senders", str(n), "--total", str(s),
+         "--port", str(port), "--rate", str(a.rate), "--phases", a.phases, "--send", a.send,
+         "--start", repr(start), "--until", repr(until), "--templates", str(a.templates)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True) for i in range(n)]
+
+
 # --- the baseline: receiving the same packets and nothing else (its own process) --------------------
 def baseline_receiver_main(a: argparse.Namespace) -> None:
     """Bind, say the port, read and drop datagrams until ``until``; report CPU and packets between
@@ -246,12 +255,7 @@ def run_baseline(s: int, a: argparse.Namespace) -> dict[str, Any]:
         until = start + 1.5 + a.baseline_seconds
         recv.stdin.write(f"{start!r}\n{until!r}\n")
         recv.stdin.flush()
-        for i in range(n_senders):
-            senders.append(subprocess.Popen(
-                [sys.executable, __file__, "--sender", "--index", str(i), "--senders", str(n_senders),
-                 "--total", str(s), "--port", str(port), "--rate", str(a.rate), "--phases", a.phases, "--send", a.send,
-                 "--start", repr(start), "--until", repr(until), "--templates", str(a.templates)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True))
+        senders += start_senders(a, s, n_senders, port, start, until)
         reports = [json.loads(p.communicate(timeout=until - time.monotonic() + 60)[0].strip().splitlines()[-1])
                    for p in senders]
         got = json.loads(recv.communicate(timeout=30)[0].strip().splitlines()[-1])
@@ -398,16 +402,10 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
         web_port = st["web"]["node"]["port"]
         pids = runner.pids()
         rcv0 = udp_rcvbuf_errors()
-        n_senders = a.senders or max(1, math.ceil(s / 2000))
-        n_senders = min(n_senders, s)
+        n_senders = min(s, a.senders or max(1, math.ceil(s / 2000)))
         start = time.monotonic() + 2.0 + s / 20000  # time to build the packets
         until = start + a.warmup + a.seconds + 2.0 + s / 2000
-        for i in range(n_senders):
-            senders.append(subprocess.Popen(
-                [sys.executable, __file__, "--sender", "--index", str(i), "--senders", str(n_senders),
-                 "--total", str(s), "--port", str(udp_port), "--rate", str(a.rate), "--phases", a.phases, "--send", a.send,
-                 "--start", repr(start), "--until", repr(until), "--templates", str(a.templates)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True))
+        senders += start_senders(a, s, n_senders, udp_port, start, until)
         for p in senders:
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError("a sender failed to start")
