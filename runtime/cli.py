@@ -226,6 +226,11 @@ def cmd_set(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unpin(a: argparse.Namespace) -> int:
+    print(json.dumps({"node": a.node, "unpinned": _client(a).request("unpin", node=a.node, params=a.params)}))
+    return 0
+
+
 def cmd_swap(a: argparse.Namespace) -> int:
     params = {k: parse_value(v) for k, v in _kv(a.params, "params").items()}
     pid = _client(a).request("swap", node=a.node, type=a.type, params=params)
@@ -293,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="*", metavar="key=value")
     sp.set_defaults(fn=cmd_validate)
 
-    sp = sub.add_parser("inspect", help="list node types, or describe one (pads, caps, params)")
+    sp = sub.add_parser("inspect", help="list node and agent types, or describe one (pads, caps, params)")
     sp.add_argument("type", nargs="?")
     sp.set_defaults(fn=cmd_inspect)
 
@@ -346,9 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     ctl("stats", "print a running graph's node and link stats as JSON", cmd_stats)
-    sp = ctl("set", "set params of a running node: avatar set -g G NODE key=value ...", cmd_set)
+    sp = ctl("set", "set params of a running node: avatar set -g G NODE key=value ... (pins them: agents leave "
+                    "them alone until avatar unpin)", cmd_set)
     sp.add_argument("node")
     sp.add_argument("params", nargs="+", metavar="key=value")
+    sp = ctl("unpin", "give params a person set back to the graph's agents: avatar unpin -g G NODE [param ...] "
+                      "(none named: all of the node's)", cmd_unpin)
+    sp.add_argument("node")
+    sp.add_argument("params", nargs="*", metavar="param")
     sp = ctl("swap", "hot-swap a running node: avatar swap -g G NODE [--type T] [key=value ...]", cmd_swap)
     sp.add_argument("node")
     sp.add_argument("--type", help="new node type (default: the same type)")

@@ -54,6 +54,8 @@ async def _dispatch(runner: "Runner", req: dict[str, Any]) -> Any:
         return await runner.stats_async()
     if op == "params":
         return await runner.set_params_async(req["node"], req["params"])
+    if op == "unpin":
+        return runner.unpin_now(req["node"], list(req.get("params") or ()))
     if op == "swap":
         return await runner.swap_async(req["node"], req.get("type"), req.get("params") or {}, req.get("timeout", 30.0))
     if op == "state":
@@ -65,7 +67,7 @@ async def _dispatch(runner: "Runner", req: dict[str, Any]) -> Any:
     if op == "stop":
         asyncio.ensure_future(runner.stop_async(bool(req.get("drain", True))))
         return "stopping"
-    raise ControlError(f"unknown op '{op}' (ops: stats, params, swap, state, graph, bus, stop)")
+    raise ControlError(f"unknown op '{op}' (ops: stats, params, unpin, swap, state, graph, bus, stop)")
 
 
 class ControlClient:

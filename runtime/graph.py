@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .agents.spec import AgentSpec, parse_agents
 from .errors import GraphError, Problem
 from .params import parse_value
 from .state import check_state_url
@@ -24,6 +25,7 @@ NODE_KEYS = ("type", "params", "host", "restart", "max_restarts", "hang_timeout"
 DEFAULT_HANG_TIMEOUT = 5.0  # seconds without a heartbeat (or a turn of its loop) before a node counts as hung
 DEFAULT_LINK: dict[str, Any] = {"policy": "leaky", "size": 8}
 LINK_OPTIONS = ("policy", "size", "feedback")
+TOP_KEYS = ("name", "description", "args", "hosts", "nodes", "links", "link_defaults", "state", "agents")
 HOST_KEYS = ("address", "port", "bind")  # a hosts table entry (runtime.endpoints says what they do)
 _ARG = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -77,6 +79,7 @@ class Graph:
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = "<graph>"
     state_store: str | None = None
+    agents: dict[str, AgentSpec] = field(default_factory=dict)  # runtime.agents: controllers of live params
     problems: list[Problem] = field(default_factory=list)  # structure problems, reported by validate_graph
 
     def nodes_on(self, host: str | None) -> list[str]:
@@ -126,6 +129,7 @@ class Graph:
                  **({"feedback": True} if l.feedback else {}), **({"port": l.port} if l.port is not None else {})}
                 for l in self.links
             ],
+            **({"agents": {n: a.to_dict() for n, a in self.agents.items()}} if self.agents else {}),
         }
 
 
@@ -176,8 +180,8 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
 
     _check_size(doc, file)  # before anything walks it: aliases may make it huge
     for key in doc:
-        if key not in ("name", "description", "args", "hosts", "nodes", "links", "link_defaults", "state"):
-            p(f"unknown top-level key '{key}' (allowed: name, description, args, hosts, nodes, links, link_defaults, state)", line(doc, key))
+        if key not in TOP_KEYS:
+            p(f"unknown top-level key '{key}' (allowed: {', '.join(TOP_KEYS)})", line(doc, key))
 
     raw_args = doc.get("args")
     args: dict[str, Any] = {}
@@ -319,9 +323,10 @@ def graph_from_dict(doc: Mapping[str, Any], file: str = "<graph>",
     state_problem = check_state_url(doc.get("state"))
     if state_problem:
         p(state_problem, line(doc, "state"))
+    agents = parse_agents(doc.get("agents"), p, line, line(doc, "agents"))
     return Graph(
         name=str(doc.get("name") or default_name), nodes=nodes, links=links, args=args,
-        hosts=hosts, file=file, state_store=doc.get("state"), problems=problems,
+        hosts=hosts, file=file, state_store=doc.get("state"), agents=agents, problems=problems,
     )
 
 

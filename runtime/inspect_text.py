@@ -1,8 +1,10 @@
 """``avatar inspect``: node types and their pads, caps and params, like gst-inspect-1.0."""
 from __future__ import annotations
 
+from .agents import Agent, agent_type_names, get_agent_type
 from .latency import own_latency
 from .node import Node
+from .params import Param
 from .registry import get_node_type, node_type_names
 
 
@@ -13,11 +15,22 @@ def list_types() -> str:
             rows.append((name, get_node_type(name).describe()))
         except Exception as exc:  # a broken plug-in must not hide the others
             rows.append((name, f"(cannot load: {exc})"))
-    width = max((len(n) for n, _ in rows), default=0)
-    return "\n".join(f"{n.ljust(width)}  {d}" for n, d in rows) + "\n"
+    agents = []
+    for name in agent_type_names():
+        try:
+            agents.append((name, get_agent_type(name).doc))
+        except Exception as exc:  # likewise
+            agents.append((name, f"(cannot load: {exc})"))
+    width = max((len(n) for n, _ in rows + agents), default=0)
+    text = "\n".join(f"{n.ljust(width)}  {d}" for n, d in rows) + "\n"
+    if agents:
+        text += "\nAgent types (a graph's agents: section):\n" + "\n".join(f"{n.ljust(width)}  {d}" for n, d in agents) + "\n"
+    return text
 
 
 def describe_type(name: str) -> str:
+    if name in agent_type_names() and name not in node_type_names():
+        return describe_agent_type(name)
     cls: type[Node] = get_node_type(name)
     out = [f"Node type: {name}", f"  class: {cls.__module__}:{cls.__qualname__}", ""]
     doc = (cls.__doc__ or "").strip()
@@ -39,14 +52,34 @@ def describe_type(name: str) -> str:
     out += latency_lines(cls) + [""]
     if cls.interfaces:  # control interfaces the API reaches it by (POST /emotion: "emotion")
         out += ["Interfaces:", "  " + ", ".join(sorted(cls.interfaces)), ""]
-    out.append("Params:")
-    if not cls.params:
+    out += param_lines(cls.params)
+    return "\n".join(out) + "\n"
+
+
+def param_lines(params: dict[str, Param], live: bool = True) -> list[str]:
+    out = ["Params:"]
+    if not params:
         out.append("  none")
-    for pname, p in cls.params.items():
+    for pname, p in params.items():
         out.append(f"  {pname}: {p.doc}")
         rng = p.range_text()
         out.append(f"    type: {p.type_name}   default: {p.default!r}" + (f"   range: {rng}" if rng else ""))
-        out.append(f"    changes: {p.mutable_text()}")
+        if live:
+            out.append(f"    changes: {p.mutable_text()}")
+    return out
+
+
+def describe_agent_type(name: str) -> str:
+    cls: type[Agent] = get_agent_type(name)
+    out = [f"Agent type: {name}", f"  class: {cls.__module__}:{cls.__qualname__}", f"  {cls.doc}", ""]
+    doc = (cls.__doc__ or "").strip()
+    if doc:
+        out += ["  " + line for line in doc.splitlines()] + [""]
+    out += ["Drives:", f"  param: {cls.default_param or '(name it: param)'}",
+            f"  at once: {cls.fast} (the other direction waits for up_after)", ""]
+    out += ["Guards (keys of the agent in the graph): min, max, band, dwell, max_step, max_per_min, up_after, stale;",
+            "  every: seconds between looks. See docs/agents.md.", ""]
+    out += param_lines(cls.params, live=False)
     return "\n".join(out) + "\n"
 
 

@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from . import protocol as op
+from .agents import AgentHost
 from .bus import Bus
 from .endpoints import tcp_links
 from .errors import CallRefused, ControlError, GraphError, ParamError, ParamRefused, Problem
@@ -85,6 +86,9 @@ class Runner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.store: StateStore | None = None
         self.latency = LatencyTracker()  # the latency query (runtime.latency)
+        # params a person set (CLI, API), node -> param -> who: agents leave them alone until unpinned
+        self.pins: dict[str, dict[str, str]] = {}
+        self.agents = AgentHost(self)  # runtime.agents: the graph's controllers of live params
 
     # --- public, blocking API ------------------------------------------------------------------
     def start(self) -> "Runner":
@@ -117,6 +121,10 @@ class Runner:
 
     def stats(self) -> dict[str, Any]:
         return self.on_loop(self.stats_async(), 10)
+
+    def unpin(self, node: str, *params: str) -> list[str]:
+        """Give params a person set back to the agents (all of the node's, if none are named)."""
+        return self.on_loop(lambda: self.unpin_now(node, params))
 
     def set_params(self, node: str, **params: Any) -> dict[str, Any]:
         return self.on_loop(self.set_params_async(node, params), 10)
@@ -196,8 +204,9 @@ class Runner:
         self.stop(drain=False)
 
     # --- public API on the runner's loop -------------------------------------------------------
-    async def stats_async(self) -> dict[str, Any]:
-        """Every local node's stats (and the runner's view: restarts, heartbeat age), joined per link."""
+    async def stats_async(self, agents: bool = True) -> dict[str, Any]:
+        """Every local node's stats (and the runner's view: restarts, heartbeat age), joined per link;
+        and the agents' (``agents``), with the params people pinned."""
         names = list(self.procs)
         results = await asyncio.gather(*(self.request(self.procs[n], op.STATS, timeout=3) for n in names),
                                        return_exceptions=True)
@@ -225,15 +234,20 @@ class Runner:
                 end = out if l.src in local else inp
                 links[l.id].update(transport="tcp", port=t.port, peer=t.peer_of(self.host), up=end.get("up"))
         result = {"graph": self.graph.name, "state": self.state, "nodes": nodes, "links": links}
+        if agents and (self.agents.agents or self.pins):
+            result["agents"] = self.agents.stats()
+            result["pins"] = {n: dict(p) for n, p in self.pins.items() if p}
         if self.host is not None:
             result["host"] = self.host
         return result
 
-    async def set_params_async(self, name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def set_params_async(self, name: str, params: Mapping[str, Any], by: str | None = None) -> dict[str, Any]:
         """Set live params; a refusal (ParamRefused, with the reason) changes nothing anywhere.
 
         Only what the node accepted is recorded (the graph's params, the state store), so the node's
-        next process, after a crash or a swap, starts with the last values that worked."""
+        next process, after a crash or a swap, starts with the last values that worked. ``by``: the
+        agent that sets them; None is a person (the CLI, the API), whose params are pinned: no agent
+        changes them until ``unpin``."""
         np = self.proc(name)
         cls = self.types[name]
         try:
@@ -243,8 +257,21 @@ class Runner:
             raise ParamRefused(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
         result = await self.request(np, op.PARAMS, params=changed)
         self.keep(name, {k: result[k] for k in changed if k in result})  # as the node holds them
+        if by is None:
+            pinned = self.pins.setdefault(name, {})
+            for key in changed:
+                pinned[key] = "person"
         await self.latency.update(self)  # latency query: a param may change a path's latency
         return result
+
+    def unpin_now(self, name: str, params: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """On the loop: unpin ``params`` of node ``name`` (all if empty); the ones that were pinned."""
+        self.proc(name)  # an unknown node is a ControlError naming the nodes
+        pinned = self.pins.get(name, {})
+        freed = [k for k in (params or list(pinned)) if pinned.pop(k, None) is not None]
+        if freed:
+            self.bus.post("INFO", node=name, text=f"unpinned {', '.join(freed)}: agents may change them again")
+        return freed
 
     async def call_async(self, name: str, interface: str, args: Mapping[str, Any], timeout: float = 5.0) -> Any:
         """Call into one of a node's interfaces (``Node.on_call``), like GStreamer's action signals.
@@ -465,6 +492,7 @@ class Runner:
                       pids=self.pids())
         await self.latency.update(self, report=True)  # latency query: nodes told before PLAYING
         await self.set_state_async(PLAYING)
+        self.agents.start()
 
     def _restore_state(self) -> None:
         """Start every node with the live params its store kept (a graph started again, after a
@@ -503,6 +531,7 @@ class Runner:
             else:
                 self.bus.post("WARNING", node=None, text=f"drain did not reach EOS within {self.drain_timeout}s")
         self.stopping = True
+        await self.agents.stop()
         self.supervisor.cancel_restarts()
         procs = [p for p in self.procs.values() if p.proc and not p.exited.done()]
         for p in procs:

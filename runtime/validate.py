@@ -9,6 +9,7 @@ from collections.abc import Set as AbstractSet
 
 import networkx as nx
 
+from .agents.spec import check_agent
 from .caps import ANY, CapsSpec, caps_compatible, caps_text
 from .endpoints import port_problems
 from .errors import GraphError, NodeTypeError, ParamError, Problem
@@ -124,6 +125,12 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
             isinstance(s.host, str) and s.host not in graph.hosts for s in graph.nodes.values()):
         for message, line in port_problems(graph):  # every pad is resolved by now: link ids are final
             p(message, line)
+
+    for agent in graph.agents.values():
+        if agent.node in graph.nodes and agent.node not in types:
+            continue  # its node's type is already reported
+        for message in check_agent(agent, types):
+            p(message, agent.line)
 
     if problems:
         raise GraphError(problems)

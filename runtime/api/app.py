@@ -13,7 +13,8 @@ Endpoints and the role each needs (roles are ordered viewer < operator < admin):
 ``POST /say``              operator  text for the nodes with the ``say`` interface to speak
 ``POST /speak``            operator  a voice (WAV, raw PCM) streamed into the ``speak`` node
 ``WS /speak``              operator  a voice (PCM, Opus packets) over a WebSocket (``runtime.api.speak``)
-``POST /nodes/{n}/params`` operator  set a node's params live
+``POST /nodes/{n}/params`` operator  set a node's params live (pins them: agents leave them alone)
+``DELETE /nodes/{n}/pins`` operator  unpin params (``?param=P``, repeated; none: all of the node's)
 ``POST /nodes/{n}/swap``   admin     hot-swap a node
 ``GET /openapi.json``,     public    the OpenAPI schema and its Swagger UI page
 ``GET /docs``
@@ -431,6 +432,13 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
         running_node(name)
         return _json({"node": name, "params": call(lambda: runner.set_params(name, **body.params))})
 
+    @app.delete("/nodes/{name}/pins", tags=["control"], dependencies=[operator],
+                summary="Give params a person set back to the graph's agents")
+    def unpin(name: str = Path(pattern=_NAME),
+              param: list[str] = Query(default=[], max_length=64, description="params to unpin; none: all")) -> JSONResponse:
+        running_node(name)
+        return _json({"node": name, "unpinned": call(lambda: runner.unpin(name, *param))})
+
     @app.post("/nodes/{name}/swap", tags=["control"], dependencies=[admin], summary="Hot-swap a running node")
     def swap(body: SwapBody, name: str = Path(pattern=_NAME)) -> JSONResponse:
         running_node(name)
@@ -442,7 +450,7 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
     # so a client without the right token learns nothing from validation errors
     roles: dict[Any, str] = {stats: "viewer", graph: "viewer", bus: "viewer", metrics: "viewer", interfaces: "viewer",
                              emotion: "operator", say: "operator", speak: "operator", set_params: "operator",
-                             swap: "admin"}
+                             unpin: "operator", swap: "admin"}
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

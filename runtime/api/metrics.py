@@ -42,6 +42,7 @@ class RunnerCollector:
         yield from _graph_metrics(stats)
         yield from _node_metrics(stats.get("nodes") or {})
         yield from _link_metrics(stats.get("links") or {})
+        yield from _agent_metrics(stats.get("agents") or {})
 
 
 def _graph_metrics(stats: dict[str, Any]) -> Iterator[Metric]:
@@ -94,6 +95,28 @@ def _link_metrics(links: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             depth.add_metric(labels, s["depth"])
     yield from counters.values()
     yield depth
+
+
+_AGENT_COUNTERS = (
+    ("actions", "avatar_agent_actions", "Params an agent changed (per key, for a per-viewer agent)."),
+    ("reversals", "avatar_agent_reversals", "Changes an agent made against the direction of its previous one."),
+    ("looks", "avatar_agent_looks", "Times an agent looked at the graph's stats."),
+)
+
+
+def _agent_metrics(agents: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    labels = ["agent", "type", "node", "param"]
+    counters = {key: CounterMetricFamily(name, doc, labels=labels) for key, name, doc in _AGENT_COUNTERS}
+    pinned = GaugeMetricFamily("avatar_agent_pinned", "1 while the param an agent drives is pinned by a person.",
+                               labels=labels)
+    for name, s in agents.items():
+        values = [name, str(s.get("type")), str(s.get("node")), str(s.get("param"))]
+        for key, _, _ in _AGENT_COUNTERS:
+            if _number(s.get(key)):
+                counters[key].add_metric(values, s[key])
+        pinned.add_metric(values, 1 if s.get("pinned") else 0)
+    yield from counters.values()
+    yield pinned
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Any) -> None:

@@ -1,0 +1,4 @@
+"""The avatar pipeline's agent types (``runtime.agents``): controllers of its nodes' live params,
+declared in a graph's ``agents:`` section and registered in the ``avatar.agents`` entry points."""
+
+__all__: list[str] = []
