@@ -32,8 +32,9 @@ class Guards:
     integer: bool = False  # the param is an int: values are rounded
 
     def clamp(self, value: float) -> float:
-        value = min(self.max, max(self.min, value))
-        return float(round(value)) if self.integer else value
+        if self.integer:  # whole values within the bounds
+            return float(min(math.floor(self.max), max(math.ceil(self.min), round(value))))
+        return min(self.max, max(self.min, value))
 
 
 @dataclass
@@ -94,9 +95,9 @@ def decide(g: Guards, st: GuardState, now: float, current: float, wish: float | 
     if len(st.changes) >= g.max_per_min:
         return Decision(None, f"hold: {len(st.changes)} changes in the last minute (at most {g.max_per_min:g})")
     step = max(-g.max_step, min(g.max_step, delta))
+    if g.integer:  # whole steps, never more than max_step, at least one
+        step = direction * max(1, math.floor(abs(step)))
     value = g.clamp(current + step)
-    if value == current:  # a step rounded away (an int param, a max_step below 1)
-        value = g.clamp(current + direction)
     reversal = st.last_direction != 0 and direction != st.last_direction
     st.last_change, st.last_direction, st.slow_since = now, direction, None
     st.changes.append(now)

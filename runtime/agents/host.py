@@ -41,7 +41,7 @@ class RunningAgent:
     before: dict | None = None
     before_at: float = 0.0
     counts: dict[str, int] = field(default_factory=lambda: {"looks": 0, "actions": 0, "reversals": 0, "holds": 0,
-                                                            "pinned": 0, "refused": 0, "errors": 0})
+                                                            "pinned_looks": 0, "refused": 0, "errors": 0})
     last: dict[str, Any] = field(default_factory=dict)  # per key ("value" when unkeyed; "*": why it held)
     recent: list[dict[str, Any]] = field(default_factory=list)
     failed: bool = False
@@ -115,7 +115,7 @@ class AgentHost:
         if np is None or np.state != PLAYING:
             return self._hold(a, f"hold: node '{node}' is not playing")
         if self.pinned(a):
-            a.counts["pinned"] += 1
+            a.counts["pinned_looks"] += 1
             return self._hold(a, f"hold: '{node}.{param}' is pinned (set by a person; avatar unpin frees it)")
         a.last.pop("*", None)
         params = self.runner.graph.nodes[node].params

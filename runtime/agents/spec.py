@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 from ..errors import NodeTypeError, ParamError
 from ..params import MUTABLE, check_params
 from ..states import PLAYING
+from .base import Agent
 from .guard import DOWN, UP, Guards
 from .registry import get_agent_type
 
@@ -140,6 +141,9 @@ def check_agent(spec: AgentSpec, node_types: Mapping[str, Any]) -> list[str]:
     if MUTABLE.index(decl.mutable) < MUTABLE.index(PLAYING):
         problems.append(f"{where}: param '{spec.param}' of node '{spec.node}' cannot change while the graph plays")
     numeric = decl.type in (int, float)
+    if not numeric and cls.current is Agent.current and not cls.keyed:
+        problems.append(f"{where}: param '{spec.param}' of node '{spec.node}' is a {decl.type_name}; "
+                        f"this agent type drives a number")
     if numeric:
         lo = spec.guards.get("min", decl.min if decl.min is not None else -math.inf)
         hi = spec.guards.get("max", decl.max if decl.max is not None else math.inf)
