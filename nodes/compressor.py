@@ -6,6 +6,11 @@ This node adds the graph side: caps, params (all live), keyframe requests from a
 and session slot expiry. Beside the packets it states what each one is (arrays ``keyframe`` and
 ``seq``), so the sinks need not read that back out of the bytes. The encoder's per-row work runs
 compiled when ``nodes/wire/_encoder.pyx`` is built (the same packets; ``stats()`` says which path).
+
+Extra layers (param ``layers``, ``nodes.wire.layered``): the same sessions at a lower level of
+detail and precision, each encoded once for the sessions viewers watch (the sinks say which, in
+their requests: ``{'watched': [ids]}``), for viewers whose links cannot take the full stream; a
+sink gives each viewer the layer its network agent picked (``docs/agents.md``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import numpy as np
 from runtime import Message, Node, Pad, Param
 
 from . import wire as wf
+from .face import TABLE_RULE, arkit_names, level_masks, load_lod_table
 
 _SECOND_NS = 1_000_000_000
 
@@ -25,11 +31,13 @@ class Compressor(Node):
 
     inputs = {
         "in": Pad(("arkit/blendshapes", "morphs/*"), "batches: session list, weights (S, M), pose (S, 9) optional"),
-        "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}", required=False),
+        "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}; the sessions "
+                                          "viewers watch, for the extra layers: {'watched': [ids]}", required=False),
     }
     outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row; "
                                            "arrays keyframe (S,) bool and seq (S,) int64, what each packet is; "
-                                           "arrival_ns (S,) passed through when the input has it")}
+                                           "arrival_ns (S,) passed through when the input has it; with extra "
+                                           "layers, data 'layers': [{rows, packets, keyframe, seq}] per layer")}
     params = {
         "bits": Param(int, 8, "weight precision in bits: a decoded weight is within half a step of the input",
                       min=2, max=16),
@@ -46,6 +54,11 @@ class Compressor(Node):
         "force_keyframe": Param(bool, False, "set live to true: the next frame of every session is a keyframe; "
                                              "resets to false"),
         "idle_s": Param(float, 10.0, "a session not seen for this long gives its slot back", min=0.001),
+        "layers": Param(list, [], "extra layers for viewers on slow links, each [{lod: level, bits: precision}], "
+                                  "layer 1 first (layer 0: this stream); made for watched sessions only",
+                        check=lambda v: _problem(wf.check_layers, v)),
+        "lod_table": Param(str, "mappings/lod.yaml", f"the layers' levels of detail ({TABLE_RULE})",
+                           check=lambda v: _problem(load_lod_table, v)),
     }
 
     def setup(self) -> None:
@@ -53,12 +66,30 @@ class Compressor(Node):
         self.p.force_keyframe = False  # a fresh encoder starts every session with a keyframe anyway
         self.rejected = self.requests = 0
         self.next_expiry = 0
+        self._layers()
+
+    def _layers(self) -> None:
+        specs = wf.check_layers(self.p.layers)
+        self.every, self.patterns = load_lod_table(self.p.lod_table)
+        wanted = self.layered.wanted if getattr(self, "layered", None) is not None else set()
+        self.layered = wf.LayerEncoders(specs, self.every, self.p.pose_bits, self.p.keyframe_interval,
+                                        self.p.ref_interval) if specs else None
+        if self.layered is not None:
+            self.layered.want(list(wanted))
+        self.masks: dict[tuple, np.ndarray] = {}
 
     def on_params(self, changed: Mapping[str, Any]) -> None:
         self.enc.configure(**{k: v for k, v in changed.items()
                               if k in ("bits", "pose_bits", "keyframe_interval", "ref_interval")})
+        if "layers" in changed or "lod_table" in changed:
+            self._layers()
+        elif self.layered is not None:
+            self.layered.configure(**{k: v for k, v in changed.items()
+                                      if k in ("pose_bits", "keyframe_interval", "ref_interval")})
         if changed.get("force_keyframe"):
             self.enc.request_keyframe()
+            if self.layered is not None:
+                self.layered.request_keyframe()
             self.p.force_keyframe = False
 
     def process(self, pad: str, msg: Message) -> Message | None:
@@ -75,12 +106,25 @@ class Compressor(Node):
             return None
         if msg.pts_ns >= self.next_expiry:
             self.enc.expire(msg.pts_ns, int(self.p.idle_s * _SECOND_NS))
+            if self.layered is not None:
+                self.layered.expire(msg.pts_ns, int(self.p.idle_s * _SECOND_NS))
             self.next_expiry = msg.pts_ns + _SECOND_NS
         arrival = msg.arrays.get("arrival_ns")  # capture arrival per row, for end-to-end latency at the sinks
         arrays: dict[str, np.ndarray] = {"keyframe": out.keyframe, "seq": out.seq}
         if arrival is not None and arrival.shape == (len(sessions),):
             arrays["arrival_ns"] = arrival
-        return Message("avatar/packet", {"packets": out.packets}, arrays, msg.pts_ns, sessions, msg.trace)
+        data: dict[str, Any] = {"packets": out.packets}
+        if self.layered is not None and self.layered.wanted:
+            data["layers"] = self.layered.encode(sessions, msg.arrays["weights"], msg.pts_ns, names,
+                                                 self._masks(names), msg.arrays.get("pose"))
+        return Message("avatar/packet", data, arrays, msg.pts_ns, sessions, msg.trace)
+
+    def _masks(self, names: wf.Names | list[str]) -> np.ndarray:
+        key = tuple(names) if isinstance(names, list) else names
+        mask = self.masks.get(key)
+        if mask is None:
+            mask = self.masks[key] = level_masks(self.patterns, names if isinstance(names, list) else arkit_names())
+        return mask
 
     def _batch(self, msg: Message) -> tuple[list[str], wf.Names | list[str]]:
         """Session ids and names table of a batch, or ValueError saying what is wrong."""
@@ -96,6 +140,9 @@ class Compressor(Node):
         return [str(s) for s in msg.session], names
 
     def _keyframe_request(self, msg: Message) -> None:
+        watched = msg.data.get("watched") if isinstance(msg.data, dict) else None
+        if isinstance(watched, list) and self.layered is not None:
+            self.layered.want([str(s) for s in watched])
         ids = msg.data.get("keyframe") if isinstance(msg.data, dict) else None
         if isinstance(ids, str):
             ids = [ids]
@@ -104,9 +151,21 @@ class Compressor(Node):
             return
         self.requests += len(ids)
         self.enc.request_keyframe(str(s) for s in ids)
+        if self.layered is not None and ids:
+            self.layered.request_keyframe([str(s) for s in ids])
 
     def stats(self) -> dict:
         c = self.enc.counts
         return {"sessions": len(self.enc.sessions), "packets": c["packets"], "keyframes": c["keyframes"],
                 "bytes": c["bytes"], "bytes_per_packet": round(c["bytes"] / c["packets"], 2) if c["packets"] else 0.0,
-                "rejected": self.rejected, "keyframe_requests": self.requests, "compiled": self.enc.compiled}
+                "rejected": self.rejected, "keyframe_requests": self.requests, "compiled": self.enc.compiled,
+                **({"layers": self.layered.stats(), "layered_sessions": len(self.layered.wanted)}
+                   if self.layered is not None else {})}
+
+
+def _problem(check: Any, value: Any) -> str | None:
+    try:
+        check(value)
+    except ValueError as exc:
+        return str(exc)
+    return None

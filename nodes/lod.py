@@ -27,7 +27,6 @@ sessions to forget runs only once one can have timed out.
 """
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any, Mapping
 
 import numpy as np
@@ -36,7 +35,7 @@ from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_sessions, fit
 
 from .compiled import load
-from .face import TABLE_RULE, arkit_names, known_slots, load_lod_table
+from .face import TABLE_RULE, arkit_names, known_slots, level_masks, load_lod_table
 from .wire import N_LOD_LEVELS
 
 _c = load("nodes.face._filters")  # slots_of: a batch's slots in one compiled loop (else np.fromiter)
@@ -219,8 +218,7 @@ class Lod(Node):
         key = tuple(names)
         mask = self.masks.get(key)
         if mask is None:
-            mask = np.array([[pats is None or any(fnmatchcase(n, p) for p in pats) for n in names]
-                             for pats in self.patterns], dtype=np.float32)
+            mask = level_masks(self.patterns, names)
             self.masks[key] = mask
         return mask
 

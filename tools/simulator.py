@@ -57,6 +57,8 @@ from jsonable import jsonable  # noqa: E402
 from nodes import wire as wf  # noqa: E402
 
 KEYFRAME_REQUEST_MIN_NS = 200_000_000  # as web/js/main.js
+REPORT_S = 0.25  # receiver reports, as the page sends them
+RESUME_NS = 1_000_000_000  # a stream silent this long that resumes at a keyframe was left, not lost
 KEEP_LIGHT = 36_000  # frames a light viewer remembers (10 minutes at 60 fps)
 REC_NODE = "_sim_rec"
 
@@ -83,26 +85,59 @@ class Viewer:
     connected_ns: int = 0
     closed: str = ""
     bits: int = 0  # weight precision of the stream (from its keyframes)
+    reports: bool = True  # send receiver reports and answer pings, as the page does
+    all_bytes: int = 0  # of every message, text too: the receiver reports' 'bytes'
+    lost: int = 0  # packets found missing, for the reports (a stream idle for a while and resumed at a
+    # keyframe, as when the sink moves this viewer back to a layer it left, lost nothing)
+    _stream_seen: dict = field(default_factory=dict)  # sid -> when its last packet came (ns)
+    jitter_ms: float = 0.0  # RFC 3550 inter-arrival jitter of the decoded frames
+    _last_transit: float | None = None
 
     def __post_init__(self) -> None:
         self.frames = [] if self.keep else collections.deque(maxlen=KEEP_LIGHT)
+
+    def report(self) -> dict:
+        """The receiver report the page sends every 250 ms (docs/delivery.md)."""
+        c = self.decoder.counts
+        return {"type": "report", "received": c["decoded"] + c["refused"], "lost": self.lost,
+                "bytes": self.all_bytes, "jitter_ms": round(self.jitter_ms, 3)}
+
+    def on_text(self, text: str, send) -> dict:
+        """A JSON message from the sink: answered at once if it is a ping."""
+        self.all_bytes += len(text)
+        doc = json.loads(text)
+        if doc.get("type") == "ping":
+            send({"type": "pong", "t": doc.get("t")})
+        elif doc.get("type") != "pad":
+            self.texts.append(doc)
+        return doc
 
     def on_packet(self, data: bytes, send) -> None:
         now = time.monotonic_ns()
         self.packets += 1
         self.bytes += len(data)
+        self.all_bytes += len(data)
         try:
             f = self.decoder.decode(bytes(data), now)
         except ValueError as exc:
             self.errors.append(f"malformed packet: {exc}")
             return
         if f is None:
+            self.lost += self.decoder.last_loss
             if self.decoder.waiting and now - getattr(self, "_last_kf", -KEYFRAME_REQUEST_MIN_NS) >= KEYFRAME_REQUEST_MIN_NS:
                 self._last_kf = now
                 self.keyframe_requests += 1
                 send({"type": "keyframe"})
             return
+        last = self._stream_seen.get(f.sid)
+        self._stream_seen[f.sid] = now
+        if self.decoder.last_loss and not (f.keyframe and (last is None or now - last > RESUME_NS)):
+            self.lost += self.decoder.last_loss
         self.bits = f.bits
+        transit = now / 1e6 - f.pts_ms
+        if self._last_transit is not None:
+            self.jitter_ms += (abs(transit - self._last_transit) - self.jitter_ms) / 16
+        self._last_transit = transit
         self.frames.append((now, f.session, f.pts_ms, f.seq, f.keyframe, f.weights if self.keep else None))
         send({"type": "echo", "session": f.session, "seq": f.seq})
 
@@ -110,6 +145,13 @@ class Viewer:
         if self.want == "*":
             return sessions[self.index % len(sessions)] if sessions else None
         return self.want
+
+
+async def send_reports(v: Viewer, send, stop: asyncio.Event) -> None:
+    """A receiver report every REPORT_S, as the page sends them."""
+    while not stop.is_set():
+        await asyncio.sleep(REPORT_S)
+        send(v.report())
 
 
 async def run_websocket(v: Viewer, base: str, stop: asyncio.Event) -> None:
@@ -124,25 +166,34 @@ async def run_websocket(v: Viewer, base: str, stop: asyncio.Event) -> None:
 
         def send(msg: dict) -> None:
             pending.append(json.dumps(msg))
+            wake.set()
+
+        async def writer() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while pending:
+                    await ws.send(pending.pop(0))
 
         async def reader() -> None:
             async for m in ws:
                 if isinstance(m, (bytes, bytearray)):
                     v.on_packet(m, send)
                 else:
-                    doc = json.loads(m)
-                    v.texts.append(doc)
+                    doc = v.on_text(m, send)
                     if doc.get("type") == "hello":
                         send({"type": "subscribe", "session": v.session_for(doc.get("sessions") or []), "lod": v.lod})
                     elif doc.get("type") == "error":
                         v.errors.append(doc.get("error", ""))
-                while pending:
-                    await ws.send(pending.pop(0))
 
-        task = asyncio.ensure_future(reader())
+        wake = asyncio.Event()
+        tasks = [asyncio.ensure_future(reader()), asyncio.ensure_future(writer())]
+        if v.reports:
+            tasks.append(asyncio.ensure_future(send_reports(v, send, stop)))
         await stop.wait()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
@@ -158,8 +209,7 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
             control.send(json.dumps(msg))
 
     def on_text(m: str) -> None:
-        doc = json.loads(m)
-        v.texts.append(doc)
+        doc = v.on_text(m, send)
         if doc.get("type") == "error":
             v.errors.append(doc.get("error", ""))
         if doc.get("type") == "hello" and v.want in (None, "*"):  # an offer without a session subscribes to nothing
@@ -177,7 +227,10 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
             raise RuntimeError(f"POST /rtc/offer: {r.status_code} {r.text[:200]}")
         await pc.setRemoteDescription(RTCSessionDescription(**r.json()))
         v.connected_ns = time.monotonic_ns()
+        reporter = asyncio.ensure_future(send_reports(v, send, stop)) if v.reports else None
         await stop.wait()
+        if reporter is not None:
+            reporter.cancel()
     finally:
         await pc.close()
 

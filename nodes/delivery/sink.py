@@ -48,6 +48,13 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _layers_problem(table: Any) -> str | None:
+    for vid, layer in table.items():
+        if not str(vid).isdigit() or isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= 8:
+            return f"viewer_layers: expected {{viewer id: layer 0..8}}, got {vid!r:.40}: {layer!r:.40}"
+    return None
+
+
 class ViewerSink(Node):
     """Serves the page (web/) and sends each browser viewer its session's packets over a WebSocket;
     a subclass adds transports (``transports``, ``_routes``, ``_ice_servers``)."""
@@ -75,6 +82,9 @@ class ViewerSink(Node):
                                                         "this often", min=0.0, max=60000.0),
         "session_timeout": Param(float, 3.0, "seconds without packets after which a session is not live",
                                  min=0.01, max=86400.0),
+        "viewer_layers": Param(dict, {}, "viewer id -> stream layer (0: the compressor's own, 1..: its extra "
+                                         "'layers'); set by a network agent (docs/agents.md); a viewer not named "
+                                         "gets layer 0", check=lambda v: _layers_problem(v)),
         "voice_bitrate": Param(int, 32000, "Opus bit rate of the voice (bits per second, mono 48 kHz)",
                                min=6000, max=128000),
     }
@@ -115,6 +125,7 @@ class ViewerSink(Node):
                                keyframe_min_interval_ns=int(self.p.keyframe_min_interval_ms * 1e6),
                                session_timeout_ns=int(self.p.session_timeout * 1e9),
                                request=lambda data: self.inbox.put(("request", data)), clock=self.now_ns)
+        self.viewers.layer_table = {str(k): v for k, v in self.p.viewer_layers.items()}
         self.schedule = VoiceSchedule(self.viewers.voice, self.now_ns)
         self.pending: deque = deque()  # handed over, not dispatched yet (node thread appends, loop pops)
         self.pump_woken = False
@@ -161,6 +172,8 @@ class ViewerSink(Node):
             self.server.call(setattr, viewers, "keyframe_min_interval_ns", int(self.p.keyframe_min_interval_ms * 1e6))
         if "session_timeout" in changed:
             self.server.call(setattr, viewers, "session_timeout_ns", int(self.p.session_timeout * 1e9))
+        if "viewer_layers" in changed:
+            self.server.call(viewers.set_layers, dict(self.p.viewer_layers))
         for enc in self.voices.values():  # from each session's next talkspurt on
             enc.bitrate = self.p.voice_bitrate
         if restart:
@@ -213,7 +226,9 @@ class ViewerSink(Node):
         keyframe, seq = msg.arrays.get("keyframe"), msg.arrays.get("seq")
         if keyframe is None or seq is None or len(keyframe) != len(packets) or len(seq) != len(packets):
             keyframe, seq = packet_facts(packets)  # packets from elsewhere (a recording): read from their bytes
-        self.pending.append((sessions, packets, msg.pts_ns, keyframe, seq, self.overruns, msg.arrays.get("arrival_ns")))
+        layers = msg.data.get("layers")
+        self.pending.append((sessions, packets, msg.pts_ns, keyframe, seq, self.overruns, msg.arrays.get("arrival_ns"),
+                             layers if isinstance(layers, list) else None))
         if not self.pump_woken:  # the pump clears this before it drains: no wake-up is lost
             self.pump_woken = True
             server.call(self._pump_wake.set)
@@ -262,16 +277,20 @@ class ViewerSink(Node):
         """What the loop handed over: requests to emit upstream, warnings to post."""
         keyframes: dict[str, None] = {}
         levels: dict[str, int | None] = {}
+        watched = None
         for kind, payload in self.inbox.drain():
             if kind == "request":
                 keyframes.update(dict.fromkeys(payload.get("keyframe", ())))
                 levels.update(payload.get("lod", {}))
+                watched = payload.get("watched", watched)
             else:
                 self._warn_limited(payload)
-        if keyframes or levels:
+        if keyframes or levels or watched is not None:
             data: dict[str, Any] = {"keyframe": list(keyframes)}  # always a list: the compressor expects one
             if levels:
                 data["lod"] = levels
+            if watched is not None:  # the sessions viewers watch: the compressor's extra layers are made for them
+                data["watched"] = watched
             self.emit("requests", Message("avatar/request", data, pts_ns=self.now_ns(),
                                           session=list(dict.fromkeys([*keyframes, *levels]))))
 

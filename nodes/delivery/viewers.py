@@ -34,6 +34,7 @@ import numpy as np
 from runtime.histogram import LATENCY_BOUNDS_US
 
 from ..wire import MAX_SESSION_ID, N_LOD_LEVELS
+from .netstats import PROBE_S, ReportError, ViewerNet
 from .voice import VoicePacket
 
 MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
@@ -46,7 +47,14 @@ _PIPE_STEP_US = 100  # bin width of the cumulative pipeline latency histogram; t
 _PIPE_BINS = 2001
 _TEXT_QUEUE = 32  # JSON messages waiting for a viewer (the oldest go first: 'sessions' supersedes itself)
 _LISTED_VIEWERS = 32  # viewers detailed in stats
+_NET_LISTED = 1024  # reporting viewers (and watched sessions' layer rates) in stats, for the network agent
 _VOICE_QUEUE = 50  # voice packets waiting for a viewer (1 s): a viewer that takes none loses the oldest
+_WATCHED_EVERY_NS = 2_000_000_000  # the watched sessions are told upstream on a change and this often
+_PAD_CHUNK = 1200  # bytes of padding per message while a probe runs
+_PAD_TEXT = '{"type":"pad","p":"%s"}'
+_MIN_PROBE_BPS = 8000.0  # a probe adds at least this much (bits/s)
+_PROBE_MARGIN = 1.4  # a probe carries this many times the best layer's rate
+_FRAMING_BYTES = 60  # a packet's framing on the way (WebSocket + TCP/IP headers), for the probe's size
 AUDIO_FORMATS = ("opus", "pcm")  # what a viewer may ask its voice in (pcm: no Opus decoder in its browser)
 
 
@@ -67,7 +75,7 @@ class Viewer:
 
     __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
                  "sending", "need_key", "sent", "drops", "skipped", "closed", "audio", "voice", "voice_sent",
-                 "voice_drops")
+                 "voice_drops", "layer", "layer_next", "net")
 
     def __init__(self, vid: int, transport: Transport):
         self.id, self.transport = vid, transport
@@ -86,12 +94,21 @@ class Viewer:
         self.audio: str | None = None  # the voice's format for this viewer (AUDIO_FORMATS), None: no voice
         self.voice: collections.deque[VoicePacket] = collections.deque()
         self.voice_sent = self.voice_drops = 0
+        self.layer = 0  # the stream layer it gets (0: the compressor's own; 1..: its extra layers)
+        self.layer_next: int | None = None  # a switch waiting for a keyframe of that layer
+        self.net = ViewerNet()
 
-    def info(self) -> dict[str, Any]:
-        return {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
-                "sent": self.sent, "drops": self.drops, "skipped": self.skipped, "queued": len(self.queue),
-                "waiting": self.waiting, "audio": self.audio, "voice_sent": self.voice_sent,
-                "voice_drops": self.voice_drops + getattr(self.transport, "voice_drops", 0)}
+    def info(self, now: int = 0) -> dict[str, Any]:
+        out = {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
+               "sent": self.sent, "drops": self.drops, "skipped": self.skipped, "queued": len(self.queue),
+               "waiting": self.waiting, "audio": self.audio, "voice_sent": self.voice_sent,
+               "voice_drops": self.voice_drops + getattr(self.transport, "voice_drops", 0), "layer": self.layer}
+        if self.layer_next is not None:
+            out["layer_next"] = self.layer_next
+        net = self.net.info(now) if now else {}
+        if net:
+            out["net"] = net
+        return out
 
 
 class ProtocolError(ValueError):
@@ -116,6 +133,11 @@ class Viewers:
         self.kf_last: dict[str, int] = {}  # session -> when a keyframe was last asked for
         self.kf_deferred: set[str] = set()
         self.lod_asked: dict[str, int] = {}  # session -> level last asked of the lod node
+        self.watched_told = 0  # when the watched sessions were last told upstream (0: tell at once)
+        self.n_layers = 1  # layers the last batch had (the compressor's own and its extra ones)
+        self.layer_bytes: dict[str, list[list[int]]] = {}  # watched session -> per layer [bytes, packets] this window
+        self.layer_rates: dict[str, list[list[float]]] = {}  # ... per layer [bits/s, packets/s] over the last window
+        self.layer_table: dict[str, int] = {}  # viewer id -> layer (the node's viewer_layers param)
         self._ids = itertools.count(1)
         self._index: dict[str, int] = {}
         self._index_of: list = []
@@ -130,7 +152,8 @@ class Viewers:
         self.overruns_seen = 0
         self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
                        "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0,
-                       "voice_sent": 0, "voice_bytes": 0, "voice_drops": 0}
+                       "voice_sent": 0, "voice_bytes": 0, "voice_drops": 0, "reports": 0, "probes": 0,
+                       "layer_switches": 0}
         self.pcm_sessions: set[str] = set()  # watched by a viewer that takes its voice as pcm (read by the node)
 
     # --- viewers come and go -----------------------------------------------------------------
@@ -139,6 +162,7 @@ class Viewers:
         """A new viewer: sends it ``hello`` and (``subscribe``) subscribes it; starts its sender."""
         v = Viewer(next(self._ids), transport)
         v.audio = audio
+        v.layer_next = self.layer_table.get(str(v.id)) or None
         self.viewers[v.id] = v
         self.counts["connected"] += 1
         v.task = asyncio.ensure_future(self._sender(v))
@@ -252,24 +276,36 @@ class Viewers:
                            check_audio(msg.get("audio")))
         elif kind == "keyframe":
             self.keyframe(v)
+        elif kind == "report":
+            try:
+                v.net.on_report(self.clock(), msg)
+            except ReportError as exc:
+                raise ProtocolError(str(exc)) from None
+            self.counts["reports"] += 1
+        elif kind == "pong":
+            try:
+                v.net.on_pong(self.clock(), msg)
+            except ReportError as exc:
+                raise ProtocolError(str(exc)) from None
         elif kind == "echo":
             seq = msg.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 0xFFFF:
                 raise ProtocolError(f"echo: 'seq' must be an int 0..65535, got {_short(seq)}")
             self.echo(check_session(msg.get("session"), False), seq)
         else:
-            raise ProtocolError(f"unknown message type {_short(kind)} (subscribe, keyframe, echo)")
+            raise ProtocolError(f"unknown message type {_short(kind)} (subscribe, keyframe, echo, report, pong)")
 
     # --- packets -------------------------------------------------------------------------------
     def dispatch(self, sessions: list, packets: list, pts_ns: int, keyframe: np.ndarray, seq: np.ndarray,
-                 overruns: int = 0, arrival_ns: np.ndarray | None = None) -> None:
+                 overruns: int = 0, arrival_ns: np.ndarray | None = None, layers: list | None = None) -> None:
         """One batch: row i of ``packets`` is session ``sessions[i]``'s packet, a keyframe if
         ``keyframe[i]``, with wire sequence number ``seq[i]`` (-1: unknown), as the encoder said.
 
         ``overruns`` counts batches the node could not hand over (the loop fell behind): when it
         grows, every viewer missed a packet and waits for a keyframe. ``arrival_ns`` (optional):
         per row, when the capture packet it shows first arrived (0: not a new one), for the
-        pipeline latency in ``stats``.
+        pipeline latency in ``stats``. ``layers``: the compressor's extra layers, each
+        ``{rows, packets, keyframe, seq}`` (``nodes.wire.layered``), for viewers it gives one.
         """
         self.counts["batches"] += 1
         self.counts["rows"] += len(sessions)
@@ -308,6 +344,10 @@ class Viewers:
             find = self._index.get
         else:  # a few: find each in the batch (a C scan), no per-row Python for a layout that changes every batch
             find = functools.partial(_find, sessions)
+        if layers:
+            self._dispatch_layered(find, packets, pts_ns, keyframe, seq, layers)
+            return
+        self.n_layers = 1
         for session, viewers in self.watched.items():
             i = find(session)
             if i is None:
@@ -315,14 +355,79 @@ class Viewers:
             packet, key, n = packets[i], bool(keyframe[i]), int(seq[i])
             if n >= 0:
                 self.rings[session][n % _RING] = (n, pts_ns)
+            tally = self.layer_bytes.get(session)
+            if tally is not None:
+                tally[0][0] += len(packet)
+                tally[0][1] += 1
             for v in viewers.values():
+                if v.layer_next == 0:
+                    self._switch(v, 0, key)
                 self._push(v, packet, key)
+
+    def _dispatch_layered(self, find: Callable, packets: list, pts_ns: int, keyframe: np.ndarray, seq: np.ndarray,
+                          layers: list) -> None:
+        """Each viewer its layer's packet; a switch happens at a keyframe of the layer it goes to."""
+        self.n_layers = 1 + len(layers)
+        index = [{r: j for j, r in enumerate(layer.get("rows") or ())} for layer in layers]
+        for session, viewers in self.watched.items():
+            i = find(session)
+            if i is None:
+                continue
+            n = int(seq[i])
+            if n >= 0:
+                self.rings[session][n % _RING] = (n, pts_ns)
+            found: list[tuple[bytes, bool] | None] = [(packets[i], bool(keyframe[i]))]
+            for layer, at in zip(layers, index):
+                j = at.get(i)
+                found.append(None if j is None else (layer["packets"][j], bool(layer["keyframe"][j])))
+            tally = self.layer_bytes.setdefault(session, [])
+            while len(tally) < len(found):
+                tally.append([0, 0])
+            for k, got in enumerate(found):
+                if got is not None:
+                    tally[k][0] += len(got[0])
+                    tally[k][1] += 1
+            for v in viewers.values():
+                nxt = v.layer_next
+                if nxt is not None and nxt < len(found) and found[nxt] is not None:
+                    self._switch(v, nxt, found[nxt][1])  # type: ignore[index]
+                got = found[v.layer] if v.layer < len(found) else found[0]
+                if got is not None:
+                    self._push(v, got[0], got[1])
+
+    def _switch(self, v: Viewer, layer: int, key: bool) -> None:
+        """Move the viewer to ``layer`` now if this packet of it is a keyframe (its decoder starts
+        afresh there); otherwise it stays on its layer until one comes."""
+        if not key:
+            return
+        if layer != v.layer:
+            self.counts["layer_switches"] += 1
+        v.layer, v.layer_next = layer, None
+        v.waiting = True  # the keyframe being pushed now clears it; no delta of the new layer before it
+
+    def set_layers(self, table: dict[str, int]) -> None:
+        """The node's ``viewer_layers`` param: viewer id -> layer (missing: 0). A viewer whose layer
+        changes asks for a keyframe of its session and switches when one comes."""
+        self.layer_table = dict(table)
+        for v in self.viewers.values():
+            want = int(table.get(str(v.id), 0))
+            if want == v.layer:
+                v.layer_next = None
+            elif want != v.layer_next:
+                v.layer_next = want
+                if v.session is not None:
+                    self._want_keyframe(v.session)
 
     def _rate_window(self, now: int) -> None:
         """Close a window: frames per second per live session (0 for one that sent none), as a
         summary. Past capacity the graph drops frames; this says whether it drops them evenly."""
         span = now - self.window_start
         counts, self.window_rows = self.window_rows, collections.Counter()
+        if span > 0:
+            scale = 1e9 / span
+            self.layer_rates = {s: [[round(8 * b * scale, 1), round(p * scale, 2)] for b, p in tally]
+                                for s, tally in self.layer_bytes.items() if s in self.watched}
+            self.layer_bytes = {s: [[0, 0] for _ in range(self.n_layers)] for s in self.watched}
         self.seen.update(dict.fromkeys(counts, now))  # every session of the closing window was seen in it
         first = self.window_start == 0
         self.window_start = now
@@ -405,7 +510,9 @@ class Viewers:
         try:
             while True:
                 if v.texts:
-                    await t.send_text(v.texts.popleft())
+                    text = v.texts.popleft()
+                    await t.send_text(text)
+                    v.net.sent_bytes += len(text)
                 elif v.voice:
                     packet = v.voice.popleft()
                     await t.send_voice(v.session or "", packet)
@@ -418,11 +525,17 @@ class Viewers:
                     await t.send_bytes(packet)
                     v.sending = False
                     v.sent += 1
+                    v.net.sent_bytes += len(packet)
                     self.counts["sent"] += 1
                     if v.need_key:
                         v.need_key = False
                         if v.waiting and v.session is not None:
                             self._want_keyframe(v.session)
+                elif v.net.pad_owed > 0:  # a probe: padding, in the gaps between packets
+                    n = min(_PAD_CHUNK, v.net.pad_owed)
+                    v.net.pad_owed -= n
+                    await t.send_text(_PAD_TEXT % ("x" * max(0, n - 20)))
+                    v.net.sent_bytes += n
                 else:
                     v.wake.clear()
                     await v.wake.wait()
@@ -447,12 +560,45 @@ class Viewers:
             for s in gone:
                 for v in [v for v in self.watched.get(s, {}).values() if v.auto]:
                     self.subscribe(v, None, v.lod)
+        if self.watched_told == 0 or now - self.watched_told >= _WATCHED_EVERY_NS:
+            self.watched_told = now or 1
+            self.request({"keyframe": [], "watched": list(self.watched)})  # the compressor's extra layers
+        self._network(now)
         if self.sessions_changed:
             self.sessions_changed = False
             text = json.dumps({"type": "sessions", "sessions": list(self.seen)})
             for v in self.viewers.values():
                 v.texts.append(text)
                 v.wake.set()
+
+    def _network(self, now: int) -> None:
+        """Pings for the round trip; a probe for a viewer below the best layer, now and then."""
+        for v in self.viewers.values():
+            net = v.net
+            if not net.enabled:
+                continue
+            if net.ping_due(now):
+                v.texts.append(json.dumps({"type": "ping", "t": now}))
+                v.wake.set()
+            if net.probe is not None:
+                net.probe_tick(now, 0.25)
+                if net.pad_owed:
+                    v.wake.set()
+            elif v.layer > 0 and v.layer_next is None and now >= net.next_probe_ns and v.session is not None:
+                extra = self._probe_extra(v)
+                if extra is not None:
+                    self.counts["probes"] += 1
+                    net.start_probe(now, extra)
+
+    def _probe_extra(self, v: Viewer) -> float | None:
+        """Bytes/s to add so the viewer gets well over what the best layer needs (its bits and, per
+        packet, the transport's framing): if that gets through, the best layer fits with margin."""
+        rates = self.layer_rates.get(v.session) if v.session is not None else None
+        if not rates or v.layer >= len(rates):
+            return None
+        def need(k: int) -> float:  # noqa: E306 - bits/s with framing
+            return rates[k][0] + 8 * _FRAMING_BYTES * rates[k][1]
+        return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(0) - need(v.layer)) / 8
 
     # --- upstream ------------------------------------------------------------------------------
     def _want_keyframe(self, session: str) -> None:
@@ -475,6 +621,8 @@ class Viewers:
     def _watch(self, v: Viewer) -> None:
         s = v.session
         assert s is not None
+        if s not in self.watched:
+            self.watched_told = 0  # tell upstream at the next sweep
         viewers = self.watched.setdefault(s, {})
         if not viewers:
             self.rings[s] = [None] * _RING
@@ -522,6 +670,7 @@ class Viewers:
 
     # --- stats ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        now = self.clock()
         n = min(self.counts["echoes"], _LATENCY_RING)
         p50, p99 = np.percentile(self.latency_us[:n], [50, 99]).tolist() if n else (0.0, 0.0)
         m = min(self.pipe_rows, _PIPE_RING)
@@ -541,7 +690,12 @@ class Viewers:
             "pipeline_latency_hist": {"step_us": _PIPE_STEP_US, "bins": hist.tolist(),
                                       "counts": self.pipe_hist[hist].tolist()},
             "latency_hist": self._latency_hist(),  # the same, in runtime.histogram's form (/metrics)
-            "viewer_list": [v.info() for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
+            "viewer_list": [v.info(now) for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
+            "layer_rates": dict(itertools.islice(self.layer_rates.items(), _NET_LISTED)),
+            # what the network agent decides on: each reporting viewer's session, layer and network
+            "viewer_net": {str(v.id): {"session": v.session, "layer": v.layer, "net": v.net.info(now)}
+                           for v in itertools.islice((v for v in self.viewers.values() if v.net.enabled), _NET_LISTED)},
+            "probe_s": PROBE_S,
         }
 
     def _latency_hist(self) -> dict:

@@ -56,3 +56,9 @@ def load_lod_table(path: str) -> tuple[np.ndarray, list[list[str] | None]]:
             raise LodTableError(f"{at}: keeps nothing; give arkit / cc4 patterns or 'keep: all'")
         patterns.append(keep)
     return every, patterns
+
+
+def level_masks(patterns: list[list[str] | None], names: list[str]) -> np.ndarray:
+    """(levels, M) float32: 1 where a level keeps the morph of that name, 0 where it drops it."""
+    return np.array([[pats is None or any(fnmatchcase(n, p) for p in pats) for n in names] for pats in patterns],
+                    dtype=np.float32)

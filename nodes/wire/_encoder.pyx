@@ -336,7 +336,7 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
                 int64_t[::1] ref_pts, int64_t[::1] prev_pts,
                 int64_t[:, ::1] ref_q, int64_t[:, ::1] prev_q, int64_t[:, ::1] ref_pose, int64_t[:, ::1] prev_pose,
                 tuple sessions, object names_packed, object pack_names,
-                unsigned char[::1] key_out, int64_t[::1] seq_out) -> tuple:
+                unsigned char[::1] key_out, int64_t[::1] seq_out, int64_t sid_base=0) -> tuple:
     """Encode every row: ``(packets, keyframes, bytes, names_packed)``, the slot arrays updated in place.
 
     Weights come as float64 (``w64``) or float32 (``w32``, the other one None), ``pose`` as float64
@@ -428,7 +428,7 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
                 p = kbuf
                 p[0] = 0x99
                 p[1] = VERSION
-                p = pack_int(p + 2, slot)
+                p = pack_int(p + 2, slot + sid_base)
                 p = pack_int(p, seq)
                 p = pack_int(p, pts_ms)
                 p = pack_str_header(p, utf8_len)
@@ -452,7 +452,7 @@ def encode_rows(const int64_t[::1] slots, const double[:, ::1] w64, const float[
                 # the delta's bit stream (Encoder._deltas), after room for the bin header
                 link = 2 * (back - 1) + (0 if ref else 1)
                 w_init(&wa, buf_a + 5)
-                eg(&wa, <uint64_t>slot, 0)
+                eg(&wa, <uint64_t>(slot + sid_base), 0)
                 put(&wa, <uint64_t>seq, 16)
                 eg(&wa, <uint64_t>link, 0)
                 eg(&wa, zz(pts_res), 0)

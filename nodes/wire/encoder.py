@@ -69,8 +69,11 @@ class Encoder:
     """
 
     def __init__(self, bits: int = 8, pose_bits: int = 12, keyframe_interval: int = 60, ref_interval: int = 1,
-                 compiled: bool | None = None):
+                 compiled: bool | None = None, sid_base: int = 0):
         self._core = _core(compiled)
+        # the sid a packet carries is its session's slot plus this: encoders whose streams one viewer
+        # may switch between (nodes.wire.layered) give theirs apart, so one decoder takes them all
+        self.sid_base = _int(sid_base, "sid_base", 0, MAX_SLOTS - 1)
         self._names_packed: bytes | None = None  # the names table as msgpack, for the compiled keyframes
         self.bits, self.pose_bits = 8, 12
         self.keyframe_interval, self.ref_interval = 60, 1
@@ -214,7 +217,7 @@ class Encoder:
             self._since_key, self._seq, self._ref_seq, self._prev_seq, self._ref_pts, self._prev_pts,
             self._ref_q, self._prev_q, self._ref_pose, self._prev_pose,
             batch, self._names_packed, lambda: self._pack(names if isinstance(names, int) else list(names)),
-            key.view(u8), seq)
+            key.view(u8), seq, self.sid_base)
         self.counts["packets"] += n
         self.counts["keyframes"] += n_key
         self.counts["bytes"] += n_bytes
@@ -243,7 +246,7 @@ class Encoder:
         if k.size:
             bodies = keyframe_values(q[k], self.bits, None if qp is None else qp[k], self.pose_bits)
             for i, body in zip(k.tolist(), bodies):
-                out[i] = self._pack([VERSION, int(slots[i]), int(seq[i]), pts_ms, sessions[i], wire_names, self.bits,
+                out[i] = self._pack([VERSION, int(slots[i]) + self.sid_base, int(seq[i]), pts_ms, sessions[i], wire_names, self.bits,
                                      self.pose_bits if has_pose else 0, body])
         d = np.flatnonzero(~key)
         if d.size == len(slots):  # no keyframe: every row a delta, in order
@@ -274,7 +277,7 @@ class Encoder:
         n = slots.size
         link = 2 * (back - 1) + (~ref).astype(np.int64)
         pts_v, pts_w = _eg(_zigzag(pts_res), 0)  # up to 65 bits: split in two fields of at most 32
-        header = [_eg(slots, 0), (seq, np.full(n, 16)), _eg(link, 0),
+        header = [_eg(slots + self.sid_base, 0), (seq, np.full(n, 16)), _eg(link, 0),
                   (pts_v >> 32, np.maximum(pts_w - 32, 0)), (pts_v & 0xFFFFFFFF, np.minimum(pts_w, 32))]
         sections = [(q, self._ref_q[slots], self._prev_q[slots], self.bits)]
         if qp is not None:
@@ -363,8 +366,8 @@ class Encoder:
         if self._free:
             return self._free.pop()
         slot = len(self._live)
-        if slot >= MAX_SLOTS:
-            raise ValueError(f"more than {MAX_SLOTS} live sessions")
+        if slot + self.sid_base >= MAX_SLOTS:
+            raise ValueError(f"more than {MAX_SLOTS - self.sid_base} live sessions")
         self._alloc(max(16, 2 * slot))
         self._free.extend(range(len(self._live) - 1, slot, -1))
         return slot

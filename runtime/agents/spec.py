@@ -159,7 +159,7 @@ def check_agent(spec: AgentSpec, node_types: Mapping[str, Any]) -> list[str]:
 def guards_for(spec: AgentSpec, decl: Any, cls: Any) -> Guards:
     """The agent's guards: the YAML's, bounded by the param's declared range where it gives none.
     A param that is not a number (a per-session table) is driven on the agent type's own scale."""
-    g = dict(spec.guards)
+    g = {**cls.guard_defaults, **spec.guards}
     if decl.type in (int, float):
         g.setdefault("min", decl.min if decl.min is not None else -math.inf)
         g.setdefault("max", decl.max if decl.max is not None else math.inf)

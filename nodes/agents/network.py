@@ -1,0 +1,101 @@
+"""``network``: per viewer, the layer its link can carry (a sink's ``viewer_layers``).
+
+Each viewer's capacity is estimated as WebRTC's congestion control does, from two signals, and
+the lower one wins:
+
+- delay: the round trip above its recent minimum is a queue building on the path. Above
+  ``delay_ms`` the link is over-used: the estimate drops to 85 % of what the viewer received.
+- loss: above ``loss_high`` the estimate drops to what was received, less half the loss;
+  below ``loss_low`` (and no queue) the estimate keeps at least the rate it gets.
+
+Nothing but sending more shows spare room; the sink probes a viewer below the best layer now and
+then (``nodes.delivery.netstats``: padding at the next layer's rate for a second) and a probe that
+got through lifts the estimate to what it carried. The wish is the best layer whose rate (the
+sink measures each layer's bits and packets a second for the viewer's session, plus
+``overhead_bytes`` a packet for the transport's framing) fits within ``headroom`` of the
+estimate. The guards do the rest: a worse layer at once (``fast: up``: higher layers are
+cheaper), a better one only when wished for ``up_after`` seconds; a switch happens at a keyframe
+of the new layer. Viewers that send no reports are left alone.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from runtime import Param
+from runtime.agents import UP, Agent, StatsView, Wish
+
+
+class NetworkAgent(Agent):
+    doc = "per viewer: the stream layer its link carries (delay- and loss-based estimate, probes)"
+    default_param = "viewer_layers"
+    keyed = True
+    fast = UP
+    scale = (0, 8)
+    # a worse layer at once; a better one after its wish held 1 s (a probe showed the room), and
+    # not within 5 s of the last change; at most 4 changes a minute per viewer
+    guard_defaults = {"up_after_s": 1.0, "dwell_s": 5.0, "max_per_min": 4.0, "stale_s": 2.0}
+    params = {
+        "delay_ms": Param(float, 100.0, "round trip above its recent minimum that counts as a queue (over-use)",
+                          min=5.0, max=10000.0),
+        "loss_high": Param(float, 0.10, "loss fraction above which the estimate falls", min=0.0, max=1.0),
+        "loss_low": Param(float, 0.02, "loss fraction below which the link counts as clean", min=0.0, max=1.0),
+        "headroom": Param(float, 0.85, "a layer fits when its rate is at most this share of the estimate",
+                          min=0.1, max=1.0),
+        "overhead_bytes": Param(int, 60, "framing per packet (WebSocket + TCP/IP, or SCTP/DTLS/UDP/IP)",
+                                min=0, max=1000),
+        "probe_fresh_s": Param(float, 3.0, "a probe result younger than this counts", min=0.1, max=60.0),
+    }
+
+    def __init__(self, name: str, node: str, param: str, params: Mapping[str, Any]):
+        super().__init__(name, node, param, params)
+        self.estimate: dict[str, float] = {}  # viewer -> bits/s
+
+    def keys(self, view: StatsView, node_params: Mapping[str, Any]) -> list[str]:
+        viewers = view.get(f"nodes.{self.node}.node.viewer_net") or {}
+        for gone in [k for k in self.estimate if k not in viewers]:
+            del self.estimate[gone]
+        return [k for k, v in viewers.items() if isinstance(v, dict) and v.get("net")]
+
+    def wish(self, view: StatsView, current: float, key: str | None = None) -> Wish | None:
+        info = (view.get(f"nodes.{self.node}.node.viewer_net") or {}).get(key) or {}
+        net, session = info.get("net") or {}, info.get("session")
+        rates = (view.get(f"nodes.{self.node}.node.layer_rates") or {}).get(session)
+        if not net or not rates or net.get("recv_bps") is None:
+            return None
+        needs = [8 * self.p["overhead_bytes"] * pps + bps for bps, pps in rates]
+        layer = int(current)
+        est, why = self.update(key or "", net, needs, layer)
+        fits = [k for k, need in enumerate(needs) if need <= self.p["headroom"] * est]
+        want = fits[0] if fits else len(needs) - 1
+        inputs = {"estimate_bps": round(est), "needs_bps": [round(n) for n in needs], "recv_bps": net.get("recv_bps"),
+                  "loss": net.get("loss"), "rtt_ms": net.get("rtt_ms"), "rtt_min_ms": net.get("rtt_min_ms"),
+                  "probe": net.get("probe")}
+        return Wish(float(want), f"viewer {key}: {why}, estimate {est / 1000:.1f} kbit/s -> layer {want}", inputs,
+                    float(net.get("age_s") or 0.0))
+
+    def update(self, key: str, net: Mapping[str, Any], needs: list[float], layer: int) -> tuple[float, str]:
+        """The viewer's new capacity estimate (bits/s) and the signal that set it."""
+        recv = float(net.get("recv_bps") or 0.0)
+        loss = float(net.get("loss") or 0.0)
+        rtt, rtt_min = net.get("rtt_ms"), net.get("rtt_min_ms")
+        queue_ms = rtt - rtt_min if rtt is not None and rtt_min is not None else 0.0
+        now_need = needs[min(layer, len(needs) - 1)]
+        est = self.estimate.get(key)
+        if est is None:
+            est = needs[0] / self.p["headroom"]  # every viewer starts on layer 0: assume it fits until shown otherwise
+        if queue_ms > self.p["delay_ms"]:
+            est, why = 0.85 * recv, f"queue {queue_ms:.0f} ms"
+        elif loss > self.p["loss_high"]:
+            est, why = recv * (1 - 0.5 * loss), f"loss {100 * loss:.1f} %"
+        else:
+            why = "clean" if loss < self.p["loss_low"] else f"loss {100 * loss:.1f} %"
+            if loss < self.p["loss_low"]:
+                est = max(est, now_need / self.p["headroom"])  # it carries what it gets
+            probe = net.get("probe")
+            if (isinstance(probe, dict) and probe.get("ok") and probe.get("age_s", 1e9) < self.p["probe_fresh_s"]
+                    and probe.get("bps")):
+                if probe["bps"] > est:
+                    why = f"probe carried {probe['bps'] / 1000:.1f} kbit/s"
+                est = max(est, float(probe["bps"]))
+        self.estimate[key] = est
+        return est, why

@@ -1,0 +1,185 @@
+"""What a sink knows of one viewer's network: its receiver reports, the round trip, and probes.
+
+The viewer (the page, the simulator) reports every ~250 ms on its control channel what it got:
+``{"type": "report", "received": n, "lost": n, "bytes": n, "jitter_ms": x}`` (counts since it
+connected: packets decoded or refused, packets its decoder found missing by their sequence
+numbers, bytes of every message, the RFC 3550 inter-arrival jitter of the face packets). The sink
+pings it (``{"type": "ping", "t": n}``, answered at once with ``{"type": "pong", "t": n}``) for
+the round trip, whose rise above its recent minimum is the queue building on the path (the
+delay-based signal of WebRTC's congestion control; the reports' loss is the loss-based one).
+
+A viewer below the best layer may have room it does not use; only sending more shows it. A
+probe (as WebRTC's prober, with padding instead of RTP padding packets) sends extra bytes for
+``PROBE_S``, enough to carry the best layer with a margin, and reads the reports: if what
+arrived kept up with what was sent, and the round trip did not rise, the link carries that rate.
+A probe whose round trip rises stops at once (the queue it builds stays small); what arrived
+while it ran is still a measure of the link. Probes repeat every few seconds while the viewer is
+below the best layer, so a link that recovers is found within seconds. The network
+agent (``nodes.agents.network``) reads all of this from the sink's stats and picks the layer.
+"""
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any
+
+PING_NS = 250_000_000
+PROBE_S = 1.0
+PROBE_TICK_S = 0.25  # the sink's housekeeping period: padding is owed a tick's share at a time
+_PROBE_BACKLOG = 3000  # bytes more on the way than when the probe began: the path queues, the probe stops
+_PROBE_BACKOFF_S = (2.0, 3.0, 4.0)  # the wait before the next probe, after 0, 1, 2+ failures in a row
+_RTT_MIN_WINDOW_NS = 10_000_000_000  # the baseline round trip: the least over this window
+_RATE_WINDOW_NS = 1_000_000_000  # received rate and loss over about this long
+_MAX_COUNT = 2 ** 53
+
+
+class ReportError(ValueError):
+    """A report or pong a viewer sent that the protocol does not allow."""
+
+
+def _count(msg: dict, key: str) -> int:
+    v = msg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < _MAX_COUNT:
+        raise ReportError(f"report: '{key}' must be a count (int >= 0), got {str(v)[:40]}")
+    return v
+
+
+class ViewerNet:
+    """One viewer's network figures; all times in the sink's clock (ns)."""
+
+    __slots__ = ("enabled", "reports", "last_report_ns", "jitter_ms", "rtts", "rtt_ms", "next_ping_ns",
+                 "sent_bytes", "sent_log", "probe", "probe_fails", "next_probe_ns", "last_probe", "pad_owed")
+
+    def __init__(self) -> None:
+        self.enabled = False  # the viewer sends reports: it gets pings and may be probed
+        self.reports: collections.deque[tuple[int, int, int, int]] = collections.deque(maxlen=32)  # (t, recv, lost, bytes)
+        self.last_report_ns = 0
+        self.jitter_ms: float | None = None
+        self.rtts: collections.deque[tuple[int, float]] = collections.deque(maxlen=64)
+        self.rtt_ms: float | None = None
+        self.next_ping_ns = 0
+        self.sent_bytes = 0  # bytes the sink handed to the transport for this viewer (packets and texts)
+        self.sent_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=32)  # (t, sent_bytes)
+        self.probe: dict[str, Any] | None = None  # the running probe
+        self.probe_fails = 0
+        self.next_probe_ns = 0
+        self.last_probe: dict[str, Any] | None = None
+        self.pad_owed = 0  # probe bytes still to send
+
+    def on_report(self, now: int, msg: dict) -> None:
+        recv, lost, nbytes = _count(msg, "received"), _count(msg, "lost"), _count(msg, "bytes")
+        jitter = msg.get("jitter_ms")
+        if jitter is not None and (not isinstance(jitter, (int, float)) or isinstance(jitter, bool)
+                                   or not math.isfinite(jitter) or not 0 <= jitter < 1e6):
+            raise ReportError(f"report: 'jitter_ms' must be a number of milliseconds, got {str(jitter)[:40]}")
+        if self.reports and (recv < self.reports[-1][1] or nbytes < self.reports[-1][3]):
+            self.reports.clear()  # the viewer started counting again (a page reload on the same connection)
+        if not self.enabled:
+            self.enabled = True
+            self.next_probe_ns = now + int(_PROBE_BACKOFF_S[0] * 1e9)
+        self.reports.append((now, recv, lost, nbytes))
+        self.last_report_ns = now
+        self.jitter_ms = None if jitter is None else float(jitter)
+        self.sent_log.append((now, self.sent_bytes))
+
+    def on_pong(self, now: int, msg: dict) -> None:
+        t = msg.get("t")
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 < t <= now:
+            raise ReportError(f"pong: 't' must echo a ping's t, got {str(t)[:40]}")
+        self.rtt_ms = (now - t) / 1e6
+        self.rtts.append((now, self.rtt_ms))
+
+    def ping_due(self, now: int) -> bool:
+        if not self.enabled or now < self.next_ping_ns:
+            return False
+        self.next_ping_ns = now + PING_NS
+        return True
+
+    def rtt_min_ms(self, now: int) -> float | None:
+        recent = [r for t, r in self.rtts if now - t <= _RTT_MIN_WINDOW_NS]
+        return min(recent) if recent else None
+
+    def rates(self, now: int, span_ns: int = _RATE_WINDOW_NS) -> tuple[float, float, float] | None:
+        """(received bytes/s, sent bytes/s, loss fraction) over the last ``span_ns`` of reports."""
+        if len(self.reports) < 2:
+            return None
+        last = self.reports[-1]
+        first = next((r for r in self.reports if last[0] - r[0] <= span_ns), self.reports[0])
+        if first is last:
+            first = self.reports[-2]
+        dt = (last[0] - first[0]) / 1e9
+        if dt <= 0:
+            return None
+        got, lost = last[1] - first[1], last[2] - first[2]
+        sent = self._sent_between(first[0], last[0])
+        return (last[3] - first[3]) / dt, sent / dt, lost / (got + lost) if got + lost > 0 else 0.0
+
+    def _sent_between(self, t0: int, t1: int) -> int:
+        a = next((b for t, b in self.sent_log if t >= t0), None)
+        b = next((b for t, b in reversed(self.sent_log) if t <= t1), None)
+        return 0 if a is None or b is None else max(0, b - a)
+
+    # --- probes ------------------------------------------------------------------------------------
+    def start_probe(self, now: int, extra_bps: float) -> None:
+        """Send ``extra_bps`` more than now, for PROBE_S (the bytes go out as padding)."""
+        base = self.reports[-1] if self.reports else (now, 0, 0, 0)
+        self.probe = {"start": now, "end": now + int(PROBE_S * 1e9), "extra_bps": extra_bps,
+                      "sent0": self.sent_bytes, "recv0": base[3], "t0": base[0], "rtt0": self.rtt_min_ms(now),
+                      "backlog0": self.backlog()}
+        self.pad_owed += int(extra_bps * PROBE_TICK_S)  # the first tick's share at once
+
+    def probe_tick(self, now: int, tick_s: float) -> None:
+        """Owe this tick's share of padding; finish a probe whose reports are in."""
+        p = self.probe
+        if p is None:
+            return
+        rose = self._rtt_rose(p) or self.backlog() - p["backlog0"] > _PROBE_BACKLOG
+        if now < p["end"] and not rose:
+            self.pad_owed += int(p["extra_bps"] * tick_s)
+            return
+        if rose and now < p["end"]:  # the queue is building: stop sending, wait for the reports
+            p["end"], p["aborted"] = now, True
+            self.pad_owed = 0
+            return
+        if self.last_report_ns < p["end"] + 2 * PING_NS:  # the reports covering the probe are not all in
+            if now - p["end"] < 3_000_000_000:
+                return
+        self.pad_owed = 0
+        last = self.reports[-1] if self.reports else None
+        sent = self.sent_bytes - p["sent0"]
+        recv = (last[3] - p["recv0"]) if last is not None else 0
+        ok = sent > 0 and recv >= 0.9 * sent and not p.get("aborted") and not self._rtt_rose(p)
+        # the rate it sent at (padding and packets, over the probe's own time); what arrived of it
+        span = max(1e-3, (p["end"] - p["start"]) / 1e9)
+        self.last_probe = {"at": now, "ok": ok, "bps": round(8 * sent / span, 1), "recv_share": round(recv / sent, 3)
+                           if sent else 0.0, "aborted": bool(p.get("aborted"))}
+        self.probe = None
+        self.probe_fails = 0 if ok else self.probe_fails + 1
+        wait = _PROBE_BACKOFF_S[min(self.probe_fails, len(_PROBE_BACKOFF_S) - 1)]
+        self.next_probe_ns = now + int(wait * 1e9)
+
+    def backlog(self) -> int:
+        """Bytes sent and not yet reported received: what is on the way or queued on the path."""
+        if not self.reports:
+            return 0
+        return self.sent_bytes - self.reports[-1][3]
+
+    def _rtt_rose(self, p: dict[str, Any]) -> bool:
+        rtt, rtt0 = self.rtt_ms, p["rtt0"]
+        return rtt is not None and rtt0 is not None and rtt - rtt0 > max(50.0, rtt0)
+
+    def info(self, now: int) -> dict[str, Any]:
+        if not self.enabled:
+            return {}
+        r = self.rates(now)
+        lp = self.last_probe
+        return {
+            "age_s": round((now - self.last_report_ns) / 1e9, 3),
+            "recv_bps": None if r is None else round(8 * r[0], 1), "sent_bps": None if r is None else round(8 * r[1], 1),
+            "loss": None if r is None else round(r[2], 4), "jitter_ms": self.jitter_ms,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
+            "rtt_min_ms": None if self.rtt_min_ms(now) is None else round(self.rtt_min_ms(now) or 0.0, 2),
+            "probing": self.probe is not None,
+            "probe": None if lp is None else {**{k: v for k, v in lp.items() if k != "at"},
+                                              "age_s": round((now - lp["at"]) / 1e9, 3)},
+        }
