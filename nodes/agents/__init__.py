@@ -1,4 +1,5 @@
 """The avatar pipeline's agent types (``runtime.agents``): controllers of its nodes' live params,
 declared in a graph's ``agents:`` section and registered in the ``avatar.agents`` entry points."""
+from .qos import QosAgent
 
-__all__: list[str] = []
+__all__: list[str] = ["QosAgent"]
