@@ -50,7 +50,7 @@ def _link_ids(value: Any) -> str | None:
 
 
 class QosAgent(Agent):
-    doc = ("sheds the detail of the least-watched sessions (a lod node's levels) while the links behind it "
+    doc = ("sheds the detail of the least-watched sessions (a lod node's level and levels) while the links behind it "
            "are over a latency budget; restores it when they recover")
     params = {
         "budget_ms": Param(float, 16.7, "the p95 latency (data age) a watched link may have", min=0.1, max=10_000.0),
