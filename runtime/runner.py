@@ -228,7 +228,9 @@ class Runner:
             links[l.id] = {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy,
                            "size": l.size, "sent": out.get("sent"), "received": inp.get("received"),
                            "gaps": inp.get("gaps"), "drops": (out.get("drops") or 0) + (inp.get("drops") or 0),
-                           "depth": inp.get("depth")}
+                           "depth": inp.get("depth"), "feedback": l.feedback}
+            if "latency" in inp:  # the data's age as the receiver takes it (runtime.transport.InLink.latency_stats)
+                links[l.id]["latency"] = inp["latency"]
             t = self.tcp.get(l.id)
             if t is not None:  # one end here, the other on another host: that end's numbers are there
                 end = out if l.src in local else inp

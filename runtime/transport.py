@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import struct
 import time
+from array import array
 from collections import deque
 
+import numpy as np
 import zmq
 
+from .clock import now_ns
 from .endpoints import CONNECT_TIMEOUT_MS, HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, RECONNECT_IVL_MAX_MS
+from .histogram import LATENCY_BOUNDS_US, RingHistogram
 from .message import PREFIX, ZERO_COPY_MIN, Kind, Message, decode_prefix, encode, is_large
 
 _WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -24,6 +28,9 @@ _WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
                      zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 BIND_RETRY_S = 5.0  # a restarted node's port may still be held for a moment by the process it replaces
+AGE_RING = 1024  # data ages remembered per input link (a power of two: the index is masked)
+AGE_MASK = AGE_RING - 1
+AGE_WINDOW_NS = 1_000_000_000  # the percentiles in stats are over the ages of the last second
 
 
 def ipc_endpoint(run_id: str, link_id: str, instance: int) -> str:
@@ -129,6 +136,14 @@ class InLink:
         self.received = self.gaps = self.drops = self.resets = self.malformed = 0
         self.ended = self.marked = False
         self.open_bodies = True  # false for a node that passes messages on unread (Node.passthrough)
+        # The link's latency: the age of the data (now - pts) when the node takes a message from it,
+        # written by the worker (two array stores per message). pts is on this host's clock (pts are
+        # not rebased between hosts), so a tcp link keeps none.
+        self.timed = not is_tcp(endpoint)
+        self.age_ns = array("q", bytes(8 * AGE_RING))
+        self.age_at = array("q", bytes(8 * AGE_RING))  # when each age was taken
+        self.age_i = 0  # ages ever written; the newest at age_i - 1 (masked)
+        self.age_hist = RingHistogram(LATENCY_BOUNDS_US)
 
     def bind(self, retry_s: float = BIND_RETRY_S) -> None:
         """Bind the endpoint; a tcp port still held (by the process this one replaces) is retried."""
@@ -218,9 +233,30 @@ class InLink:
                 self.resets += 1
         self.expected = seq + 1
 
-    def stats(self) -> dict:
+    def latency_stats(self, now: int) -> dict:
+        """The data's age when the node took it (now - pts): percentiles over the last second's
+        messages (None when none came), and a histogram of every age since start (``runtime.histogram``).
+
+        Ages add up along a path: a link's figure is everything since its data's pts was stamped (a
+        source's or a frame clock's), so the link behind a node that falls behind shows it, and so
+        does every link after it."""
+        n = min(self.age_i, AGE_RING)
+        ages = np.frombuffer(self.age_ns, np.int64)[:n]
+        recent = ages[np.frombuffer(self.age_at, np.int64)[:n] >= now - AGE_WINDOW_NS] / 1000.0
+        out: dict = {"n": int(len(recent)), "window_s": AGE_WINDOW_NS / 1e9, "p50_us": None, "p95_us": None,
+                     "max_us": None}
+        if len(recent):
+            p50, p95 = np.percentile(recent, [50, 95]).tolist()
+            out.update(p50_us=round(p50, 1), p95_us=round(p95, 1), max_us=round(float(recent.max()), 1))
+        # data stamped ahead of now (a pts scheduled in the future) counts as age 0 in the histogram
+        out["hist"] = self.age_hist.update(np.maximum(np.frombuffer(self.age_ns, np.int64), 0), self.age_i)
+        return out
+
+    def stats(self, now: int | None = None) -> dict:
         out = {"pad": self.pad, "received": self.received, "gaps": self.gaps, "drops": self.drops,
                "depth": len(self.queue), "resets": self.resets, "malformed": self.malformed}
+        if self.timed:
+            out["latency"] = self.latency_stats(now_ns() if now is None else now)
         if self.watch is not None:
             out.update(self.watch.stats())
         return out

@@ -33,7 +33,7 @@ from .proctools import die_with_parent
 from .protocol import SpawnSpec
 from .registry import get_node_type
 from .states import NULL, PLAYING, READY
-from .transport import InLink, LinkWatch, OutLink
+from .transport import AGE_MASK, InLink, LinkWatch, OutLink
 
 PERIODIC_S = 1.0  # parent check, QOS and link warnings
 _DEFERRED = (op.STATE, op.PARAMS, op.EOS, op.LATENCY, op.CALL)  # requests that change the node: held while node code runs
@@ -273,7 +273,12 @@ class Worker:
                 self._control_kind(link, msg.kind)
                 continue
             self.n_in += 1
-            t0 = time.perf_counter_ns()
+            t0 = now_ns()
+            if link.timed and msg.pts_ns > 0:  # the link's latency: the data's age as the node takes it
+                i = link.age_i & AGE_MASK
+                link.age_at[i] = t0
+                link.age_ns[i] = t0 - msg.pts_ns
+                link.age_i += 1
             self.nested += 1
             try:
                 out = node.process(link.pad, msg)
@@ -285,7 +290,7 @@ class Worker:
                     self.log.warning("link %s: dropped a malformed message (%d so far): %s", link.id, link.malformed, exc)
             finally:
                 self.nested -= 1
-            self.proc_ns[self.proc_i % _RING] = time.perf_counter_ns() - t0
+            self.proc_ns[self.proc_i % _RING] = now_ns() - t0
             self.proc_i += 1
             self.turned_at = time.monotonic()  # node code returned: the loop goes on
             if self.state != PLAYING or self.handed_over:
@@ -620,6 +625,7 @@ class Worker:
         self._send(op.STATE, state=self.state)
 
     def stats(self) -> dict[str, Any]:
+        now = now_ns()
         n = min(self.proc_i, _RING)
         times = sorted(self.proc_ns[:n]) if n else [0.0]
         return {
@@ -630,7 +636,7 @@ class Worker:
             "deferred": len(self.deferred),  # control requests (params, calls) waiting for node code to return
             "proc_us_p50": times[len(times) // 2] / 1000, "proc_us_p99": times[min(len(times) - 1, int(len(times) * 0.99))] / 1000,
             "proc_hist": self.proc_hist.update(self.proc_ns, self.proc_i),
-            "inputs": {l.id: l.stats() for l in self.in_links},
+            "inputs": {l.id: l.stats(now) for l in self.in_links},
             "outputs": {l.id: l.stats() for l in self.out_links.values()},
             "node": self.node.stats(),
             "params": self.node.p.as_dict(),

@@ -1,6 +1,6 @@
 """The avatar pipeline's agent types (``runtime.agents``): controllers of its nodes' live params,
 declared in a graph's ``agents:`` section and registered in the ``avatar.agents`` entry points."""
-
 from .network import NetworkAgent
+from .qos import QosAgent
 
-__all__ = ["NetworkAgent"]
+__all__ = ["NetworkAgent", "QosAgent"]

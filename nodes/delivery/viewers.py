@@ -682,6 +682,8 @@ class Viewers:
         return {
             **self.counts, "viewers": len(self.viewers), "viewers_by_transport": kinds,
             "sessions": len(self.seen), "watched": len(self.watched),
+            # viewers per watched session (a live session not listed has none): what a QoS agent sheds last
+            "watchers": {s: len(viewers) for s, viewers in self.watched.items()},
             "waiting": sum(v.waiting and v.session is not None for v in self.viewers.values()),
             "echo_latency_us_p50": round(p50, 1), "echo_latency_us_p99": round(p99, 1),
             "pipeline_rows": self.pipe_rows,

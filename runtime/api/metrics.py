@@ -86,6 +86,10 @@ def _link_metrics(links: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     label_names = ["link", "src", "dst", "policy"]
     counters = {key: CounterMetricFamily(name, doc, labels=label_names) for key, name, doc in _LINK_COUNTERS}
     depth = GaugeMetricFamily("avatar_link_depth", "Messages queued at a link's receiver.", labels=label_names)
+    latency = HistogramMetricFamily("avatar_link_latency_seconds", "Age of a link's data (now - pts) when the "
+                                    "receiving node takes it.", labels=label_names)
+    p95 = GaugeMetricFamily("avatar_link_latency_p95_seconds", "95th percentile of a link's latency over the "
+                            "last second (absent when nothing came).", labels=label_names)
     for link_id, s in links.items():
         labels = [link_id, str(s.get("from")), str(s.get("to")), str(s.get("policy"))]
         for key, _, _ in _LINK_COUNTERS:
@@ -93,8 +97,15 @@ def _link_metrics(links: dict[str, dict[str, Any]]) -> Iterator[Metric]:
                 counters[key].add_metric(labels, s[key])
         if _number(s.get("depth")):
             depth.add_metric(labels, s["depth"])
+        lat = s.get("latency")
+        if isinstance(lat, dict):
+            _add_histogram(latency, labels, lat.get("hist"))
+            if _number(lat.get("p95_us")):
+                p95.add_metric(labels, lat["p95_us"] / 1e6)
     yield from counters.values()
     yield depth
+    yield latency
+    yield p95
 
 
 _AGENT_COUNTERS = (
