@@ -88,10 +88,17 @@ class Agent:
     fast: ClassVar[str] = DOWN  # the direction applied at once; the other waits (guards' up_after_s)
     scale: ClassVar[tuple[int, int]] = (0, 1)  # its own steps, when the param it drives is not a number
     keyed: ClassVar[bool] = False
+    drives: ClassVar[tuple[str, ...]] = ()  # the node params it can drive (empty: any the YAML names)
 
     def __init__(self, name: str, node: str, param: str, params: Mapping[str, Any]):
         self.name, self.node, self.param = name, node, param
         self.p = dict(params)
+
+    @classmethod
+    def fast_for(cls, param: str | None) -> str:
+        """The direction taken at once when driving ``param``: ``fast``, unless a type that drives
+        several params says otherwise (lowering one param may be the safe move, raising another)."""
+        return cls.fast
 
     def wish(self, view: StatsView, current: float, key: str | None = None) -> Wish | None:
         """The value wanted now for the driven param (for ``key``, if keyed), or None when the data
