@@ -1,4 +1,6 @@
 """The avatar pipeline's agent types (``runtime.agents``): controllers of its nodes' live params,
 declared in a graph's ``agents:`` section and registered in the ``avatar.agents`` entry points."""
 
-__all__: list[str] = []
+from .animation import AnimationAgent
+
+__all__ = ["AnimationAgent"]
