@@ -16,6 +16,11 @@ arrives. Layers, per session slot, all vectorised over slots:
    would put the mouth behind the voice. So the latency the blender declares is per input pad:
    the smoother's lag for capture, half a frame for visemes (``input_latency_ns``).
 
+How well the smoother does is measured as it runs, per second, on the frames of the first
+``smoothing_sessions`` sessions: jitter at rest, lag in fast motion and the capture's own noise
+(``nodes.face.SmoothingMeter``, stats ``smoothing``), from which the ``animation`` agent
+(``nodes.agents.animation``) tunes ``min_cutoff`` and ``beta`` as Casiez's procedure does.
+
 All internal time is simulated seconds advanced by one period per tick, and random numbers
 come from one seeded generator, so the same inputs give the same frames. Output pts follow a
 frame clock that starts at the node's ``now_ns`` and counts frame periods, jumping forward
@@ -53,6 +58,7 @@ from .face import (
     TABLE_RULE,
     FrameClockNode,
     OneEuro,
+    SmoothingMeter,
     approach,
     arkit_names,
     arkit_pose_names,
@@ -133,6 +139,9 @@ class Blender(FrameClockNode):
         "min_cutoff": Param(float, 1.5, "One Euro: cutoff (Hz) when still; lower = smoother", min=0.01),
         "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0),
         "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01),
+        "smoothing_sessions": Param(int, 4, "sessions (the first slots) whose frames measure the smoother: jitter "
+                                            "at rest, lag in motion, input noise, per second (stats 'smoothing'); "
+                                            "0 = off", min=0, max=64),
         "seed": Param(int, 0, "seed of the random generator (blinks, gaze, micro-expressions)", mutable=READY),
         "tick_on_capture": Param(bool, False, "frames follow the capture: a session's frame is made as soon as its "
                                               "capture arrives (at most one per half period), so it never waits for "
@@ -166,6 +175,7 @@ class Blender(FrameClockNode):
             setattr(self, name, np.zeros((self.slots.capacity, cols) if cols else self.slots.capacity, dtype=dtype))
         self.layout: tuple[np.ndarray, list[str]] | None = None  # live slots and their ids, until one joins or leaves
         self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
+        self.meter = SmoothingMeter(self.p.smoothing_sessions, N_W)
         self._c = _c  # this node's path, fixed at setup
         self.core = _c.BlendCore(_COL, _POSE) if _c is not None else None
         self._bind()
@@ -226,6 +236,8 @@ class Blender(FrameClockNode):
             self._bind()
         for k in ("min_cutoff", "beta", "d_cutoff"):
             setattr(self.euro, k, float(getattr(self.p, k)))
+        if "smoothing_sessions" in changed:
+            self.meter = SmoothingMeter(self.p.smoothing_sessions, N_W)
         if "rate" in changed:
             self.retime()
         self._pin_params()
@@ -300,6 +312,7 @@ class Blender(FrameClockNode):
             targets = self.presets[self.p.emotion] * self.p.intensity
         self.emo_to[slots] = self.emo_from[slots] = targets
         self.euro.reset(slots)
+        self.meter.reset(slots)
 
     def _micro_wait(self, n: int) -> np.ndarray:
         rate = self.p.micro_per_min / 60.0
@@ -474,6 +487,8 @@ class Blender(FrameClockNode):
 
     def _send(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None, weights: np.ndarray, pose: np.ndarray,
               arrival: np.ndarray, active: list[bool], speaking: list[bool]) -> None:
+        if self.meter.k and slots.size and slots.min() < self.meter.k:
+            self._measure(slots, weights)
         if ids is None:
             names = self.slots.ids
             ids = [names[i] for i in slots.tolist()]
@@ -481,6 +496,18 @@ class Blender(FrameClockNode):
         self.rows += len(slots)
         self.emit("out", Message(_ARKIT, {"active": active, "speaking": speaking},
                                  {"weights": weights, "pose": pose, "arrival_ns": arrival}, pts_ns=pts_ns, session=ids))
+
+    def _measure(self, slots: np.ndarray, weights: np.ndarray) -> None:
+        """The sampled sessions' frames to the smoothing meter. A row is clean (the smoother's input
+        is then the capture plus the emotion in place, clipped) when the capture is fully in and
+        nothing else moves it: not speaking, no emotion transition nor micro-expression under way.
+        The same state arrays on both paths, so compiled and reference measure the same."""
+        sampled = slots < self.meter.k
+        s, t = slots[sampled], self.t
+        clean = ((self.cap_mix[s] >= 1.0) & (self.speak_mix[s] <= 0.0) & (t - self.micro_t0[s] >= self.micro_len[s])
+                 & ((self.emo_dur[s] <= 0.0) | (t - self.emo_t0[s] >= self.emo_dur[s])))
+        x = np.clip(self.cap_w[s] + self.emo_to[s], 0.0, 1.0)
+        self.meter.observe(s, t, x, weights[sampled], clean)
 
     def _emit_compiled(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None) -> bool:
         """``_emit_frames`` with the compiled passes: ``prepare`` (steps, flags, cross-fades), the
@@ -613,5 +640,5 @@ class Blender(FrameClockNode):
 
     def stats(self) -> dict:
         return {"frames": self.frames, "rows": self.rows, "sessions": len(self.slots),
-                "capture_ticks": self.capture_ticks}
+                "capture_ticks": self.capture_ticks, "smoothing": self.meter.stats(self.t)}
 

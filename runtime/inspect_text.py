@@ -75,8 +75,10 @@ def describe_agent_type(name: str) -> str:
     doc = (cls.__doc__ or "").strip()
     if doc:
         out += ["  " + line for line in doc.splitlines()] + [""]
-    out += ["Drives:", f"  param: {cls.default_param or '(name it: param)'}",
-            f"  at once: {cls.fast} (the other direction waits for up_after)", ""]
+    fast = ", ".join(f"{d} {cls.fast_for(d)}" for d in cls.drives) if cls.drives else cls.fast
+    out += ["Drives:", f"  param: {cls.default_param or '(name it: param)'}"
+            + (f" (it can drive: {', '.join(cls.drives)})" if cls.drives else ""),
+            f"  at once: {fast} (the other direction waits for up_after)", ""]
     out += ["Guards (keys of the agent in the graph): min, max, band, dwell, max_step, max_per_min, up_after, stale;",
             "  every: seconds between looks. See docs/agents.md.", ""]
     out += param_lines(cls.params, live=False)

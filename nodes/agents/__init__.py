@@ -1,6 +1,7 @@
 """The avatar pipeline's agent types (``runtime.agents``): controllers of its nodes' live params,
 declared in a graph's ``agents:`` section and registered in the ``avatar.agents`` entry points."""
+from .animation import AnimationAgent
 from .network import NetworkAgent
 from .qos import QosAgent
 
-__all__ = ["NetworkAgent", "QosAgent"]
+__all__ = ["AnimationAgent", "NetworkAgent", "QosAgent"]

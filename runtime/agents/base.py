@@ -89,10 +89,17 @@ class Agent:
     scale: ClassVar[tuple[int, int]] = (0, 1)  # its own steps, when the param it drives is not a number
     keyed: ClassVar[bool] = False
     guard_defaults: ClassVar[dict[str, float]] = {}  # Guards fields this type sets unless the YAML does (up_after_s, ...)
+    drives: ClassVar[tuple[str, ...]] = ()  # the node params it can drive (empty: any the YAML names)
 
     def __init__(self, name: str, node: str, param: str, params: Mapping[str, Any]):
         self.name, self.node, self.param = name, node, param
         self.p = dict(params)
+
+    @classmethod
+    def fast_for(cls, param: str | None) -> str:
+        """The direction taken at once when driving ``param``: ``fast``, unless a type that drives
+        several params says otherwise (lowering one param may be the safe move, raising another)."""
+        return cls.fast
 
     def wish(self, view: StatsView, current: float, key: str | None = None) -> Wish | None:
         """The value wanted now for the driven param (for ``key``, if keyed), or None when the data

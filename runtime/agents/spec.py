@@ -134,6 +134,8 @@ def check_agent(spec: AgentSpec, node_types: Mapping[str, Any]) -> list[str]:
     spec.param = spec.param or cls.default_param
     if spec.param is None:
         return problems + [f"{where}: name the 'param' of node '{spec.node}' it drives"]
+    if cls.drives and spec.param not in cls.drives:
+        return problems + [f"{where}: drives {' or '.join(repr(d) for d in cls.drives)}, not '{spec.param}'"]
     decl = ntype.params.get(spec.param)
     if decl is None:
         return problems + [f"{where}: node '{spec.node}' has no param '{spec.param}' "
@@ -168,4 +170,4 @@ def guards_for(spec: AgentSpec, decl: Any, cls: Any) -> Guards:
         g.setdefault("min", cls.scale[0])
         g.setdefault("max", cls.scale[1])
         integer = True
-    return Guards(fast=spec.fast or cls.fast, integer=integer, **g)
+    return Guards(fast=spec.fast or cls.fast_for(spec.param), integer=integer, **g)
