@@ -98,6 +98,8 @@ def decide(g: Guards, st: GuardState, now: float, current: float, wish: float | 
     if g.integer:  # whole steps, never more than max_step, at least one
         step = direction * max(1, math.floor(abs(step)))
     value = g.clamp(current + step)
+    if (value - target) * direction > 0:  # never past the wish
+        value = target
     reversal = st.last_direction != 0 and direction != st.last_direction
     st.last_change, st.last_direction, st.slow_since = now, direction, None
     st.changes.append(now)
