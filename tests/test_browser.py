@@ -10,6 +10,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 from nodes.wire import Decoder
 from runtime.recording import read_recording
 from tests.browser import more, needs_chromium, until
-from tests.helpers import ROOT, paced
+from tests.helpers import ROOT, paced, wait_until
 
 pytestmark = needs_chromium
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
@@ -115,12 +117,22 @@ def test_webrtc_viewer_gets_the_graphs_frames(graph, page, tmp_path):
     assert not page.errors, page.errors
 
 
-def test_without_webrtc_the_page_falls_back_to_websocket(graph, page, tmp_path):
+def test_without_webrtc_the_page_falls_back_to_websocket(graph, page, tmp_path, netns):
     proc, url = graph(REPLAY, take=TAKE, dir=tmp_path)
     page.add_init_script("delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;")
     samples = watch_and_sample(page, url)
     assert page.evaluate("() => window.avatar.transport") == "websocket"
     more(page, "framesDecoded", 30, "the stream to go on after the samples")
+    # the page's receiver reports and its answers to pings reach the sink (the network agent's input)
+    report = page.evaluate("() => window.avatar.report")
+    assert report["received"] >= 200 and report["lost"] == 0 and report["bytes"] > 0, report
+    def sink_net() -> dict:
+        r = subprocess.run([*(netns.prefix if netns else ()), sys.executable, "-m", "runtime.cli", "stats", "-g",
+                            "browser-replay"], capture_output=True, text=True, timeout=30)
+        return json.loads(r.stdout)["nodes"]["web"]["node"]["viewer_net"] if r.returncode == 0 else {}
+    net = wait_until(lambda: next((v["net"] for v in sink_net().values() if v["net"].get("rtt_ms") is not None), None),
+                     timeout=30)
+    assert net["recv_bps"] > 0 and net["loss"] == 0.0, net
     proc.proc.send_signal(signal.SIGINT)
     assert proc.finish(30) == 0
     check_frames_match_the_graph(samples, tmp_path)

@@ -3,7 +3,8 @@
 Each viewer's capacity is estimated as WebRTC's congestion control does, from two signals, and
 the lower one wins:
 
-- delay: the round trip above its recent minimum is a queue building on the path. Above
+- delay: the round trip (the median of the last second's pings) above its recent minimum is a
+  queue building on the path; one burst (a keyframe on a slow link) does not make it. Above
   ``delay_ms`` the link is over-used: the estimate drops to 85 % of what the viewer received.
 - loss: above ``loss_high`` the estimate drops to what was received, less half the loss;
   below ``loss_low`` (and no queue) the estimate keeps at least the rate it gets.
@@ -24,6 +25,8 @@ from typing import Any, Mapping
 from runtime import Param
 from runtime.agents import UP, Agent, StatsView, Wish
 
+_PROBE_QUEUE_S = 2.0  # a queue seen while a probe runs or this soon after is the probe's padding
+
 
 class NetworkAgent(Agent):
     doc = "per viewer: the stream layer its link carries (delay- and loss-based estimate, probes)"
@@ -33,6 +36,7 @@ class NetworkAgent(Agent):
     scale = (0, 8)
     # a worse layer at once; a better one after its wish held 1 s (a probe showed the room), and
     # not within 5 s of the last change; at most 4 changes a minute per viewer
+    every = 0.5  # a cut link is seen within a second or two
     guard_defaults = {"up_after_s": 1.0, "dwell_s": 5.0, "max_per_min": 4.0, "stale_s": 2.0}
     params = {
         "delay_ms": Param(float, 100.0, "round trip above its recent minimum that counts as a queue (over-use)",
@@ -67,6 +71,8 @@ class NetworkAgent(Agent):
         est, why = self.update(key or "", net, needs, layer)
         fits = [k for k, need in enumerate(needs) if need <= self.p["headroom"] * est]
         want = fits[0] if fits else len(needs) - 1
+        if why.startswith("clean"):  # a link that carries its layer cleanly never moves down
+            want = min(want, layer)
         inputs = {"estimate_bps": round(est), "needs_bps": [round(n) for n in needs], "recv_bps": net.get("recv_bps"),
                   "loss": net.get("loss"), "rtt_ms": net.get("rtt_ms"), "rtt_min_ms": net.get("rtt_min_ms"),
                   "probe": net.get("probe")}
@@ -77,13 +83,17 @@ class NetworkAgent(Agent):
         """The viewer's new capacity estimate (bits/s) and the signal that set it."""
         recv = float(net.get("recv_bps") or 0.0)
         loss = float(net.get("loss") or 0.0)
-        rtt, rtt_min = net.get("rtt_ms"), net.get("rtt_min_ms")
+        rtt, rtt_min = net.get("rtt_p50_ms", net.get("rtt_ms")), net.get("rtt_min_ms")
         queue_ms = rtt - rtt_min if rtt is not None and rtt_min is not None else 0.0
         now_need = needs[min(layer, len(needs) - 1)]
         est = self.estimate.get(key)
         if est is None:
             est = needs[0] / self.p["headroom"]  # every viewer starts on layer 0: assume it fits until shown otherwise
-        if queue_ms > self.p["delay_ms"]:
+        probe = net.get("probe")
+        probed = net.get("probing") or (isinstance(probe, dict) and probe.get("age_s", 1e9) < _PROBE_QUEUE_S)
+        if queue_ms > self.p["delay_ms"] and probed and loss <= self.p["loss_high"]:
+            why = f"queue {queue_ms:.0f} ms from a probe"  # the probe's own padding: it stops by itself
+        elif queue_ms > self.p["delay_ms"]:
             est, why = 0.85 * recv, f"queue {queue_ms:.0f} ms"
         elif loss > self.p["loss_high"]:
             est, why = recv * (1 - 0.5 * loss), f"loss {100 * loss:.1f} %"
@@ -91,11 +101,11 @@ class NetworkAgent(Agent):
             why = "clean" if loss < self.p["loss_low"] else f"loss {100 * loss:.1f} %"
             if loss < self.p["loss_low"]:
                 est = max(est, now_need / self.p["headroom"])  # it carries what it gets
-            probe = net.get("probe")
-            if (isinstance(probe, dict) and probe.get("ok") and probe.get("age_s", 1e9) < self.p["probe_fresh_s"]
-                    and probe.get("bps")):
-                if probe["bps"] > est:
-                    why = f"probe carried {probe['bps'] / 1000:.1f} kbit/s"
-                est = max(est, float(probe["bps"]))
+            fresh = isinstance(probe, dict) and probe.get("age_s", 1e9) < self.p["probe_fresh_s"]
+            carried = (probe.get("bps") if probe.get("ok") else probe.get("carried_bps")) if fresh else None  # type: ignore[union-attr]
+            if carried and loss < self.p["loss_low"]:
+                if carried > est:
+                    why = f"clean; a probe carried {carried / 1000:.1f} kbit/s"
+                est = max(est, float(carried))
         self.estimate[key] = est
         return est, why

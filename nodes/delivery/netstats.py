@@ -26,10 +26,12 @@ from typing import Any
 PING_NS = 250_000_000
 PROBE_S = 1.0
 PROBE_TICK_S = 0.25  # the sink's housekeeping period: padding is owed a tick's share at a time
+_REPORT_AFTER_NS = 100_000_000  # a probe is judged by the first report this long after it ended
 _PROBE_BACKLOG = 3000  # bytes more on the way than when the probe began: the path queues, the probe stops
 _PROBE_BACKOFF_S = (2.0, 3.0, 4.0)  # the wait before the next probe, after 0, 1, 2+ failures in a row
 _RTT_MIN_WINDOW_NS = 10_000_000_000  # the baseline round trip: the least over this window
 _RATE_WINDOW_NS = 1_000_000_000  # received rate and loss over about this long
+_RTT_MEDIAN_WINDOW_NS = 1_000_000_000  # the queue signal: the median round trip over this long
 _MAX_COUNT = 2 ** 53
 
 
@@ -48,7 +50,8 @@ class ViewerNet:
     """One viewer's network figures; all times in the sink's clock (ns)."""
 
     __slots__ = ("enabled", "reports", "last_report_ns", "jitter_ms", "rtts", "rtt_ms", "next_ping_ns",
-                 "sent_bytes", "sent_log", "probe", "probe_fails", "next_probe_ns", "last_probe", "pad_owed")
+                 "sent_bytes", "sent_log", "probe", "probe_fails", "next_probe_ns", "last_probe", "pad_owed",
+                 "pad_sent")
 
     def __init__(self) -> None:
         self.enabled = False  # the viewer sends reports: it gets pings and may be probed
@@ -65,6 +68,7 @@ class ViewerNet:
         self.next_probe_ns = 0
         self.last_probe: dict[str, Any] | None = None
         self.pad_owed = 0  # probe bytes still to send
+        self.pad_sent = 0  # probe bytes sent
 
     def on_report(self, now: int, msg: dict) -> None:
         recv, lost, nbytes = _count(msg, "received"), _count(msg, "lost"), _count(msg, "bytes")
@@ -99,6 +103,11 @@ class ViewerNet:
         recent = [r for t, r in self.rtts if now - t <= _RTT_MIN_WINDOW_NS]
         return min(recent) if recent else None
 
+    def rtt_p50_ms(self, now: int) -> float | None:
+        """The median round trip of the last second: a queue that lasts, not one burst's."""
+        recent = sorted(r for t, r in self.rtts if now - t <= _RTT_MEDIAN_WINDOW_NS)
+        return recent[len(recent) // 2] if recent else None
+
     def rates(self, now: int, span_ns: int = _RATE_WINDOW_NS) -> tuple[float, float, float] | None:
         """(received bytes/s, sent bytes/s, loss fraction) over the last ``span_ns`` of reports."""
         if len(self.reports) < 2:
@@ -125,7 +134,7 @@ class ViewerNet:
         base = self.reports[-1] if self.reports else (now, 0, 0, 0)
         self.probe = {"start": now, "end": now + int(PROBE_S * 1e9), "extra_bps": extra_bps,
                       "sent0": self.sent_bytes, "recv0": base[3], "t0": base[0], "rtt0": self.rtt_min_ms(now),
-                      "backlog0": self.backlog()}
+                      "backlog0": self.backlog(), "pad0": self.pad_sent}
         self.pad_owed += int(extra_bps * PROBE_TICK_S)  # the first tick's share at once
 
     def probe_tick(self, now: int, tick_s: float) -> None:
@@ -139,20 +148,29 @@ class ViewerNet:
             return
         if rose and now < p["end"]:  # the queue is building: stop sending, wait for the reports
             p["end"], p["aborted"] = now, True
+        if "sent_end" not in p:  # the probe's time is over: what went out during it
+            p["sent_end"], p["pad_end"] = self.sent_bytes, self.pad_sent
             self.pad_owed = 0
+        # what had arrived shortly after it ended: the first report from REPORT_AFTER_NS on (data
+        # still queued on the path by then was more than the link carried)
+        after = next((r for r in self.reports if r[0] >= p["end"] + _REPORT_AFTER_NS), None)
+        if after is None and now - p["end"] < 3_000_000_000:
             return
-        if self.last_report_ns < p["end"] + 2 * PING_NS:  # the reports covering the probe are not all in
-            if now - p["end"] < 3_000_000_000:
-                return
-        self.pad_owed = 0
-        last = self.reports[-1] if self.reports else None
-        sent = self.sent_bytes - p["sent0"]
-        recv = (last[3] - p["recv0"]) if last is not None else 0
-        ok = sent > 0 and recv >= 0.9 * sent and not p.get("aborted") and not self._rtt_rose(p)
+        sent = p["sent_end"] - p["sent0"]
+        recv = (after[3] - p["recv0"]) if after is not None else 0
+        # it went out at the rate asked for (a transport that waits for room, TCP, sends only what
+        # the link takes), it all arrived, and no queue built up: the link carries that rate
+        asked = p["extra_bps"] * (p["end"] - p["start"]) / 1e9
+        padded = p["pad_end"] - p["pad0"]
+        ok = (sent > 0 and padded >= 0.9 * asked and recv >= 0.9 * sent and not p.get("aborted")
+              and not self._rtt_rose(p))
         # the rate it sent at (padding and packets, over the probe's own time); what arrived of it
         span = max(1e-3, (p["end"] - p["start"]) / 1e9)
-        self.last_probe = {"at": now, "ok": ok, "bps": round(8 * sent / span, 1), "recv_share": round(recv / sent, 3)
-                           if sent else 0.0, "aborted": bool(p.get("aborted"))}
+        # carried: the rate the link took, when it took it all (what arrives of a probe it cannot
+        # take says little: a shaper's burst allowance and the reports' timing blur it)
+        carried = round(8 * sent / span, 1) if ok else None
+        self.last_probe = {"at": now, "ok": ok, "bps": round(8 * sent / span, 1), "carried_bps": carried,
+                           "recv_share": round(recv / sent, 3) if sent else 0.0, "aborted": bool(p.get("aborted"))}
         self.probe = None
         self.probe_fails = 0 if ok else self.probe_fails + 1
         wait = _PROBE_BACKOFF_S[min(self.probe_fails, len(_PROBE_BACKOFF_S) - 1)]
@@ -178,6 +196,7 @@ class ViewerNet:
             "recv_bps": None if r is None else round(8 * r[0], 1), "sent_bps": None if r is None else round(8 * r[1], 1),
             "loss": None if r is None else round(r[2], 4), "jitter_ms": self.jitter_ms,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
+            "rtt_p50_ms": None if self.rtt_p50_ms(now) is None else round(self.rtt_p50_ms(now) or 0.0, 2),
             "rtt_min_ms": None if self.rtt_min_ms(now) is None else round(self.rtt_min_ms(now) or 0.0, 2),
             "probing": self.probe is not None,
             "probe": None if lp is None else {**{k: v for k, v in lp.items() if k != "at"},

@@ -536,6 +536,7 @@ class Viewers:
                     v.net.pad_owed -= n
                     await t.send_text(_PAD_TEXT % ("x" * max(0, n - 20)))
                     v.net.sent_bytes += n
+                    v.net.pad_sent += n
                 else:
                     v.wake.clear()
                     await v.wake.wait()

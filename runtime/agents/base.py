@@ -88,6 +88,7 @@ class Agent:
     fast: ClassVar[str] = DOWN  # the direction applied at once; the other waits (guards' up_after_s)
     scale: ClassVar[tuple[int, int]] = (0, 1)  # its own steps, when the param it drives is not a number
     keyed: ClassVar[bool] = False
+    every: ClassVar[float] = 1.0  # seconds between looks, unless the YAML says
     guard_defaults: ClassVar[dict[str, float]] = {}  # Guards fields this type sets unless the YAML does (up_after_s, ...)
     drives: ClassVar[tuple[str, ...]] = ()  # the node params it can drive (empty: any the YAML names)
 

@@ -36,6 +36,7 @@ class RunningAgent:
     spec: AgentSpec
     agent: Agent
     guards: Guards
+    every: float
     states: dict[str | None, GuardState] = field(default_factory=dict)  # per key (None: an unkeyed agent's one)
     due: float = 0.0
     before: dict | None = None
@@ -48,7 +49,7 @@ class RunningAgent:
 
     def stats(self, pinned: bool) -> dict[str, Any]:
         g = self.guards
-        return {"type": self.spec.type, "node": self.spec.node, "param": self.spec.param, "every": self.spec.every,
+        return {"type": self.spec.type, "node": self.spec.node, "param": self.spec.param, "every": self.every,
                 "pinned": pinned, **self.counts, "last": self.last, "recent": list(self.recent),
                 "bounds": [_finite(g.min), _finite(g.max)], "fast": g.fast}
 
@@ -65,14 +66,14 @@ class AgentHost:
             cls = get_agent_type(spec.type)
             decl = runner.types[spec.node].params[spec.param]
             agent = cls(name, spec.node, spec.param, spec.params)
-            self.agents[name] = RunningAgent(spec, agent, guards_for(spec, decl, cls))
+            self.agents[name] = RunningAgent(spec, agent, guards_for(spec, decl, cls), every=spec.every or cls.every)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         if self.agents and self._task is None:
             now = time.monotonic()
             for a in self.agents.values():
-                a.due = now + a.spec.every
+                a.due = now + a.every
             self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -100,7 +101,7 @@ class AgentHost:
                 for a in due:
                     await self.step(a, snapshot, at)
             for a in due:
-                a.due = max(a.due + a.spec.every, now)
+                a.due = max(a.due + a.every, now)
             wait = min(a.due for a in self.agents.values()) - time.monotonic()
             await asyncio.sleep(max(0.01, wait))
 

@@ -5,7 +5,7 @@
         type: compression         # an agent type (avatar inspect lists them)
         node: compressor          # the node it drives ...
         param: keyframe_interval  # ... and the live param (default: the type's own)
-        every: 1.0                # seconds between looks
+        every: 1.0                # seconds between looks (default: the type's, most 1 s)
         min: 30                   # bounds (default: the param's declared range)
         max: 240
         band: 0                   # hysteresis: a wish this close to the value changes nothing
@@ -35,7 +35,6 @@ from .registry import get_agent_type
 GUARD_KEYS = {"min": "min", "max": "max", "band": "band", "dwell": "dwell_s", "max_step": "max_step",
               "max_per_min": "max_per_min", "up_after": "up_after_s", "stale": "stale_s"}
 AGENT_KEYS = ("type", "node", "param", "every", "fast", "params", *GUARD_KEYS)
-DEFAULT_EVERY_S = 1.0
 
 
 @dataclass
@@ -44,7 +43,7 @@ class AgentSpec:
     type: str
     node: str
     param: str | None = None
-    every: float = DEFAULT_EVERY_S
+    every: float | None = None  # seconds between looks; None: the agent type's
     fast: str | None = None  # the direction taken at once; None: the agent type's
     guards: dict[str, float] = field(default_factory=dict)  # as given in the YAML (Guards' field names)
     params: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +54,8 @@ class AgentSpec:
         out: dict[str, Any] = {"type": self.type, "node": self.node}
         if self.param:
             out["param"] = self.param
-        out["every"] = self.every
+        if self.every is not None:
+            out["every"] = self.every
         if self.fast:
             out["fast"] = self.fast
         out.update({inv[k]: v for k, v in self.guards.items()})
@@ -94,10 +94,11 @@ def parse_agents(raw: Any, p: Callable[..., None], line: Callable[..., int | Non
                       f"got {value!r}", line(spec, key))
                 else:
                     guards[attr] = float(value)
-        every = spec.get("every", DEFAULT_EVERY_S)
-        if not isinstance(every, (int, float)) or isinstance(every, bool) or not 0.05 <= every <= 3600:
+        every = spec.get("every")
+        if every is not None and (not isinstance(every, (int, float)) or isinstance(every, bool)
+                                  or not 0.05 <= every <= 3600):
             p(f"agent '{name}': 'every' must be seconds from 0.05 to 3600, got {every!r}", line(spec, "every"))
-            every = DEFAULT_EVERY_S
+            every = None
         params = spec.get("params") or {}
         if not isinstance(params, Mapping):
             p(f"agent '{name}': 'params' must be a mapping of param name -> value", line(spec, "params"))
@@ -111,7 +112,8 @@ def parse_agents(raw: Any, p: Callable[..., None], line: Callable[..., int | Non
             p(f"agent '{name}': 'fast' must be '{DOWN}' or '{UP}' (the direction taken at once), got {fast!r}",
               line(spec, "fast"))
             fast = None
-        agents[name] = AgentSpec(name, spec["type"], spec["node"], param, float(every), fast, guards, dict(params), aline)
+        agents[name] = AgentSpec(name, spec["type"], spec["node"], param, None if every is None else float(every), fast,
+                                 guards, dict(params), aline)
     return agents
 
 
@@ -124,6 +126,8 @@ def check_agent(spec: AgentSpec, node_types: Mapping[str, Any]) -> list[str]:
     except NodeTypeError as exc:
         return [f"agent '{spec.name}': {exc}"]
     problems: list[str] = []
+    if spec.every is None:
+        spec.every = cls.every
     try:
         spec.params = check_params(cls.params, spec.params)
     except ParamError as exc:

@@ -12,6 +12,7 @@ import { Face, columnNames } from "./face.js";
 import { Overlay, Meter, RelativeLatency } from "./overlay.js";
 import { Voice } from "./voice.js";
 import { Microphone, SayBox, authHeaders, errorText } from "./speak.js";
+import { REPORT_MS, ReceiverReport } from "./reports.js";
 
 const KEYFRAME_REQUEST_MIN_MS = 200;
 const SHOW_AHEAD_MS = 8;        // a frame is shown at the animation frame nearest its pts: up to half a frame early
@@ -56,6 +57,7 @@ let decoder = new AvatarDecoder({ resumeAfterLoss });
 let framesDecoded = 0, framesShown = 0, malformed = 0, lastKeyframeRequest = -Infinity, lastFrame = null;
 let pending = [];               // decoded frames waiting for the voice to reach their pts
 const fps = new Meter(), bytes = new Meter(), latency = new RelativeLatency();
+const report = new ReceiverReport();   // every REPORT_MS to the sink: what this link delivers
 const sync = { offsets: new Float64Array(SYNC_RING), n: 0, skew: 0 };  // voice clock - pts of each frame shown on it
 
 function resetStream() {
@@ -98,12 +100,14 @@ transport.addEventListener("packet", (ev) => {
   const now = performance.now();
   bytes.add(ev.detail.length, now);
   let frame;
+  const lostBefore = decoder.counts.lost;
   try {
     frame = decoder.decodeBytes(ev.detail);
   } catch (e) {
     if (malformed++ % 100 === 0) console.warn("malformed packet:", e.message);
     return;
   }
+  report.packet(frame, decoder.counts.lost - lostBefore, now);
   if (frame === null) {
     if (decoder.waiting.length && now - lastKeyframeRequest >= KEYFRAME_REQUEST_MIN_MS) {
       lastKeyframeRequest = now;
@@ -134,8 +138,11 @@ transport.addEventListener("message", (ev) => {
     overlay.setSessions(msg.sessions, lastFrame && lastFrame.session);
   } else if (msg.type === "voice_clock") {
     voice.setRtpClock(msg.epoch_us, msg.rtp_origin);
+  } else if (msg.type === "ping") {     // the sink's round-trip measurement: answered at once
+    transport.send({ type: "pong", t: msg.t });
   }
 });
+setInterval(() => { if (transport.state === "live") transport.send(report.message(transport.bytesIn)); }, REPORT_MS);
 
 transport.addEventListener("close", resetStream);
 transport.addEventListener("state", (ev) => {
@@ -258,6 +265,7 @@ window.avatar = {
   get transport() { return transport.name; },           // "webrtc" | "websocket" | null
   get state() { return transport.state; },              // "connecting" | "live" | "reconnecting"
   get framesDecoded() { return framesDecoded; },
+  get report() { return report.message(transport.bytesIn); },  // the receiver report sent every 250 ms
   get framesShown() { return framesShown; },
   get pending() { return pending.length; },
   get lastFrame() {

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The network agent's scenario: a viewer's link is cut below its layer, then given back.
+
+    python tools/net_scenario.py                  # cut to 16 kbit/s for 16 s, then free for 15 s
+    python tools/net_scenario.py --cut 24kbit --json
+
+Three network namespaces (root and iproute2 needed): the graph (a replay of the recorded take, a
+compressor with two extra layers, a websocket_sink and a ``network`` agent) in one, and two
+viewers, each in its own, joined to it by veth pairs. Each viewer decodes as the page does and
+sends receiver reports (``tools/simulator.py``). One link gets a ``tc`` token bucket (``tbf``) at
+``--cut``; after ``--hold`` seconds it is taken off. From the graph's bus (AGENT messages) and the
+viewers' counts it prints how soon the cut viewer moved down and back, its frame loss in between,
+the changes under steady conditions, and what the other viewer saw (tests/test_agent_network.py
+asserts on these numbers).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+
+from simulator import Viewer, run_websocket  # noqa: E402
+
+from tests.helpers import AvatarProcess, wait_until  # noqa: E402
+from tests.netns import NetNS  # noqa: E402
+
+GRAPH = """
+name: nettest
+nodes:
+  take: {type: arkit_replay, params: {path: tests/data/llf_dao_take.csv, loop: true, session: a}}
+  encode: {type: compressor, params: {layers: [{lod: 2, bits: 6}, {lod: 3, bits: 5}]}}
+  web: {type: websocket_sink, params: {host: 0.0.0.0, port: 18080}}
+links:
+  - take -> encode.in
+  - {from: encode, to: web, policy: block, size: 64}
+  - {from: web.requests, to: encode.requests, feedback: true}
+agents:
+  net: {type: network, node: web}
+"""
+
+
+def _tc_works(ns: NetNS, dev: str) -> bool:
+    ok = subprocess.run([*ns.prefix, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", "1mbit", "burst",
+                         "16kb", "latency", "50ms"], capture_output=True).returncode == 0
+    subprocess.run([*ns.prefix, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
+    return ok
+
+
+def _viewer(ns: NetNS, url: str, stop: threading.Event) -> tuple[Viewer, threading.Thread]:
+    """A simulated page decoding inside ``ns`` (its sockets are made by a thread that joined it)."""
+    v = Viewer(0, "websocket", "a", None, keep=False)
+
+    def run() -> None:
+        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+                raise OSError("setns failed")
+        finally:
+            os.close(fd)
+
+        async def main() -> None:
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            threading.Thread(target=lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)), daemon=True).start()
+            try:
+                await run_websocket(v, url, done)
+            except Exception as exc:  # noqa: BLE001 - reported through the viewer
+                v.closed = f"{type(exc).__name__}: {exc}"
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return v, t
+
+
+def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.0) -> dict[str, Any]:
+    """Run it; the measurements (``skipped``: why it could not run here)."""
+    made = [NetNS.make(f"avnet-{n}-{os.getpid()}") for n in ("s", "c1", "c2")]
+    try:
+        if any(ns is None for ns in made):
+            return {"skipped": NetNS.reason()}
+        server, near, far = made  # type: ignore[misc]
+        server.join(near, "10.78.1.1", "10.78.1.2")
+        s_cut, _ = server.join(far, "10.78.2.1", "10.78.2.2")
+        if not _tc_works(server, s_cut):
+            return {"skipped": "tc cannot shape here (no tbf qdisc)"}
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = Path(tmp) / "net.yaml"
+            graph.write_text(GRAPH)
+            proc = AvatarProcess("run", graph, prefix=server.prefix)
+            stop = threading.Event()
+            threads = []
+            try:
+                proc.wait_playing()
+                cutv, t = _viewer(far, "http://10.78.2.1:18080/", stop)  # viewer 1
+                threads.append(t)
+                wait_until(lambda: cutv.decoder.counts["decoded"] > 120, timeout=30)
+                free, t = _viewer(near, "http://10.78.1.1:18080/", stop)  # viewer 2
+                threads.append(t)
+                wait_until(lambda: free.decoder.counts["decoded"] > 300, timeout=30)
+                free_before = (free.decoder.counts["decoded"], time.monotonic())
+
+                t_cut = time.time()
+                subprocess.run([*server.prefix, "tc", "qdisc", "replace", "dev", s_cut, "root", "tbf", "rate", cut,
+                                "burst", "1600", "latency", "300ms"], check=True)
+                down = proc.wait_for(lambda m: m["type"] == "AGENT" and m.get("key") == "1" and m["new"] > m["old"], 20)
+                wait_until(lambda: time.time() - down["ts"] >= 1.0, timeout=10)
+                lost0, got0 = cutv.lost, cutv.decoder.counts["decoded"]
+                wait_until(lambda: time.time() - t_cut >= hold_s, timeout=hold_s + 10)
+                lost1, got1 = cutv.lost, cutv.decoder.counts["decoded"]
+
+                t_back = time.time()
+                subprocess.run([*server.prefix, "tc", "qdisc", "del", "dev", s_cut, "root"], check=True)
+                up = proc.wait_for(lambda m: m["type"] == "AGENT" and m.get("key") == "1" and m["new"] == 0, 30)
+                wait_until(lambda: time.time() - up["ts"] >= after_s, timeout=after_s + 10)
+                free_fps = (free.decoder.counts["decoded"] - free_before[0]) / (time.monotonic() - free_before[1])
+            finally:
+                stop.set()
+                for th in threads:
+                    th.join(20)
+                subprocess.run([*server.prefix, sys.executable, "-m", "runtime.cli", "stop", "-g", "nettest", "--now"],
+                               capture_output=True, timeout=60)
+                proc.finish(30)
+                proc.kill()
+        actions = [m for m in proc.bus if m["type"] == "AGENT"]
+        mine = [m for m in actions if m.get("key") == "1"]
+        return {
+            "cut": cut, "down_s": round(down["ts"] - t_cut, 2), "down_to": down["new"],
+            "cut_frames": got1 - got0, "cut_lost": lost1 - lost0,
+            "cut_loss": round((lost1 - lost0) / max(1, got1 - got0 + lost1 - lost0), 4),
+            "cut_fps": round((got1 - got0) / max(1e-3, t_back - down["ts"] - 1.0), 1),
+            "back_s": round(up["ts"] - t_back, 2),
+            "changes_cut_steady": len([m for m in mine if down["ts"] < m["ts"] < t_back]),
+            "changes_back_steady": len([m for m in mine if m["ts"] > up["ts"]]),
+            "free_changes": len([m for m in actions if m.get("key") == "2"]),
+            "free_lost": free.decoder.counts["lost"] + free.lost, "free_fps": round(free_fps, 1),
+            "actions": [{k: m.get(k) for k in ("key", "old", "new", "reason")} for m in actions],
+            "errors": cutv.errors[:3] + free.errors[:3] + [x for x in (cutv.closed, free.closed) if x],
+        }
+    finally:
+        for ns in made:
+            if ns is not None:
+                ns.kill_all()
+                ns.remove()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cut", default="16kbit", help="the cut link's rate (tc units; default 16kbit)")
+    ap.add_argument("--hold", type=float, default=16.0, metavar="S", help="seconds the link stays cut (default 16)")
+    ap.add_argument("--after", type=float, default=15.0, metavar="S", help="seconds watched after it is back (default 15)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    r = run_scenario(a.cut, a.hold, a.after)
+    if a.json or r.get("skipped"):
+        print(json.dumps(r, indent=2))
+        return 0 if not r.get("skipped") else 2
+    print(f"link cut to {r['cut']}: moved down to layer {r['down_to']} after {r['down_s']} s")
+    print(f"  then, until the link came back: {r['cut_frames']} frames at {r['cut_fps']} fps, "
+          f"{r['cut_lost']} lost ({100 * r['cut_loss']:.2f} %), {r['changes_cut_steady']} further changes")
+    print(f"link back: layer 0 after {r['back_s']} s; {r['changes_back_steady']} changes in the next {a.after:g} s")
+    print(f"the other viewer: {r['free_changes']} changes, {r['free_lost']} lost, {r['free_fps']} fps")
+    for m in r["actions"]:
+        print(f"  viewer {m['key']}: {m['old']} -> {m['new']}: {m['reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+// Receiver reports (docs/delivery.md): every 250 ms the page tells the sink what it got, so the
+// sink's network agent can pick the layer this link carries (docs/agents.md). The sink's pings
+// are answered at once, for its round-trip time.
+
+export const REPORT_MS = 250;
+const RESUME_MS = 1000;  // a stream silent this long that resumes at a keyframe was left (a layer switch), not lost
+
+export class ReceiverReport {
+  constructor() {
+    this.received = 0;   // packets decoded or refused
+    this.lost = 0;       // packets found missing by their sequence numbers
+    this.jitterMs = 0;   // RFC 3550 inter-arrival jitter of the decoded frames
+    this.lastTransit = null;
+    this.streamSeen = new Map();  // sid -> when its last frame came (ms)
+  }
+
+  /** After one decode: `gained` packets found missing by it, `frame` what it gave (or null). */
+  packet(frame, gained, now) {
+    this.received++;
+    if (frame === null) { this.lost += gained; return; }
+    const last = this.streamSeen.get(frame.sid);
+    this.streamSeen.set(frame.sid, now);
+    if (gained && !(frame.keyframe && (last === undefined || now - last > RESUME_MS))) this.lost += gained;
+    const transit = now - frame.pts;
+    if (this.lastTransit !== null) this.jitterMs += (Math.abs(transit - this.lastTransit) - this.jitterMs) / 16;
+    this.lastTransit = transit;
+  }
+
+  message(bytesIn) {
+    return { type: "report", received: this.received, lost: this.lost, bytes: bytesIn,
+             jitter_ms: Math.round(this.jitterMs * 1000) / 1000 };
+  }
+}
