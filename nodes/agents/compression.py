@@ -39,7 +39,9 @@ class CompressionAgent(Agent):
 
     doc = "a compressor's periodic keyframe interval: short while viewers lose packets, long on a clean stream"
     default_param = "keyframe_interval"
+    drives = ("keyframe_interval",)
     fast = DOWN
+    guard_defaults = {"up_after_s": 10.0, "dwell_s": 10.0}  # back up only after 10 clean seconds, 10 s apart
     params = {
         "sink": Param(str, "", "the sink node whose viewers it watches; empty: every node reporting viewer losses"),
         "loss_high": Param(float, 0.01, "loss events per packet owed to viewers above which the interval shortens",
