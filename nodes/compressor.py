@@ -2,8 +2,9 @@
 
 The encoding (quantize; keyframes; deltas from a prediction made from the previous frames, in a
 fixed Exp-Golomb code; msgpack) is ``nodes.wire``, specified in ``docs/wire-format.md``.
-This node adds the graph side: caps, params (all live), keyframe requests from a pad or a param,
-and session slot expiry. Beside the packets it states what each one is (arrays ``keyframe`` and
+This node adds the graph side: caps, params (all live), keyframe requests from a pad or a param
+(coalesced, ``nodes.wire.keyframe_requests``: one keyframe per loss however many sinks and
+viewers ask), and session slot expiry. Beside the packets it states what each one is (arrays ``keyframe`` and
 ``seq``), so the sinks need not read that back out of the bytes. The encoder's per-row work runs
 compiled when ``nodes/wire/_encoder.pyx`` is built (the same packets; ``stats()`` says which path).
 
@@ -31,7 +32,8 @@ class Compressor(Node):
 
     inputs = {
         "in": Pad(("arkit/blendshapes", "morphs/*"), "batches: session list, weights (S, M), pose (S, 9) optional"),
-        "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}; the sessions "
+        "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}, optionally "
+                                          "'seen': {session id: the newest wire seq the asker had}; the sessions "
                                           "viewers watch, for the extra layers: {'watched': [ids]}", required=False),
     }
     outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row; "
@@ -51,6 +53,10 @@ class Compressor(Node):
                                       "but a lost packet harms no other (decompressor resume_after_loss); "
                                       "n: every n-th frame is a reference",
                               min=0, max=wf.MAX_KEYFRAME_INTERVAL),
+        "keyframe_min_gap": Param(int, 6, "frames at least from a session's keyframe to one made for a request: "
+                                          "a request sooner is held until then (and dropped if a keyframe after "
+                                          "what the asker had seen is made meanwhile); 0: at once",
+                                  min=0, max=wf.MAX_KEYFRAME_INTERVAL),
         "force_keyframe": Param(bool, False, "set live to true: the next frame of every session is a keyframe; "
                                              "resets to false"),
         "idle_s": Param(float, 10.0, "a session not seen for this long gives its slot back", min=0.001),
@@ -64,6 +70,7 @@ class Compressor(Node):
     def setup(self) -> None:
         self.enc = wf.Encoder(self.p.bits, self.p.pose_bits, self.p.keyframe_interval, self.p.ref_interval)
         self.p.force_keyframe = False  # a fresh encoder starts every session with a keyframe anyway
+        self.asked = wf.KeyframeRequests(self.enc, self.p.keyframe_min_gap)
         self.rejected = self.requests = 0
         self.next_expiry = 0
         self._layers()
@@ -86,6 +93,9 @@ class Compressor(Node):
         elif self.layered is not None:
             self.layered.configure(**{k: v for k, v in changed.items()
                                       if k in ("pose_bits", "keyframe_interval", "ref_interval")})
+        if "keyframe_min_gap" in changed:
+            self.asked.min_gap = self.p.keyframe_min_gap
+
         if changed.get("force_keyframe"):
             self.enc.request_keyframe()
             if self.layered is not None:
@@ -96,6 +106,7 @@ class Compressor(Node):
         if pad == "requests":
             self._keyframe_request(msg)
             return None
+        self.asked.serve()
         try:
             sessions, names = self._batch(msg)
             out = self.enc.encode_batch(sessions, msg.arrays["weights"], msg.pts_ns, names, msg.arrays.get("pose"))
@@ -149,16 +160,20 @@ class Compressor(Node):
         if not isinstance(ids, list):
             self.warn("ignored an avatar/request without data {'keyframe': [session ids]}")
             return
+        seen = msg.data.get("seen")
         self.requests += len(ids)
-        self.enc.request_keyframe(str(s) for s in ids)
-        if self.layered is not None and ids:
+        self.asked.ask([str(s) for s in ids], seen if isinstance(seen, dict) else None)
+        if self.layered is not None and ids:  # every request: a layer's viewer needs that layer's keyframe
             self.layered.request_keyframe([str(s) for s in ids])
 
     def stats(self) -> dict:
         c = self.enc.counts
         return {"sessions": len(self.enc.sessions), "packets": c["packets"], "keyframes": c["keyframes"],
                 "bytes": c["bytes"], "bytes_per_packet": round(c["bytes"] / c["packets"], 2) if c["packets"] else 0.0,
-                "rejected": self.rejected, "keyframe_requests": self.requests, "compiled": self.enc.compiled,
+                "rejected": self.rejected, "keyframe_requests": self.requests,
+                "keyframes_requested": self.asked.counts["made"],  # the rest: periodic, new sessions, precision
+                "keyframe_requests_answered": self.asked.counts["answered"],  # a keyframe was coming already
+                "keyframe_requests_held": len(self.asked.held), "compiled": self.enc.compiled,
                 **({"layers": self.layered.stats(), "layered_sessions": len(self.layered.wanted)}
                    if self.layered is not None else {})}
 

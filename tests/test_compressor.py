@@ -123,7 +123,7 @@ def test_force_keyframe_param_keyframes_every_session_once_then_resets():
 
 
 def test_keyframe_request_pad_asks_for_one_session():
-    comp = NodeHarness("compressor")
+    comp = NodeHarness("compressor", keyframe_min_gap=0)  # at once, even right after a keyframe
     comp.feed("in", arkit(0))
     assert comp.feed("requests", Message("avatar/request", {"keyframe": ["ben", "nobody"]})) == []
     assert keyframes(comp.feed("in", arkit(1))[0][1]) == [False, True]

@@ -426,7 +426,7 @@ def test_viewers_split_batches_wait_for_keyframes_and_drop_the_oldest_when_slow(
         slow.open.set()  # the packet it was taking (a keyframe) goes; then it asks for a keyframe
         await asyncio.sleep(0.01)
         assert slow.packets == [batches[60][0]] and wf.parse_packet(slow.packets[0]).keyframe
-        assert requests[-1] == {"keyframe": ["a"]}
+        assert requests[-1] == {"keyframe": ["a"], "seen": {"a": wf.parse_packet(batches[-1][0]).seq}}
         reg.echo("a", wf.parse_packet(fast.packets[-1]).seq)
         assert reg.counts["echoes"] == 1
         reg.sweep()

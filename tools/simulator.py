@@ -18,7 +18,8 @@ most every 200 ms, as the page does). It measures, over the window after ``--war
 - latency: frame pts -> decoded here (pts is the pipeline's CLOCK_MONOTONIC, so only meaningful
   on the same machine, which ``--graph`` always is); with ``--graph`` also the sink's own figures
   (echo latency: pts -> the echo back; pipeline latency: capture arrival -> the sink);
-- loss: packets the decoder found missing, refused deltas, malformed packets;
+- loss: packets the decoder found missing, refused deltas, malformed packets (``--loss`` makes each
+  viewer's link lose a fraction of them at random, ``--delay`` makes it longer);
 - reconstruction error: with ``--graph`` the simulator starts the graph itself (``runtime.Runner``,
   its sink on a free port), records the compressor's input with a recorder on the same output, and
   compares every decoded frame with the recorded row of the same (session, pts): RMSE and max error
@@ -92,9 +93,16 @@ class Viewer:
     _stream_seen: dict = field(default_factory=dict)  # sid -> when its last packet came (ns)
     jitter_ms: float = 0.0  # RFC 3550 inter-arrival jitter of the decoded frames
     _last_transit: float | None = None
+    loss: float = 0.0  # a lossy link: each packet is lost with this probability (before the decoder sees it)
+    lose: set = field(default_factory=set)  # wire seqs to lose (a loss every viewer of a session shares)
+    dropped: int = 0  # packets lost on purpose (``loss``, ``lose``)
+    last_seq: int = -1  # the newest packet's wire seq (kept or lost; -1: none yet)
+    delay_s: float = 0.0  # the viewer's link delay, each way (a viewer further away than the others)
+    rng: Any = None
 
     def __post_init__(self) -> None:
         self.frames = [] if self.keep else collections.deque(maxlen=KEEP_LIGHT)
+        self.rng = np.random.default_rng(self.index)
 
     def report(self) -> dict:
         """The receiver report the page sends every 250 ms (docs/delivery.md)."""
@@ -117,8 +125,15 @@ class Viewer:
         self.packets += 1
         self.bytes += len(data)
         self.all_bytes += len(data)
+        data = bytes(data)
+        seq = wf.packet_seq(data)
+        if seq >= 0 and (self.last_seq < 0 or wf.seq_after(seq, self.last_seq)):
+            self.last_seq = seq  # the newest (a late packet is not)
+        if seq in self.lose or (self.loss and self.rng.random() < self.loss):
+            self.dropped += 1
+            return
         try:
-            f = self.decoder.decode(bytes(data), now)
+            f = self.decoder.decode(data, now)
         except ValueError as exc:
             self.errors.append(f"malformed packet: {exc}")
             return
@@ -127,7 +142,8 @@ class Viewer:
             if self.decoder.waiting and now - getattr(self, "_last_kf", -KEYFRAME_REQUEST_MIN_NS) >= KEYFRAME_REQUEST_MIN_NS:
                 self._last_kf = now
                 self.keyframe_requests += 1
-                send({"type": "keyframe"})
+                # seq: the newest packet, which it could not decode (a keyframe after it answers the ask)
+                send({"type": "keyframe", **({"seq": self.last_seq} if self.last_seq >= 0 else {})})
             return
         last = self._stream_seen.get(f.sid)
         self._stream_seen[f.sid] = now
@@ -163,10 +179,27 @@ async def run_websocket(v: Viewer, base: str, stop: asyncio.Event) -> None:
     async with websockets.connect(uri, max_size=None, ping_interval=None) as ws:
         v.connected_ns = time.monotonic_ns()
         pending: list[str] = []
+        loop = asyncio.get_running_loop()
+
+        def post(text: str) -> None:
+            pending.append(text)
+            wake.set()
 
         def send(msg: dict) -> None:
-            pending.append(json.dumps(msg))
-            wake.set()
+            if v.delay_s:  # the viewer's link: its messages reach the sink this much later
+                loop.call_later(v.delay_s, post, json.dumps(msg))
+            else:
+                post(json.dumps(msg))
+
+        def on_message(m: Any) -> None:
+            if isinstance(m, (bytes, bytearray)):
+                v.on_packet(m, send)
+                return
+            doc = v.on_text(m, send)
+            if doc.get("type") == "hello":
+                send({"type": "subscribe", "session": v.session_for(doc.get("sessions") or []), "lod": v.lod})
+            elif doc.get("type") == "error":
+                v.errors.append(doc.get("error", ""))
 
         async def writer() -> None:
             while True:
@@ -177,14 +210,10 @@ async def run_websocket(v: Viewer, base: str, stop: asyncio.Event) -> None:
 
         async def reader() -> None:
             async for m in ws:
-                if isinstance(m, (bytes, bytearray)):
-                    v.on_packet(m, send)
+                if v.delay_s:  # ... and the sink's reach the viewer this much later
+                    loop.call_later(v.delay_s, on_message, m)
                 else:
-                    doc = v.on_text(m, send)
-                    if doc.get("type") == "hello":
-                        send({"type": "subscribe", "session": v.session_for(doc.get("sessions") or []), "lod": v.lod})
-                    elif doc.get("type") == "error":
-                        v.errors.append(doc.get("error", ""))
+                    on_message(m)
 
         wake = asyncio.Event()
         tasks = [asyncio.ensure_future(reader()), asyncio.ensure_future(writer())]
@@ -204,9 +233,20 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
     avatar = pc.createDataChannel("avatar", ordered=False, maxRetransmits=0)
     control = pc.createDataChannel("control")
 
-    def send(msg: dict) -> None:
+    def send_now(text: str) -> None:
         if control.readyState == "open":
-            control.send(json.dumps(msg))
+            control.send(text)
+
+    def send(msg: dict) -> None:
+        if v.delay_s:  # the viewer's link delay, as for a WebSocket viewer
+            asyncio.get_running_loop().call_later(v.delay_s, send_now, json.dumps(msg))
+        else:
+            send_now(json.dumps(msg))
+
+    def later(fn: Any) -> Any:
+        if not v.delay_s:
+            return fn
+        return lambda m: asyncio.get_running_loop().call_later(v.delay_s, fn, m)
 
     def on_text(m: str) -> None:
         doc = v.on_text(m, send)
@@ -215,8 +255,8 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
         if doc.get("type") == "hello" and v.want in (None, "*"):  # an offer without a session subscribes to nothing
             send({"type": "subscribe", "session": v.session_for(doc.get("sessions") or []), "lod": v.lod})
 
-    avatar.on("message", lambda m: v.on_packet(m, send) if isinstance(m, bytes) else None)
-    control.on("message", lambda m: on_text(m) if isinstance(m, str) else None)
+    avatar.on("message", later(lambda m: v.on_packet(m, send) if isinstance(m, bytes) else None))
+    control.on("message", later(lambda m: on_text(m) if isinstance(m, str) else None))
     try:
         await pc.setLocalDescription(await pc.createOffer())
         body = {"sdp": pc.localDescription.sdp, "type": "offer",
@@ -236,8 +276,10 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
 
 
 async def run_viewers(url: str, transport: str, n: int, seconds: float, session: str | None = None,
-                      lod: int | None = None, stagger: float = 0.0) -> list[Viewer]:
-    """``n`` viewers for ``seconds`` (connecting ``stagger`` s apart); returns what each saw."""
+                      lod: int | None = None, stagger: float = 0.0, loss: float = 0.0,
+                      delay: float = 0.0) -> list[Viewer]:
+    """``n`` viewers for ``seconds`` (connecting ``stagger`` s apart; each link losing ``loss`` of
+    the packets, ``delay`` s long each way); returns what each saw."""
     if transport == "webrtc":
         host = urlsplit(url).hostname or ""
         try:
@@ -247,7 +289,7 @@ async def run_viewers(url: str, transport: str, n: int, seconds: float, session:
                 restrict_host_addresses([host])  # a sink on this machine: gather on loopback only
         except ValueError:
             pass
-    viewers = [Viewer(i, transport, session, lod) for i in range(n)]
+    viewers = [Viewer(i, transport, session, lod, loss=loss, delay_s=delay) for i in range(n)]
     stop = asyncio.Event()
     run = run_webrtc if transport == "webrtc" else run_websocket
 
@@ -504,7 +546,8 @@ def simulate(a: argparse.Namespace) -> dict[str, Any]:
             wait_live_sessions(runner, sink, 1 if a.session != "*" else min(a.viewers, a.devices))
         t_start = time.monotonic_ns()
         total = a.warmup + a.stagger * max(0, a.viewers - 1) + a.seconds
-        viewers = asyncio.run(run_viewers(url, a.transport, a.viewers, total, a.session, a.lod, a.stagger))
+        viewers = asyncio.run(run_viewers(url, a.transport, a.viewers, total, a.session, a.lod, a.stagger,
+                                          a.loss, a.delay / 1000))
         t_end = t_start + int(total * 1e9)
         if runner is not None:
             sink_stats = runner.stats()["nodes"][sink]["node"]
@@ -539,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window (default 10)")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds before the window (default 1)")
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between viewer connections")
+    ap.add_argument("--loss", type=float, default=0.0, help="each viewer's link loses this fraction of packets "
+                                                            "(at random, before its decoder; default 0)")
+    ap.add_argument("--delay", type=float, default=0.0, help="each viewer's link delay, ms each way (default 0)")
     ap.add_argument("--session", default=None, help="session to watch (default: the first live one; '*': spread)")
     ap.add_argument("--lod", type=int, default=None, choices=range(wf.N_LOD_LEVELS), help="level of detail to ask for")
     ap.add_argument("--devices", type=int, default=1, help="devices fed to an arkit_source graph (default 1)")
@@ -549,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     a.transport = "webrtc" if a.transport == "webrtc" else "websocket"
     if a.args and not a.graph:
         ap.error("k=v args need --graph")
+    if not 0.0 <= a.loss <= 1.0 or a.delay < 0:
+        ap.error("--loss must be a fraction 0..1 and --delay at least 0 ms")
     result = simulate(a)
     print_table(result["viewers"], result["summary"], result.get("sink"), out=sys.stderr if a.json else sys.stdout)
     if a.json:

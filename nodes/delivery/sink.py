@@ -276,17 +276,21 @@ class ViewerSink(Node):
     def _on_inbox(self) -> None:
         """What the loop handed over: requests to emit upstream, warnings to post."""
         keyframes: dict[str, None] = {}
+        seen: dict[str, int] = {}
         levels: dict[str, int | None] = {}
         watched = None
         for kind, payload in self.inbox.drain():
             if kind == "request":
                 keyframes.update(dict.fromkeys(payload.get("keyframe", ())))
+                seen.update(payload.get("seen", {}))  # the later request's: the newer seq
                 levels.update(payload.get("lod", {}))
                 watched = payload.get("watched", watched)
             else:
                 self._warn_limited(payload)
         if keyframes or levels or watched is not None:
             data: dict[str, Any] = {"keyframe": list(keyframes)}  # always a list: the compressor expects one
+            if seen:
+                data["seen"] = seen
             if levels:
                 data["lod"] = levels
             if watched is not None:  # the sessions viewers watch: the compressor's extra layers are made for them

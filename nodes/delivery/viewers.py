@@ -12,7 +12,13 @@ server's event loop (one thread, no locks); the node hands it each ``avatar/pack
   skipped until the next keyframe, which is asked for upstream. A new subscription waits the
   same way, so a viewer never gets a delta before its first keyframe.
 - Keyframe requests are rate-limited per session (``keyframe_min_interval_ns``); one that comes
-  too soon is sent when the interval is over, if a viewer still waits.
+  too soon is sent when the interval is over, if a viewer still waits. A viewer's ask that names
+  the packet it could not decode (``seq``) is stale when a keyframe after that packet is on its
+  way to it already: it changes nothing, so viewers further away than the others, whose asks
+  come after the keyframe left, cost no second keyframe. Each request upstream says the newest
+  seq of the session the sink had (``seen``), so the compressor makes no second keyframe either.
+- ``losses`` counts loss events: a viewer's (not stale) ask, and a viewer the sink itself left
+  waiting (its queue overflowed, the loop fell behind); per packet owed, the loss agents watch.
 - Echoes (the page saying "decoded seq n of session s") give pipeline-to-page latency from the
   pts of the batch that carried that packet (a small ring per watched session).
 - The voice (``nodes.delivery.voice``): a viewer that asked for audio (``"audio": "opus"`` or
@@ -33,7 +39,7 @@ import numpy as np
 
 from runtime.histogram import LATENCY_BOUNDS_US
 
-from ..wire import MAX_SESSION_ID, N_LOD_LEVELS
+from ..wire import MAX_SESSION_ID, N_LOD_LEVELS, SEQ_MOD, seq_after
 from .netstats import PROBE_S, ReportError, ViewerNet
 from .voice import VoicePacket
 
@@ -75,7 +81,7 @@ class Viewer:
 
     __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
                  "sending", "need_key", "sent", "drops", "skipped", "closed", "audio", "voice", "voice_sent",
-                 "voice_drops", "layer", "layer_next", "net")
+                 "voice_drops", "layer", "layer_next", "net", "key_seq")
 
     def __init__(self, vid: int, transport: Transport):
         self.id, self.transport = vid, transport
@@ -97,6 +103,8 @@ class Viewer:
         self.layer = 0  # the stream layer it gets (0: the compressor's own; 1..: its extra layers)
         self.layer_next: int | None = None  # a switch waiting for a keyframe of that layer
         self.net = ViewerNet()
+        self.key_seq = -1  # wire seq of the last keyframe handed to it (-1: none yet)
+
 
     def info(self, now: int = 0) -> dict[str, Any]:
         out = {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
@@ -138,6 +146,8 @@ class Viewers:
         self.layer_bytes: dict[str, list[list[int]]] = {}  # watched session -> per layer [bytes, packets] this window
         self.layer_rates: dict[str, list[list[float]]] = {}  # ... per layer [bits/s, packets/s] over the last window
         self.layer_table: dict[str, int] = {}  # viewer id -> layer (the node's viewer_layers param)
+        self.newest: dict[str, int] = {}  # watched session -> the newest wire seq handed on
+
         self._ids = itertools.count(1)
         self._index: dict[str, int] = {}
         self._index_of: list = []
@@ -153,7 +163,7 @@ class Viewers:
         self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
                        "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0,
                        "voice_sent": 0, "voice_bytes": 0, "voice_drops": 0, "reports": 0, "probes": 0,
-                       "layer_switches": 0}
+                       "layer_switches": 0, "losses": 0, "keyframe_requests_stale": 0}
         self.pcm_sessions: set[str] = set()  # watched by a viewer that takes its voice as pcm (read by the node)
 
     # --- viewers come and go -----------------------------------------------------------------
@@ -217,6 +227,7 @@ class Viewers:
                 self.unassigned[v.id] = v
         v.session = session
         v.waiting = True  # never a delta before the first keyframe
+        v.key_seq = -1
         v.queue.clear()
         v.voice.clear()
         if session is not None:
@@ -227,11 +238,17 @@ class Viewers:
             answer["audio"] = v.audio
         self._send(v, answer)
 
-    def keyframe(self, v: Viewer) -> None:
-        """The viewer's decoder lost its way: skip deltas until a keyframe, ask for one."""
-        if v.session is not None:
-            v.waiting = True
-            self._want_keyframe(v.session)
+    def keyframe(self, v: Viewer, seq: int | None = None) -> None:
+        """The viewer's decoder lost its way (at packet ``seq``, if it says): skip deltas until a
+        keyframe, ask for one; unless a keyframe after ``seq`` is on its way to it already."""
+        if v.session is None:
+            return
+        if seq is not None and v.key_seq >= 0 and seq_after(v.key_seq, seq):
+            self.counts["keyframe_requests_stale"] += 1
+            return
+        self.counts["losses"] += 1
+        v.waiting = True
+        self._want_keyframe(v.session)
 
     def echo(self, session: str, seq: int) -> None:
         """The page decoded packet ``seq`` of ``session`` just now: latency since its batch's pts."""
@@ -275,7 +292,10 @@ class Viewers:
             self.subscribe(v, check_session(msg.get("session"), True), check_lod(msg.get("lod")),
                            check_audio(msg.get("audio")))
         elif kind == "keyframe":
-            self.keyframe(v)
+            seq = msg.get("seq")
+            if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= 0xFFFF):
+                raise ProtocolError(f"keyframe: 'seq' must be an int 0..65535 or absent, got {_short(seq)}")
+            self.keyframe(v, seq)
         elif kind == "report":
             try:
                 v.net.on_report(self.clock(), msg)
@@ -334,6 +354,7 @@ class Viewers:
             for session, viewers in self.watched.items():
                 for v in viewers.values():
                     v.waiting = True
+                self.counts["losses"] += len(viewers)
                 self._want_keyframe(session)
         if not self.watched:
             return
@@ -355,6 +376,7 @@ class Viewers:
             packet, key, n = packets[i], bool(keyframe[i]), int(seq[i])
             if n >= 0:
                 self.rings[session][n % _RING] = (n, pts_ns)
+                self._newest(session, viewers, n, key)
             tally = self.layer_bytes.get(session)
             if tally is not None:
                 tally[0][0] += len(packet)
@@ -362,7 +384,17 @@ class Viewers:
             for v in viewers.values():
                 if v.layer_next == 0:
                     self._switch(v, 0, key)
-                self._push(v, packet, key)
+                self._push(v, packet, key, n)
+
+    def _newest(self, session: str, viewers: dict[int, Viewer], n: int, key: bool) -> None:
+        """Note the session's newest seq (keyframe requests upstream say it: ``seen``). A gap means
+        packets were lost on the way here (a leaky link): its viewers that decode see it and ask;
+        one that waits sees nothing, and the lost packet may have been the keyframe it waits for,
+        so ask for it."""
+        last = self.newest.get(session)
+        self.newest[session] = n
+        if last is not None and not key and n != (last + 1) % SEQ_MOD and any(v.waiting for v in viewers.values()):
+            self._want_keyframe(session)
 
     def _dispatch_layered(self, find: Callable, packets: list, pts_ns: int, keyframe: np.ndarray, seq: np.ndarray,
                           layers: list) -> None:
@@ -376,10 +408,12 @@ class Viewers:
             n = int(seq[i])
             if n >= 0:
                 self.rings[session][n % _RING] = (n, pts_ns)
-            found: list[tuple[bytes, bool] | None] = [(packets[i], bool(keyframe[i]))]
+                self._newest(session, viewers, n, bool(keyframe[i]))
+            found: list[tuple[bytes, bool, int] | None] = [(packets[i], bool(keyframe[i]), n)]
             for layer, at in zip(layers, index):
                 j = at.get(i)
-                found.append(None if j is None else (layer["packets"][j], bool(layer["keyframe"][j])))
+                found.append(None if j is None else (layer["packets"][j], bool(layer["keyframe"][j]),
+                                                     int(layer["seq"][j])))
             tally = self.layer_bytes.setdefault(session, [])
             while len(tally) < len(found):
                 tally.append([0, 0])
@@ -393,7 +427,7 @@ class Viewers:
                     self._switch(v, nxt, found[nxt][1])  # type: ignore[index]
                 got = found[v.layer] if v.layer < len(found) else found[0]
                 if got is not None:
-                    self._push(v, got[0], got[1])
+                    self._push(v, got[0], got[1], got[2])
 
     def _switch(self, v: Viewer, layer: int, key: bool) -> None:
         """Move the viewer to ``layer`` now if this packet of it is a keyframe (its decoder starts
@@ -459,7 +493,7 @@ class Viewers:
             self.pipe_us[:n - first] = lat[first:]
         self.pipe_rows += n
 
-    def _push(self, v: Viewer, packet: bytes, key: bool) -> None:
+    def _push(self, v: Viewer, packet: bytes, key: bool, seq: int = -1) -> None:
         if v.waiting:
             if not key:
                 v.skipped += 1
@@ -480,12 +514,15 @@ class Viewers:
                 v.waiting = True
                 v.skipped += 1
                 self.counts["skipped"] += 1
+                self.counts["losses"] += 1
                 if v.sending:  # ask once the viewer takes packets again: a stuck one asks nothing
                     v.need_key = True
                 else:
                     self._want_keyframe(v.session)  # type: ignore[arg-type]
                 return
         q.append((packet, key))
+        if key:
+            v.key_seq = seq
         v.wake.set()
 
     def voice(self, session: str, packet: VoicePacket) -> None:
@@ -608,7 +645,8 @@ class Viewers:
         if last is None or now - last >= self.keyframe_min_interval_ns:
             self.kf_last[session] = now
             self.counts["keyframe_requests"] += 1
-            self.request({"keyframe": [session]})
+            seen = self.newest.get(session)
+            self.request({"keyframe": [session], **({"seen": {session: seen}} if seen is not None else {})})
         elif session not in self.kf_deferred:
             self.kf_deferred.add(session)
             delay = (last + self.keyframe_min_interval_ns - now) / 1e9
@@ -639,6 +677,7 @@ class Viewers:
         if not viewers:
             del self.watched[s]
             del self.rings[s]
+            self.newest.pop(s, None)
         self._ask_lod(s)  # type: ignore[arg-type]
         self._pcm_sessions()
 

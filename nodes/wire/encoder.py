@@ -115,6 +115,15 @@ class Encoder:
             if slot is not None:
                 self._force[slot] = True
 
+    def last_keyframe(self, session: str) -> tuple[int, int] | None:
+        """(wire seq of the session's last keyframe, frames coded since it), or None when its next
+        frame is a keyframe anyway (a session not coded yet, or one asked for already)."""
+        slot = self._slots.get(session)
+        if slot is None or self._force[slot]:
+            return None
+        since = int(self._since_key[slot])
+        return (int(self._seq[slot]) - 1 - since) % SEQ_MOD, since
+
     @property
     def sessions(self) -> list[str]:
         return list(self._slots)

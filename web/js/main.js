@@ -111,7 +111,9 @@ transport.addEventListener("packet", (ev) => {
   if (frame === null) {
     if (decoder.waiting.length && now - lastKeyframeRequest >= KEYFRAME_REQUEST_MIN_MS) {
       lastKeyframeRequest = now;
-      transport.send({ type: "keyframe" });
+      const [sid] = decoder.waiting[0];  // seq: the packet it could not decode (the sink drops a stale ask)
+      const seq = decoder.streams.get(sid).lastSeq;
+      transport.send(seq >= 0 ? { type: "keyframe", seq } : { type: "keyframe" });
     }
     return;
   }
