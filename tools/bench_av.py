@@ -41,6 +41,7 @@ and 10 viewers; time to first sound p50 <= 400 ms.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -51,6 +52,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from polling import wait as _wait  # noqa: E402
 
 from runtime import Runner, parse_graph  # noqa: E402
 from runtime.api import ApiConfig, ApiServer  # noqa: E402
@@ -92,18 +96,8 @@ links:
 BURST_S, PERIOD_S = 0.15, 0.7
 
 
-
-
 # --- plumbing -------------------------------------------------------------------------------------
-def wait(pred, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+wait = functools.partial(_wait, interval=0.1)  # each look asks a page: not too often
 
 
 class Graph:

@@ -25,12 +25,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from polling import wait  # noqa: E402
 from simulator import Viewer, run_webrtc, run_websocket  # noqa: E402
 
 from nodes.wire import SEQ_MOD  # noqa: E402
@@ -143,16 +144,6 @@ def after(a: int, b: int) -> bool:
     return 0 < (a - b) % SEQ_MOD < SEQ_MOD // 2
 
 
-def wait(pred: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
-    """Poll ``pred`` until truthy; RuntimeError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
-        time.sleep(0.02)
 
 
 # --- loss events ---------------------------------------------------------------------------------
