@@ -21,6 +21,8 @@ nodes:
 links:
   - src -> mid
   - {from: mid.out, to: sink.in, policy: block, size: 16}
+agents:  # so the agents' metrics are served too
+  pace: {type: target, node: src, param: rate, min: 100, max: 300, params: {watch: nodes.sink.node.count, rate: true, target: 200}}
 """
 
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
@@ -111,7 +113,8 @@ def scraped(tmp_path_factory) -> dict[str, str]:
         def complete() -> dict[str, str] | None:
             last["text"] = httpx.get(f"{url}/metrics", timeout=20).text
             samples = {s.name: f.type for f in text_string_to_metric_families(last["text"]) for s in f.samples}
-            if "avatar_sink_latency_seconds_bucket" in samples and "avatar_link_gaps_total" in samples:
+            if all(n in samples for n in ("avatar_sink_latency_seconds_bucket", "avatar_link_gaps_total",
+                                          "avatar_link_latency_seconds_bucket", "avatar_agent_looks_total")):
                 return samples
             return None
 

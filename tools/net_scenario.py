@@ -131,10 +131,14 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
                 stop.set()
                 for th in threads:
                     th.join(20)
-                subprocess.run([*server.prefix, sys.executable, "-m", "runtime.cli", "stop", "-g", "nettest", "--now"],
-                               capture_output=True, timeout=60)
-                proc.finish(30)
-                proc.kill()
+                try:
+                    subprocess.run([*server.prefix, sys.executable, "-m", "runtime.cli", "stop", "-g", "nettest",
+                                    "--now"], capture_output=True, timeout=60)
+                    proc.finish(30)
+                except (subprocess.TimeoutExpired, OSError):
+                    pass
+                finally:
+                    proc.kill()  # the whole process group: the runner and its nodes
         actions = [m for m in proc.bus if m["type"] == "AGENT"]
         mine = [m for m in actions if m.get("key") == "1"]
         return {
