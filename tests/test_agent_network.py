@@ -94,6 +94,16 @@ def test_stale_or_missing_reports_hold():
     assert tr.agent.wish(view, 0.0, "1") is None
 
 
+def test_each_viewers_layer_is_the_sinks_account_and_gone_viewers_leave_the_table():
+    agent = Trace().agent
+    snap = snapshot(2, recv=NEEDS[2])
+    snap["nodes"]["web"]["node"]["viewer_net"] = {"3": snap["nodes"]["web"]["node"]["viewer_net"]["1"]}
+    assert agent.keys(StatsView(snap, None, 0.5), {}) == ["3"]
+    assert agent.current({"viewer_layers": {"3": 0}}, "3") == 2.0  # the sink says 2 (a table from before a restart)
+    assert agent.to_params({"3": 1}, {"viewer_layers": {"1": 2, "3": 2}}) == {"viewer_layers": {"3": 1}}
+    assert agent.to_params({"3": 0}, {"viewer_layers": {"3": 2}}) == {"viewer_layers": {}}
+
+
 # --- the scenario, through tc (tools/net_scenario.py) --------------------------------------------------
 def test_a_viewer_behind_a_cut_link_moves_down_and_back_and_the_other_is_unaffected():
     from net_scenario import run_scenario

@@ -53,12 +53,26 @@ class NetworkAgent(Agent):
     def __init__(self, name: str, node: str, param: str, params: Mapping[str, Any]):
         super().__init__(name, node, param, params)
         self.estimate: dict[str, float] = {}  # viewer -> bits/s
+        self.layers: dict[str, int] = {}  # viewer -> the layer the sink says it is on (or moving to)
 
     def keys(self, view: StatsView, node_params: Mapping[str, Any]) -> list[str]:
         viewers = view.get(f"nodes.{self.node}.node.viewer_net") or {}
         for gone in [k for k in self.estimate if k not in viewers]:
             del self.estimate[gone]
-        return [k for k, v in viewers.items() if isinstance(v, dict) and v.get("net")]
+        keys = [k for k, v in viewers.items() if isinstance(v, dict) and v.get("net")]
+        # the layer each viewer is on, or moving to: the sink's own account, not the table it was
+        # given (a restarted sink numbers its viewers afresh, and a table entry may be a viewer gone)
+        self.layers = {k: int(viewers[k].get("layer_next", viewers[k].get("layer", 0))) for k in keys}
+        return keys
+
+    def current(self, node_params: Mapping[str, Any], key: str | None = None) -> float:
+        return float(self.layers.get(key or "", 0))
+
+    def to_params(self, values: Mapping[str | None, float], node_params: Mapping[str, Any]) -> dict[str, Any]:
+        """The table of the viewers here now: their layers, with the changes."""
+        table = {k: v for k, v in self.layers.items() if v}
+        table.update({str(k): int(round(v)) for k, v in values.items()})
+        return {self.param: {k: v for k, v in table.items() if v}}
 
     def wish(self, view: StatsView, current: float, key: str | None = None) -> Wish | None:
         info = (view.get(f"nodes.{self.node}.node.viewer_net") or {}).get(key) or {}

@@ -125,7 +125,6 @@ class ViewerSink(Node):
                                keyframe_min_interval_ns=int(self.p.keyframe_min_interval_ms * 1e6),
                                session_timeout_ns=int(self.p.session_timeout * 1e9),
                                request=lambda data: self.inbox.put(("request", data)), clock=self.now_ns)
-        self.viewers.layer_table = {str(k): v for k, v in self.p.viewer_layers.items()}
         self.schedule = VoiceSchedule(self.viewers.voice, self.now_ns)
         self.pending: deque = deque()  # handed over, not dispatched yet (node thread appends, loop pops)
         self.pump_woken = False

@@ -735,7 +735,8 @@ class Viewers:
             "viewer_list": [v.info(now) for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
             "layer_rates": dict(itertools.islice(self.layer_rates.items(), _NET_LISTED)),
             # what the network agent decides on: each reporting viewer's session, layer and network
-            "viewer_net": {str(v.id): {"session": v.session, "layer": v.layer, "net": v.net.info(now)}
+            "viewer_net": {str(v.id): {"session": v.session, "layer": v.layer, "net": v.net.info(now),
+                                       **({"layer_next": v.layer_next} if v.layer_next is not None else {})}
                            for v in itertools.islice((v for v in self.viewers.values() if v.net.enabled), _NET_LISTED)},
             "probe_s": PROBE_S,
         }
