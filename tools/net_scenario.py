@@ -151,7 +151,7 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
             "changes_back_steady": len([m for m in mine if m["ts"] > up["ts"]]),
             "free_changes": len([m for m in actions if m.get("key") == "2"]),
             "free_lost": free.decoder.counts["lost"] + free.lost, "free_fps": round(free_fps, 1),
-            "actions": [{k: m.get(k) for k in ("key", "old", "new", "reason")} for m in actions],
+            "actions": [{k: m.get(k) for k in ("key", "old", "new", "reason", "inputs")} for m in actions],
             "errors": cutv.errors[:3] + free.errors[:3] + [x for x in (cutv.closed, free.closed) if x],
         }
     finally:

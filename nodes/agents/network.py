@@ -87,6 +87,8 @@ class NetworkAgent(Agent):
         want = fits[0] if fits else len(needs) - 1
         if why.startswith("clean"):  # a link that carries its layer cleanly never moves down
             want = min(want, layer)
+        else:  # and one with a queue (a probe's too) or loss never moves up
+            want = max(want, layer)
         inputs = {"estimate_bps": round(est), "needs_bps": [round(n) for n in needs], "recv_bps": net.get("recv_bps"),
                   "loss": net.get("loss"), "rtt_ms": net.get("rtt_ms"), "rtt_min_ms": net.get("rtt_min_ms"),
                   "probe": net.get("probe")}
