@@ -629,14 +629,16 @@ class Viewers:
                     net.start_probe(now, extra)
 
     def _probe_extra(self, v: Viewer) -> float | None:
-        """Bytes/s to add so the viewer gets well over what the best layer needs (its bits and, per
-        packet, the transport's framing): if that gets through, the best layer fits with margin."""
+        """Bytes/s to add so the viewer gets well over what a better layer needs (its bits and, per
+        packet, the transport's framing): if that gets through, that layer fits with margin. The
+        best layer first; after a probe failed, every other probe tries the next better one."""
         rates = self.layer_rates.get(v.session) if v.session is not None else None
         if not rates or v.layer >= len(rates):
             return None
         def need(k: int) -> float:  # noqa: E306 - bits/s with framing
             return rates[k][0] + 8 * _FRAMING_BYTES * rates[k][1]
-        return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(0) - need(v.layer)) / 8
+        target = v.layer - 1 if v.net.probe_fails % 2 else 0
+        return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(target) - need(v.layer)) / 8
 
     # --- upstream ------------------------------------------------------------------------------
     def _want_keyframe(self, session: str) -> None:
