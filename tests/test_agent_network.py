@@ -108,7 +108,7 @@ def test_each_viewers_layer_is_the_sinks_account_and_gone_viewers_leave_the_tabl
 def test_a_viewer_behind_a_cut_link_moves_down_and_back_and_the_other_is_unaffected():
     from net_scenario import run_scenario
 
-    r = run_scenario()
+    r = run_scenario(hold_s=10.0, after_s=8.0)
     if r.get("skipped"):
         pytest.skip(r["skipped"])
     assert r["down_s"] < 2.0, r
