@@ -8,9 +8,10 @@
    goes on where it was (same ``--study``); the current graph is its first trial.
 2. **Choose**: on the front, the trial with the largest summed relative gain over the current
    graph that loses on no objective by more than that metric's limit (``orchestrator.stats``).
-3. **Validate** on the held-out recordings (never tuned on): candidate and current graph, paired
-   per (recording, profile): ``pass`` (a significant gain beyond its limit and no significant loss
-   beyond one), ``fail`` (a significant loss) or ``marginal`` (neither).
+3. **Validate** on the held-out recordings (never tuned on): candidate and current graph, each
+   run ``--repeats`` times alternating, paired per (recording, profile): ``pass`` (a significant
+   gain beyond its limit and beyond the current graph's own run-to-run noise, and no such loss),
+   ``fail`` (a significant loss) or ``marginal`` (neither).
 4. **Apply** (on pass, or marginal with ``--accept-marginal``): a tuned YAML with its provenance
    (study, trial, data hashes, metrics), or with ``--live`` a canary on the running graph
    (``orchestrator.canary``). An automatic rollback stops the tuner until a person runs
@@ -32,7 +33,7 @@ import yaml
 from runtime.errors import GraphError, NodeTypeError
 
 from .check import add_common, problem_text, recordings_from
-from .evaluate import METRICS, evaluate, parse_profiles
+from .evaluate import METRICS, evaluate, parse_profiles, summarize
 from .recordings import Recording
 from .stats import RULES, paired, verdict
 from .tunable import Knob, as_params, knobs
@@ -229,21 +230,31 @@ def validate(a: argparse.Namespace, held: list[Recording], profiles: list, overr
              constraints: list[tuple[str, float, bool]] = ()) -> dict[str, Any]:
     """Candidate against the current graph on the held-out recordings, paired per (recording, profile).
 
-    An objective or another quality metric judged as ``check`` judges (its limit, significance); a
-    constrained metric only by its constraint (the bound the person set, not the current graph)."""
-    runs = {}
-    for label, params in (("current", {}), ("candidate", as_params(candidate))):
-        runs[label] = evaluate(a.graph, held, profiles, overrides=overrides, params=params, seconds=a.seconds,
-                               warmup=a.warmup, stages=False, transport=a.transport)
-    cur = {(u["recording"], u["profile"]): u for u in runs["current"]["units"]}
-    new = {(u["recording"], u["profile"]): u for u in runs["candidate"]["units"]}
+    ``--repeats`` runs of each, alternating (current, candidate, candidate, current, ...), each
+    unit's values averaged over them: what the machine was doing in one run falls on both sides.
+    An objective or another quality metric is judged as ``check`` judges (its limit, significance),
+    and also against the run-to-run noise (how far the current graph's own runs differ: a change
+    within it is ``unsure``); a constrained metric only by its constraint (the person's bound)."""
+    reps = max(1, int(getattr(a, "repeats", 1)))
+    runs: dict[str, list[dict[str, Any]]] = {"current": [], "candidate": []}
+    for i in range(reps):
+        for label in (("current", "candidate") if i % 2 == 0 else ("candidate", "current")):
+            params = as_params(candidate) if label == "candidate" else {}
+            runs[label].append(evaluate(a.graph, held, profiles, overrides=overrides, params=params, seconds=a.seconds,
+                                        warmup=a.warmup, stages=False, transport=a.transport))
+    cur, new = _mean_units(runs["current"]), _mean_units(runs["candidate"])
     keys = sorted(set(cur) & set(new))
+    cur_summary, new_summary = summarize(list(cur.values())), summarize(list(new.values()))
     metrics = {}
-    bounds = {m: (limit * runs["current"]["summary"][m] if rel else limit) for m, limit, rel in constraints
-              if m not in objectives and runs["current"]["summary"].get(m) is not None}
+    bounds = {m: (limit * cur_summary[m] if rel else limit) for m, limit, rel in constraints
+              if m not in objectives and cur_summary.get(m) is not None}
     for m in dict.fromkeys([*objectives, *VALIDATED, *bounds]):
         r = paired([(cur[k].get(m), new[k].get(m)) for k in keys])
         r["verdict"] = verdict(r, RULES[m], a.alpha)
+        r["run_noise"] = _run_noise(runs["current"], m)
+        if r["verdict"] in ("improvement", "regression") and r["run_noise"] is not None \
+                and abs(r.get("change_rel") or 0.0) <= r["run_noise"]:
+            r["verdict"] = "unsure"
         if m in bounds and r.get("current") is not None:
             r["bound"] = bounds[m]
             ok = r["current"] <= bounds[m] if RULES[m].lower_is_better else r["current"] >= bounds[m]
@@ -256,8 +267,31 @@ def validate(a: argparse.Namespace, held: list[Recording], profiles: list, overr
         overall = "pass"
     else:
         overall = "marginal"
-    return {"verdict": overall, "metrics": metrics, "recordings": [r.describe() for r in held],
-            "units": len(keys), "current": runs["current"]["summary"], "candidate": runs["candidate"]["summary"]}
+    return {"verdict": overall, "metrics": metrics, "recordings": [r.describe() for r in held], "repeats": reps,
+            "units": len(keys), "current": cur_summary, "candidate": new_summary}
+
+
+def _mean_units(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (recording, profile), each metric's mean over the runs (None where no run measured it)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        for u in run["units"]:
+            out.setdefault((u["recording"], u["profile"]), {}).setdefault("_rows", []).append(u)
+    for key, row in out.items():
+        rows = row.pop("_rows")
+        row.update(recording=key[0], profile=key[1])
+        for m in METRICS:
+            vals = [u[m] for u in rows if u.get(m) is not None]
+            row[m] = float(sum(vals) / len(vals)) if vals else None
+    return out
+
+
+def _run_noise(runs: list[dict[str, Any]], m: str) -> float | None:
+    """How far the same graph's runs differ on ``m``: the largest relative gap between two runs' means."""
+    means = [r["summary"].get(m) for r in runs if r["summary"].get(m) is not None]
+    if len(means) < 2 or not max(abs(x) for x in means):
+        return None
+    return float((max(means) - min(means)) / (sum(abs(x) for x in means) / len(means)))
 
 
 def _worse(r: dict[str, Any], m: str) -> bool:
@@ -316,6 +350,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--state-dir", default=str(STATE_DIR), help=f"studies and the tuner's stop (default {STATE_DIR})")
     sp.add_argument("--seed", type=int, default=1, help="sampler seed (default 1)")
     sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the validation (default 0.05)")
+    sp.add_argument("--repeats", type=int, default=2, help="validation runs of each side, alternating (default 2)")
     sp.add_argument("--accept-marginal", action="store_true", help="apply a candidate whose validation is marginal")
     sp.add_argument("-o", "--out", help="tuned YAML to write (default STATE_DIR/<graph>.tuned.yaml)")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -416,8 +451,11 @@ def run(a: argparse.Namespace) -> int:
                           "tuned_on": {r.name: r.sha256 for r in tune_recs},
                           "validated_on": {r.name: r.sha256 for r in held}, "profiles": a.profiles,
                           "seconds": a.seconds, "verdict": val["verdict"],
-                          "validation": {m: {k: r.get(k) for k in ("baseline", "current", "change_rel", "p", "verdict")}
+                          "validation": {m: {"current_graph": r.get("baseline"), "tuned": r.get("current"),
+                                             "change_rel": r.get("change_rel"), "p": r.get("p"),
+                                             "run_noise": r.get("run_noise"), "verdict": r["verdict"]}
                                          for m, r in val["metrics"].items()},
+                          "repeats": val["repeats"],
                           "made": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(tuned_yaml(a.graph, overrides, pick["params"], provenance))
@@ -447,13 +485,15 @@ def front_text(rows: list[dict[str, Any]], objectives: list[str]) -> str:
 
 
 def validation_text(val: dict[str, Any]) -> str:
-    lines = [f"validation on {', '.join(r['name'] for r in val['recordings'])} ({val['units']} pairs): {val['verdict'].upper()}",
-             f"  {'metric':<16} {'current':>10} {'candidate':>10} {'change':>8} {'p':>8} {'d_z':>6}  verdict"]
+    lines = [f"validation on {', '.join(r['name'] for r in val['recordings'])} ({val['units']} pairs, "
+             f"{val['repeats']} run{'s' if val['repeats'] != 1 else ''} each): {val['verdict'].upper()}",
+             f"  {'metric':<16} {'current':>10} {'candidate':>10} {'change':>8} {'p':>8} {'d_z':>6} {'run noise':>9}  verdict"]
     for m, r in val["metrics"].items():
-        rel = r.get("change_rel")
+        rel, noise = r.get("change_rel"), r.get("run_noise")
         lines.append(f"  {m:<16} {_fmt(r.get('baseline')):>10} {_fmt(r.get('current')):>10} "
                      f"{(f'{rel * 100:+.1f}%' if rel is not None and math.isfinite(rel) else '-'):>8} "
-                     f"{_fmt(r.get('p')):>8} {_fmt(r.get('effect')):>6}  {r['verdict']}")
+                     f"{_fmt(r.get('p')):>8} {_fmt(r.get('effect')):>6} "
+                     f"{(f'{noise * 100:.1f}%' if noise is not None else '-'):>9}  {r['verdict']}")
     return "\n".join(lines)
 
 

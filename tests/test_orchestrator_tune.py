@@ -109,7 +109,7 @@ def test_tune_writes_the_best_validated_candidate_with_its_provenance_and_resume
             "--state-dir", str(tmp_path / "state"), "-o", str(out), "--profiles", "clean,lossy,slow"]
     assert tune.main(argv) == 0
     text = capsys.readouterr().out
-    assert "validation on b, d, f (9 pairs): PASS" in text, text
+    assert "validation on b, d, f (9 pairs, 2 runs each): PASS" in text, text
     # error <= 0.01 is 0.2 / 2**bits <= 0.01: bits >= 5 (4.32); the fewest bytes: the fewest such bits tried
     best = min(b for b in calls[:12] if b >= 5)
     assert best < 8, calls
@@ -123,11 +123,11 @@ def test_tune_writes_the_best_validated_candidate_with_its_provenance_and_resume
     assert provenance["validation"]["error"]["verdict"] == "within constraint"
     assert doc["description"].endswith(f"Tuned by avatar tune (study {provenance['study']}, trial {provenance['trial']}).")
     assert calls[0] == 8  # the current graph's trial first
-    trials = len(calls) - 2  # and two validation runs: current and candidate
-    assert trials == 12 and calls[-2:] == [8, best]
+    trials = len(calls) - 4  # and the validation's runs: current and candidate twice, alternating
+    assert trials == 12 and calls[-4:] == [8, best, best, 8]
     calls.clear()
     assert tune.main([*argv[:argv.index("--trials")], "--trials", "14", *argv[argv.index("--trials") + 2:]]) == 0
-    assert len(calls) == 2 + 2  # resumed: two more trials, then validation
+    assert len(calls) == 2 + 4  # resumed: two more trials, then the validation
     assert "(12 trials done)" in capsys.readouterr().err
 
 
@@ -194,7 +194,7 @@ def test_tune_the_capture_graphs_compressor_on_recordings_for_real(tmp_path):
     r = avatar("tune", "graphs/capture.yaml", "--recordings", str(recs), "--holdout", "dao_mirror,speech_1",
                "--params", "encode.bits", "--objective", "bytes_per_frame", "--constraint", "error<=0.05",
                "--constraint", "jitter<=1.1x", "--trials", "2", "--seed", "2",  # seed 2: the second trial tries 7 bits
-               "--seconds", "3", "--warmup", "1",
+               "--seconds", "3", "--warmup", "1", "--repeats", "1",
                "--state-dir", str(tmp_path / "st"),
                "-o", str(out), "--json", timeout=170)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
@@ -203,6 +203,6 @@ def test_tune_the_capture_graphs_compressor_on_recordings_for_real(tmp_path):
     cand = report["candidate"]
     assert cand is not None and cand["params"]["encode.bits"] < 8, report["trials"]
     val = report["validation"]
-    assert val["units"] == 6 and val["verdict"] == "pass", val
+    assert val["units"] == 6 and val["repeats"] == 1 and val["verdict"] == "pass", val
     assert val["metrics"]["bytes_per_frame"]["verdict"] == "improvement"
     assert load_graph(out).nodes["encode"].params["bits"] == cand["params"]["encode.bits"]
