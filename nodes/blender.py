@@ -136,9 +136,12 @@ class Blender(FrameClockNode):
         "gaze_amount": Param(float, 1.0, "scale of idle gaze wander; 0 = off", min=0.0, max=5.0),
         "micro_per_min": Param(float, 6.0, "micro-expressions per minute per session; 0 = off", min=0.0, max=600.0),
         "micro_amount": Param(float, 1.0, "scale of micro-expressions", min=0.0, max=5.0),
-        "min_cutoff": Param(float, 1.5, "One Euro: cutoff (Hz) when still; lower = smoother", min=0.01),
-        "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0),
-        "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01),
+        "min_cutoff": Param(float, 1.5, "One Euro: cutoff (Hz) when still; lower = smoother", min=0.01,
+                            tune=(0.1, 10.0, "log")),
+        "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0,
+                      tune=(0.01, 20.0, "log")),
+        "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01,
+                          tune=(0.2, 10.0, "log")),
         "smoothing_sessions": Param(int, 4, "sessions (the first slots) whose frames measure the smoother: jitter "
                                             "at rest, lag in motion, input noise, per second (stats 'smoothing'); "
                                             "0 = off", min=0, max=64),

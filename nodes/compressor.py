@@ -42,17 +42,17 @@ class Compressor(Node):
                                            "layers, data 'layers': [{rows, packets, keyframe, seq}] per layer")}
     params = {
         "bits": Param(int, 8, "weight precision in bits: a decoded weight is within half a step of the input",
-                      min=2, max=16),
+                      min=2, max=16, tune=(4, 12)),
         "pose_bits": Param(int, 12, "head/eye pose precision in bits over -pi..pi radians", min=2, max=16),
         "keyframe_interval": Param(int, 120, "frames from one keyframe of a session to the next (viewers also ask "
                                                                 "for one when they join or lose a packet)",
-                                   min=1, max=wf.MAX_KEYFRAME_INTERVAL),
+                                   min=1, max=wf.MAX_KEYFRAME_INTERVAL, tune=(15, 600, "log")),
         "ref_interval": Param(int, 1, "1: every frame is a reference, deltas are predicted from the previous two "
                                       "frames (the smallest packets; after a loss the decoder waits for a "
                                       "keyframe); 0: deltas from the last keyframe, 2.5 to 3 times the bytes, "
                                       "but a lost packet harms no other (decompressor resume_after_loss); "
                                       "n: every n-th frame is a reference",
-                              min=0, max=wf.MAX_KEYFRAME_INTERVAL),
+                              min=0, max=wf.MAX_KEYFRAME_INTERVAL, tune=(0, 4)),
         "keyframe_min_gap": Param(int, 6, "frames at least from a session's keyframe to one made for a request: "
                                           "a request sooner is held until then (and dropped if a keyframe after "
                                           "what the asker had seen is made meanwhile); 0: at once",

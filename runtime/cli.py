@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -248,6 +250,37 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS_GROUP = "avatar.commands"  # entry points: name = "module:function", the function adds its subparser
+
+
+def command_plugins() -> dict[str, str]:
+    """Extra subcommands: the ``avatar.commands`` entry points, and ``$AVATAR_COMMANDS``
+    (``name=module:function,...``: a checkout whose installed metadata predates its entry points)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group=COMMANDS_GROUP)}
+    for item in filter(None, (s.strip() for s in os.environ.get("AVATAR_COMMANDS", "").split(","))):
+        name, eq, target = item.partition("=")
+        if eq and ":" in target:
+            found[name.strip()] = target.strip()
+    return found
+
+
+def _add_plugins(sub: Any) -> None:
+    """Each plug-in command adds its own subparser; one that cannot load says why when it is used."""
+    for name, target in sorted(command_plugins().items()):
+        if name in sub.choices:  # a built-in command is never replaced
+            continue
+        module, _, fn = target.partition(":")
+        try:
+            getattr(importlib.import_module(module), fn)(sub)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not take the other commands down
+            why = f"command '{name}' ({target}) cannot load: {type(exc).__name__}: {exc}"
+            sp = sub.add_parser(name, help=f"(cannot load: {exc})", add_help=False)
+            sp.add_argument("rest", nargs=argparse.REMAINDER)
+            sp.set_defaults(fn=lambda a, why=why: print(f"avatar: {why}", file=sys.stderr) or 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avatar", description="Avatar Engine: run and steer YAML graphs of node processes.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -367,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("state", choices=("PAUSED", "PLAYING", "paused", "playing"))
     sp = ctl("stop", "stop a running graph (draining first unless --now)", cmd_stop)
     sp.add_argument("--now", action="store_true")
+    _add_plugins(sub)
     return p
 
 

@@ -66,6 +66,8 @@ def param_lines(params: dict[str, Param], live: bool = True) -> list[str]:
         out.append(f"    type: {p.type_name}   default: {p.default!r}" + (f"   range: {rng}" if rng else ""))
         if live:
             out.append(f"    changes: {p.mutable_text()}")
+        if p.search is not None:
+            out.append(f"    tunable: {p.tune_text()} (avatar tune searches it)")
     return out
 
 

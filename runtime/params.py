@@ -27,6 +27,8 @@ class Param:
     ``mutable`` is the highest state in which the param may still change, as GStreamer's
     mutable-in-READY / -PAUSED / -PLAYING flags: ``playing`` (the default) is a live param; a
     ``ready`` one is refused while the node runs, and changes by a hot-swap with the new value.
+    ``tune`` declares a number param tunable, the range a tuner searches (``avatar tune``):
+    ``True`` (min .. max), ``(lo, hi)`` or ``(lo, hi, "log")`` (searched on a log scale).
     """
 
     type: type
@@ -37,10 +39,46 @@ class Param:
     choices: tuple | None = None
     check: Callable[[Any], str | None] | None = None
     mutable: str = PLAYING
+    tune: bool | tuple | None = None
 
     def __post_init__(self) -> None:
         if self.mutable not in MUTABLE:
             raise ValueError(f"Param.mutable must be one of {', '.join(MUTABLE)}, got {self.mutable!r}")
+        if self.tune is not None and self.tune is not False:
+            self.search  # noqa: B018 - raises ValueError for a bad declaration, when the type is defined
+
+    @property
+    def search(self) -> tuple[float, float, bool] | None:
+        """The tuner's range (lo, hi, log scale) of a tunable param, None if not tunable."""
+        if self.tune is None or self.tune is False:
+            return None
+        if self.type not in (int, float):
+            raise ValueError(f"Param.tune: only int and float params are tunable, not {self.type_name}")
+        if self.tune is True:
+            if self.min is None or self.max is None:
+                raise ValueError("Param.tune=True needs min and max (or give tune=(lo, hi))")
+            lo, hi, scale = self.min, self.max, "linear"
+        elif isinstance(self.tune, tuple) and len(self.tune) in (2, 3):
+            lo, hi = self.tune[0], self.tune[1]
+            scale = self.tune[2] if len(self.tune) == 3 else "linear"
+        else:
+            raise ValueError(f"Param.tune is True, (lo, hi) or (lo, hi, 'log'), got {self.tune!r}")
+        if scale not in ("linear", "log"):
+            raise ValueError(f"Param.tune's scale is 'linear' or 'log', got {scale!r}")
+        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
+            raise ValueError(f"Param.tune needs numbers lo < hi, got {self.tune!r}")
+        if (self.min is not None and lo < self.min) or (self.max is not None and hi > self.max):
+            raise ValueError(f"Param.tune's range {lo} .. {hi} goes beyond the param's {self.range_text()}")
+        if scale == "log" and lo <= 0:
+            raise ValueError(f"Param.tune on a log scale needs lo > 0, got {lo}")
+        return float(lo), float(hi), scale == "log"
+
+    def tune_text(self) -> str:
+        s = self.search
+        if s is None:
+            return ""
+        fmt = (lambda v: str(int(v))) if self.type is int else (lambda v: f"{v:g}")
+        return f"{fmt(s[0])} .. {fmt(s[1])}" + (" (log scale)" if s[2] else "")
 
     @property
     def type_name(self) -> str:

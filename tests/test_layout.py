@@ -107,3 +107,25 @@ def test_paths_computed_from_a_subpackage_find_the_repository_folders():
 
     assert (DEFAULT_WEB_ROOT / "index.html").is_file() and DEFAULT_WEB_ROOT == ROOT / "web"
     assert GRAPHS_DIR == ROOT / "graphs" and SAMPLE_CAPTURE.is_file()
+
+
+def test_the_orchestrator_reaches_nodes_through_subpackages_and_runtime_never_reaches_it():
+    types = {f"nodes.{m}" for m in node_modules()}
+    for path in sorted((ROOT / "orchestrator").glob("*.py")):
+        found = {m for m in imported_modules(path, "orchestrator") if m in types or m.rsplit(".", 1)[0] in types}
+        assert not found, f"{path.relative_to(ROOT)} imports the node module(s) {', '.join(sorted(found))}"
+    for path in sorted((ROOT / "runtime").rglob("*.py")):
+        package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+        found = {m for m in imported_modules(path, package) if m.split(".")[0] == "orchestrator"}
+        assert not found, f"{path.relative_to(ROOT)} imports {', '.join(sorted(found))}"
+
+
+def test_the_orchestrators_all_is_honest():
+    import orchestrator
+
+    assert orchestrator.__doc__
+    for n in orchestrator.__all__:
+        assert hasattr(orchestrator, n), f"orchestrator.__all__ names {n}, which it does not have"
+    modules = {p.stem for p in (ROOT / "orchestrator").glob("*.py")}
+    public = {n for n in vars(orchestrator) if not n.startswith("_") and n not in modules and n != "annotations"}
+    assert public <= set(orchestrator.__all__), f"orchestrator exports {sorted(public - set(orchestrator.__all__))} outside __all__"
