@@ -37,19 +37,13 @@ from nodes.livelink import (
     read_container,
     read_take,
 )
+from nodes.speech import HARVARD_SENTENCES
 
 FPS = 60.0
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "out" / "recordings"
 CHECK_SET = ("dao", "dao_mirror", "speech_1", "speech_2")  # what avatar check measures by default
 SUFFIXES = (".bin", ".csv")
-SENTENCES = (  # Harvard sentences (IEEE 1969)
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-)
+SENTENCES = HARVARD_SENTENCES[:6]  # the speech recordings' texts
 
 
 @dataclass(frozen=True)

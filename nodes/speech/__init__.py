@@ -12,6 +12,7 @@ from .festival import (
                        scheme_string,
                        segments_to_phones,
 )
+from .harvard import HARVARD_SENTENCES
 from .opus import OPUS_CHANNELS, OPUS_RATE, OpusDecoder
 from .pcm import RATE, Resampler, to_int16
 from .recognizer import FRAME_RATE, PHONES, Phone, PhonemeStream, arpabet, merge_silences, recognize, transcript_words
@@ -20,7 +21,7 @@ from .sentences import MAX_SENTENCE_CHARS, split_sentences
 from .streams import CODECS, AudioStream, OpusStream, PcmStream, open_stream
 from .wav import MAX_HEADER_BYTES, WavFormat, WavReader, WavStream, parse_fmt, read_wav
 
-__all__ = ["AudioStream", "CODECS", "ESPEAK_MAPPING", "Espeak", "FESTIVAL_MAPPING", "FESTIVAL_PACKAGES",
+__all__ = ["HARVARD_SENTENCES", "AudioStream", "CODECS", "ESPEAK_MAPPING", "Espeak", "FESTIVAL_MAPPING", "FESTIVAL_PACKAGES",
            "FESTIVAL_VOICE", "FRAME_RATE", "Festival", "FestivalError", "FrameDecoder", "MAX_HEADER_BYTES",
            "MAX_SENTENCE_CHARS", "OPUS_CHANNELS", "OPUS_RATE", "OpusDecoder", "OpusStream", "PHONES", "PcmStream",
            "Phone", "PhonemeStream", "RATE", "Resampler", "SAMPLE_FORMATS", "SampleFormat", "WavFormat", "WavReader",
