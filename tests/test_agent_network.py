@@ -74,13 +74,13 @@ def test_a_probe_that_got_through_brings_the_best_layer_back_after_its_wish_held
     tr = Trace()
     tr.look(snapshot(0, recv=5000.0, rtt=300.0))
     assert tr.layer == 2
-    for _ in range(12):  # the dwell (5 s) passes, clean at layer 2
+    for _ in range(6):  # the dwell (2 s) passes, clean at layer 2
         tr.look(snapshot(2, recv=NEEDS[2]))
     probe = {"ok": True, "bps": 1.4 * NEEDS[0], "age_s": 0.2}
     tr.look(snapshot(2, recv=NEEDS[2], probe=probe))
-    assert tr.layer == 2  # wished for, not yet held up_after (1 s)
-    for _ in range(3):
-        tr.look(snapshot(2, recv=NEEDS[2], probe={**probe, "age_s": probe["age_s"] + 0.5}))
+    assert tr.layer == 2  # wished for, not yet held up_after (2 s)
+    for k in range(5):
+        tr.look(snapshot(2, recv=NEEDS[2], probe={**probe, "age_s": probe["age_s"] + 0.5 * (k + 1)}))
     assert tr.layer == 0 and tr.moves[-1][1] == 0
 
 

@@ -72,7 +72,9 @@ def graph() -> Iterator[Callable[..., tuple[Any, int]]]:
     def start(text: str) -> tuple[Any, int]:
         runner = start_graph(text)
         started.append(runner)
-        return runner, runner.stats()["nodes"]["sink"]["node"]["port"]
+        # the port from the sink's INFO (at once), not a stats round trip: a pcm viewer must subscribe
+        # before the first chunk of the voice reaches the sink, or that chunk is made for nobody
+        return runner, runner.bus.wait_for("INFO", node="sink", timeout=30)["port"]
 
     yield start
     for runner in started:

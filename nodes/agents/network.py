@@ -34,10 +34,11 @@ class NetworkAgent(Agent):
     keyed = True
     fast = UP
     scale = (0, 8)
-    # a worse layer at once; a better one after its wish held 1 s (a probe showed the room), and
-    # not within 5 s of the last change; at most 4 changes a minute per viewer
     every = 0.5  # a cut link is seen within a second or two
-    guard_defaults = {"up_after_s": 1.0, "dwell_s": 5.0, "max_per_min": 4.0, "stale_s": 2.0}
+    # a worse layer at once; a better one after its wish held 2 s (a probe showed the room; long
+    # enough for a probe of the best layer to follow one of a layer between, and go straight
+    # there), and not within 2 s of the last change; at most 4 changes a minute per viewer
+    guard_defaults = {"up_after_s": 2.0, "dwell_s": 2.0, "max_per_min": 4.0, "stale_s": 2.0}
     params = {
         "delay_ms": Param(float, 100.0, "round trip above its recent minimum that counts as a queue (over-use)",
                           min=5.0, max=10000.0),

@@ -28,7 +28,8 @@ PROBE_S = 1.0
 PROBE_TICK_S = 0.25  # the sink's housekeeping period: padding is owed a tick's share at a time
 _REPORT_AFTER_NS = 100_000_000  # a probe is judged by the first report this long after it ended
 _PROBE_BACKLOG = 3000  # bytes more on the way than when the probe began: the path queues, the probe stops
-_PROBE_BACKOFF_S = (2.0, 3.0, 4.0)  # the wait before the next probe, after 0, 1, 2+ failures in a row
+_PROBE_BACKOFF_S = (2.0, 3.0, 4.0)
+_PROBE_AGAIN_S = 0.5  # the wait before the next probe, after 0, 1, 2+ failures in a row
 _RTT_MIN_WINDOW_NS = 10_000_000_000  # the baseline round trip: the least over this window
 _RATE_WINDOW_NS = 1_000_000_000  # received rate and loss over about this long
 _RTT_MEDIAN_WINDOW_NS = 1_000_000_000  # the queue signal: the median round trip over this long
@@ -129,12 +130,13 @@ class ViewerNet:
         return 0 if a is None or b is None else max(0, b - a)
 
     # --- probes ------------------------------------------------------------------------------------
-    def start_probe(self, now: int, extra_bps: float) -> None:
-        """Send ``extra_bps`` more than now, for PROBE_S (the bytes go out as padding)."""
+    def start_probe(self, now: int, extra_bps: float, best: bool = True) -> None:
+        """Send ``extra_bps`` more than now, for PROBE_S (the bytes go out as padding); ``best``:
+        it tries the best layer's rate (else a layer between)."""
         base = self.reports[-1] if self.reports else (now, 0, 0, 0)
         self.probe = {"start": now, "end": now + int(PROBE_S * 1e9), "extra_bps": extra_bps,
                       "sent0": self.sent_bytes, "recv0": base[3], "t0": base[0], "rtt0": self.rtt_min_ms(now),
-                      "backlog0": self.backlog(), "pad0": self.pad_sent}
+                      "backlog0": self.backlog(), "pad0": self.pad_sent, "best": best}
         self.pad_owed += int(extra_bps * PROBE_TICK_S)  # the first tick's share at once
 
     def probe_tick(self, now: int, tick_s: float) -> None:
@@ -173,7 +175,8 @@ class ViewerNet:
                            "recv_share": round(recv / sent, 3) if sent else 0.0, "aborted": bool(p.get("aborted"))}
         self.probe = None
         self.probe_fails = 0 if ok else self.probe_fails + 1
-        wait = _PROBE_BACKOFF_S[min(self.probe_fails, len(_PROBE_BACKOFF_S) - 1)]
+        # a probe that found room for a layer between: try the best one at once
+        wait = _PROBE_AGAIN_S if ok and not p["best"] else _PROBE_BACKOFF_S[min(self.probe_fails, len(_PROBE_BACKOFF_S) - 1)]
         self.next_probe_ns = now + int(wait * 1e9)
 
     def backlog(self) -> int:

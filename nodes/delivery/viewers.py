@@ -623,21 +623,21 @@ class Viewers:
                 if net.pad_owed:
                     v.wake.set()
             elif v.layer > 0 and v.layer_next is None and now >= net.next_probe_ns and v.session is not None:
-                extra = self._probe_extra(v)
+                target = v.layer - 1 if net.probe_fails % 2 else 0
+                extra = self._probe_extra(v, target)
                 if extra is not None:
                     self.counts["probes"] += 1
-                    net.start_probe(now, extra)
+                    net.start_probe(now, extra, target == 0)
 
-    def _probe_extra(self, v: Viewer) -> float | None:
+    def _probe_extra(self, v: Viewer, target: int) -> float | None:
         """Bytes/s to add so the viewer gets well over what a better layer needs (its bits and, per
         packet, the transport's framing): if that gets through, that layer fits with margin. The
-        best layer first; after a probe failed, every other probe tries the next better one."""
+        best layer first (``target`` 0); after a probe failed, every other probe tries the next better one."""
         rates = self.layer_rates.get(v.session) if v.session is not None else None
         if not rates or v.layer >= len(rates):
             return None
         def need(k: int) -> float:  # noqa: E306 - bits/s with framing
             return rates[k][0] + 8 * _FRAMING_BYTES * rates[k][1]
-        target = v.layer - 1 if v.net.probe_fails % 2 else 0
         return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(target) - need(v.layer)) / 8
 
     # --- upstream ------------------------------------------------------------------------------
