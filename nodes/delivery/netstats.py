@@ -194,13 +194,14 @@ class ViewerNet:
             return {}
         r = self.rates(now)
         lp = self.last_probe
+        p50, low = self.rtt_p50_ms(now), self.rtt_min_ms(now)
         return {
             "age_s": round((now - self.last_report_ns) / 1e9, 3),
             "recv_bps": None if r is None else round(8 * r[0], 1), "sent_bps": None if r is None else round(8 * r[1], 1),
             "loss": None if r is None else round(r[2], 4), "jitter_ms": self.jitter_ms,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
-            "rtt_p50_ms": None if self.rtt_p50_ms(now) is None else round(self.rtt_p50_ms(now) or 0.0, 2),
-            "rtt_min_ms": None if self.rtt_min_ms(now) is None else round(self.rtt_min_ms(now) or 0.0, 2),
+            "rtt_p50_ms": None if p50 is None else round(p50, 2),
+            "rtt_min_ms": None if low is None else round(low, 2),
             "probing": self.probe is not None,
             "probe": None if lp is None else {**{k: v for k, v in lp.items() if k != "at"},
                                               "age_s": round((now - lp["at"]) / 1e9, 3)},

@@ -106,17 +106,14 @@ class Viewer:
         self.key_seq = -1  # wire seq of the last keyframe handed to it (-1: none yet)
 
 
-    def info(self, now: int = 0) -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         out = {"id": self.id, "transport": self.transport.kind, "session": self.session, "lod": self.lod,
                "sent": self.sent, "drops": self.drops, "skipped": self.skipped, "queued": len(self.queue),
                "waiting": self.waiting, "audio": self.audio, "voice_sent": self.voice_sent,
                "voice_drops": self.voice_drops + getattr(self.transport, "voice_drops", 0), "layer": self.layer}
         if self.layer_next is not None:
             out["layer_next"] = self.layer_next
-        net = self.net.info(now) if now else {}
-        if net:
-            out["net"] = net
-        return out
+        return out  # its network: stats' viewer_net
 
 
 class ProtocolError(ValueError):
@@ -734,7 +731,7 @@ class Viewers:
             "pipeline_latency_hist": {"step_us": _PIPE_STEP_US, "bins": hist.tolist(),
                                       "counts": self.pipe_hist[hist].tolist()},
             "latency_hist": self._latency_hist(),  # the same, in runtime.histogram's form (/metrics)
-            "viewer_list": [v.info(now) for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
+            "viewer_list": [v.info() for v in itertools.islice(self.viewers.values(), _LISTED_VIEWERS)],
             "layer_rates": dict(itertools.islice(self.layer_rates.items(), _NET_LISTED)),
             # what the network agent decides on: each reporting viewer's session, layer and network
             "viewer_net": {str(v.id): {"session": v.session, "layer": v.layer, "net": v.net.info(now),
