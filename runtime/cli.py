@@ -224,7 +224,8 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 def cmd_set(a: argparse.Namespace) -> int:
     params = {k: parse_value(v) for k, v in _kv(a.params, "params").items()}
-    print(json.dumps(_client(a).request("params", node=a.node, params=params), default=str))
+    extra = {"session": a.session} if a.session is not None else {}
+    print(json.dumps(_client(a).request("params", node=a.node, params=params, **extra), default=str))
     return 0
 
 
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "them alone until avatar unpin)", cmd_set)
     sp.add_argument("node")
     sp.add_argument("params", nargs="+", metavar="key=value")
+    sp.add_argument("--session", metavar="S", help="set the params for session S alone (params a node type declares "
+                                                   "per-session; key=null gives S the node's value again)")
     sp = ctl("unpin", "give params a person set back to the graph's agents: avatar unpin -g G NODE [param ...] "
                       "(none named: all of the node's)", cmd_unpin)
     sp.add_argument("node")

@@ -53,7 +53,7 @@ async def _dispatch(runner: "Runner", req: dict[str, Any]) -> Any:
     if op == "stats":
         return await runner.stats_async()
     if op == "params":
-        return await runner.set_params_async(req["node"], req["params"])
+        return await runner.set_params_async(req["node"], req["params"], session=req.get("session"))
     if op == "unpin":
         return runner.unpin_now(req["node"], list(req.get("params") or ()))
     if op == "swap":

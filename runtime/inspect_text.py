@@ -68,6 +68,8 @@ def param_lines(params: dict[str, Param], live: bool = True) -> list[str]:
             out.append(f"    changes: {p.mutable_text()}")
         if p.search is not None:
             out.append(f"    tunable: {p.tune_text()} (avatar tune searches it)")
+        if p.per_session:
+            out.append("    per session: a session may have its own (session_params; avatar set --session S)")
     return out
 
 

@@ -13,7 +13,7 @@ from .caps import CapsSpec
 from .errors import ParamError
 from .message import Message
 from .pads import Pad
-from .params import Param, ParamValues, check_params
+from .params import SESSION_PARAMS, Param, ParamValues, check_params, session_param
 
 
 class Timer(Protocol):
@@ -60,6 +60,12 @@ class Node:
     # by ``on_call`` (GStreamer's action signals): "say" (text to speak, POST /say), "speak"
     # (audio streamed in, POST /speak and its WebSocket).
     interfaces: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        extra = session_param(cls.params)  # a type with per-session params takes them in session_params
+        if extra is not None and SESSION_PARAMS not in cls.params:
+            cls.params = {**cls.params, SESSION_PARAMS: extra}
 
     def __init__(self, name: str, params: Mapping[str, Any], ctx: NodeContext):
         self.name = name
@@ -144,6 +150,13 @@ class Node:
     def now_ns(self) -> int:
         """The pts clock (CLOCK_MONOTONIC ns); simulated under ``runtime.testing.NodeHarness``."""
         return self.ctx.now_ns()
+
+    def session_values(self) -> dict[str, dict[str, Any]]:
+        """Each session's own values of per-session params (``Param.per_session``), as the params'
+        types: ``{session: {param: value}}``, only the sessions that have some."""
+        declared = type(self).params
+        return {str(s): {k: declared[k].coerce(k, v) for k, v in own.items()}
+                for s, own in (getattr(self.p, SESSION_PARAMS, None) or {}).items()}
 
     def keep(self, *names: str) -> None:
         """These params were changed by the node itself (say, a viewer's request): the runner keeps

@@ -29,6 +29,11 @@ class Param:
     ``ready`` one is refused while the node runs, and changes by a hot-swap with the new value.
     ``tune`` declares a number param tunable, the range a tuner searches (``avatar tune``):
     ``True`` (min .. max), ``(lo, hi)`` or ``(lo, hi, "log")`` (searched on a log scale).
+    ``per_session``: the param may also take its own value for one session (a node of many
+    sessions then runs that session with it, the others with the node's value): the type gets a
+    ``session_params`` param, ``{session: {param: value}}`` (``session_param``), which is set like
+    any other (YAML, ``avatar set --session``, live) and is how a canary tries params on one
+    session alone.
     """
 
     type: type
@@ -40,6 +45,7 @@ class Param:
     check: Callable[[Any], str | None] | None = None
     mutable: str = PLAYING
     tune: bool | tuple | None = None
+    per_session: bool = False
 
     def __post_init__(self) -> None:
         if self.mutable not in MUTABLE:
@@ -134,6 +140,51 @@ class Param:
             return None
         return (f"param '{name}' can only change in {self.mutable} or below, and the node is {state}: "
                 f"swap the node with the new value instead (avatar swap ... {name}=...)")
+
+
+SESSION_PARAMS = "session_params"  # the param a type with per-session params gets (Param.per_session)
+
+
+def session_param(declared: Mapping[str, Param]) -> Param | None:
+    """The ``session_params`` param for a type declaring these params (None: none is per-session).
+
+    Its value maps a session to its own values of per-session params, each checked as the param
+    itself is (type, range, own check)."""
+    names = sorted(n for n, p in declared.items() if p.per_session)
+    if not names:
+        return None
+
+    def check(value: Any) -> str | None:
+        for session, own in value.items():
+            if not isinstance(own, dict):
+                return f"session '{shown_text(str(session))}': a mapping of param -> value, got {type(own).__name__}"
+            for name, v in own.items():
+                if name not in names:
+                    return (f"session '{shown_text(str(session))}': '{shown_text(str(name))}' cannot be set per "
+                            f"session (these can: {', '.join(names)})")
+                try:
+                    declared[name].coerce(name, v)
+                except ParamError as exc:
+                    return f"session '{shown_text(str(session))}': {exc}"
+        return None
+
+    return Param(dict, {}, f"per-session values, {{session: {{param: value}}}}, of {', '.join(names)}: a session "
+                           "not named runs with the node's own", check=check)
+
+
+def merge_session(current: Mapping[str, Any], session: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``session_params`` with one session's values set (a None value gives that param back to the
+    node's own; a session left with none is dropped)."""
+    out = {s: dict(v) for s, v in current.items()}
+    own = out.setdefault(session, {})
+    for name, value in values.items():
+        if value is None:
+            own.pop(name, None)
+        else:
+            own[name] = value
+    if not own:
+        del out[session]
+    return out
 
 
 def parse_value(text: str) -> Any:

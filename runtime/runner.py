@@ -28,7 +28,7 @@ from .graph import Graph
 from .hotswap import HotSwap
 from .latency import LatencyTracker
 from .nodeprocess import NodeProcess
-from .params import check_params, check_wire, wire_problem
+from .params import SESSION_PARAMS, check_params, check_wire, merge_session, wire_problem
 from .protocol import InputSpec, OutputSpec, SpawnSpec
 from .state import StateStore, open_store
 from .states import NULL, PAUSED, PLAYING, READY, rank
@@ -128,6 +128,10 @@ class Runner:
 
     def set_params(self, node: str, **params: Any) -> dict[str, Any]:
         return self.on_loop(self.set_params_async(node, params), 10)
+
+    def set_session_params(self, node: str, session: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Per-session params for one session (``Param.per_session``; None gives one back)."""
+        return self.on_loop(self.set_params_async(node, params, session=session), 10)
 
     def set_state(self, state: str) -> str:
         return self.on_loop(self.set_state_async(state), 20)
@@ -243,17 +247,21 @@ class Runner:
             result["host"] = self.host
         return result
 
-    async def set_params_async(self, name: str, params: Mapping[str, Any], by: str | None = None) -> dict[str, Any]:
+    async def set_params_async(self, name: str, params: Mapping[str, Any], by: str | None = None,
+                               session: str | None = None) -> dict[str, Any]:
         """Set live params; a refusal (ParamRefused, with the reason) changes nothing anywhere.
 
         Only what the node accepted is recorded (the graph's params, the state store), so the node's
         next process, after a crash or a swap, starts with the last values that worked. ``by``: the
         agent that sets them; None is a person (the CLI, the API), whose params are pinned: no agent
-        changes them until ``unpin``."""
+        changes them until ``unpin``. ``session``: the values are that session's own (per-session
+        params; a None value gives one back to the node's), a change of ``session_params``."""
         np = self.proc(name)
         cls = self.types[name]
         try:
             check_wire(params)  # first: nothing below walks a value nested thousands deep
+            if session is not None:
+                params = self._session_change(name, cls, session, params)
             changed = check_params(cls.params, params, fill_defaults=False, state=np.state)
         except ParamError as exc:
             raise ParamRefused(f"node '{name}' ({self.graph.nodes[name].type}): {exc}") from None
@@ -265,6 +273,17 @@ class Runner:
                 pinned[key] = "person"
         await self.latency.update(self)  # latency query: a param may change a path's latency
         return result
+
+    def _session_change(self, name: str, cls: Any, session: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` for one session as the change of ``session_params`` they make (ParamError if not)."""
+        if SESSION_PARAMS not in cls.params:
+            raise ParamError("its type has no per-session params")
+        if not isinstance(session, str) or not session:
+            raise ParamError(f"a session is a non-empty string, got {session!r}")
+        if not params:
+            raise ParamError("no params given for the session")
+        current = self.graph.nodes[name].params.get(SESSION_PARAMS) or {}
+        return {SESSION_PARAMS: merge_session(current, session, params)}
 
     def unpin_now(self, name: str, params: tuple[str, ...] | list[str] = ()) -> list[str]:
         """On the loop: unpin ``params`` of node ``name`` (all if empty); the ones that were pinned."""

@@ -16,7 +16,7 @@ from .errors import ParamError
 from .graph import Graph, graph_from_dict, parse_graph
 from .message import Message, decode, encode
 from .node import Node, apply_params
-from .params import check_params
+from .params import SESSION_PARAMS, check_params, merge_session
 from .recording import RecordingWriter, read_recording
 from .registry import get_node_type
 from .runner import Runner
@@ -130,6 +130,11 @@ class NodeHarness:
     def set_params(self, **params: Any) -> None:
         """A live change to the playing node, as its process makes it: refused (ParamError), it changes nothing."""
         apply_params(self.node, params, PLAYING)
+
+    def set_session_params(self, session: str, **params: Any) -> None:
+        """Per-session params for one session, as ``avatar set --session`` makes them (None: the node's again)."""
+        current = getattr(self.node.p, SESSION_PARAMS, None) or {}
+        apply_params(self.node, {SESSION_PARAMS: merge_session(current, session, params)}, PLAYING)
 
     def call(self, interface: str, **args: Any) -> Any:
         """A call into one of the node's interfaces, as its process takes one (``Runner.call``): the

@@ -78,6 +78,9 @@ class ParamsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     params: dict[str, Any] = Field(min_length=1, description="param name -> new value")
+    session: str | None = Field(None, min_length=1, max_length=1024,
+                                description="set them for this session alone (per-session params; a null value "
+                                            "gives the session the node's value again)")
 
 
 class SayBody(BaseModel):
@@ -430,6 +433,10 @@ def create_app(runner: Any, config: ApiConfig | None = None, secret: str | None 
     @app.post("/nodes/{name}/params", tags=["control"], dependencies=[operator], summary="Set a running node's params")
     def set_params(body: ParamsBody, name: str = Path(pattern=_NAME)) -> JSONResponse:
         running_node(name)
+        if body.session is not None:
+            session = body.session
+            return _json({"node": name, "session": session,
+                          "params": call(lambda: runner.set_session_params(name, session, body.params))})
         return _json({"node": name, "params": call(lambda: runner.set_params(name, **body.params))})
 
     @app.delete("/nodes/{name}/pins", tags=["control"], dependencies=[operator],
