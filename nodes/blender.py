@@ -137,11 +137,11 @@ class Blender(FrameClockNode):
         "micro_per_min": Param(float, 6.0, "micro-expressions per minute per session; 0 = off", min=0.0, max=600.0),
         "micro_amount": Param(float, 1.0, "scale of micro-expressions", min=0.0, max=5.0),
         "min_cutoff": Param(float, 1.5, "One Euro: cutoff (Hz) when still; lower = smoother", min=0.01,
-                            tune=(0.1, 10.0, "log")),
+                            tune=(0.1, 10.0, "log"), per_session=True),
         "beta": Param(float, 2.0, "One Euro: cutoff growth with speed; higher = less lag", min=0.0,
-                      tune=(0.01, 20.0, "log")),
+                      tune=(0.01, 20.0, "log"), per_session=True),
         "d_cutoff": Param(float, 2.0, "One Euro: cutoff (Hz) of the speed estimate", min=0.01,
-                          tune=(0.2, 10.0, "log")),
+                          tune=(0.2, 10.0, "log"), per_session=True),
         "smoothing_sessions": Param(int, 4, "sessions (the first slots) whose frames measure the smoother: jitter "
                                             "at rest, lag in motion, input noise, per second (stats 'smoothing'); "
                                             "0 = off", min=0, max=64),
@@ -179,9 +179,12 @@ class Blender(FrameClockNode):
         self.layout: tuple[np.ndarray, list[str]] | None = None  # live slots and their ids, until one joins or leaves
         self.euro = OneEuro(N_W + N_P, self.p.min_cutoff, self.p.beta, self.p.d_cutoff)
         self.meter = SmoothingMeter(self.p.smoothing_sessions, N_W)
+        self.own: dict[str, dict[str, float]] = {}  # sessions with their own One Euro params (session_params)
+        self.own_meters: dict[str, SmoothingMeter] = {}  # ... each measured on its own as well
         self._c = _c  # this node's path, fixed at setup
         self.core = _c.BlendCore(_COL, _POSE) if _c is not None else None
         self._bind()
+        self._own_params()
         self._pin_params()
 
     def _bind(self) -> None:
@@ -241,12 +244,27 @@ class Blender(FrameClockNode):
             setattr(self.euro, k, float(getattr(self.p, k)))
         if "smoothing_sessions" in changed:
             self.meter = SmoothingMeter(self.p.smoothing_sessions, N_W)
+        if "session_params" in changed:
+            self._own_params()
         if "rate" in changed:
             self.retime()
         self._pin_params()
         if {"emotion", "intensity", "emotions", "emotion_table"} & set(changed):
             live = self._live()
             self._start_emotion(live, self.p.transition_ms / 1000.0)
+
+    def _own_params(self) -> None:
+        """Sessions with their own One Euro params (a canary on one session): their slots' filter
+        params, and a smoothing meter of their own, so their jitter and lag are seen apart."""
+        was, self.own = self.own, self.session_values()
+        for sid in set(was) | set(self.own):
+            slot = self.slots.slot_of.get(sid)
+            if slot is not None:
+                self.euro.own(slot, **self.own.get(sid, {}))
+            if sid not in self.own:
+                self.own_meters.pop(sid, None)
+            elif sid not in was or was[sid] != self.own[sid]:
+                self.own_meters[sid] = SmoothingMeter(1, N_W)  # what it measures now is of these params
 
     def _pin_params(self) -> None:
         """Sessions named in params are animated until the params stop naming them."""
@@ -315,6 +333,13 @@ class Blender(FrameClockNode):
             targets = self.presets[self.p.emotion] * self.p.intensity
         self.emo_to[slots] = self.emo_from[slots] = targets
         self.euro.reset(slots)
+        if self.own or self.euro.mine:  # a slot given back and taken again: the new session's params
+            for slot in slots.tolist():
+                sid = str(self.slots.ids[slot])
+                if sid in self.own or slot in self.euro.mine:
+                    self.euro.own(slot, **self.own.get(sid, {}))
+                if sid in self.own_meters:
+                    self.own_meters[sid].reset(np.zeros(1, np.intp))
         self.meter.reset(slots)
 
     def _micro_wait(self, n: int) -> np.ndarray:
@@ -490,7 +515,7 @@ class Blender(FrameClockNode):
 
     def _send(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None, weights: np.ndarray, pose: np.ndarray,
               arrival: np.ndarray, active: list[bool], speaking: list[bool]) -> None:
-        if self.meter.k and slots.size and slots.min() < self.meter.k:
+        if (self.meter.k and slots.size and slots.min() < self.meter.k) or self.own_meters:
             self._measure(slots, weights)
         if ids is None:
             names = self.slots.ids
@@ -506,11 +531,21 @@ class Blender(FrameClockNode):
         nothing else moves it: not speaking, no emotion transition nor micro-expression under way.
         The same state arrays on both paths, so compiled and reference measure the same."""
         sampled = slots < self.meter.k
+        for sid in self.own_meters:  # sessions with their own params: each apart too
+            slot = self.slots.slot_of.get(sid)
+            if slot is not None:
+                sampled |= slots == slot
         s, t = slots[sampled], self.t
         clean = ((self.cap_mix[s] >= 1.0) & (self.speak_mix[s] <= 0.0) & (t - self.micro_t0[s] >= self.micro_len[s])
                  & ((self.emo_dur[s] <= 0.0) | (t - self.emo_t0[s] >= self.emo_dur[s])))
         x = np.clip(self.cap_w[s] + self.emo_to[s], 0.0, 1.0)
-        self.meter.observe(s, t, x, weights[sampled], clean)
+        y = weights[sampled]
+        if self.meter.k:
+            self.meter.observe(s, t, x, y, clean)
+        for sid, meter in self.own_meters.items():
+            row = np.flatnonzero(s == self.slots.slot_of.get(sid, -1))
+            if row.size:
+                meter.observe(np.zeros(1, np.intp), t, x[row[:1]], y[row[:1]], clean[row[:1]])
 
     def _emit_compiled(self, slots: np.ndarray, pts_ns: int, ids: list[str] | None) -> bool:
         """``_emit_frames`` with the compiled passes: ``prepare`` (steps, flags, cross-fades), the
@@ -532,9 +567,7 @@ class Blender(FrameClockNode):
         if flags & c.MICRO_DUE and len(self.micro):  # as _micro()
             self._schedule_micro(slots)
         weights, pose, arrival = np.empty((n, N_W), np.float32), np.empty((n, N_P), np.float32), np.empty(n, np.int64)
-        euro = self.euro
-        active, speaking = core.blend(slots, t, flags, p.breath_amount, gaze_step, euro.min_cutoff, euro.beta,
-                                      euro.d_cutoff, weights, pose, arrival)
+        active, speaking = core.blend(slots, t, flags, p.breath_amount, gaze_step, weights, pose, arrival)
         self._send(slots, pts_ns, ids, weights, pose, arrival, active, speaking)
         return True
 
@@ -643,5 +676,7 @@ class Blender(FrameClockNode):
 
     def stats(self) -> dict:
         return {"frames": self.frames, "rows": self.rows, "sessions": len(self.slots),
-                "capture_ticks": self.capture_ticks, "smoothing": self.meter.stats(self.t)}
+                "capture_ticks": self.capture_ticks, "smoothing": self.meter.stats(self.t),
+                **({"smoothing_by_session": {sid: {**m.stats(self.t), "params": self.own[sid]}
+                                             for sid, m in self.own_meters.items()}} if self.own_meters else {})}
 

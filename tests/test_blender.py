@@ -137,6 +137,50 @@ def test_per_session_emotions_and_unknown_ones_refused() -> None:
         NodeHarness(Blender, emotion="bored")
 
 
+def test_one_session_runs_its_own_smoother_params_and_the_others_do_not_notice() -> None:
+    """``session_params``: a canary on one session. Two sessions get the same noisy capture; b's
+    own min_cutoff smooths it harder, a's frames are bit for bit what they are without b's."""
+    noise = np.random.default_rng(3).normal(0.0, 0.02, (240, 52)).astype(np.float32)
+
+    def feed(h: NodeHarness) -> list:
+        out = []
+        for row in noise:
+            frame = np.clip(0.5 + row, 0.0, 1.0)[None, :]
+            h.feed("capture", Message("arkit/blendshapes", {"active": [True, True]},
+                                      {"weights": np.repeat(frame, 2, axis=0)}, session=["a", "b"]))
+            out += h.advance(DT)
+        return out
+
+    alone = feed(NodeHarness(Blender, **QUIET))
+    h = NodeHarness(Blender, **QUIET)
+    h.set_session_params("b", min_cutoff=0.2)
+    out = feed(h)
+    a, b = series(out, "jawOpen", "a"), series(out, "jawOpen", "b")
+    assert np.array_equal(a, series(alone, "jawOpen", "a"))  # the others run exactly as before
+    jitter = lambda x: float(np.sqrt(np.mean(np.diff(x[60:], 2) ** 2)))  # noqa: E731
+    assert jitter(b) < 0.5 * jitter(a)
+    slot_b = h.node.slots.slot_of["b"]
+    assert h.node.euro.params_of(slot_b) == {"min_cutoff": 0.2, "beta": 2.0, "d_cutoff": 2.0}
+    own = h.node.stats()["smoothing_by_session"]["b"]
+    assert own["params"] == {"min_cutoff": 0.2} and own["windows"] >= 2 and own["jitter"] is not None
+
+    h.set_session_params("b", min_cutoff=None)  # given back: the node's params, no meter of its own
+    assert h.node.p.session_params == {} and "smoothing_by_session" not in h.node.stats()
+    assert h.node.euro.params_of(slot_b) == h.node.euro.params_of(h.node.slots.slot_of["a"])
+    h.set_session_params("gone", beta=9.0)  # a session not here yet gets its params when it comes
+    h.feed("capture", Message("arkit/blendshapes", None, {"weights": np.zeros((1, 52), np.float32)}, session=["gone"]))
+    h.advance(DT)
+    assert h.node.euro.params_of(h.node.slots.slot_of["gone"])["beta"] == 9.0
+
+    with pytest.raises(ParamError, match=r"'rate' cannot be set per session \(these can: beta, d_cutoff, min_cutoff\)"):
+        h.set_session_params("a", rate=30.0)
+    with pytest.raises(ParamError, match="session 'a': param 'min_cutoff' must be in 0.01 .. inf"):
+        h.set_session_params("a", min_cutoff=0.0)
+    with pytest.raises(ParamError, match="cannot be set per session"):
+        NodeHarness(Blender, session_params={"a": {"emotion": "happy"}})
+    assert h.node.p.session_params == {"gone": {"beta": 9.0}}
+
+
 def test_visemes_own_the_mouth_while_speaking() -> None:
     h = NodeHarness(Blender, speech_fade_ms=100.0, **QUIET, **RAW)
     face = shapes(jawOpen=0.5, mouthSmileLeft=0.4, browInnerUp=0.3)

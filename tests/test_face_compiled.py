@@ -200,6 +200,8 @@ params = st.one_of(
     st.fixed_dictionaries({"capture_timeout_ms": st.floats(1.0, 800.0), "viseme_timeout_ms": st.floats(1.0, 400.0),
                            "session_timeout_s": st.floats(0.1, 3.0)}),
     st.fixed_dictionaries({"rate": st.sampled_from([30.0, 60.0, 90.0])}),
+    st.fixed_dictionaries({"session_params": st.dictionaries(st.sampled_from(SESSIONS), st.dictionaries(
+        st.sampled_from(["min_cutoff", "beta", "d_cutoff"]), st.floats(0.05, 20.0), min_size=1), max_size=2)}),
 )
 
 step = st.one_of(
@@ -294,6 +296,11 @@ def test_one_euro_compiled_is_the_reference(data: st.DataObject, n: int, frames:
         if data.draw(st.booleans()):
             fast.reset(slots[:1])
             ref.reset(slots[:1])
+        if data.draw(st.booleans()):  # a slot's own params (a session canary), or given back
+            own = data.draw(st.fixed_dictionaries({}, optional={k: st.floats(0.01, 30.0) for k in
+                                                                ("min_cutoff", "beta", "d_cutoff")}))
+            fast.own(int(slots[0]), **own)
+            ref.own(int(slots[0]), **own)
         a, b = fast(x, dt, slots), ref(x, dt, slots)
         assert bits(a) == bits(b)
     assert bits(fast.x) == bits(ref.x) and bits(fast.dx) == bits(ref.dx)

@@ -209,8 +209,9 @@ cdef extern from *:
 
 def one_euro(const double[:, ::1] x, double dt, const double[::1] dts, const Py_ssize_t[::1] slots,
              double[:, ::1] state_x, double[:, ::1] state_dx, unsigned char[::1] primed,
-             double min_cutoff, double beta, double d_cutoff, double[:, ::1] out, double[:, ::1] edx) -> bool:
-    """``OneEuro.__call__``: row i of ``x`` is slot ``slots[i]``; ``dts`` (per row) or ``dt``.
+             const double[:, ::1] prm, double[:, ::1] out, double[:, ::1] edx) -> bool:
+    """``OneEuro.__call__``: row i of ``x`` is slot ``slots[i]``; ``dts`` (per row) or ``dt``;
+    ``prm``: each slot's min_cutoff, beta, d_cutoff.
     False (nothing done: the caller runs the reference) if a slot is out of range.
 
     Every row reads the state as it was before the call, then the state is written in row order,
@@ -218,7 +219,8 @@ def one_euro(const double[:, ::1] x, double dt, const double[::1] dts, const Py_
     cdef Py_ssize_t n = x.shape[1], rows = x.shape[0], i, j, k, cap = state_x.shape[0]
     if slots.shape[0] != rows or out.shape[0] < rows or edx.shape[0] < rows or out.shape[1] != n \
             or edx.shape[1] != n or state_x.shape[1] != n or state_dx.shape[1] != n \
-            or state_dx.shape[0] < cap or primed.shape[0] < cap or (dts is not None and dts.shape[0] != rows):
+            or state_dx.shape[0] < cap or primed.shape[0] < cap or (dts is not None and dts.shape[0] != rows) \
+            or prm.shape[0] < cap or prm.shape[1] != 3:
         raise ValueError("one_euro: shapes do not match")
     for i in range(rows):
         if slots[i] < 0 or slots[i] >= cap:
@@ -226,7 +228,7 @@ def one_euro(const double[:, ::1] x, double dt, const double[::1] dts, const Py_
     for i in range(rows):
         k = slots[i]
         face_euro(&x[i, 0], &state_x[k, 0], &state_dx[k, 0], primed[k], <int>n, dts[i] if dts is not None else dt,
-                  min_cutoff, beta, d_cutoff, &out[i, 0], &edx[i, 0])
+                  prm[k, 0], prm[k, 1], prm[k, 2], &out[i, 0], &edx[i, 0])
     for i in range(rows):
         k = slots[i]
         for j in range(n):
@@ -253,7 +255,7 @@ cdef class BlendCore:
     cdef double[::1] seen, cap_t, cap_mix, out_t, vis_t, speak_mix, emo_t0, emo_dur
     cdef double[::1] blink_t0, blink_len, blink_next, breath_hz, breath_phase, gaze_next
     cdef double[::1] micro_t0, micro_len, micro_amp, micro_next
-    cdef double[:, ::1] cap_w, cap_pose, vis_w, emo_from, emo_to, gaze, gaze_goal, ex, edx, micro
+    cdef double[:, ::1] cap_w, cap_pose, vis_w, emo_from, emo_to, gaze, gaze_goal, ex, edx, prm, micro
     cdef unsigned char[::1] cap_flag, cap_fresh, vis_flag, primed, articulated, mouth
     cdef int64_t[::1] cap_arrival, micro_idx, stamp
     cdef int64_t gen
@@ -313,7 +315,9 @@ cdef class BlendCore:
         self.cap_flag, self.cap_fresh = node.cap_flag.view(np.uint8), node.cap_fresh.view(np.uint8)
         self.vis_flag = node.vis_flag.view(np.uint8)
         self.cap_arrival, self.micro_idx = node.cap_arrival.view(np.int64), node.micro_idx.view(np.int64)
-        self.ex, self.edx, self.primed = euro.x, euro.dx, euro.primed.view(np.uint8)
+        if euro.prm.shape[0] < cap or euro.prm.shape[1] != 3:
+            raise ValueError("BlendCore.bind: the One Euro params are fewer than the slots")
+        self.ex, self.edx, self.primed, self.prm = euro.x, euro.dx, euro.primed.view(np.uint8), euro.prm
         self.micro = np.ascontiguousarray(node.micro, dtype=np.float64).reshape(-1, N_W)
         self.n_micro = self.micro.shape[0]
         self.articulated = np.ascontiguousarray(node.articulated, dtype=bool).view(np.uint8)
@@ -462,8 +466,7 @@ cdef class BlendCore:
         return flags
 
     def blend(self, const Py_ssize_t[::1] slots, double t, int flags, double breath_amount, const double[::1] gaze_step,
-              double min_cutoff, double beta, double d_cutoff, float[:, ::1] out_w, float[:, ::1] out_pose,
-              int64_t[::1] arrival) -> tuple:
+              float[:, ::1] out_w, float[:, ::1] out_pose, int64_t[::1] arrival) -> tuple:
         """Second pass, after ``prepare`` and the random schedules: every layer of ``Blender.frame``
         and the One Euro filter, row by row; fills weights (L, 52), pose (L, 9) and arrival (L,);
         returns the lists of the active and speaking flags. ``gaze_step``: 1 - exp(-dt / tau) per row
@@ -494,6 +497,7 @@ cdef class BlendCore:
         cdef double* gaze_goal = &self.gaze_goal[0, 0]
         cdef double* ex = &self.ex[0, 0]
         cdef double* edx = &self.edx[0, 0]
+        cdef double* prm = &self.prm[0, 0]
         cdef unsigned char* primed = &self.primed[0]
         cdef double* micro = &self.micro[0, 0] if n_micro else NULL
         cdef double* blink_t0 = &self.blink_t0[0]
@@ -565,7 +569,7 @@ cdef class BlendCore:
                 bump = sn * sn * micro_amp[k]
                 mrow = micro + micro_idx[k] * N_W
             face_row(w if idle else NULL, cw, cap_pose + k * N_P, emo_from + k * N_W, emo_to + k * N_W, ease, ssx[i], mrow, bump, articulated, mouth, talking,
-                     s, vis_w + k * N_W, ex + k * N_X, edx + k * N_X, primed + k, dt, min_cutoff, beta, d_cutoff,
+                     s, vis_w + k * N_W, ex + k * N_X, edx + k * N_X, primed + k, dt, prm[3 * k], prm[3 * k + 1], prm[3 * k + 2],
                      &out_w[i, 0], &out_pose[i, 0])
             arrival[i] = cap_arrival[k] if cap_fresh[k] else 0
             cap_fresh[k] = 0

@@ -5,6 +5,10 @@ filter raises its cutoff with the signal's speed, so a still face is smoothed ha
 blink or a fast mouth movement passes with little lag. State is kept in arrays indexed by
 session slot, so a whole batch is filtered with a handful of numpy operations (the reference);
 ``nodes.face._filters.one_euro`` does the same arithmetic in one compiled pass when it is built.
+
+The params are per slot too (``prm``: min_cutoff, beta, d_cutoff): the filter's own values for
+every slot, except the slots given their own (``own``), so one session can run other params (a
+canary on that session alone) at no cost to the others.
 """
 from __future__ import annotations
 
@@ -22,17 +26,55 @@ def _alpha(cutoff: np.ndarray | float, dt: float | np.ndarray) -> np.ndarray | f
     return r / (1.0 + r)
 
 
+_NAMES = ("min_cutoff", "beta", "d_cutoff")
+
+
 class OneEuro:
-    """Adaptive low-pass over rows of session slots; params may be changed between calls."""
+    """Adaptive low-pass over rows of session slots; params may be changed between calls, for all
+    slots (the attributes) or for some (``own``)."""
 
     def __init__(self, n: int, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0,
                  capacity: int = 8):
         self.n = n
-        self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
         self.x = np.zeros((capacity, n), dtype=np.float64)
         self.dx = np.zeros((capacity, n), dtype=np.float64)
         self.primed = np.zeros(capacity, dtype=bool)
+        self.prm = np.zeros((capacity, 3), dtype=np.float64)  # each slot's min_cutoff, beta, d_cutoff
+        self.mine: dict[int, tuple[float | None, float | None, float | None]] = {}  # slot -> its own (None: the filter's)
+        self._all = (float(min_cutoff), float(beta), float(d_cutoff))
+        self._fill()
         self.compiled = _c  # the compiled pass, or None: the numpy reference (fixed per filter)
+
+    # the filter's own params: every slot without its own value follows them
+    min_cutoff = property(lambda self: self._all[0], lambda self, v: self._set(0, v))
+    beta = property(lambda self: self._all[1], lambda self, v: self._set(1, v))
+    d_cutoff = property(lambda self: self._all[2], lambda self, v: self._set(2, v))
+
+    def _set(self, i: int, value: float) -> None:
+        vals = list(self._all)
+        vals[i] = float(value)
+        self._all = (vals[0], vals[1], vals[2])
+        self._fill()
+
+    def _fill(self) -> None:
+        self.prm[:] = self._all
+        for slot, own in self.mine.items():
+            self.prm[slot] = [a if v is None else v for a, v in zip(self._all, own)]
+
+    def own(self, slot: int, min_cutoff: float | None = None, beta: float | None = None,
+            d_cutoff: float | None = None) -> None:
+        """Give one slot its own params (None: the filter's); all None gives it back to the filter's."""
+        own = tuple(None if v is None else float(v) for v in (min_cutoff, beta, d_cutoff))
+        if all(v is None for v in own):
+            self.mine.pop(int(slot), None)
+        else:
+            self.ensure(int(slot) + 1)
+            self.mine[int(slot)] = own  # type: ignore[assignment]
+        self._fill()
+
+    def params_of(self, slot: int) -> dict[str, float]:
+        """The params a slot runs with."""
+        return dict(zip(_NAMES, map(float, self.prm[slot]))) if slot < len(self.prm) else dict(zip(_NAMES, self._all))
 
     def ensure(self, capacity: int) -> None:
         """State rows for at least ``capacity`` slots (the blender keeps them as many as its slots)."""
@@ -47,6 +89,9 @@ class OneEuro:
         primed = np.zeros(size, dtype=bool)
         primed[:old] = self.primed
         self.primed = primed
+        prm = np.empty((size, 3), dtype=np.float64)
+        prm[:old], prm[old:] = self.prm, self._all
+        self.prm = prm
 
     def reset(self, slots: np.ndarray | list[int]) -> None:
         """Forget these slots' history (a slot handed to a new session starts fresh)."""
@@ -75,18 +120,23 @@ class OneEuro:
             if step is not None:
                 out, edx = np.empty_like(x, order="C"), np.empty(x.shape)
                 if self.compiled.one_euro(np.ascontiguousarray(x), step, rows, slots, self.x, self.dx, self.primed.view(np.uint8),
-                               self.min_cutoff, self.beta, self.d_cutoff, out, edx):
+                                          self.prm, out, edx):
                     return out
         prev, dprev, primed = self.x.take(slots, axis=0), self.dx.take(slots, axis=0), self.primed[slots]
+        if self.mine:  # some slots have their own params: a column of each (the same arithmetic per value)
+            prm = self.prm.take(slots, axis=0)
+            min_cutoff, beta, d_cutoff = prm[:, 0:1], prm[:, 1:2], prm[:, 2:3]
+        else:
+            min_cutoff, beta, d_cutoff = self._all
         # in place where it can be: this runs for every batch of every tick
         diff = x - prev
         edx = diff / dt
         edx -= dprev
-        edx *= _alpha(self.d_cutoff, dt)
+        edx *= _alpha(d_cutoff, dt)
         edx += dprev  # dprev + alpha_d * (dx - dprev)
         a = np.abs(edx)
-        a *= self.beta
-        a += self.min_cutoff  # the cutoff; then its smoothing factor r / (1 + r), r = 2 pi cutoff dt
+        a *= beta
+        a += min_cutoff  # the cutoff; then its smoothing factor r / (1 + r), r = 2 pi cutoff dt
         a *= 2.0 * np.pi * dt
         np.divide(a, a + 1.0, out=a)
         diff *= a
