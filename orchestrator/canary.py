@@ -10,6 +10,14 @@ out of them (``orchestrator.stats``: Mann-Whitney over the per-second samples, e
 limit). A regression, a restart or an ERROR rolls the params back at once, gives back the pins it
 made, and stops the tuner (``tune.stop_tuner``) until a person acknowledges it; otherwise the
 params are kept, pinned.
+
+On one session (``session_canary``, ``avatar tune --live --canary-session S``): the candidate runs
+on that session's frames alone (per-session params, ``Param.per_session``), so a bad candidate
+touches one avatar, not all. The session first gets the node's own values as its own, so the
+node measures it apart (the blender's ``smoothing_by_session``) for the first window; then the
+candidate's; the same judgement on that session's measurements. Rolled back, the session goes
+back to the node's values; passed, the candidate is promoted to the whole node (pinned) and the
+session's own values are dropped: Argo Rollouts' canary step, then promotion.
 """
 from __future__ import annotations
 
@@ -26,15 +34,18 @@ from .stats import RULES, Rule, unpaired, verdict
 from .tunable import as_params
 
 LIVE_RULES = {"bytes_per_packet": RULES["bytes_per_frame"], "smoothing_jitter": RULES["jitter"],
+              "smoothing_jitter_ratio": RULES["jitter"],
               "smoothing_lag_ms": Rule(True, 0.30, 5.0), "link_latency_ms": RULES["link_latency_ms"],
               "cpu": RULES["cpu"]}
 
 
 class Watch:
-    """Per-second samples of a running graph's own measurements, through its control channel."""
+    """Per-second samples of a running graph's own measurements, through its control channel.
+    ``session``: also that session's own measurements, where ``NODE[SESSION]``."""
 
-    def __init__(self, client: ControlClient):
+    def __init__(self, client: ControlClient, session: str | None = None):
         self.client = client
+        self.session = session
         self.last: dict[str, Any] | None = None
         self.cpu_last: dict[str, tuple[float, float]] = {}
 
@@ -50,11 +61,9 @@ class Watch:
                 dp, db = node["packets"] - prev["packets"], node["bytes"] - prev["bytes"]
                 if dp > 0:
                     out[("bytes_per_packet", n)] = db / dp
-            smooth = node.get("smoothing") or {}
-            if smooth.get("jitter") is not None:
-                out[("smoothing_jitter", n)] = float(smooth["jitter"])
-            if smooth.get("lag_ms") is not None:
-                out[("smoothing_lag_ms", n)] = float(smooth["lag_ms"])
+            out.update(_smoothing(node.get("smoothing"), n))
+            if self.session is not None:
+                out.update(_smoothing((node.get("smoothing_by_session") or {}).get(self.session), f"{n}[{self.session}]"))
             c = cpu_seconds(row.get("pid"))
             was = self.cpu_last.get(n)
             if was is not None and c >= was[0] and now > was[1]:
@@ -81,6 +90,22 @@ class Watch:
                 series.setdefault(key, []).append(v)
         restarts = {n: int(r.get("restarts") or 0) for n, r in (self.last or {}).get("nodes", {}).items()}
         return series, restarts
+
+
+def _smoothing(report: dict[str, Any] | None, where: str) -> dict[tuple[str, str], float]:
+    """A blender's smoothing report as samples. ``smoothing_jitter_ratio``, the output's jitter over
+    the input's noise, is what the smoother's params do whatever the face does that second (a
+    noisier stretch of the take raises the jitter, not the ratio)."""
+    out: dict[tuple[str, str], float] = {}
+    if not report:
+        return out
+    if report.get("jitter") is not None:
+        out[("smoothing_jitter", where)] = float(report["jitter"])
+        if report.get("noise"):
+            out[("smoothing_jitter_ratio", where)] = float(report["jitter"]) / float(report["noise"])
+    if report.get("lag_ms") is not None:
+        out[("smoothing_lag_ms", where)] = float(report["lag_ms"])
+    return out
 
 
 def judge(before: dict[tuple[str, str], list[float]], after: dict[tuple[str, str], list[float]],
@@ -115,13 +140,7 @@ def canary(client: ControlClient, params: dict[str, dict[str, Any]], window: flo
     # what the change can touch: the changed nodes' own measurements, and the links out of them
     mine = lambda where: where in params or where.split(".")[0] in params  # noqa: E731
     findings = judge({k: v for k, v in before.items() if mine(k[1])}, {k: v for k, v in after.items() if mine(k[1])}, alpha)
-    bad = [f for f in findings if f["verdict"] == "regression"]
-    events = [m for m in client.request("bus", since=bus_at) if m.get("type") in ("ERROR", "NODE_RESTARTED")]
-    restarted = [n for n in restarts1 if restarts1[n] > restarts0.get(n, 0)]
-    reasons = [f"{f['metric']} at {f['where']}: {f['baseline']:.4g} -> {f['current']:.4g} "
-               f"({f['change_rel'] * 100:+.0f}%, p={f['p']:.3g})" for f in bad]
-    reasons += [f"{m.get('type')} from {m.get('node')}: {m.get('text') or m.get('error') or ''}".strip() for m in events[:3]]
-    reasons += [f"node {n} restarted" for n in restarted if not any(m.get("node") == n for m in events)]
+    reasons = _problems(client, findings, bus_at, restarts0, restarts1)
     if reasons:
         _restore(client, old, pinned_before)
         return {"outcome": "rolled back", "reason": "; ".join(reasons), "old": old, "new": params, "findings": findings}
@@ -129,13 +148,90 @@ def canary(client: ControlClient, params: dict[str, dict[str, Any]], window: flo
             "new": params, "findings": findings}
 
 
+def _problems(client: ControlClient, findings: list[dict[str, Any]], bus_at: int, restarts0: dict[str, int],
+              restarts1: dict[str, int]) -> list[str]:
+    """Why to roll back: each regression, ERROR and restart since the change."""
+    bad = [f for f in findings if f["verdict"] == "regression"]
+    events = [m for m in client.request("bus", since=bus_at) if m.get("type") in ("ERROR", "NODE_RESTARTED")]
+    restarted = [n for n in restarts1 if restarts1[n] > restarts0.get(n, 0)]
+    reasons = [f"{f['metric']} at {f['where']}: {f['baseline']:.4g} -> {f['current']:.4g} "
+               f"({f['change_rel'] * 100:+.0f}%, p={f['p']:.3g})" for f in bad]
+    reasons += [f"{m.get('type')} from {m.get('node')}: {m.get('text') or m.get('error') or ''}".strip() for m in events[:3]]
+    reasons += [f"node {n} restarted" for n in restarted if not any(m.get("node") == n for m in events)]
+    return reasons
+
+
+def session_canary(client: ControlClient, session: str, params: dict[str, dict[str, Any]], window: float,
+                   alpha: float = 0.05, settle: float = 1.5, promote: bool = True) -> dict[str, Any]:
+    """``params`` (node -> {param: value}, per-session params only) on one session for a window;
+    promoted to the nodes, or rolled back to the nodes' values (module doc)."""
+    st = client.request("stats")
+    pinned_before = {n: set(p) for n, p in (st.get("pins") or {}).items()}
+    old = {n: {k: st["nodes"][n]["params"][k] for k in ps} for n, ps in params.items()}
+    had = {n: dict((st["nodes"][n]["params"].get("session_params") or {}).get(session) or {}) for n in params}
+    applied: list[str] = []
+
+    def back() -> None:  # the session runs with what it ran with before
+        for n in applied:
+            client.request("params", node=n, session=session, params={k: had[n].get(k) for k in params[n]})
+        _unpin(client, {n: ["session_params"] for n in applied}, pinned_before)
+
+    try:  # the session measured apart, with the values it runs with now
+        for n, ps in params.items():
+            client.request("params", node=n, session=session, params={k: had[n].get(k, old[n][k]) for k in ps})
+            applied.append(n)
+    except ControlError as exc:
+        back()
+        return {"outcome": "refused", "reason": str(exc), "session": session, "old": old, "new": params, "findings": []}
+    bus_at = len(client.request("bus"))
+    watch = Watch(client, session)
+    before, restarts0 = watch.window(window, settle)
+    for n, ps in params.items():
+        client.request("params", node=n, session=session, params=ps)
+    after, restarts1 = watch.window(window, settle)
+    tag = f"[{session}]"
+    findings = judge({k: v for k, v in before.items() if k[1].endswith(tag)},
+                     {k: v for k, v in after.items() if k[1].endswith(tag)}, alpha)
+    reasons = _problems(client, findings, bus_at, restarts0, restarts1)
+    if not findings and not reasons:
+        reasons = [f"no measurement of session '{session}' in both windows (is it running? is the face still or "
+                   "moving enough to measure?)"]
+    if reasons:
+        back()
+        return {"outcome": "rolled back", "reason": "; ".join(reasons), "session": session, "old": old, "new": params,
+                "findings": findings}
+    if promote:
+        for n, ps in params.items():
+            client.request("params", node=n, params=ps)  # pinned, as a person's change
+        back()
+    return {"outcome": "promoted" if promote else "kept",
+            "reason": f"no measurement of session '{session}' worse beyond its limit, no restart, no error",
+            "session": session, "old": old, "new": params, "findings": findings}
+
+
+def _unpin(client: ControlClient, names: dict[str, list[str]], pinned_before: dict[str, set[str]]) -> None:
+    for n, ps in names.items():
+        mine = [k for k in ps if k not in pinned_before.get(n, set())]
+        if mine:
+            client.request("unpin", node=n, params=mine)
+
+
 def _restore(client: ControlClient, old: dict[str, dict[str, Any]], pinned_before: dict[str, set[str]]) -> None:
     """Put the old values back; unpin what only the canary had pinned."""
     for n, ps in old.items():
         client.request("params", node=n, params=ps)
-        mine = [k for k in ps if k not in pinned_before.get(n, set())]
-        if mine:
-            client.request("unpin", node=n, params=mine)
+    _unpin(client, {n: list(ps) for n, ps in old.items()}, pinned_before)
+
+
+def per_session_only(params: dict[str, dict[str, Any]], types: dict[str, str]) -> list[str]:
+    """The params (``node.param``) that are not per-session in their node's type."""
+    from runtime.registry import get_node_type
+
+    out = []
+    for n, ps in params.items():
+        declared = get_node_type(types[n]).params if n in types else {}
+        out += [f"{n}.{k}" for k in ps if not (k in declared and declared[k].per_session)]
+    return out
 
 
 def run_canary(a: argparse.Namespace, candidate: dict[str, Any], state_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -152,14 +248,25 @@ def run_canary(a: argparse.Namespace, candidate: dict[str, Any], state_dir: Path
             return {"outcome": "refused", "reason": f"the candidate changes nothing on node '{a.canary_node}' "
                                                     f"(it changes {', '.join(params)})", "text": ""}
         params = {a.canary_node: params[a.canary_node]}
-    result = canary(client, params, a.window, a.alpha)
-    lines = [f"canary on {name}: {', '.join(f'{n}.{k}={v!r}' for n, ps in params.items() for k, v in ps.items())}: "
+    session = getattr(a, "canary_session", None)
+    if session is not None:
+        types = {n: row["type"] for n, row in client.request("stats")["nodes"].items()}
+        whole = per_session_only(params, types)
+        if whole:
+            why = (f"{', '.join(whole)} cannot be set per session: a canary on session '{session}' cannot try them "
+                   "(run it on a node: --canary-node, or leave --canary-session out)")
+            return {"outcome": "refused", "reason": why, "text": f"canary on {name}: REFUSED ({why})"}
+        result = session_canary(client, session, params, a.window, a.alpha)
+    else:
+        result = canary(client, params, a.window, a.alpha)
+    where = f"{name}, session '{session}'" if session is not None else name
+    lines = [f"canary on {where}: {', '.join(f'{n}.{k}={v!r}' for n, ps in params.items() for k, v in ps.items())}: "
              f"{result['outcome'].upper()} ({result['reason']})"]
     for f in result["findings"]:
         if f["verdict"] != "same":
             lines.append(f"  {f['verdict']:<12} {f['metric']:<18} {f['where']:<40} {f['baseline']:.4g} -> {f['current']:.4g}")
     if result["outcome"] == "rolled back":
-        stop = stop_tuner(state_dir, {"reason": f"canary on {name} rolled back: {result['reason']}", "graph": a.graph,
+        stop = stop_tuner(state_dir, {"reason": f"canary on {where} rolled back: {result['reason']}", "graph": a.graph,
                                       "params": params, "old": result["old"], "study": report.get("study")})
         lines.append(f"the tuner is stopped until a person acknowledges it ({stop}): avatar tune {a.graph} --acknowledge")
     result["text"] = "\n".join(lines)

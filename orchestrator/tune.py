@@ -360,6 +360,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     live.add_argument("-g", "--graph-name", help="the running graph's name (default: the YAML's name)")
     live.add_argument("--control", help="its control endpoint (default ipc://@avatar-ctl/<graph name>)")
     live.add_argument("--canary-node", help="apply only this node's params (default: every node the candidate changes)")
+    live.add_argument("--canary-session", metavar="S",
+                      help="try the candidate on session S alone first (params its node types declare per-session), "
+                           "then promote it to the whole node if S's measurements hold")
     live.add_argument("--window", type=float, default=15.0, help="seconds watched before and after (default 15)")
     live.add_argument("--acknowledge", action="store_true",
                       help="a person has looked at an automatic rollback: let the tuner run again, and exit")

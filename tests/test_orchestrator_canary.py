@@ -78,3 +78,39 @@ def test_a_refused_value_changes_nothing(live, tmp_path):
     st = runner.stats()
     assert st["nodes"]["encode"]["params"]["keyframe_interval"] == 120  # the first node's change was put back
     assert not (st.get("pins") or {}).get("encode")
+
+
+# --- on one session ---------------------------------------------------------------------------------
+def session_args(endpoint: str, session: str, window: float = 5.0) -> argparse.Namespace:
+    a = args(endpoint, window)
+    a.canary_session = session
+    return a
+
+
+def test_a_session_canary_that_jitters_is_rolled_back_on_that_session_alone(live, tmp_path):
+    runner, endpoint = live
+    state = tmp_path / "state"
+    result = run_canary(session_args(endpoint, "phone-1"), {"face.min_cutoff": 10.0}, state, {"study": "s"})
+    assert result["outcome"] == "rolled back", result
+    assert "smoothing_jitter_ratio at face[phone-1]" in result["reason"], result
+    st = runner.stats()
+    face = st["nodes"]["face"]
+    assert face["params"]["min_cutoff"] == 1.5 and face["params"]["session_params"] == {}  # as it was
+    assert "smoothing_by_session" not in face["node"] and not (st.get("pins") or {}).get("face")
+    why = tune.stopped(state)
+    assert why is not None and "session 'phone-1'" in why["reason"]
+
+
+def test_a_session_canary_that_holds_is_promoted_to_the_node_and_one_it_cannot_try_is_refused(live, tmp_path):
+    runner, endpoint = live
+    result = run_canary(session_args(endpoint, "phone-1"), {"face.beta": 3.0, "encode.bits": 7}, tmp_path / "s", {})
+    assert result["outcome"] == "refused" and "encode.bits cannot be set per session" in result["reason"]
+    assert runner.stats()["nodes"]["face"]["params"]["beta"] == 2.0  # nothing was tried
+    result = run_canary(session_args(endpoint, "phone-2"), {"face.beta": 3.0}, tmp_path / "state", {"study": "s"})
+    assert result["outcome"] == "promoted", result
+    assert {f["where"] for f in result["findings"]} >= {"face[phone-2]"}, result
+    st = runner.stats()
+    face = st["nodes"]["face"]
+    assert face["params"]["beta"] == 3.0 and face["params"]["session_params"] == {}
+    assert st["pins"]["face"] == {"beta": "person"}  # as the node canary keeps a change
+
