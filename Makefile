@@ -70,7 +70,7 @@ lint: $(EXT_STAMP)
 	$(VENV)/bin/mypy runtime
 
 test: setup lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=25 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) tools/bench_chain.py
