@@ -33,8 +33,10 @@ class Compressor(Node):
     inputs = {
         "in": Pad(("arkit/blendshapes", "morphs/*"), "batches: session list, weights (S, M), pose (S, 9) optional"),
         "requests": Pad("avatar/request", "keyframe requests: data {'keyframe': [session ids]}, optionally "
-                                          "'seen': {session id: the newest wire seq the asker had}; the sessions "
-                                          "viewers watch, for the extra layers: {'watched': [ids]}", required=False),
+                                          "'seen': {session id: the newest wire seq the asker had}; an extra "
+                                          "layer's: 'layer_keyframe': {'1': [ids]}, 'layer_seen': {'1': {id: seq}}; "
+                                          "the sessions viewers watch, for the extra layers: {'watched': [ids]}",
+                        required=False),
     }
     outputs = {"out": Pad("avatar/packet", "data {'packets': [bytes]*S}, one wire packet per session row; "
                                            "arrays keyframe (S,) bool and seq (S,) int64, what each packet is; "
@@ -71,6 +73,7 @@ class Compressor(Node):
         self.enc = wf.Encoder(self.p.bits, self.p.pose_bits, self.p.keyframe_interval, self.p.ref_interval)
         self.p.force_keyframe = False  # a fresh encoder starts every session with a keyframe anyway
         self.asked = wf.KeyframeRequests(self.enc, self.p.keyframe_min_gap)
+        self.asked_layers: list[wf.KeyframeRequests] = []  # the same, for each extra layer's encoder
         self.rejected = self.requests = 0
         self.next_expiry = 0
         self._layers()
@@ -83,6 +86,8 @@ class Compressor(Node):
                                         self.p.ref_interval) if specs else None
         if self.layered is not None:
             self.layered.want(list(wanted))
+        self.asked_layers = [wf.KeyframeRequests(enc, self.p.keyframe_min_gap)
+                             for enc in (self.layered.encoders if self.layered is not None else [])]
         self.masks: dict[tuple, np.ndarray] = {}
 
     def on_params(self, changed: Mapping[str, Any]) -> None:
@@ -94,7 +99,8 @@ class Compressor(Node):
             self.layered.configure(**{k: v for k, v in changed.items()
                                       if k in ("pose_bits", "keyframe_interval", "ref_interval")})
         if "keyframe_min_gap" in changed:
-            self.asked.min_gap = self.p.keyframe_min_gap
+            for asked in (self.asked, *self.asked_layers):
+                asked.min_gap = self.p.keyframe_min_gap
 
         if changed.get("force_keyframe"):
             self.enc.request_keyframe()
@@ -107,6 +113,8 @@ class Compressor(Node):
             self._keyframe_request(msg)
             return None
         self.asked.serve()
+        for asked in self.asked_layers:
+            asked.serve()
         try:
             sessions, names = self._batch(msg)
             out = self.enc.encode_batch(sessions, msg.arrays["weights"], msg.pts_ns, names, msg.arrays.get("pose"))
@@ -163,8 +171,15 @@ class Compressor(Node):
         seen = msg.data.get("seen")
         self.requests += len(ids)
         self.asked.ask([str(s) for s in ids], seen if isinstance(seen, dict) else None)
-        if self.layered is not None and ids:  # every request: a layer's viewer needs that layer's keyframe
-            self.layered.request_keyframe([str(s) for s in ids])
+        layer_ids, layer_seen = msg.data.get("layer_keyframe"), msg.data.get("layer_seen")
+        if isinstance(layer_ids, dict):  # a layer's viewers ask for that layer's keyframe, with its seqs
+            layer_seen = layer_seen if isinstance(layer_seen, dict) else {}
+            for k, asked in enumerate(self.asked_layers, 1):
+                these = layer_ids.get(str(k))
+                if isinstance(these, list) and these:
+                    self.requests += len(these)
+                    seqs = layer_seen.get(str(k))
+                    asked.ask([str(s) for s in these], seqs if isinstance(seqs, dict) else None)
 
     def stats(self) -> dict:
         c = self.enc.counts
@@ -172,6 +187,9 @@ class Compressor(Node):
                 "bytes": c["bytes"], "bytes_per_packet": round(c["bytes"] / c["packets"], 2) if c["packets"] else 0.0,
                 "rejected": self.rejected, "keyframe_requests": self.requests,
                 "keyframes_requested": self.asked.counts["made"],  # the rest: periodic, new sessions, precision
+                **({"layer_keyframes_requested": [a.counts["made"] for a in self.asked_layers],
+                    "layer_keyframe_requests_answered": [a.counts["answered"] for a in self.asked_layers]}
+                   if self.asked_layers else {}),
                 "keyframe_requests_answered": self.asked.counts["answered"],  # a keyframe was coming already
                 "keyframe_requests_held": len(self.asked.held), "compiled": self.enc.compiled,
                 **({"layers": self.layered.stats(), "layered_sessions": len(self.layered.wanted)}

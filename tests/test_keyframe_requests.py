@@ -96,6 +96,38 @@ def test_malformed_seen_values_count_as_not_said() -> None:
     assert wf.seq_after(0, 65535) and not wf.seq_after(65535, 0) and not wf.seq_after(3, 3)
 
 
+def layer_out(comp: NodeHarness, t: int) -> tuple[list[bool], dict[str, tuple[bool, int]]]:
+    """Layer 0's keyframe flags, and layer 1's (keyframe, seq) per session it had this frame."""
+    [(_, out)] = comp.feed("in", frame(t))
+    layer = out.data["layers"][0]
+    names = ["a", "b"]
+    return out.arrays["keyframe"].tolist(), {names[r]: (k, n) for r, k, n in zip(layer["rows"], layer["keyframe"],
+                                                                                 layer["seq"])}
+
+
+def test_a_layers_viewers_ask_for_that_layers_keyframe_and_each_layer_is_coalesced_on_its_own() -> None:
+    comp = NodeHarness("compressor", keyframe_interval=1000, keyframe_min_gap=0, layers=[{"lod": 0, "bits": 6}])
+    comp.feed("requests", Message("avatar/request", {"keyframe": [], "watched": ["a", "b"]}))
+    frames = [layer_out(comp, t) for t in range(10)]
+    assert frames[0][1]["a"][0] and not frames[9][1]["a"][0]  # the layer's own keyframe, then deltas
+    seen = frames[9][1]["a"][1]
+
+    def ask_layer(seen_seq: int) -> None:
+        comp.feed("requests", Message("avatar/request", {"keyframe": [], "layer_keyframe": {"1": ["a"]},
+                                                         "layer_seen": {"1": {"a": seen_seq}}}))
+
+    ask_layer(seen)  # sink 1: a layer-1 viewer lost a packet
+    base, layer = layer_out(comp, 10)
+    assert base == [False, False] and layer["a"][0] and not layer["b"][0]  # that layer's keyframe alone
+    ask_layer(seen)  # sink 2, the same loss, after the keyframe was made: answered by it
+    ask(comp, ["a"], {"a": 9})  # a layer-0 loss: layer 0's keyframe, none on the layer
+    base, layer = layer_out(comp, 11)
+    assert base == [True, False] and not layer["a"][0]
+    st = comp.node.stats()
+    assert st["layer_keyframes_requested"] == [1] and st["layer_keyframe_requests_answered"] == [1]
+    assert st["keyframes_requested"] == 1
+
+
 # --- the viewer registry -----------------------------------------------------------------------
 class _Transport:
     kind = "fake"
@@ -111,6 +143,39 @@ class _Transport:
 
     async def close(self) -> None:
         pass
+
+
+def test_a_viewer_on_a_layer_asks_for_that_layers_keyframe_with_that_layers_seq() -> None:
+    base, low = wf.Encoder(keyframe_interval=1000), wf.Encoder(keyframe_interval=1000, sid_base=4096)
+    clock, requests = [0], []
+
+    def batch(t: int) -> tuple[list[bytes], dict[str, Any]]:
+        b, layer = base.encode(["a"], W[:1], t * FRAME_NS, wf.TABLE_ARKIT52), low.encode(
+            ["a"], W[:1], t * FRAME_NS, wf.TABLE_ARKIT52)
+        k, n = packet_facts(layer)
+        return b, {"rows": [0], "packets": layer, "keyframe": k.tolist(), "seq": n.tolist()}
+
+    async def run() -> None:
+        reg = Viewers(queue_size=64, keyframe_min_interval_ns=100_000_000, session_timeout_ns=3_000_000_000,
+                      request=requests.append, clock=lambda: clock[0])
+        top, slow = reg.add(_Transport(), "a", subscribe=True), reg.add(_Transport(), "a", subscribe=True)
+        reg.set_layers({str(slow.id): 1})  # its network agent moved it down: a keyframe of layer 1
+        assert requests[-1] == {"keyframe": [], "layer_keyframe": {"1": ["a"]}}  # nothing of layer 1 seen yet
+        for t in range(20):
+            clock[0] = t * FRAME_NS
+            b, layer = batch(t)
+            reg.dispatch(["a"], b, clock[0], *packet_facts(b), layers=[layer])
+        await asyncio.sleep(0)
+        assert slow.layer == 1 and not slow.waiting and reg.newest_layer[("a", 1)] == 19
+        clock[0] += 200_000_000
+        reg.handle_text(slow, json.dumps({"type": "keyframe", "seq": 12}))
+        assert requests[-1] == {"keyframe": [], "layer_keyframe": {"1": ["a"]}, "layer_seen": {"1": {"a": 19}}}
+        reg.handle_text(top, json.dumps({"type": "keyframe", "seq": 12}))  # layer 0's own ask, limited apart
+        assert requests[-1] == {"keyframe": ["a"], "seen": {"a": 19}}
+        for v in (top, slow):
+            reg.remove(v)
+
+    asyncio.run(run())
 
 
 def test_a_viewers_ask_for_a_loss_a_keyframe_on_its_way_repairs_is_stale() -> None:

@@ -276,26 +276,37 @@ class ViewerSink(Node):
         """What the loop handed over: requests to emit upstream, warnings to post."""
         keyframes: dict[str, None] = {}
         seen: dict[str, int] = {}
+        layer_keyframes: dict[str, dict[str, None]] = {}  # an extra layer ("1", ...) -> its sessions
+        layer_seen: dict[str, dict[str, int]] = {}
         levels: dict[str, int | None] = {}
         watched = None
         for kind, payload in self.inbox.drain():
             if kind == "request":
                 keyframes.update(dict.fromkeys(payload.get("keyframe", ())))
                 seen.update(payload.get("seen", {}))  # the later request's: the newer seq
+                for k, ids in payload.get("layer_keyframe", {}).items():
+                    layer_keyframes.setdefault(k, {}).update(dict.fromkeys(ids))
+                for k, seqs in payload.get("layer_seen", {}).items():
+                    layer_seen.setdefault(k, {}).update(seqs)
                 levels.update(payload.get("lod", {}))
                 watched = payload.get("watched", watched)
             else:
                 self._warn_limited(payload)
-        if keyframes or levels or watched is not None:
+        if keyframes or layer_keyframes or levels or watched is not None:
             data: dict[str, Any] = {"keyframe": list(keyframes)}  # always a list: the compressor expects one
             if seen:
                 data["seen"] = seen
+            if layer_keyframes:
+                data["layer_keyframe"] = {k: list(ids) for k, ids in layer_keyframes.items()}
+            if layer_seen:
+                data["layer_seen"] = layer_seen
             if levels:
                 data["lod"] = levels
             if watched is not None:  # the sessions viewers watch: the compressor's extra layers are made for them
                 data["watched"] = watched
             self.emit("requests", Message("avatar/request", data, pts_ns=self.now_ns(),
-                                          session=list(dict.fromkeys([*keyframes, *levels]))))
+                                          session=list(dict.fromkeys([*keyframes, *levels, *(
+                                              s for ids in layer_keyframes.values() for s in ids)]))))
 
     def _warn_limited(self, text: str) -> None:
         now = self.now_ns()

@@ -17,6 +17,9 @@ server's event loop (one thread, no locks); the node hands it each ``avatar/pack
   way to it already: it changes nothing, so viewers further away than the others, whose asks
   come after the keyframe left, cost no second keyframe. Each request upstream says the newest
   seq of the session the sink had (``seen``), so the compressor makes no second keyframe either.
+  A viewer on an extra layer (or moving to one) asks for that layer's keyframe, with that
+  layer's seq (``layer_keyframe``, ``layer_seen``): each layer is coalesced on its own, and a
+  layer nobody lost makes none.
 - ``losses`` counts loss events: a viewer's (not stale) ask, and a viewer the sink itself left
   waiting (its queue overflowed, the loop fell behind); per packet owed, the loss agents watch.
 - Echoes (the page saying "decoded seq n of session s") give pipeline-to-page latency from the
@@ -135,8 +138,8 @@ class Viewers:
         self.seen: dict[str, int] = {}  # live sessions -> last seen (ns), in order of arrival
         self.sessions_changed = False
         self.rings: dict[str, list[tuple[int, int] | None]] = {}  # watched session -> (seq, pts) by seq % _RING
-        self.kf_last: dict[str, int] = {}  # session -> when a keyframe was last asked for
-        self.kf_deferred: set[str] = set()
+        self.kf_last: dict[tuple[str, int], int] = {}  # (session, layer) -> when its keyframe was last asked for
+        self.kf_deferred: set[tuple[str, int]] = set()
         self.lod_asked: dict[str, int] = {}  # session -> level last asked of the lod node
         self.watched_told = 0  # when the watched sessions were last told upstream (0: tell at once)
         self.n_layers = 1  # layers the last batch had (the compressor's own and its extra ones)
@@ -144,6 +147,7 @@ class Viewers:
         self.layer_rates: dict[str, list[list[float]]] = {}  # ... per layer [bits/s, packets/s] over the last window
         self.layer_table: dict[str, int] = {}  # viewer id -> layer (the node's viewer_layers param)
         self.newest: dict[str, int] = {}  # watched session -> the newest wire seq handed on
+        self.newest_layer: dict[tuple[str, int], int] = {}  # ... of an extra layer: (session, layer) -> seq
 
         self._ids = itertools.count(1)
         self._index: dict[str, int] = {}
@@ -245,7 +249,7 @@ class Viewers:
             return
         self.counts["losses"] += 1
         v.waiting = True
-        self._want_keyframe(v.session)
+        self._want_keyframe(v.session, _needs(v))
 
     def echo(self, session: str, seq: int) -> None:
         """The page decoded packet ``seq`` of ``session`` just now: latency since its batch's pts."""
@@ -352,7 +356,8 @@ class Viewers:
                 for v in viewers.values():
                     v.waiting = True
                 self.counts["losses"] += len(viewers)
-                self._want_keyframe(session)
+                for layer in {_needs(v) for v in viewers.values()}:
+                    self._want_keyframe(session, layer)
         if not self.watched:
             return
         if len(self.watched) > _SCAN_WATCHED:  # many watched: index the batch (once per layout)
@@ -390,8 +395,9 @@ class Viewers:
         so ask for it."""
         last = self.newest.get(session)
         self.newest[session] = n
-        if last is not None and not key and n != (last + 1) % SEQ_MOD and any(v.waiting for v in viewers.values()):
-            self._want_keyframe(session)
+        if last is not None and not key and n != (last + 1) % SEQ_MOD:
+            for layer in {_needs(v) for v in viewers.values() if v.waiting}:
+                self._want_keyframe(session, layer)
 
     def _dispatch_layered(self, find: Callable, packets: list, pts_ns: int, keyframe: np.ndarray, seq: np.ndarray,
                           layers: list) -> None:
@@ -407,10 +413,13 @@ class Viewers:
                 self.rings[session][n % _RING] = (n, pts_ns)
                 self._newest(session, viewers, n, bool(keyframe[i]))
             found: list[tuple[bytes, bool, int] | None] = [(packets[i], bool(keyframe[i]), n)]
-            for layer, at in zip(layers, index):
+            for k, (layer, at) in enumerate(zip(layers, index), 1):
                 j = at.get(i)
-                found.append(None if j is None else (layer["packets"][j], bool(layer["keyframe"][j]),
-                                                     int(layer["seq"][j])))
+                if j is None:
+                    found.append(None)
+                else:
+                    found.append((layer["packets"][j], bool(layer["keyframe"][j]), int(layer["seq"][j])))
+                    self.newest_layer[(session, k)] = found[-1][2]  # type: ignore[index]
             tally = self.layer_bytes.setdefault(session, [])
             while len(tally) < len(found):
                 tally.append([0, 0])
@@ -447,7 +456,7 @@ class Viewers:
             elif want != v.layer_next:
                 v.layer_next = want
                 if v.session is not None:
-                    self._want_keyframe(v.session)
+                    self._want_keyframe(v.session, want)
 
     def _rate_window(self, now: int) -> None:
         """Close a window: frames per second per live session (0 for one that sent none), as a
@@ -515,7 +524,7 @@ class Viewers:
                 if v.sending:  # ask once the viewer takes packets again: a stuck one asks nothing
                     v.need_key = True
                 else:
-                    self._want_keyframe(v.session)  # type: ignore[arg-type]
+                    self._want_keyframe(v.session, _needs(v))  # type: ignore[arg-type]
                 return
         q.append((packet, key))
         if key:
@@ -564,7 +573,7 @@ class Viewers:
                     if v.need_key:
                         v.need_key = False
                         if v.waiting and v.session is not None:
-                            self._want_keyframe(v.session)
+                            self._want_keyframe(v.session, _needs(v))
                 elif v.net.pad_owed > 0:  # a probe: padding, in the gaps between packets
                     n = min(_PAD_CHUNK, v.net.pad_owed)
                     v.net.pad_owed -= n
@@ -638,23 +647,31 @@ class Viewers:
         return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(target) - need(v.layer)) / 8
 
     # --- upstream ------------------------------------------------------------------------------
-    def _want_keyframe(self, session: str) -> None:
+    def _want_keyframe(self, session: str, layer: int = 0) -> None:
+        """A keyframe of the session's stream ``layer`` (0: the compressor's own), at most one ask
+        per ``keyframe_min_interval_ns`` of each, saying the newest seq of that stream handed on."""
         now = self.clock()
-        last = self.kf_last.get(session)
+        key = (session, layer)
+        last = self.kf_last.get(key)
         if last is None or now - last >= self.keyframe_min_interval_ns:
-            self.kf_last[session] = now
+            self.kf_last[key] = now
             self.counts["keyframe_requests"] += 1
-            seen = self.newest.get(session)
-            self.request({"keyframe": [session], **({"seen": {session: seen}} if seen is not None else {})})
-        elif session not in self.kf_deferred:
-            self.kf_deferred.add(session)
+            if layer == 0:
+                seen = self.newest.get(session)
+                self.request({"keyframe": [session], **({"seen": {session: seen}} if seen is not None else {})})
+            else:
+                n = self.newest_layer.get(key)
+                self.request({"keyframe": [], "layer_keyframe": {str(layer): [session]},
+                              **({"layer_seen": {str(layer): {session: n}}} if n is not None else {})})
+        elif key not in self.kf_deferred:
+            self.kf_deferred.add(key)
             delay = (last + self.keyframe_min_interval_ns - now) / 1e9
-            asyncio.get_running_loop().call_later(delay, self._deferred_keyframe, session)
+            asyncio.get_running_loop().call_later(delay, self._deferred_keyframe, session, layer)
 
-    def _deferred_keyframe(self, session: str) -> None:
-        self.kf_deferred.discard(session)
-        if any(v.waiting for v in self.watched.get(session, {}).values()):
-            self._want_keyframe(session)
+    def _deferred_keyframe(self, session: str, layer: int = 0) -> None:
+        self.kf_deferred.discard((session, layer))
+        if any(v.waiting and _needs(v) == layer for v in self.watched.get(session, {}).values()):
+            self._want_keyframe(session, layer)
 
     def _watch(self, v: Viewer) -> None:
         s = v.session
@@ -665,7 +682,7 @@ class Viewers:
         if not viewers:
             self.rings[s] = [None] * _RING
         viewers[v.id] = v
-        self._want_keyframe(s)
+        self._want_keyframe(s, _needs(v))
         self._ask_lod(s)
 
     def _unwatch(self, v: Viewer) -> None:
@@ -677,6 +694,8 @@ class Viewers:
             del self.watched[s]
             del self.rings[s]
             self.newest.pop(s, None)
+            for key in [key for key in self.newest_layer if key[0] == s]:
+                del self.newest_layer[key]
         self._ask_lod(s)  # type: ignore[arg-type]
         self._pcm_sessions()
 
@@ -796,3 +815,8 @@ def check_lod(value: Any) -> int | None:
 
 __all__ = ["AUDIO_FORMATS", "ProtocolError", "Transport", "Viewer", "Viewers", "check_audio", "check_lod",
            "check_session"]
+
+
+def _needs(v: Viewer) -> int:
+    """The layer whose keyframe the viewer needs: the one it moves to, else its own."""
+    return v.layer_next if v.layer_next is not None else v.layer
