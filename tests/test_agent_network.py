@@ -3,11 +3,18 @@
 Unit tests replay stats snapshots through ``NetworkAgent.wish`` and the guards. The scenario test
 puts a viewer behind a rate limit (``tc`` token bucket on its veth, in namespaces the test makes)
 and another on a free link, both decoding as the page does (``tools/simulator.py``, with receiver
-reports), and checks the issue's timings from the graph's own bus.
+reports), and checks the issue's timings from the graph's own bus. ``tools/netem.py`` (netem-like
+delay, jitter and loss, and its fallback where the kernel has no netem) is checked on a veth pair:
+the delay, the order, the loss, a change while running, and nothing left behind.
 """
 from __future__ import annotations
 
+import socket
+import struct
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +22,8 @@ import pytest
 from nodes.agents import NetworkAgent
 from runtime.agents import GuardState, StatsView, decide
 from runtime.agents.spec import AgentSpec, guards_for
+from tests.helpers import alive
+from tests.netns import NetNS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -102,6 +111,88 @@ def test_each_viewers_layer_is_the_sinks_account_and_gone_viewers_leave_the_tabl
     assert agent.current({"viewer_layers": {"3": 0}}, "3") == 2.0  # the sink says 2 (a table from before a restart)
     assert agent.to_params({"3": 1}, {"viewer_layers": {"1": 2, "3": 2}}) == {"viewer_layers": {"3": 1}}
     assert agent.to_params({"3": 0}, {"viewer_layers": {"3": 2}}) == {"viewer_layers": {}}
+
+
+# --- tools/netem.py on a veth pair ------------------------------------------------------------------
+def _udp_through(a: NetNS, b: NetNS, n: int, port: int) -> list[tuple[int, float]]:
+    """Send ``n`` datagrams from ``a`` to 10.79.0.2 in ``b`` (one a millisecond); (seq, one-way ms) of
+    those that arrived, in arrival order (both ends read the same CLOCK_MONOTONIC)."""
+    rx, tx = b.socket(), a.socket()
+    got: list[tuple[int, float]] = []
+    sent = threading.Event()
+
+    def receive() -> None:
+        rx.settimeout(0.25)
+        quiet = 0
+        while quiet < 2:  # all sent, then nothing for 0.5 s (the longest delay here is 30 ms): all came
+            try:
+                data = rx.recv(64)
+            except socket.timeout:
+                quiet += sent.is_set()
+                continue
+            seq, t = struct.unpack("!Id", data)
+            got.append((seq, 1e3 * (time.monotonic() - t)))
+
+    try:
+        rx.bind(("10.79.0.2", port))
+        t = threading.Thread(target=receive)
+        t.start()
+        for seq in range(n):
+            tx.sendto(struct.pack("!Id", seq, time.monotonic()), ("10.79.0.2", port))
+            time.sleep(0.001)
+        sent.set()
+        t.join(30)
+        return got
+    finally:
+        rx.close()
+        tx.close()
+
+
+@pytest.mark.parametrize("at_peer", [False, True], ids=["egress", "at-the-peer"])
+def test_netem_delays_in_order_drops_its_share_changes_while_running_and_leaves_nothing_behind(at_peer):
+    from netem import Link, Unsupported
+
+    a, b = NetNS.make(), NetNS.make()
+    try:
+        if a is None or b is None:
+            pytest.skip(NetNS.reason())
+        dev_a, dev_b = a.join(b, "10.79.0.1", "10.79.0.2")
+        link = Link(a.prefix, dev_a, peer=(b.prefix, dev_b) if at_peer else None)
+        try:
+            link.set(delay_ms=30.0)
+        except Unsupported as exc:
+            link.clear()
+            pytest.skip(str(exc))
+        with link:
+            assert "netem" in link.mechanism, link.mechanism
+            got = _udp_through(a, b, 200, 9001)
+            assert [s for s, _ in got] == list(range(200)), link.mechanism  # all of them, in the order sent
+            assert min(ms for _, ms in got) >= 29.0, link.mechanism  # (jitter 0: none leaves early)
+
+            pid = link.delayer_pid
+            link.set(delay_ms=30.0, loss_pct=20.0)  # loss on top: the same delayer carries on
+            assert link.delayer_pid == pid
+            got = _udp_through(a, b, 500, 9002)
+            # 20 % of 500 lost at random: 100 expected, sd 9; fewer than 50 or more than 160 once in 10^8 runs
+            assert 340 <= len(got) <= 450, (len(got), link.mechanism)
+            seqs = [s for s, _ in got]
+            assert seqs == sorted(seqs)
+
+            link.set()  # nothing: everything goes through at once again
+            got = _udp_through(a, b, 100, 9003)
+            assert len(got) == 100 and sorted(ms for _, ms in got)[50] < 29.0, (got[:5], link.mechanism)
+        # left: no rules, no qdisc, no delayer
+        assert pid is None or not alive(pid)
+        for ns in (a, b):
+            rules = subprocess.run([*ns.prefix, "iptables-save"], capture_output=True, text=True).stdout
+            assert "avnetem" not in rules and "NFQUEUE" not in rules, rules
+        assert "tbf" not in subprocess.run([*a.prefix, "tc", "qdisc", "show", "dev", dev_a], capture_output=True,
+                                           text=True).stdout
+    finally:
+        for ns in (a, b):
+            if ns is not None:
+                ns.kill_all()
+                ns.remove()
 
 
 # --- the scenario, through tc (tools/net_scenario.py) --------------------------------------------------
