@@ -93,6 +93,27 @@ def test_a_probe_that_got_through_brings_the_best_layer_back_after_its_wish_held
     assert tr.layer == 0 and tr.moves[-1][1] == 0
 
 
+def test_a_probe_that_found_room_for_a_layer_between_starts_the_wait_and_one_of_the_best_ends_it_there():
+    tr = Trace()
+    tr.look(snapshot(0, recv=5000.0, rtt=300.0))
+    for _ in range(6):
+        tr.look(snapshot(2, recv=NEEDS[2]))
+    # the sink's probe toward layer 1 sends 1.4 times its need (framing counted) less layer 2's own;
+    # what it reports is the bytes it sent, without the framing of layer 2's packets
+    between = {"ok": True, "bps": RATES[2][0] + 1.4 * NEEDS[1] - NEEDS[2], "age_s": 0.1}
+    tr.look(snapshot(2, recv=NEEDS[2], probe=between))
+    w = tr.agent.wish(StatsView(snapshot(2, recv=NEEDS[2], probe=between), None, 0.5, tr.t), 2.0, "1")
+    assert w is not None and w.value == 1.0, w  # it fits layer 1 by the agent's count too: the wait starts
+    t_between = tr.t
+    for k in range(2):
+        tr.look(snapshot(2, recv=NEEDS[2], probe={**between, "age_s": 0.6 + 0.5 * k}))
+    best = {"ok": True, "bps": 1.4 * NEEDS[0], "age_s": 0.1}  # 0.5 s after, the best layer's probe got through
+    while tr.layer == 2:
+        tr.look(snapshot(2, recv=NEEDS[2], probe=best))
+        best = {**best, "age_s": best["age_s"] + 0.5}
+    assert tr.moves[-1] == (t_between + 2.0, 0)  # 2 s after the first probe, straight to the best
+
+
 def test_stale_or_missing_reports_hold():
     tr = Trace()
     tr.look(snapshot(0, recv=5000.0, rtt=300.0, age=5.0))  # the report is 5 s old: hold
