@@ -1,11 +1,13 @@
 """The network agent: each viewer's layer follows its link (delay, loss, probes), through tc.
 
 Unit tests replay stats snapshots through ``NetworkAgent.wish`` and the guards. The scenario test
-puts a viewer behind a rate limit (``tc`` token bucket on its veth, in namespaces the test makes)
-and another on a free link, both decoding as the page does (``tools/simulator.py``, with receiver
-reports), and checks the issue's timings from the graph's own bus. ``tools/netem.py`` (netem-like
-delay, jitter and loss, and its fallback where the kernel has no netem) is checked on a veth pair:
-the delay, the order, the loss, a change while running, and nothing left behind.
+puts a viewer behind a link with a home connection's steady delay, jitter and loss
+(``tools/netem.py``: ``tc netem``, or where the kernel has none iptables and an NFQUEUE delayer),
+cuts its rate (``tc`` token bucket on its veth, in namespaces the test makes) and gives it back,
+with another viewer on a free link, both decoding as the page does (``tools/simulator.py``, with
+receiver reports), and checks the issue's timings from the graph's own bus. ``tools/netem.py``
+itself is checked on a veth pair: the delay, the order, the loss, a change while running, and
+nothing left behind.
 """
 from __future__ import annotations
 
@@ -217,15 +219,36 @@ def test_netem_delays_in_order_drops_its_share_changes_while_running_and_leaves_
 
 
 # --- the scenario, through tc (tools/net_scenario.py) --------------------------------------------------
+# The cut viewer's link has what a home connection to a server some way off has, the whole run:
+# 40 ms more delay (cable or DSL and a few hundred km of fibre; the round trip grows by it), +-5 ms
+# of jitter (Wi-Fi in the home) and 1 % random loss (Wi-Fi's residual loss, at the top of what a
+# usable home link has). The agent must leave the viewer alone under it, and the cut and the
+# restore must still meet the issue's limits on top of it.
+BACKGROUND = {"delay_ms": 40.0, "jitter_ms": 5.0, "loss_pct": 1.0}
+
+
 def test_a_viewer_behind_a_cut_link_moves_down_and_back_and_the_other_is_unaffected():
     from net_scenario import run_scenario
 
-    r = run_scenario(hold_s=10.0, after_s=8.0)
+    r = run_scenario(hold_s=10.0, after_s=8.0, before_s=10.0, **BACKGROUND)
+    unsupported = r.get("skipped") if r.get("conditions_unsupported") else None
+    if unsupported:  # no netem here, nor iptables and NFQUEUE: the rate cut alone, then say so
+        r = run_scenario(hold_s=10.0, after_s=8.0)
     if r.get("skipped"):
         pytest.skip(r["skipped"])
+    # steady conditions before the cut: no change (a fixed delay raises the round trip's minimum
+    # and its median alike; the jitter and the loss's retransmissions move the median a few ms)
+    assert r["changes_before"] == 0 and r["before_frames"] > 300, r
     assert r["down_s"] < 2.0, r
     assert r["down_to"] >= 1 and r["cut_frames"] > 100, r
-    assert r["cut_loss"] < 0.01, r
+    # frame loss: the stream goes over TCP, which resends what the link drops at random (that costs
+    # delay, not frames); a viewer misses frames only when the sink drops them for it, its queue full:
+    # the overload the cut causes. What the background costs by itself shows before the cut (0 in
+    # every run here); the issue's limit (under 1 %) is on the loss the cut adds to it.
+    assert r["cut_loss"] < r["before_loss"] + 0.01, r
     assert r["back_s"] < 10.0, r
     assert r["changes_cut_steady"] <= 1 and r["changes_back_steady"] == 0, r  # steady: fewer than 2 a minute
     assert r["free_changes"] == 0 and r["free_lost"] == 0 and not r["errors"], r
+    print({k: v for k, v in r.items() if k not in ("actions", "errors")})  # the figures, with -s
+    if unsupported:
+        pytest.skip(f"the rate cut passed without background conditions, which cannot be made here: {unsupported}")
