@@ -115,6 +115,7 @@ class Link:
         self._delayer: subprocess.Popen | None = None
         self._queue = next(_queue_nums)
         self._rate_on = False
+        self._nf: list[str] | None = None  # what netfilter does now (None: nothing set up yet)
 
     # --- what works here --------------------------------------------------------------------------
     def _has_netem(self) -> bool:
@@ -201,7 +202,10 @@ class Link:
         # a DROP rule on the way out of this namespace fails the local sender's send (EPERM), which a
         # lossy link never does: there the delayer drops instead (its verdict comes after the send returned)
         by_delayer = 0.0 if self._peer else c.loss_pct
-        if c.delay_ms or c.jitter_ms or c.loss_pct or self._iptables:
+        same = (c.delay_ms, c.jitter_ms, c.loss_pct) == (self.now.delay_ms, self.now.jitter_ms, self.now.loss_pct)
+        if same and self._nf is not None:  # only the rate changes (a cut): tc alone, at once
+            nf = self._nf
+        elif c.delay_ms or c.jitter_ms or c.loss_pct or self._iptables:
             ipt = self._find_iptables()
             if c.delay_ms or c.jitter_ms or by_delayer or self._delayer is not None:
                 self._delayer_set(c.delay_ms, c.jitter_ms, by_delayer)
@@ -218,6 +222,7 @@ class Link:
             # one transaction: the chain is flushed and filled at once (no packet slips past the queue)
             _run([*self._nf_prefix, f"{ipt}-restore", "-w", "--noflush"],
                  input=f"*mangle\n:{self._chain} - [0:0]\n" + "".join(r + "\n" for r in rules) + "COMMIT\n")
+        self._nf = nf
         tc = [*self.prefix, "tc", "qdisc"]
         if c.rate:
             _run([*tc, "replace", "dev", self.dev, "root", "tbf", "rate", c.rate, *_TBF])
@@ -294,6 +299,7 @@ class Link:
             _run([*ipt, "-F", self._chain], check=False)
             _run([*ipt, "-X", self._chain], check=False)
             self._iptables = None
+        self._nf = None
         if self._delayer is not None:
             self._stop_delayer(self._delayer)
             self._delayer = None
