@@ -13,7 +13,8 @@
 
 As ``tc netem`` the conditions act on the packets leaving through the interface. Where the kernel
 has ``sch_netem`` (probed once per process) they are one ``netem`` qdisc, with a ``tbf`` under it
-for the rate (the netem wiki's recipe). A kernel without it (this machine's Firecracker 6.18 build
+for the rate (the netem wiki's recipe; its jitter may reorder packets, as netem's does; not run on
+this machine, whose kernel has no netem). A kernel without it (this machine's Firecracker 6.18 build
 also lacks fq, prio and the tc actions) gets the same effects from what it does have:
 
 - rate: a ``tbf`` token bucket, the interface's root qdisc;
