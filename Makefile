@@ -45,7 +45,7 @@ web/assets/face.glb: $(STAMP) $(WEB_STAMP) tools/build_face_glb.py tools/face_mo
 # its own), curl (the voice tests post with it, as the docs do), gcc (the compiled hot paths; and Python's
 # headers, python3-dev, where this Python has none); and Node.js with npm for the web client, where there is
 # no npm yet.
-APT_PACKAGES := libespeak-ng1 festival festvox-us-slt-hts chromium iproute2 redis-server curl gcc
+APT_PACKAGES := libespeak-ng1 festival festvox-us-slt-hts chromium iproute2 iptables redis-server curl gcc
 HAS_PY_HEADERS = $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -3,15 +3,20 @@
 
     python tools/net_scenario.py                  # cut to 16 kbit/s for 16 s, then free for 15 s
     python tools/net_scenario.py --cut 24kbit --json
+    python tools/net_scenario.py --delay 40 --loss 1   # the same on a link that always has 40 ms and 1 % loss
 
 Three network namespaces (root and iproute2 needed): the graph (a replay of the recorded take, a
 compressor with two extra layers, a websocket_sink and a ``network`` agent) in one, and two
 viewers, each in its own, joined to it by veth pairs. Each viewer decodes as the page does and
 sends receiver reports (``tools/simulator.py``). One link gets a ``tc`` token bucket (``tbf``) at
-``--cut``; after ``--hold`` seconds it is taken off. From the graph's bus (AGENT messages) and the
-viewers' counts it prints how soon the cut viewer moved down and back, its frame loss in between,
-the changes under steady conditions, and what the other viewer saw (tests/test_agent_network.py
-asserts on these numbers).
+``--cut``, ``--before`` seconds after its viewer's first frame; after ``--hold`` seconds it is
+taken off. ``--delay``, ``--jitter`` and ``--loss`` give that link steady background conditions
+for the whole run (its viewer connects through them, the cut comes on top), in the direction the
+stream flows (the round trip grows by the delay): ``tc netem`` where the kernel has it, else
+iptables and an NFQUEUE delayer (``tools/netem.py``; the output says which). From the graph's bus
+(AGENT messages) and the viewers' counts it prints how soon the cut viewer moved down and back,
+its frame loss before the cut and in between, the changes under steady conditions, and what the
+other viewer saw (tests/test_agent_network.py asserts on these numbers).
 """
 from __future__ import annotations
 
@@ -25,12 +30,14 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
+from netem import Conditions, Link, Unsupported  # noqa: E402
 from simulator import Viewer, run_websocket  # noqa: E402
 
 from tests.helpers import AvatarProcess, wait_until  # noqa: E402
@@ -86,18 +93,29 @@ def _viewer(ns: NetNS, url: str, stop: threading.Event) -> tuple[Viewer, threadi
     return v, t
 
 
-def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.0) -> dict[str, Any]:
-    """Run it; the measurements (``skipped``: why it could not run here)."""
+def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.0, delay_ms: float = 0.0,
+                 jitter_ms: float = 0.0, loss_pct: float = 0.0, before_s: float = 8.0) -> dict[str, Any]:
+    """Run it; the measurements (``skipped``: why it could not run here; with ``conditions_unsupported``
+    it was the background delay/loss that could not be made: the rate cut alone can run)."""
     made = [NetNS.make(f"avnet-{n}-{os.getpid()}") for n in ("s", "c1", "c2")]
     try:
         if any(ns is None for ns in made):
             return {"skipped": NetNS.reason()}
         server, near, far = made  # type: ignore[misc]
         server.join(near, "10.78.1.1", "10.78.1.2")
-        s_cut, _ = server.join(far, "10.78.2.1", "10.78.2.2")
+        s_cut, c_cut = server.join(far, "10.78.2.1", "10.78.2.2")
         if not _tc_works(server, s_cut):
             return {"skipped": "tc cannot shape here (no tbf qdisc)"}
-        with tempfile.TemporaryDirectory() as tmp:
+        # the cut viewer's link, server -> viewer: the rate at the server's end (its egress); without
+        # sch_netem the delay and loss act where the packets arrive, at the viewer's end (tools/netem.py)
+        link = Link(server.prefix, s_cut, peer=(far.prefix, c_cut))
+        steady = Conditions(delay_ms, jitter_ms, loss_pct)
+        try:
+            link.apply(steady)
+        except Unsupported as exc:
+            link.clear()
+            return {"skipped": str(exc), "conditions_unsupported": True}
+        with link, tempfile.TemporaryDirectory() as tmp:
             graph = Path(tmp) / "net.yaml"
             graph.write_text(GRAPH)
             proc = AvatarProcess("run", graph, prefix=server.prefix)
@@ -107,15 +125,20 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
                 proc.wait_playing()
                 cutv, t = _viewer(far, "http://10.78.2.1:18080/", stop)  # viewer 1
                 threads.append(t)
+                wait_until(lambda: cutv.decoder.counts["decoded"] > 0, timeout=30)
+                t_first = time.time()
                 wait_until(lambda: cutv.decoder.counts["decoded"] > 120, timeout=30)
+                lost_b, got_b = cutv.lost, cutv.decoder.counts["decoded"]  # from here to the cut: steady
                 free, t = _viewer(near, "http://10.78.1.1:18080/", stop)  # viewer 2
                 threads.append(t)
                 wait_until(lambda: free.decoder.counts["decoded"] > 300, timeout=30)
                 free_before = (free.decoder.counts["decoded"], time.monotonic())
+                wait_until(lambda: time.time() - t_first >= before_s, timeout=before_s + 10)
 
                 t_cut = time.time()
-                subprocess.run([*server.prefix, "tc", "qdisc", "replace", "dev", s_cut, "root", "tbf", "rate", cut,
-                                "burst", "1600", "latency", "300ms"], check=True)
+                lost_c, got_c = cutv.lost, cutv.decoder.counts["decoded"]
+                link.apply(replace(steady, rate=cut))
+                mechanism = link.mechanism
                 down = proc.wait_for(lambda m: m["type"] == "AGENT" and m.get("key") == "1" and m["new"] > m["old"], 20)
                 wait_until(lambda: time.time() - down["ts"] >= 1.0, timeout=10)
                 lost0, got0 = cutv.lost, cutv.decoder.counts["decoded"]
@@ -123,7 +146,7 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
                 lost1, got1 = cutv.lost, cutv.decoder.counts["decoded"]
 
                 t_back = time.time()
-                subprocess.run([*server.prefix, "tc", "qdisc", "del", "dev", s_cut, "root"], check=True)
+                link.apply(steady)  # the rate off; the delay and loss stay
                 up = proc.wait_for(lambda m: m["type"] == "AGENT" and m.get("key") == "1" and m["new"] == 0, 30)
                 wait_until(lambda: time.time() - up["ts"] >= after_s, timeout=after_s + 10)
                 free_fps = (free.decoder.counts["decoded"] - free_before[0]) / (time.monotonic() - free_before[1])
@@ -142,7 +165,11 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
         actions = [m for m in proc.bus if m["type"] == "AGENT"]
         mine = [m for m in actions if m.get("key") == "1"]
         return {
-            "cut": cut, "down_s": round(down["ts"] - t_cut, 2), "down_to": down["new"],
+            "cut": cut, "conditions": str(steady), "mechanism": mechanism,
+            "before_s": round(t_cut - t_first, 1), "changes_before": len([m for m in mine if m["ts"] < t_cut]),
+            "before_frames": got_c - got_b, "before_lost": lost_c - lost_b,
+            "before_loss": round((lost_c - lost_b) / max(1, got_c - got_b + lost_c - lost_b), 4),
+            "down_s": round(down["ts"] - t_cut, 2), "down_to": down["new"],
             "cut_frames": got1 - got0, "cut_lost": lost1 - lost0,
             "cut_loss": round((lost1 - lost0) / max(1, got1 - got0 + lost1 - lost0), 4),
             "cut_fps": round((got1 - got0) / max(1e-3, t_back - down["ts"] - 1.0), 1),
@@ -166,12 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cut", default="16kbit", help="the cut link's rate (tc units; default 16kbit)")
     ap.add_argument("--hold", type=float, default=16.0, metavar="S", help="seconds the link stays cut (default 16)")
     ap.add_argument("--after", type=float, default=15.0, metavar="S", help="seconds watched after it is back (default 15)")
+    ap.add_argument("--before", type=float, default=8.0, metavar="S",
+                    help="seconds from the cut viewer's first frame to the cut (default 8)")
+    ap.add_argument("--delay", type=float, default=0.0, metavar="MS",
+                    help="the cut viewer's link: added delay toward the viewer, the whole run (default 0)")
+    ap.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="+- this around the delay (default 0)")
+    ap.add_argument("--loss", type=float, default=0.0, metavar="PCT",
+                    help="the cut viewer's link: random loss toward the viewer, %% (default 0)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = run_scenario(a.cut, a.hold, a.after)
+    r = run_scenario(a.cut, a.hold, a.after, a.delay, a.jitter, a.loss, a.before)
     if a.json or r.get("skipped"):
         print(json.dumps(r, indent=2))
         return 0 if not r.get("skipped") else 2
+    print(f"the cut viewer's link: {r['conditions']} throughout ({r['mechanism']})")
+    print(f"  before the cut ({r['before_s']} s): {r['before_frames']} frames, {r['before_lost']} lost "
+          f"({100 * r['before_loss']:.2f} %), {r['changes_before']} changes")
     print(f"link cut to {r['cut']}: moved down to layer {r['down_to']} after {r['down_s']} s")
     print(f"  then, until the link came back: {r['cut_frames']} frames at {r['cut_fps']} fps, "
           f"{r['cut_lost']} lost ({100 * r['cut_loss']:.2f} %), {r['changes_cut_steady']} further changes")

@@ -83,7 +83,9 @@ class NetworkAgent(Agent):
             return None
         needs = [8 * self.p["overhead_bytes"] * pps + bps for bps, pps in rates]
         layer = int(current)
-        est, why = self.update(key or "", net, needs, layer)
+        # a probe's rate is what the sink sent (payload); the needs count each packet's framing too
+        framing = 8 * self.p["overhead_bytes"] * rates[min(layer, len(rates) - 1)][1]
+        est, why = self.update(key or "", net, needs, layer, framing)
         fits = [k for k, need in enumerate(needs) if need <= self.p["headroom"] * est]
         want = fits[0] if fits else len(needs) - 1
         if why.startswith("clean"):  # a link that carries its layer cleanly never moves down
@@ -96,8 +98,14 @@ class NetworkAgent(Agent):
         return Wish(float(want), f"viewer {key}: {why}, estimate {est / 1000:.1f} kbit/s -> layer {want}", inputs,
                     float(net.get("age_s") or 0.0))
 
-    def update(self, key: str, net: Mapping[str, Any], needs: list[float], layer: int) -> tuple[float, str]:
-        """The viewer's new capacity estimate (bits/s) and the signal that set it."""
+    def update(self, key: str, net: Mapping[str, Any], needs: list[float], layer: int,
+               framing_bps: float = 0.0) -> tuple[float, str]:
+        """The viewer's new capacity estimate (bits/s) and the signal that set it.
+
+        ``framing_bps``: the framing of the packets the viewer's layer sends a second (the
+        ``overhead_bytes`` a packet the needs count), added to what a probe carried: the sink
+        counts the bytes it sent, and a probe and a layer are compared alike only with it.
+        """
         recv = float(net.get("recv_bps") or 0.0)
         loss = float(net.get("loss") or 0.0)
         rtt, rtt_min = net.get("rtt_p50_ms", net.get("rtt_ms")), net.get("rtt_min_ms")
@@ -120,6 +128,8 @@ class NetworkAgent(Agent):
                 est = max(est, now_need / self.p["headroom"])  # it carries what it gets
             fresh = isinstance(probe, dict) and probe.get("age_s", 1e9) < self.p["probe_fresh_s"]
             carried = (probe.get("bps") if probe.get("ok") else probe.get("carried_bps")) if fresh else None  # type: ignore[union-attr]
+            if carried:
+                carried += framing_bps
             if carried and loss < self.p["loss_low"]:
                 if carried > est:
                     why = f"clean; a probe carried {carried / 1000:.1f} kbit/s"
