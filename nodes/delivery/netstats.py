@@ -186,8 +186,11 @@ class ViewerNet:
         return self.sent_bytes - self.reports[-1][3]
 
     def _rtt_rose(self, p: dict[str, Any]) -> bool:
-        rtt, rtt0 = self.rtt_ms, p["rtt0"]
-        return rtt is not None and rtt0 is not None and rtt - rtt0 > max(50.0, rtt0)
+        """The probe's padding queues on the path: the last two pings since it began both took
+        longer than the round trip's minimum (one alone may have waited behind a resent packet)."""
+        rtt0 = p["rtt0"]
+        recent = [r for t, r in self.rtts if t >= p["start"]][-2:]
+        return len(recent) == 2 and rtt0 is not None and min(recent) - rtt0 > max(50.0, rtt0)
 
     def info(self, now: int) -> dict[str, Any]:
         if not self.enabled:
