@@ -196,6 +196,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level (default {ALPHA})")
     sp.add_argument("--all", action="store_true", help="list unchanged metrics too")
     sp.add_argument("--json", action="store_true", help="print the findings and the measurement as JSON")
+    sp.add_argument("--json-out", metavar="FILE", help="also write them as JSON to FILE (the text for the log, the "
+                                                      "JSON for a CI job's artifacts, from one run)")
     sp.set_defaults(fn=run)
     return sp
 
@@ -233,7 +235,9 @@ def run(a: argparse.Namespace) -> int:
         if a.baseline:
             Path(a.baseline).write_text(json.dumps(result, indent=1, default=str) + "\n")
             text += f"baseline written: {a.baseline}\n"
-        sys.stdout.write(json.dumps({"measurement": result}, indent=1, default=str) + "\n" if a.json else text)
+        doc = json.dumps({"measurement": result}, indent=1, default=str) + "\n"
+        _json_out(a, doc)
+        sys.stdout.write(doc if a.json else text)
         return 0
     problems = same_data(baseline, result)
     if any("differs from the baseline" in p or "no (recording" in p for p in problems):
@@ -242,10 +246,12 @@ def run(a: argparse.Namespace) -> int:
     findings = compare(baseline, result, a.alpha)
     changed = param_changes(baseline, result)
     regressions = [f for f in findings if f["verdict"] == "regression"]
+    doc = json.dumps({"findings": [f for f in findings if a.all or f["verdict"] != "same"],
+                      "params_changed": changed, "regressions": len(regressions), "notes": problems,
+                      "measurement": result}, indent=1, default=str) + "\n"
+    _json_out(a, doc)
     if a.json:
-        print(json.dumps({"findings": [f for f in findings if a.all or f["verdict"] != "same"],
-                          "params_changed": changed, "regressions": len(regressions), "notes": problems,
-                          "measurement": result}, indent=1, default=str))
+        sys.stdout.write(doc)
     else:
         sys.stdout.write(summary_text(result) + "\n" + findings_text(findings, changed, a.all))
         for p in problems:
@@ -253,6 +259,11 @@ def run(a: argparse.Namespace) -> int:
         print(f"{len(regressions)} regression{'s' if len(regressions) != 1 else ''}"
               + (f": exit {EXIT_REGRESSION}" if regressions else ""))
     return EXIT_REGRESSION if regressions else 0
+
+
+def _json_out(a: argparse.Namespace, doc: str) -> None:
+    if a.json_out:
+        Path(a.json_out).write_text(doc)
 
 
 def main(argv: list[str] | None = None) -> int:
