@@ -3,7 +3,7 @@ the tuned YAML with its provenance, and the stop after an automatic rollback.
 
 The search's logic runs on a stand-in for ``evaluate`` (a known function of the params: its
 choices can be checked exactly, in milliseconds); one end-to-end run tunes graphs/capture.yaml's
-compressor for real.
+compressor for real and tries the candidate on a running graph (``--live``).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from orchestrator import knobs, tune
 from orchestrator.recordings import write_container, write_default_set
 from runtime import Message, Node, Pad, Param, load_graph
 from runtime.inspect_text import describe_type
+from tests.test_orchestrator_canary import live  # noqa: F401 - the running graph a live tune changes
 from tests.test_orchestrator_check import avatar
 
 
@@ -186,17 +187,19 @@ def test_the_tuner_stays_stopped_after_a_rollback_until_a_person_acknowledges(tm
 
 
 # --- for real ---------------------------------------------------------------------------------------------------
-def test_tune_the_capture_graphs_compressor_on_recordings_for_real(tmp_path):
+def test_tune_the_capture_graphs_compressor_on_recordings_for_real_and_try_it_live(tmp_path, live):  # noqa: F811
+    """The whole loop on real processes: trials on recordings, validation on held-out ones, then
+    the candidate as a canary on the running graph (``--live``), kept because it saves bytes."""
+    runner, endpoint = live
     recs = tmp_path / "recs"
     write_default_set(recs, speech=1)
     (recs / "dao_reverse.bin").unlink()
-    out = tmp_path / "capture.tuned.yaml"
     r = avatar("tune", "graphs/capture.yaml", "--recordings", str(recs), "--holdout", "dao_mirror,speech_1",
                "--params", "encode.bits", "--objective", "bytes_per_frame", "--constraint", "error<=0.05",
                "--constraint", "jitter<=1.5x", "--trials", "2", "--seed", "2",  # seed 2: the second trial tries 7 bits
                "--seconds", "3", "--warmup", "1", "--repeats", "1",
                "--state-dir", str(tmp_path / "st"),
-               "-o", str(out), "--json", timeout=170)
+               "--live", "--control", endpoint, "--window", "5", "--json", timeout=200)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     report = json.loads(r.stdout)
     assert [t["current"] for t in report["trials"]][0] is True and len(report["trials"]) == 2
@@ -205,4 +208,7 @@ def test_tune_the_capture_graphs_compressor_on_recordings_for_real(tmp_path):
     val = report["validation"]
     assert val["units"] == 6 and val["repeats"] == 1 and val["verdict"] == "pass", val
     assert val["metrics"]["bytes_per_frame"]["verdict"] == "improvement"
-    assert load_graph(out).nodes["encode"].params["bits"] == cand["params"]["encode.bits"]
+    assert report["canary"]["outcome"] == "kept", report["canary"]
+    st = runner.stats()
+    assert st["nodes"]["encode"]["params"]["bits"] == cand["params"]["encode.bits"] and "bits" in st["pins"]["encode"]
+    assert not list((tmp_path / "st").glob("*.tuned.yaml"))  # live: the graph changed, no file written
