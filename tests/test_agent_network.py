@@ -230,10 +230,10 @@ BACKGROUND = {"delay_ms": 40.0, "jitter_ms": 5.0, "loss_pct": 1.0}
 def test_a_viewer_behind_a_cut_link_moves_down_and_back_and_the_other_is_unaffected():
     from net_scenario import run_scenario
 
-    r = run_scenario(hold_s=10.0, after_s=8.0, before_s=10.0, **BACKGROUND)
+    r = run_scenario(hold_s=10.0, after_s=6.0, before_s=8.0, **BACKGROUND)
     unsupported = r.get("skipped") if r.get("conditions_unsupported") else None
     if unsupported:  # no netem here, nor iptables and NFQUEUE: the rate cut alone, then say so
-        r = run_scenario(hold_s=10.0, after_s=8.0)
+        r = run_scenario(hold_s=10.0, after_s=6.0)
     if r.get("skipped"):
         pytest.skip(r["skipped"])
     # steady conditions before the cut: no change (a fixed delay raises the round trip's minimum
