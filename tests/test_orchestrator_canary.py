@@ -61,23 +61,20 @@ def test_a_candidate_that_costs_bytes_is_rolled_back_and_stops_the_tuner(live, t
     assert code == tune.EXIT_STOPPED and "after an automatic rollback" in capsys.readouterr().err
 
 
-def test_a_candidate_that_saves_bytes_is_kept_and_pinned(live, tmp_path):
-    runner, endpoint = live
-    result = canary(ControlClient(endpoint), {"encode": {"bits": 7}}, 5.0)
-    assert result["outcome"] == "kept", result
-    better = [f for f in result["findings"] if f["metric"] == "bytes_per_packet"]
-    assert better and better[0]["verdict"] == "improvement"
-    st = runner.stats()
-    assert st["nodes"]["encode"]["params"]["bits"] == 7 and "bits" in st["pins"]["encode"]
-
-
-def test_a_refused_value_changes_nothing(live, tmp_path):
+def test_a_candidate_that_saves_bytes_is_kept_and_pinned_and_a_refused_one_changes_nothing(live, tmp_path):
     runner, endpoint = live
     result = canary(ControlClient(endpoint), {"encode": {"keyframe_interval": 60}, "face": {"min_cutoff": -1.0}}, 1.0)
     assert result["outcome"] == "refused" and "min_cutoff" in result["reason"]
     st = runner.stats()
     assert st["nodes"]["encode"]["params"]["keyframe_interval"] == 120  # the first node's change was put back
     assert not (st.get("pins") or {}).get("encode")
+
+    result = canary(ControlClient(endpoint), {"encode": {"bits": 7}}, 5.0)
+    assert result["outcome"] == "kept", result
+    better = [f for f in result["findings"] if f["metric"] == "bytes_per_packet"]
+    assert better and better[0]["verdict"] == "improvement"
+    st = runner.stats()
+    assert st["nodes"]["encode"]["params"]["bits"] == 7 and "bits" in st["pins"]["encode"]
 
 
 # --- on one session ---------------------------------------------------------------------------------
@@ -87,9 +84,14 @@ def session_args(endpoint: str, session: str, window: float = 5.0) -> argparse.N
     return a
 
 
-def test_a_session_canary_that_jitters_is_rolled_back_on_that_session_alone(live, tmp_path):
+def test_a_session_canary_that_jitters_is_rolled_back_one_that_holds_is_promoted_one_it_cannot_try_refused(
+        live, tmp_path):
     runner, endpoint = live
     state = tmp_path / "state"
+    result = run_canary(session_args(endpoint, "phone-1"), {"face.beta": 3.0, "encode.bits": 7}, state, {})
+    assert result["outcome"] == "refused" and "encode.bits cannot be set per session" in result["reason"]
+    assert runner.stats()["nodes"]["face"]["params"]["beta"] == 2.0  # nothing was tried
+
     result = run_canary(session_args(endpoint, "phone-1"), {"face.min_cutoff": 10.0}, state, {"study": "s"})
     assert result["outcome"] == "rolled back", result
     assert "smoothing_jitter_ratio at face[phone-1]" in result["reason"], result
@@ -100,17 +102,10 @@ def test_a_session_canary_that_jitters_is_rolled_back_on_that_session_alone(live
     why = tune.stopped(state)
     assert why is not None and "session 'phone-1'" in why["reason"]
 
-
-def test_a_session_canary_that_holds_is_promoted_to_the_node_and_one_it_cannot_try_is_refused(live, tmp_path):
-    runner, endpoint = live
-    result = run_canary(session_args(endpoint, "phone-1"), {"face.beta": 3.0, "encode.bits": 7}, tmp_path / "s", {})
-    assert result["outcome"] == "refused" and "encode.bits cannot be set per session" in result["reason"]
-    assert runner.stats()["nodes"]["face"]["params"]["beta"] == 2.0  # nothing was tried
-    result = run_canary(session_args(endpoint, "phone-2"), {"face.beta": 3.0}, tmp_path / "state", {"study": "s"})
+    result = run_canary(session_args(endpoint, "phone-2"), {"face.beta": 3.0}, tmp_path / "other", {"study": "s"})
     assert result["outcome"] == "promoted", result
     assert {f["where"] for f in result["findings"]} >= {"face[phone-2]"}, result
     st = runner.stats()
     face = st["nodes"]["face"]
     assert face["params"]["beta"] == 3.0 and face["params"]["session_params"] == {}
     assert st["pins"]["face"] == {"beta": "person"}  # as the node canary keeps a change
-

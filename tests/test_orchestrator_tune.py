@@ -199,7 +199,7 @@ def test_tune_the_capture_graphs_compressor_on_recordings_for_real_and_try_it_li
                "--constraint", "jitter<=1.5x", "--trials", "2", "--seed", "2",  # seed 2: the second trial tries 7 bits
                "--seconds", "3", "--warmup", "1", "--repeats", "1",
                "--state-dir", str(tmp_path / "st"),
-               "--live", "--control", endpoint, "--window", "5", "--json", timeout=200)
+               "--live", "--control", endpoint, "--window", "4", "--json", timeout=200)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     report = json.loads(r.stdout)
     assert [t["current"] for t in report["trials"]][0] is True and len(report["trials"]) == 2
