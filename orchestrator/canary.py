@@ -2,10 +2,10 @@
 
 Through the graph's control channel (``runtime.ControlClient``, as ``avatar set`` does), the
 canary watches what a running graph can measure about itself for a window (``Watch``: per second,
-each compressor's bytes per packet, each blender's smoothing jitter and lag, each link's latency,
-each node's CPU, restarts and ERROR messages), sets the candidate's params (pinned, as a person's
-are), lets a second pass (the change's own transient, such as the keyframe a precision change
-sends), watches the same window again and compares the two on the changed nodes and the links
+each compressor's bytes per packet, each blender's smoothing jitter (alone and over the input's
+noise) and lag, each link's latency, each node's CPU, restarts and ERROR messages), sets the
+candidate's params (pinned, as a person's are), lets a second pass (the change's own transient,
+such as the keyframe a precision change sends), watches the same window again and compares the two on the changed nodes and the links
 out of them (``orchestrator.stats``: Mann-Whitney over the per-second samples, each metric's
 limit). A regression, a restart or an ERROR rolls the params back at once, gives back the pins it
 made, and stops the tuner (``tune.stop_tuner``) until a person acknowledges it; otherwise the
