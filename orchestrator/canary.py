@@ -5,9 +5,9 @@ canary watches what a running graph can measure about itself for a window (``Wat
 each compressor's bytes per packet, each blender's smoothing jitter (alone and over the input's
 noise) and lag, each link's latency, each node's CPU, restarts and ERROR messages), sets the
 candidate's params (pinned, as a person's are), lets a second pass (the change's own transient,
-such as the keyframe a precision change sends), watches the same window again and compares the two on the changed nodes and the links
-out of them (``orchestrator.stats``: Mann-Whitney over the per-second samples, each metric's
-limit). A regression, a restart or an ERROR rolls the params back at once, gives back the pins it
+such as the keyframe a precision change sends), watches the same window again and compares the
+two on the changed nodes and the links out of them (``orchestrator.stats``: Mann-Whitney over the
+per-second samples, each metric's limit). A regression, a restart or an ERROR rolls the params back at once, gives back the pins it
 made, and stops the tuner (``tune.stop_tuner``) until a person acknowledges it; otherwise the
 params are kept, pinned.
 
