@@ -7,9 +7,9 @@ noise) and lag, each link's latency, each node's CPU, restarts and ERROR message
 candidate's params (pinned, as a person's are), lets a second pass (the change's own transient,
 such as the keyframe a precision change sends), watches the same window again and compares the
 two on the changed nodes and the links out of them (``orchestrator.stats``: Mann-Whitney over the
-per-second samples, each metric's limit). A regression, a restart or an ERROR rolls the params back at once, gives back the pins it
-made, and stops the tuner (``tune.stop_tuner``) until a person acknowledges it; otherwise the
-params are kept, pinned.
+per-second samples, each metric's limit). A regression, a restart or an ERROR rolls the params
+back at once, gives back the pins it made, and stops the tuner (``tune.stop_tuner``) until a
+person acknowledges it; otherwise the params are kept, pinned.
 
 On one session (``session_canary``, ``avatar tune --live --canary-session S``): the candidate runs
 on that session's frames alone (per-session params, ``Param.per_session``), so a bad candidate
