@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 from netem import Conditions, Link, Unsupported  # noqa: E402
-from simulator import Viewer, run_websocket  # noqa: E402
+from simulator import Viewer, run_webrtc, run_websocket  # noqa: E402
 
 from tests.helpers import AvatarProcess, wait_until  # noqa: E402
 from tests.netns import NetNS  # noqa: E402
@@ -48,7 +48,7 @@ name: nettest
 nodes:
   take: {type: arkit_replay, params: {path: tests/data/llf_dao_take.csv, loop: true, session: a}}
   encode: {type: compressor, params: {layers: [{lod: 2, bits: 6}, {lod: 3, bits: 5}]}}
-  web: {type: websocket_sink, params: {host: 0.0.0.0, port: 18080}}
+  web: {type: SINK, params: {host: 0.0.0.0, port: 18080}}
 links:
   - take -> encode.in
   - {from: encode, to: web, policy: block, size: 64}
@@ -65,9 +65,10 @@ def _tc_works(ns: NetNS, dev: str) -> bool:
     return ok
 
 
-def _viewer(ns: NetNS, url: str, stop: threading.Event) -> tuple[Viewer, threading.Thread]:
+def _viewer(ns: NetNS, url: str, stop: threading.Event, transport: str = "websocket") -> tuple[Viewer, threading.Thread]:
     """A simulated page decoding inside ``ns`` (its sockets are made by a thread that joined it)."""
-    v = Viewer(0, "websocket", "a", None, keep=False)
+    v = Viewer(0, transport, "a", None, keep=False)
+    run_viewer = run_webrtc if transport == "webrtc" else run_websocket
 
     def run() -> None:
         fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
@@ -82,7 +83,7 @@ def _viewer(ns: NetNS, url: str, stop: threading.Event) -> tuple[Viewer, threadi
             loop = asyncio.get_running_loop()
             threading.Thread(target=lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)), daemon=True).start()
             try:
-                await run_websocket(v, url, done)
+                await run_viewer(v, url, done)
             except Exception as exc:  # noqa: BLE001 - reported through the viewer
                 v.closed = f"{type(exc).__name__}: {exc}"
 
@@ -94,9 +95,11 @@ def _viewer(ns: NetNS, url: str, stop: threading.Event) -> tuple[Viewer, threadi
 
 
 def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.0, delay_ms: float = 0.0,
-                 jitter_ms: float = 0.0, loss_pct: float = 0.0, before_s: float = 8.0) -> dict[str, Any]:
+                 jitter_ms: float = 0.0, loss_pct: float = 0.0, before_s: float = 8.0,
+                 transport: str = "websocket") -> dict[str, Any]:
     """Run it; the measurements (``skipped``: why it could not run here; with ``conditions_unsupported``
-    it was the background delay/loss that could not be made: the rate cut alone can run)."""
+    it was the background delay/loss that could not be made: the rate cut alone can run).
+    ``transport``: the viewers' (``webrtc``: a webrtc_sink, the frames on a DataChannel)."""
     made = [NetNS.make(f"avnet-{n}-{os.getpid()}") for n in ("s", "c1", "c2")]
     try:
         if any(ns is None for ns in made):
@@ -117,19 +120,19 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
             return {"skipped": str(exc), "conditions_unsupported": True}
         with link, tempfile.TemporaryDirectory() as tmp:
             graph = Path(tmp) / "net.yaml"
-            graph.write_text(GRAPH)
+            graph.write_text(GRAPH.replace("SINK", "webrtc_sink" if transport == "webrtc" else "websocket_sink"))
             proc = AvatarProcess("run", graph, prefix=server.prefix)
             stop = threading.Event()
             threads = []
             try:
                 proc.wait_playing()
-                cutv, t = _viewer(far, "http://10.78.2.1:18080/", stop)  # viewer 1
+                cutv, t = _viewer(far, "http://10.78.2.1:18080/", stop, transport)  # viewer 1
                 threads.append(t)
                 wait_until(lambda: cutv.decoder.counts["decoded"] > 0, timeout=30)
                 t_first = time.time()
                 wait_until(lambda: cutv.decoder.counts["decoded"] > 120, timeout=30)
                 lost_b, got_b = cutv.lost, cutv.decoder.counts["decoded"]  # from here to the cut: steady
-                free, t = _viewer(near, "http://10.78.1.1:18080/", stop)  # viewer 2
+                free, t = _viewer(near, "http://10.78.1.1:18080/", stop, transport)  # viewer 2
                 threads.append(t)
                 wait_until(lambda: free.decoder.counts["decoded"] > 300, timeout=30)
                 free_before = (free.decoder.counts["decoded"], time.monotonic())
@@ -200,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="+- this around the delay (default 0)")
     ap.add_argument("--loss", type=float, default=0.0, metavar="PCT",
                     help="the cut viewer's link: random loss toward the viewer, %% (default 0)")
+    ap.add_argument("--transport", choices=("websocket", "webrtc"), default="websocket",
+                    help="the viewers' transport (default websocket; webrtc: a webrtc_sink, frames on a DataChannel)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = run_scenario(a.cut, a.hold, a.after, a.delay, a.jitter, a.loss, a.before)
+    r = run_scenario(a.cut, a.hold, a.after, a.delay, a.jitter, a.loss, a.before, a.transport)
     if a.json or r.get("skipped"):
         print(json.dumps(r, indent=2))
         return 0 if not r.get("skipped") else 2
