@@ -531,10 +531,10 @@ class Blender(FrameClockNode):
         nothing else moves it: not speaking, no emotion transition nor micro-expression under way.
         The same state arrays on both paths, so compiled and reference measure the same."""
         sampled = slots < self.meter.k
-        for sid in self.own_meters:  # sessions with their own params: each apart too
-            slot = self.slots.slot_of.get(sid)
-            if slot is not None:
-                sampled |= slots == slot
+        own = [(meter, slot) for sid, meter in self.own_meters.items()  # sessions with their own params: apart too
+               if (slot := self.slots.slot_of.get(sid)) is not None]
+        for _, slot in own:
+            sampled |= slots == slot
         s, t = slots[sampled], self.t
         clean = ((self.cap_mix[s] >= 1.0) & (self.speak_mix[s] <= 0.0) & (t - self.micro_t0[s] >= self.micro_len[s])
                  & ((self.emo_dur[s] <= 0.0) | (t - self.emo_t0[s] >= self.emo_dur[s])))
@@ -542,8 +542,8 @@ class Blender(FrameClockNode):
         y = weights[sampled]
         if self.meter.k:
             self.meter.observe(s, t, x, y, clean)
-        for sid, meter in self.own_meters.items():
-            row = np.flatnonzero(s == self.slots.slot_of.get(sid, -1))
+        for meter, slot in own:
+            row = np.flatnonzero(s == slot)
             if row.size:
                 meter.observe(np.zeros(1, np.intp), t, x[row[:1]], y[row[:1]], clean[row[:1]])
 
