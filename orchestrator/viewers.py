@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from nodes import wire as wf
+from nodes.delivery import bundle
 
 KEYFRAME_REQUEST_MIN_NS = 200_000_000  # as web/js/main.js
 REPORT_S = 0.25  # receiver reports, as the page sends them
@@ -223,7 +224,15 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
         if doc.get("type") == "hello" and v.want in (None, "*"):  # an offer without a session subscribes to nothing
             send({"type": "subscribe", "session": v.session_for(doc.get("sessions") or []), "lod": v.lod})
 
-    avatar.on("message", later(lambda m: v.on_packet(m, send) if isinstance(m, bytes) else None))
+    # JSON comes on both channels, as the page takes it: on 'avatar' what may be lost (pings, padding)
+    def on_avatar(m: bytes | str) -> None:
+        if isinstance(m, str):
+            on_text(m)
+            return
+        for packet in bundle.unpack(m):  # a slow link's bundle, or one packet
+            v.on_packet(packet, send)
+
+    avatar.on("message", later(on_avatar))
     control.on("message", later(lambda m: on_text(m) if isinstance(m, str) else None))
     try:
         await pc.setLocalDescription(await pc.createOffer())

@@ -131,6 +131,8 @@ def test_a_layers_viewers_ask_for_that_layers_keyframe_and_each_layer_is_coalesc
 # --- the viewer registry -----------------------------------------------------------------------
 class _Transport:
     kind = "fake"
+    framing_bytes = 60
+    bundle_s = 0.0
 
     def __init__(self) -> None:
         self.packets: list[bytes] = []
@@ -140,6 +142,8 @@ class _Transport:
 
     async def send_text(self, text: str) -> None:
         pass
+
+    send_lossy = send_text
 
     async def close(self) -> None:
         pass

@@ -376,6 +376,8 @@ def test_the_encoder_states_each_rows_keyframe_flag_and_seq() -> None:
 
 class _FakeTransport:
     kind = "fake"
+    framing_bytes = 60
+    bundle_s = 0.0
 
     def __init__(self) -> None:
         self.packets: list[bytes] = []
@@ -389,6 +391,8 @@ class _FakeTransport:
 
     async def send_text(self, text: str) -> None:
         self.texts.append(json.loads(text))
+
+    send_lossy = send_text
 
     async def close(self) -> None:
         pass

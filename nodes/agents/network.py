@@ -12,8 +12,8 @@ the lower one wins:
 Nothing but sending more shows spare room; the sink probes a viewer below the best layer now and
 then (``nodes.delivery.netstats``: padding at the next layer's rate for a second) and a probe that
 got through lifts the estimate to what it carried. The wish is the best layer whose rate (the
-sink measures each layer's bits and packets a second for the viewer's session, plus
-``overhead_bytes`` a packet for the transport's framing) fits within ``headroom`` of the
+sink measures each layer's bits and packets a second for the viewer's session, plus the
+framing each packet carries on the viewer's transport, or ``overhead_bytes``) fits within ``headroom`` of the
 estimate. The guards do the rest: a worse layer at once (``fast: up``: higher layers are
 cheaper), a better one only when wished for ``up_after`` seconds; a switch happens at a keyframe
 of the new layer. Viewers that send no reports are left alone.
@@ -46,8 +46,9 @@ class NetworkAgent(Agent):
         "loss_low": Param(float, 0.02, "loss fraction below which the link counts as clean", min=0.0, max=1.0),
         "headroom": Param(float, 0.85, "a layer fits when its rate is at most this share of the estimate",
                           min=0.1, max=1.0),
-        "overhead_bytes": Param(int, 60, "framing per packet (WebSocket + TCP/IP, or SCTP/DTLS/UDP/IP)",
-                                min=0, max=1000),
+        "overhead_bytes": Param(int, -1, "framing per packet; -1: the viewer's transport's own, as the sink "
+                                "reports it (WebSocket + TCP/IP 60, a data channel's SCTP/DTLS/UDP/IP 93)",
+                                min=-1, max=1000),
         "probe_fresh_s": Param(float, 3.0, "a probe result younger than this counts", min=0.1, max=60.0),
     }
 
@@ -81,10 +82,16 @@ class NetworkAgent(Agent):
         rates = (view.get(f"nodes.{self.node}.node.layer_rates") or {}).get(session)
         if not net or not rates or net.get("recv_bps") is None:
             return None
-        needs = [8 * self.p["overhead_bytes"] * pps + bps for bps, pps in rates]
+        per_packet = self.p["overhead_bytes"]
+        if per_packet < 0:
+            per_packet = int(info.get("framing_bytes", 60))
+        # messages a second: on a reduced layer a sink may bundle packets (WebRTC), fewer framings
+        per_s = float(info.get("messages_per_s") or float("inf"))
+        framings = [pps if k == 0 else min(pps, per_s) for k, (_, pps) in enumerate(rates)]
+        needs = [8 * per_packet * n + bps for n, (bps, _) in zip(framings, rates)]
         layer = int(current)
         # a probe's rate is what the sink sent (payload); the needs count each packet's framing too
-        framing = 8 * self.p["overhead_bytes"] * rates[min(layer, len(rates) - 1)][1]
+        framing = 8 * per_packet * framings[min(layer, len(rates) - 1)]
         est, why = self.update(key or "", net, needs, layer, framing)
         fits = [k for k, need in enumerate(needs) if need <= self.p["headroom"] * est]
         want = fits[0] if fits else len(needs) - 1
@@ -124,8 +131,10 @@ class NetworkAgent(Agent):
             est, why = recv * (1 - 0.5 * loss), f"loss {100 * loss:.1f} %"
         else:
             why = "clean" if loss < self.p["loss_low"] else f"loss {100 * loss:.1f} %"
-            if loss < self.p["loss_low"]:
-                est = max(est, now_need / self.p["headroom"])  # it carries what it gets
+            # it carries what it gets; between the loss limits too (WebRTC's "hold": a data channel
+            # loses what the link drops at random, a WebSocket does not), and as the layer's rate
+            # drifts up with the face's motion
+            est = max(est, now_need / self.p["headroom"])
             fresh = isinstance(probe, dict) and probe.get("age_s", 1e9) < self.p["probe_fresh_s"]
             carried = (probe.get("bps") if probe.get("ok") else probe.get("carried_bps")) if fresh else None  # type: ignore[union-attr]
             if carried:

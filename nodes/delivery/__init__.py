@@ -5,6 +5,7 @@ module for ``avatar inspect`` or ``avatar validate`` stays quick.
 """
 from __future__ import annotations
 
+from . import bundle
 from .rtc import MAX_SDP, DataChannelTransport, ice_server_problems, offer_problems, restrict_host_addresses
 from .sink import ViewerSink
 from .viewers import MAX_TEXT, ProtocolError, Transport, Viewer, Viewers, check_lod, check_session
@@ -20,6 +21,6 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MAX_SDP", "MAX_TEXT", "DataChannelTransport", "ProtocolError", "Transport", "Viewer", "ViewerSink",
+__all__ = ["MAX_SDP", "MAX_TEXT", "DataChannelTransport", "bundle", "ProtocolError", "Transport", "Viewer", "ViewerSink",
            "Viewers", "check_lod", "check_session", "ice_server_problems", "offer_problems",
            "restrict_host_addresses", *_WEBSERVER]

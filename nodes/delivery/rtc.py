@@ -2,7 +2,8 @@
 track, and host candidates.
 
 A viewer's offer creates two data channels: ``avatar``, unordered with ``maxRetransmits: 0``,
-for the packets; ``control``, reliable, for the JSON messages. ``DataChannelTransport`` is that
+for the packets and the JSON messages that may be lost (pings, a probe's padding); ``control``,
+reliable, for the other JSON messages. ``DataChannelTransport`` is that
 pair as a viewer ``Transport``; the ``avatar`` channel's ``bufferedAmount`` is the back-pressure.
 An offer that also asks to receive audio gets the voice as an audio track (``VoiceTrack``): the
 session's Opus packets, encoded once for all its viewers, sent as they fall due.
@@ -179,14 +180,24 @@ class DataChannelTransport:
     are buffered on it), JSON on ``control``; and its voice track, if its offer asked for audio."""
 
     kind = "webrtc"
+    # a packet's framing on the wire: IPv4 20 + UDP 8 + DTLS 13 + AES-GCM's nonce and tag 24 + SCTP's
+    # common header 12 + a DATA chunk's 16 (aiortc sends each message in a packet of its own)
+    framing_bytes = 93
 
-    def __init__(self, pc: Any, avatar: Any, control: Any, limit: int, track: Any = None):
+    def __init__(self, pc: Any, avatar: Any, control: Any, limit: int, track: Any = None, bundle_s: float = 0.0):
         self.pc, self.avatar, self.control, self.limit, self.track = pc, avatar, control, limit, track
+        self.bundle_s = bundle_s  # on a reduced layer, packets are gathered this long (nodes.delivery.bundle)
         self._low = asyncio.Event()
         avatar.bufferedAmountLowThreshold = limit // 2
         avatar.on("bufferedamountlow", self._low.set)
 
     async def send_bytes(self, data: bytes) -> None:
+        await self._room()
+        self.avatar.send(data)
+
+    async def _room(self) -> None:
+        """Wait while more than ``limit`` bytes are buffered on ``avatar``: SCTP's window, not the
+        sender, paces it."""
         ch = self.avatar
         while ch.bufferedAmount > self.limit and ch.readyState == "open":
             self._low.clear()
@@ -196,12 +207,18 @@ class DataChannelTransport:
                 pass
         if ch.readyState != "open":
             raise ConnectionError("the 'avatar' data channel is closed")
-        ch.send(data)
 
     async def send_text(self, text: str) -> None:
         if self.control.readyState != "open":
             raise ConnectionError("the 'control' data channel is closed")
         self.control.send(text)
+
+    async def send_lossy(self, text: str) -> None:
+        # on the unreliable channel, paced as the packets are: a lost ping or padding is not resent,
+        # and so holds nothing back (on 'control' each loss waited for SCTP's retransmission timer,
+        # and a probe's padding, never waited for, flooded a slow link)
+        await self._room()
+        self.avatar.send(text)
 
     async def send_voice(self, session: str, packet: VoicePacket) -> None:
         if self.track is not None:

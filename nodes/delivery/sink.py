@@ -420,6 +420,8 @@ class _WebSocketTransport:
     """A viewer's WebSocket (Starlette's): a send waits while the connection's small buffers are full."""
 
     kind = "websocket"
+    framing_bytes = 60  # a packet's framing on the wire: WebSocket's 2-8 + TCP/IP's 40 + options
+    bundle_s = 0.0  # TCP coalesces what waits: no bundles
 
     def __init__(self, websocket: Any):
         self.ws = websocket
@@ -429,6 +431,8 @@ class _WebSocketTransport:
 
     async def send_text(self, text: str) -> None:
         await self.ws.send_text(text)
+
+    send_lossy = send_text  # one TCP stream: nothing is lost, nothing to gain
 
     async def send_voice(self, session: str, packet: Any) -> None:
         from .voice import voice_frame

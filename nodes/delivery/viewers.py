@@ -43,6 +43,7 @@ import numpy as np
 from runtime.histogram import LATENCY_BOUNDS_US
 
 from ..wire import MAX_SESSION_ID, N_LOD_LEVELS, SEQ_MOD, seq_after
+from . import bundle
 from .netstats import PROBE_S, ReportError, ViewerNet
 from .voice import VoicePacket
 
@@ -63,7 +64,6 @@ _PAD_CHUNK = 1200  # bytes of padding per message while a probe runs
 _PAD_TEXT = '{"type":"pad","p":"%s"}'
 _MIN_PROBE_BPS = 8000.0  # a probe adds at least this much (bits/s)
 _PROBE_MARGIN = 1.4  # a probe carries this many times the best layer's rate
-_FRAMING_BYTES = 60  # a packet's framing on the way (WebSocket + TCP/IP headers), for the probe's size
 AUDIO_FORMATS = ("opus", "pcm")  # what a viewer may ask its voice in (pcm: no Opus decoder in its browser)
 
 
@@ -72,9 +72,12 @@ class Transport(Protocol):
     """How a viewer is reached (a WebSocket, or a pair of WebRTC data channels)."""
 
     kind: str
+    framing_bytes: int  # a packet's framing on the wire (headers of every layer below the message)
+    bundle_s: float  # on a reduced layer, packets go gathered this often in one message (0: never)
 
     async def send_bytes(self, data: bytes) -> None: ...  # waits while the viewer is slow
     async def send_text(self, text: str) -> None: ...
+    async def send_lossy(self, text: str) -> None: ...  # a message whose loss costs nothing (a ping, padding)
     async def send_voice(self, session: str, packet: VoicePacket) -> None: ...
     async def close(self) -> None: ...
 
@@ -84,7 +87,7 @@ class Viewer:
 
     __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
                  "sending", "need_key", "sent", "drops", "skipped", "closed", "audio", "voice", "voice_sent",
-                 "voice_drops", "layer", "layer_next", "net", "key_seq")
+                 "voice_drops", "layer", "layer_next", "net", "key_seq", "ping", "next_send")
 
     def __init__(self, vid: int, transport: Transport):
         self.id, self.transport = vid, transport
@@ -107,6 +110,8 @@ class Viewer:
         self.layer_next: int | None = None  # a switch waiting for a keyframe of that layer
         self.net = ViewerNet()
         self.key_seq = -1  # wire seq of the last keyframe handed to it (-1: none yet)
+        self.ping: str | None = None  # a ping to send (the newest: an older one unsent is stale)
+        self.next_send = 0.0  # loop time before which a bundling viewer's next message waits
 
 
     def info(self) -> dict[str, Any]:
@@ -164,7 +169,7 @@ class Viewers:
         self.counts = {"batches": 0, "rows": 0, "sent": 0, "drops": 0, "skipped": 0, "keyframe_requests": 0,
                        "lod_requests": 0, "echoes": 0, "connected": 0, "disconnected": 0, "protocol_errors": 0,
                        "voice_sent": 0, "voice_bytes": 0, "voice_drops": 0, "reports": 0, "probes": 0,
-                       "layer_switches": 0, "losses": 0, "keyframe_requests_stale": 0}
+                       "layer_switches": 0, "losses": 0, "keyframe_requests_stale": 0, "bundles": 0}
         self.pcm_sessions: set[str] = set()  # watched by a viewer that takes its voice as pcm (read by the node)
 
     # --- viewers come and go -----------------------------------------------------------------
@@ -548,13 +553,19 @@ class Viewers:
 
     async def _sender(self, v: Viewer) -> None:
         """Sends the viewer its JSON messages (first), its voice, then its face packets, one at a
-        time, as it can take them."""
+        time as it can take them (or, on a reduced layer of a transport that bundles, what gathered
+        over ``bundle_s`` in one message), then a probe's padding."""
         t = v.transport
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if v.texts:
                     text = v.texts.popleft()
                     await t.send_text(text)
+                    v.net.sent_bytes += len(text)
+                elif v.ping is not None:
+                    text, v.ping = v.ping, None
+                    await t.send_lossy(text)
                     v.net.sent_bytes += len(text)
                 elif v.voice:
                     packet = v.voice.popleft()
@@ -562,14 +573,21 @@ class Viewers:
                     v.voice_sent += 1
                     self.counts["voice_sent"] += 1
                     self.counts["voice_bytes"] += len(packet.data)
-                elif v.queue:
-                    packet, _ = v.queue.popleft()
+                elif v.queue and (not t.bundle_s or v.layer == 0 or loop.time() >= v.next_send):
+                    if t.bundle_s and v.layer > 0:  # a slow link: what gathered goes in one message
+                        packets = _take(v.queue)
+                        packet = bundle.pack(packets)
+                        v.next_send = loop.time() + t.bundle_s
+                        self.counts["bundles"] += len(packets) > 1
+                    else:
+                        packets = [v.queue.popleft()[0]]
+                        packet = packets[0]
                     v.sending = True
                     await t.send_bytes(packet)
                     v.sending = False
-                    v.sent += 1
+                    v.sent += len(packets)
                     v.net.sent_bytes += len(packet)
-                    self.counts["sent"] += 1
+                    self.counts["sent"] += len(packets)
                     if v.need_key:
                         v.need_key = False
                         if v.waiting and v.session is not None:
@@ -577,9 +595,11 @@ class Viewers:
                 elif v.net.pad_owed > 0:  # a probe: padding, in the gaps between packets
                     n = min(_PAD_CHUNK, v.net.pad_owed)
                     v.net.pad_owed -= n
-                    await t.send_text(_PAD_TEXT % ("x" * max(0, n - 20)))
+                    await t.send_lossy(_PAD_TEXT % ("x" * max(0, n - 20)))
                     v.net.sent_bytes += n
                     v.net.pad_sent += n
+                elif v.queue:  # a bundle gathering
+                    await asyncio.sleep(v.next_send - loop.time())
                 else:
                     v.wake.clear()
                     await v.wake.wait()
@@ -622,7 +642,7 @@ class Viewers:
             if not net.enabled:
                 continue
             if net.ping_due(now):
-                v.texts.append(json.dumps({"type": "ping", "t": now}))
+                v.ping = json.dumps({"type": "ping", "t": now})
                 v.wake.set()
             if net.probe is not None:
                 net.probe_tick(now, 0.25)
@@ -642,8 +662,10 @@ class Viewers:
         rates = self.layer_rates.get(v.session) if v.session is not None else None
         if not rates or v.layer >= len(rates):
             return None
-        def need(k: int) -> float:  # noqa: E306 - bits/s with framing
-            return rates[k][0] + 8 * _FRAMING_BYTES * rates[k][1]
+        framing, per_s = v.transport.framing_bytes, _messages_per_s(v.transport) or float("inf")
+
+        def need(k: int) -> float:  # bits/s with framing
+            return rates[k][0] + 8 * framing * (min(rates[k][1], per_s) if k else rates[k][1])
         return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(target) - need(v.layer)) / 8
 
     # --- upstream ------------------------------------------------------------------------------
@@ -754,6 +776,8 @@ class Viewers:
             "layer_rates": dict(itertools.islice(self.layer_rates.items(), _NET_LISTED)),
             # what the network agent decides on: each reporting viewer's session, layer and network
             "viewer_net": {str(v.id): {"session": v.session, "layer": v.layer, "net": v.net.info(now),
+                                       "framing_bytes": v.transport.framing_bytes,
+                                       "messages_per_s": _messages_per_s(v.transport),
                                        **({"layer_next": v.layer_next} if v.layer_next is not None else {})}
                            for v in itertools.islice((v for v in self.viewers.values() if v.net.enabled), _NET_LISTED)},
             "probe_s": PROBE_S,
@@ -815,6 +839,21 @@ def check_lod(value: Any) -> int | None:
 
 __all__ = ["AUDIO_FORMATS", "ProtocolError", "Transport", "Viewer", "Viewers", "check_audio", "check_lod",
            "check_session"]
+
+
+def _messages_per_s(t: Transport) -> float | None:
+    """At most this many messages a second on a reduced layer (bundles); None: no limit."""
+    return 1.0 / t.bundle_s if t.bundle_s else None
+
+
+def _take(queue: collections.deque[tuple[bytes, bool]]) -> list[bytes]:
+    """The packets waiting, oldest first, as many as one bundle holds."""
+    packets = [queue.popleft()[0]]
+    size = len(packets[0])
+    while queue and len(packets) < bundle.MAX_PACKETS and size + len(queue[0][0]) <= bundle.MAX_BYTES:
+        packets.append(queue.popleft()[0])
+        size += len(packets[-1])
+    return packets
 
 
 def _needs(v: Viewer) -> int:

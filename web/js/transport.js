@@ -3,7 +3,8 @@
 //
 // URL params: ?transport=websocket never tries WebRTC; ?transport=webrtc never falls back.
 //
-// Events (EventTarget): "state" {detail: {state, transport, error}}, "packet" {detail: Uint8Array},
+// Events (EventTarget): "state" {detail: {state, transport, error}}, "packet" {detail: Uint8Array; a
+// bundle's packets one by one},
 // "voice" {detail: a voice frame {t, s, p, n, d}: a msgpack map, where a face packet is an array or
 // bin}, "track" {detail: {track, receiver}} (WebRTC: the voice's audio track), "message" {detail: the
 // JSON object}, "open" {detail: transport name}, "close".
@@ -24,6 +25,8 @@ const IDLE_PROBE_MS = 2000;  // nothing received this long: is the sink still th
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const isMap = (b) => (b & 0xf0) === 0x80 || b === 0xde || b === 0xdf;  // msgpack fixmap, map16, map32
+// a bundle (nodes/delivery/bundle.py): a fixarray of 2..15 bins, where a keyframe's first element is an int
+const isBundle = (u8) => u8.length > 1 && u8[0] >= 0x92 && u8[0] <= 0x9f && u8[1] >= 0xc4 && u8[1] <= 0xc6;
 
 function withTimeout(promise, ms, what) {
   let timer;
@@ -175,6 +178,10 @@ export class Transport extends EventTarget {
         let frame;
         try { frame = msgpackDecode(u8); } catch { frame = null; }
         this.dispatchEvent(new CustomEvent("voice", { detail: frame }));
+      } else if (isBundle(u8)) {  // several packets gathered for a slow link: each as it is
+        let packets;
+        try { packets = msgpackDecode(u8); } catch { packets = [u8]; }  // the decoder reports it malformed
+        for (const p of packets) this.dispatchEvent(new CustomEvent("packet", { detail: p }));
       } else {
         this.dispatchEvent(new CustomEvent("packet", { detail: u8 }));
       }
