@@ -66,6 +66,7 @@ class Viewer:
     delay_s: float = 0.0  # the viewer's link delay, each way (a viewer further away than the others)
     rng: Any = None
     sizes: list = field(default_factory=list)  # (arrival ns, bytes) of every packet, with keep=True
+    train: dict | None = None  # the sink's train probe: {"id", "at": [[pad index, ms], ...]} for the next report
 
     def __post_init__(self) -> None:
         self.frames = [] if self.keep else collections.deque(maxlen=KEEP_LIGHT)
@@ -74,8 +75,11 @@ class Viewer:
     def report(self) -> dict:
         """The receiver report the page sends every 250 ms (docs/delivery.md)."""
         c = self.decoder.counts
-        return {"type": "report", "received": c["decoded"] + c["refused"], "lost": self.lost,
-                "bytes": self.all_bytes, "jitter_ms": round(self.jitter_ms, 3)}
+        msg = {"type": "report", "received": c["decoded"] + c["refused"], "lost": self.lost,
+               "bytes": self.all_bytes, "jitter_ms": round(self.jitter_ms, 3)}
+        if self.train is not None:  # the pads of the sink's train probe since the last report
+            msg["probe"], self.train = self.train, None
+        return msg
 
     def on_text(self, text: str, send) -> dict:
         """A JSON message from the sink: answered at once if it is a ping."""
@@ -83,7 +87,12 @@ class Viewer:
         doc = json.loads(text)
         if doc.get("type") == "ping":
             send({"type": "pong", "t": doc.get("t")})
-        elif doc.get("type") != "pad":
+        elif doc.get("type") == "pad":
+            if isinstance(doc.get("probe"), int) and isinstance(doc.get("i"), int):  # a train probe's pad
+                if self.train is None or self.train["id"] != doc["probe"]:
+                    self.train = {"id": doc["probe"], "at": []}
+                self.train["at"].append([doc["i"], round(time.monotonic_ns() / 1e6, 2)])
+        else:
             self.texts.append(doc)
         return doc
 
@@ -229,7 +238,9 @@ async def run_webrtc(v: Viewer, base: str, stop: asyncio.Event) -> None:
         if isinstance(m, str):
             on_text(m)
             return
-        for packet in bundle.unpack(m):  # a slow link's bundle, or one packet
+        packets = bundle.unpack(m)  # a slow link's bundle, or one packet
+        v.all_bytes += len(m) - sum(map(len, packets))  # the reports count the message, as the page does
+        for packet in packets:
             v.on_packet(packet, send)
 
     avatar.on("message", later(on_avatar))

@@ -49,6 +49,7 @@ def test_a_single_packet_a_keyframe_or_a_voice_frame_is_no_bundle() -> None:
 class _Transport:
     kind = "fake"
     framing_bytes = 93
+    probe_train = True
 
     def __init__(self, bundle_s: float) -> None:
         self.bundle_s = bundle_s

@@ -378,6 +378,7 @@ class _FakeTransport:
     kind = "fake"
     framing_bytes = 60
     bundle_s = 0.0
+    probe_train = False
 
     def __init__(self) -> None:
         self.packets: list[bytes] = []

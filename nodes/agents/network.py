@@ -137,7 +137,7 @@ class NetworkAgent(Agent):
             est = max(est, now_need / self.p["headroom"])
             fresh = isinstance(probe, dict) and probe.get("age_s", 1e9) < self.p["probe_fresh_s"]
             carried = (probe.get("bps") if probe.get("ok") else probe.get("carried_bps")) if fresh else None  # type: ignore[union-attr]
-            if carried:
+            if carried and probe.get("kind") != "train":  # type: ignore[union-attr] - a train's rate has its framing
                 carried += framing_bps
             if carried and loss < self.p["loss_low"]:
                 if carried > est:

@@ -16,6 +16,14 @@ A probe whose round trip rises stops at once (the queue it builds stays small); 
 while it ran is still a measure of the link. Probes repeat every few seconds while the viewer is
 below the best layer, so a link that recovers is found within seconds. The network
 agent (``nodes.agents.network``) reads all of this from the sink's stats and picks the layer.
+
+On a transport that loses what the link drops (WebRTC's unreliable channel) a second of padding
+above a slow link's rate overflows its queue and takes frames with it. There the probe is a
+*train* (``start_train``), as WebRTC's probe clusters are: ``TRAIN_PADS`` small pads paced at
+the rate to try, about 3.5 KB in all with framing, which a slow link's queue holds. The viewer
+reports when each came (``"probe": {"id", "at": [[i, ms], ...]}``); the link carries the rate if
+every pad came and the second half of the train arrived as fast as it was sent (the first half
+may pass in a shaper's burst allowance).
 """
 from __future__ import annotations
 
@@ -34,6 +42,12 @@ _RTT_MIN_WINDOW_NS = 10_000_000_000  # the baseline round trip: the least over t
 _RATE_WINDOW_NS = 1_000_000_000  # received rate and loss over about this long
 _RTT_MEDIAN_WINDOW_NS = 1_000_000_000  # the queue signal: the median round trip over this long
 _MAX_COUNT = 2 ** 53
+_QUEUE_MS = 50.0  # a round trip this far above its minimum is a queue: no probe starts
+TRAIN_PADS = 12  # a train probe's pads
+TRAIN_PAD_BYTES = 200  # ... each this long (the JSON text): 3.5 KB with framing, which a slow link's queue holds
+_TRAIN_TEXT = '{"type":"pad","probe":%d,"i":%d,"p":"%s"}'
+_TRAIN_SHARE = 0.8  # the train's second half must arrive at this share of the rate it was sent at
+_TRAIN_WAIT_NS = 3_000_000_000  # a train whose arrivals are not reported by then failed
 
 
 class ReportError(ValueError):
@@ -47,12 +61,28 @@ def _count(msg: dict, key: str) -> int:
     return v
 
 
+def _train_arrivals(train: Any) -> dict[int, float]:
+    """A report's ``probe``: {"id": n, "at": [[i, ms], ...]} -> {i: ms}."""
+    at = train.get("at") if isinstance(train, dict) else None
+    if (not isinstance(train, dict) or not isinstance(train.get("id"), int) or isinstance(train.get("id"), bool)
+            or not isinstance(at, list) or len(at) > 4 * TRAIN_PADS):
+        raise ReportError("report: 'probe' must be {\"id\": n, \"at\": [[i, ms], ...]}")
+    out: dict[int, float] = {}
+    for pair in at:
+        if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], int) or isinstance(pair[0], bool)
+                or not 0 <= pair[0] < TRAIN_PADS or not isinstance(pair[1], (int, float)) or isinstance(pair[1], bool)
+                or not math.isfinite(pair[1])):
+            raise ReportError(f"report: 'probe': each arrival must be [pad index, ms], got {str(pair)[:40]}")
+        out[pair[0]] = float(pair[1])
+    return out
+
+
 class ViewerNet:
     """One viewer's network figures; all times in the sink's clock (ns)."""
 
     __slots__ = ("enabled", "reports", "last_report_ns", "jitter_ms", "rtts", "rtt_ms", "next_ping_ns",
                  "sent_bytes", "sent_log", "probe", "probe_fails", "next_probe_ns", "last_probe", "pad_owed",
-                 "pad_sent")
+                 "pad_sent", "probe_ids")
 
     def __init__(self) -> None:
         self.enabled = False  # the viewer sends reports: it gets pings and may be probed
@@ -70,6 +100,7 @@ class ViewerNet:
         self.last_probe: dict[str, Any] | None = None
         self.pad_owed = 0  # probe bytes still to send
         self.pad_sent = 0  # probe bytes sent
+        self.probe_ids = 0  # train probes started
 
     def on_report(self, now: int, msg: dict) -> None:
         recv, lost, nbytes = _count(msg, "received"), _count(msg, "lost"), _count(msg, "bytes")
@@ -77,6 +108,7 @@ class ViewerNet:
         if jitter is not None and (not isinstance(jitter, (int, float)) or isinstance(jitter, bool)
                                    or not math.isfinite(jitter) or not 0 <= jitter < 1e6):
             raise ReportError(f"report: 'jitter_ms' must be a number of milliseconds, got {str(jitter)[:40]}")
+        at = _train_arrivals(msg["probe"]) if msg.get("probe") is not None else None  # a train probe's pads
         if self.reports and (recv < self.reports[-1][1] or nbytes < self.reports[-1][3]):
             self.reports.clear()  # the viewer started counting again (a page reload on the same connection)
         if not self.enabled:
@@ -86,6 +118,11 @@ class ViewerNet:
         self.last_report_ns = now
         self.jitter_ms = None if jitter is None else float(jitter)
         self.sent_log.append((now, self.sent_bytes))
+        p = self.probe
+        if at is not None and p is not None and p.get("id") == msg["probe"]["id"]:
+            p["arrivals"] = {**(p["arrivals"] or {}), **at}  # a train may span reports
+        if p is not None and p.get("kind") == "train" and all(p["sent_at"]):
+            p["reported"] = now  # the latest report since its last pad went
 
     def on_pong(self, now: int, msg: dict) -> None:
         t = msg.get("t")
@@ -139,10 +176,67 @@ class ViewerNet:
                       "backlog0": self.backlog(), "pad0": self.pad_sent, "best": best}
         self.pad_owed += int(extra_bps * PROBE_TICK_S)  # the first tick's share at once
 
+    def queued(self, now: int) -> bool:
+        """The round trip (the last second's median) stands ``_QUEUE_MS`` above its minimum: a
+        queue on the path, so no room a probe could find (WebRTC's prober waits out an over-use too)."""
+        p50, low = self.rtt_p50_ms(now), self.rtt_min_ms(now)
+        return p50 is not None and low is not None and p50 - low > _QUEUE_MS
+
+    def hold_probes(self, now: int) -> None:
+        """No probe for the first back-off from now (the viewer just moved down: its link's queue drains)."""
+        self.next_probe_ns = max(self.next_probe_ns, now + int(_PROBE_BACKOFF_S[0] * 1e9))
+
+    def start_train(self, now: int, rate_bps: float, best: bool, framing: int) -> tuple[list[str], float]:
+        """A train probe at ``rate_bps`` (on the wire, with each pad's ``framing``): its pads, and
+        the seconds between them."""
+        self.probe_ids += 1
+        fill = "x" * max(0, TRAIN_PAD_BYTES - len(_TRAIN_TEXT % (self.probe_ids, TRAIN_PADS, "")))
+        texts = [_TRAIN_TEXT % (self.probe_ids, i, fill) for i in range(TRAIN_PADS)]
+        self.probe = {"kind": "train", "id": self.probe_ids, "start": now, "rate": rate_bps, "best": best,
+                      "framing": framing, "sizes": [len(t) for t in texts], "sent_at": [0] * TRAIN_PADS,
+                      "arrivals": None}
+        return texts, 8 * (len(texts[0]) + framing) / rate_bps
+
+    def train_sent(self, pid: int, i: int, now: int) -> None:
+        """Pad ``i`` of train ``pid`` went out (a train already judged is no longer counted)."""
+        p = self.probe
+        if p is not None and p.get("id") == pid:
+            p["sent_at"][i] = now
+            self.sent_bytes += p["sizes"][i]
+            self.pad_sent += p["sizes"][i]
+
+    def _judge_train(self, now: int, p: dict[str, Any]) -> bool | None:
+        """The train's verdict (None: its arrivals are not in yet)."""
+        sent_at, at = p["sent_at"], p["arrivals"] or {}
+        # judged once every pad came, or a report came well after the last one went (what had not
+        # come by then was lost), or no word came for a while
+        last = max(sent_at) if all(sent_at) else p["start"] + _TRAIN_WAIT_NS
+        if len(at) < TRAIN_PADS and p.get("reported", 0) - last < _REPORT_AFTER_NS * 3 and now - last < _TRAIN_WAIT_NS:
+            return None
+        half, last = TRAIN_PADS // 2, TRAIN_PADS - 1
+        # wire bytes after pad `half` (the rate over the second half: the gaps after it)
+        nbytes = 8 * sum(n + p["framing"] for n in p["sizes"][half + 1:])
+        send_s = (sent_at[last] - sent_at[half]) / 1e9 if all(sent_at) else 0.0
+        recv_s = (at[last] - at[half]) / 1e3 if half in at and last in at else 0.0
+        send_bps = nbytes / send_s if send_s > 0 else 0.0
+        recv_bps = nbytes / max(recv_s, 1e-4) if recv_s >= 0 and last in at else 0.0
+        share = recv_bps / send_bps if send_bps else 0.0
+        # every pad came, the sink kept the pace, and the second half came as fast as it went
+        ok = len(at) == TRAIN_PADS and send_bps >= 0.8 * p["rate"] and share >= _TRAIN_SHARE
+        self.last_probe = {"at": now, "ok": ok, "kind": "train", "bps": round(send_bps, 1),
+                           "carried_bps": round(min(send_bps, recv_bps), 1) if ok else None,
+                           "recv_share": round(min(share, 9.99), 3), "got": len(at), "aborted": False}
+        return ok
+
     def probe_tick(self, now: int, tick_s: float) -> None:
         """Owe this tick's share of padding; finish a probe whose reports are in."""
         p = self.probe
         if p is None:
+            return
+        if p.get("kind") == "train":
+            ok = self._judge_train(now, p)
+            if ok is not None:
+                self._probe_done(now, ok, p["best"])
             return
         rose = self._rtt_rose(p) or self.backlog() - p["backlog0"] > _PROBE_BACKLOG
         if now < p["end"] and not rose:
@@ -173,10 +267,13 @@ class ViewerNet:
         carried = round(8 * sent / span, 1) if ok else None
         self.last_probe = {"at": now, "ok": ok, "bps": round(8 * sent / span, 1), "carried_bps": carried,
                            "recv_share": round(recv / sent, 3) if sent else 0.0, "aborted": bool(p.get("aborted"))}
+        self._probe_done(now, ok, p["best"])
+
+    def _probe_done(self, now: int, ok: bool, best: bool) -> None:
         self.probe = None
         self.probe_fails = 0 if ok else self.probe_fails + 1
         # a probe that found room for a layer between: try the best one at once
-        wait = _PROBE_AGAIN_S if ok and not p["best"] else _PROBE_BACKOFF_S[min(self.probe_fails, len(_PROBE_BACKOFF_S) - 1)]
+        wait = _PROBE_AGAIN_S if ok and not best else _PROBE_BACKOFF_S[min(self.probe_fails, len(_PROBE_BACKOFF_S) - 1)]
         self.next_probe_ns = now + int(wait * 1e9)
 
     def backlog(self) -> int:

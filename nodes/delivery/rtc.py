@@ -183,6 +183,7 @@ class DataChannelTransport:
     # a packet's framing on the wire: IPv4 20 + UDP 8 + DTLS 13 + AES-GCM's nonce and tag 24 + SCTP's
     # common header 12 + a DATA chunk's 16 (aiortc sends each message in a packet of its own)
     framing_bytes = 93
+    probe_train = True  # a probe's padding above a slow link's rate would take frames with it: trains
 
     def __init__(self, pc: Any, avatar: Any, control: Any, limit: int, track: Any = None, bundle_s: float = 0.0):
         self.pc, self.avatar, self.control, self.limit, self.track = pc, avatar, control, limit, track

@@ -422,6 +422,7 @@ class _WebSocketTransport:
     kind = "websocket"
     framing_bytes = 60  # a packet's framing on the wire: WebSocket's 2-8 + TCP/IP's 40 + options
     bundle_s = 0.0  # TCP coalesces what waits: no bundles
+    probe_train = False  # TCP loses nothing: a second of padding only queues, and measures the link
 
     def __init__(self, websocket: Any):
         self.ws = websocket

@@ -60,6 +60,8 @@ _LISTED_VIEWERS = 32  # viewers detailed in stats
 _NET_LISTED = 1024  # reporting viewers (and watched sessions' layer rates) in stats, for the network agent
 _VOICE_QUEUE = 50  # voice packets waiting for a viewer (1 s): a viewer that takes none loses the oldest
 _WATCHED_EVERY_NS = 2_000_000_000  # the watched sessions are told upstream on a change and this often
+_AFTER_TRAIN_S = 0.1  # a bundling viewer's packets wait out a train probe and this after it (no frame
+# joins the train in a slow link's queue, which it may overflow)
 _PAD_CHUNK = 1200  # bytes of padding per message while a probe runs
 _PAD_TEXT = '{"type":"pad","p":"%s"}'
 _MIN_PROBE_BPS = 8000.0  # a probe adds at least this much (bits/s)
@@ -74,6 +76,7 @@ class Transport(Protocol):
     kind: str
     framing_bytes: int  # a packet's framing on the wire (headers of every layer below the message)
     bundle_s: float  # on a reduced layer, packets go gathered this often in one message (0: never)
+    probe_train: bool  # probes are short trains of pads (a transport that loses what the link drops)
 
     async def send_bytes(self, data: bytes) -> None: ...  # waits while the viewer is slow
     async def send_text(self, text: str) -> None: ...
@@ -87,7 +90,8 @@ class Viewer:
 
     __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
                  "sending", "need_key", "sent", "drops", "skipped", "closed", "audio", "voice", "voice_sent",
-                 "voice_drops", "layer", "layer_next", "net", "key_seq", "ping", "next_send")
+                 "voice_drops", "layer", "layer_next", "net", "key_seq", "ping", "next_send",
+                 "train", "train_gap", "train_next")
 
     def __init__(self, vid: int, transport: Transport):
         self.id, self.transport = vid, transport
@@ -112,6 +116,8 @@ class Viewer:
         self.key_seq = -1  # wire seq of the last keyframe handed to it (-1: none yet)
         self.ping: str | None = None  # a ping to send (the newest: an older one unsent is stale)
         self.next_send = 0.0  # loop time before which a bundling viewer's next message waits
+        self.train: collections.deque[tuple[int, int, str]] = collections.deque()  # a train's (id, i, pad) to send
+        self.train_gap = self.train_next = 0.0  # ... this far apart; the next at this loop time
 
 
     def info(self) -> dict[str, Any]:
@@ -447,6 +453,8 @@ class Viewers:
             return
         if layer != v.layer:
             self.counts["layer_switches"] += 1
+            if layer > v.layer:  # moved down: the link's queue drains before anything probes it
+                v.net.hold_probes(self.clock())
         v.layer, v.layer_next = layer, None
         v.waiting = True  # the keyframe being pushed now clears it; no delta of the new layer before it
 
@@ -573,7 +581,15 @@ class Viewers:
                     v.voice_sent += 1
                     self.counts["voice_sent"] += 1
                     self.counts["voice_bytes"] += len(packet.data)
-                elif v.queue and (not t.bundle_s or v.layer == 0 or loop.time() >= v.next_send):
+                elif v.train and loop.time() >= v.train_next:  # a train probe's next pad, at its pace
+                    pid, i, text = v.train.popleft()
+                    now_s = loop.time()  # the next one a gap after this one was due (0: the first, now)
+                    v.train_next = max(v.train_next or now_s, now_s - v.train_gap) + v.train_gap
+                    await t.send_lossy(text)
+                    v.net.train_sent(pid, i, self.clock())
+                    if not v.train:  # the packets held back meanwhile go once the train's queue drains a little
+                        v.next_send = max(v.next_send, loop.time() + _AFTER_TRAIN_S)
+                elif v.queue and (not t.bundle_s or v.layer == 0 or (not v.train and loop.time() >= v.next_send)):
                     if t.bundle_s and v.layer > 0:  # a slow link: what gathered goes in one message
                         packets = _take(v.queue)
                         packet = bundle.pack(packets)
@@ -598,8 +614,14 @@ class Viewers:
                     await t.send_lossy(_PAD_TEXT % ("x" * max(0, n - 20)))
                     v.net.sent_bytes += n
                     v.net.pad_sent += n
-                elif v.queue:  # a bundle gathering
-                    await asyncio.sleep(v.next_send - loop.time())
+                elif v.queue or v.train:  # a bundle gathering, or a train's next pad not due yet
+                    due = min(x for x in (v.next_send if v.queue else None, v.train_next if v.train else None)
+                              if x is not None)
+                    v.wake.clear()  # a text or a ping meanwhile goes at once (a ping held back is a false queue)
+                    try:
+                        await asyncio.wait_for(v.wake.wait(), max(0.0, due - loop.time()))
+                    except asyncio.TimeoutError:
+                        pass
                 else:
                     v.wake.clear()
                     await v.wake.wait()
@@ -648,17 +670,28 @@ class Viewers:
                 net.probe_tick(now, 0.25)
                 if net.pad_owed:
                     v.wake.set()
-            elif v.layer > 0 and v.layer_next is None and now >= net.next_probe_ns and v.session is not None:
+            elif (v.layer > 0 and v.layer_next is None and now >= net.next_probe_ns and v.session is not None
+                  and not net.queued(now)):  # a link with a queue standing has no room to find
                 target = v.layer - 1 if net.probe_fails % 2 else 0
-                extra = self._probe_extra(v, target)
-                if extra is not None:
-                    self.counts["probes"] += 1
-                    net.start_probe(now, extra, target == 0)
+                needs = self._probe_needs(v, target)
+                if needs is None:
+                    continue
+                self.counts["probes"] += 1
+                if v.transport.probe_train:  # a lossy transport: a short train, which the link's queue holds
+                    texts, gap = net.start_train(now, _PROBE_MARGIN * needs[0], target == 0,
+                                                 v.transport.framing_bytes)
+                    v.train.clear()  # what is left of an earlier train is no longer wanted
+                    v.train.extend((net.probe_ids, i, text) for i, text in enumerate(texts))
+                    v.train_gap, v.train_next = gap, 0.0
+                    v.wake.set()
+                else:  # extra bytes for a second, as padding between the packets
+                    net.start_probe(now, max(_MIN_PROBE_BPS, _PROBE_MARGIN * needs[0] - needs[1]) / 8, target == 0)
 
-    def _probe_extra(self, v: Viewer, target: int) -> float | None:
-        """Bytes/s to add so the viewer gets well over what a better layer needs (its bits and, per
-        packet, the transport's framing): if that gets through, that layer fits with margin. The
-        best layer first (``target`` 0); after a probe failed, every other probe tries the next better one."""
+    def _probe_needs(self, v: Viewer, target: int) -> tuple[float, float] | None:
+        """What the layer to try and the viewer's own need, bits/s (their bits and, per message,
+        the transport's framing): a probe carries well over the first; if that gets through, the
+        layer fits with margin. The best layer first (``target`` 0); after a probe failed, every
+        other probe tries the next better one."""
         rates = self.layer_rates.get(v.session) if v.session is not None else None
         if not rates or v.layer >= len(rates):
             return None
@@ -666,7 +699,7 @@ class Viewers:
 
         def need(k: int) -> float:  # bits/s with framing
             return rates[k][0] + 8 * framing * (min(rates[k][1], per_s) if k else rates[k][1])
-        return max(_MIN_PROBE_BPS, _PROBE_MARGIN * need(target) - need(v.layer)) / 8
+        return need(target), need(v.layer)
 
     # --- upstream ------------------------------------------------------------------------------
     def _want_keyframe(self, session: str, layer: int = 0) -> None:

@@ -142,6 +142,8 @@ transport.addEventListener("message", (ev) => {
     voice.setRtpClock(msg.epoch_us, msg.rtp_origin);
   } else if (msg.type === "ping") {     // the sink's round-trip measurement: answered at once
     transport.send({ type: "pong", t: msg.t });
+  } else if (msg.type === "pad" && msg.probe !== undefined) {  // a train probe's pad: its arrival counts
+    report.pad(msg, performance.now());
   }
 });
 setInterval(() => { if (transport.state === "live") transport.send(report.message(transport.bytesIn)); }, REPORT_MS);

@@ -12,6 +12,14 @@ export class ReceiverReport {
     this.jitterMs = 0;   // RFC 3550 inter-arrival jitter of the decoded frames
     this.lastTransit = null;
     this.streamSeen = new Map();  // sid -> when its last frame came (ms)
+    this.train = null;   // the sink's train probe: {id, at: [[pad index, ms], ...]}, told in the next report
+  }
+
+  /** A pad of the sink's train probe came (nodes/delivery/netstats.py): when, for its dispersion. */
+  pad(msg, now) {
+    if (typeof msg.probe !== "number" || typeof msg.i !== "number") return;
+    if (this.train === null || this.train.id !== msg.probe) this.train = { id: msg.probe, at: [] };
+    if (this.train.at.length < 48) this.train.at.push([msg.i, Math.round(now * 100) / 100]);
   }
 
   /** After one decode: `gained` packets found missing by it, `frame` what it gave (or null). */
@@ -27,7 +35,9 @@ export class ReceiverReport {
   }
 
   message(bytesIn) {
-    return { type: "report", received: this.received, lost: this.lost, bytes: bytesIn,
-             jitter_ms: Math.round(this.jitterMs * 1000) / 1000 };
+    const msg = { type: "report", received: this.received, lost: this.lost, bytes: bytesIn,
+                  jitter_ms: Math.round(this.jitterMs * 1000) / 1000 };
+    if (this.train !== null) { msg.probe = this.train; this.train = null; }  // the pads since the last report
+    return msg;
   }
 }
