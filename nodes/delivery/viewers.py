@@ -589,7 +589,9 @@ class Viewers:
                     v.net.train_sent(pid, i, self.clock())
                     if not v.train:  # the packets held back meanwhile go once the train's queue drains a little
                         v.next_send = max(v.next_send, loop.time() + _AFTER_TRAIN_S)
-                elif v.queue and (not t.bundle_s or v.layer == 0 or (not v.train and loop.time() >= v.next_send)):
+                elif v.queue and (not t.bundle_s or v.layer == 0 or len(v.queue) >= self.queue_size // 2
+                                  or (not v.train and loop.time() >= v.next_send)):
+                    # (a bundle goes early, during a train too, rather than let the queue drop packets)
                     if t.bundle_s and v.layer > 0:  # a slow link: what gathered goes in one message
                         packets = _take(v.queue)
                         packet = bundle.pack(packets)

@@ -146,7 +146,7 @@ transport.addEventListener("message", (ev) => {
     report.pad(msg, performance.now());
   }
 });
-setInterval(() => { if (transport.state === "live") transport.send(report.message(transport.bytesIn)); }, REPORT_MS);
+setInterval(() => { if (transport.state === "live") transport.send(report.next(transport.bytesIn)); }, REPORT_MS);
 
 transport.addEventListener("close", resetStream);
 transport.addEventListener("state", (ev) => {

@@ -37,7 +37,14 @@ export class ReceiverReport {
   message(bytesIn) {
     const msg = { type: "report", received: this.received, lost: this.lost, bytes: bytesIn,
                   jitter_ms: Math.round(this.jitterMs * 1000) / 1000 };
-    if (this.train !== null) { msg.probe = this.train; this.train = null; }  // the pads since the last report
+    if (this.train !== null) msg.probe = this.train;  // the pads of a train probe since the last report
+    return msg;
+  }
+
+  /** The report to send now: the same, and a train's pads are then told. */
+  next(bytesIn) {
+    const msg = this.message(bytesIn);
+    this.train = null;
     return msg;
   }
 }
