@@ -220,7 +220,7 @@ def test_a_viewer_joining_mid_sentence_hears_and_sees_the_rest_in_sync(graph, lo
         first.goto(f"{url}?transport=webrtc&render=0")  # decodes and listens, draws nothing: two cores
         until(first, "window.avatar && window.avatar.framesDecoded >= 30", 45, "first frames")
         first.evaluate("() => window.avatar.startRecording()")
-        say(proc, netns, " ".join([SENTENCE] * 3))  # about 15 s of speech
+        say(proc, netns, " ".join([SENTENCE] * 2))  # about 10 s of speech: the late viewer gets 5 or more
         until(first, f"window.avatar.recordingSummary({LOUD}).voiced >= 100", 30, "the first viewer hearing it")
         late.goto(f"{url}?transport=webrtc")  # mid-sentence
         until(late, "window.avatar && window.avatar.framesDecoded >= 1", 45, "the late viewer's first frame")
