@@ -617,8 +617,8 @@ class Viewers:
                     v.net.sent_bytes += n
                     v.net.pad_sent += n
                 elif v.queue or v.train:  # a bundle gathering, or a train's next pad not due yet
-                    due = min(x for x in (v.next_send if v.queue else None, v.train_next if v.train else None)
-                              if x is not None)
+                    # (while a train runs the bundle waits for it, not for its own time)
+                    due = v.train_next if v.train else v.next_send
                     v.wake.clear()  # a text or a ping meanwhile goes at once (a ping held back is a false queue)
                     try:
                         await asyncio.wait_for(v.wake.wait(), max(0.0, due - loop.time()))
