@@ -13,8 +13,8 @@ Nothing but sending more shows spare room; the sink probes a viewer below the be
 then (``nodes.delivery.netstats``: padding at the next layer's rate for a second) and a probe that
 got through lifts the estimate to what it carried. The wish is the best layer whose rate (the
 sink measures each layer's bits and packets a second for the viewer's session, plus the
-framing each packet carries on the viewer's transport, or ``overhead_bytes``) fits within ``headroom`` of the
-estimate. The guards do the rest: a worse layer at once (``fast: up``: higher layers are
+framing each message carries on the viewer's transport, or ``overhead_bytes``;
+``nodes.delivery.netstats.layer_needs``) fits within ``headroom`` of the estimate. The guards do the rest: a worse layer at once (``fast: up``: higher layers are
 cheaper), a better one only when wished for ``up_after`` seconds; a switch happens at a keyframe
 of the new layer. Viewers that send no reports are left alone.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from nodes.delivery.netstats import layer_needs
 from runtime import Param
 from runtime.agents import UP, Agent, StatsView, Wish
 
@@ -85,13 +86,12 @@ class NetworkAgent(Agent):
         per_packet = self.p["overhead_bytes"]
         if per_packet < 0:
             per_packet = int(info.get("framing_bytes", 60))
-        # messages a second: on a reduced layer a sink may bundle packets (WebRTC), fewer framings
-        per_s = float(info.get("messages_per_s") or float("inf"))
-        framings = [pps if k == 0 else min(pps, per_s) for k, (_, pps) in enumerate(rates)]
-        needs = [8 * per_packet * n + bps for n, (bps, _) in zip(framings, rates)]
+        # on a reduced layer a sink may bundle packets (WebRTC): fewer messages, fewer framings
+        needs = layer_needs(rates, per_packet, info.get("messages_per_s"))
         layer = int(current)
         # a probe's rate is what the sink sent (payload); the needs count each packet's framing too
-        framing = 8 * per_packet * framings[min(layer, len(rates) - 1)]
+        now = min(layer, len(rates) - 1)
+        framing = needs[now] - rates[now][0]
         est, why = self.update(key or "", net, needs, layer, framing)
         fits = [k for k, need in enumerate(needs) if need <= self.p["headroom"] * est]
         want = fits[0] if fits else len(needs) - 1

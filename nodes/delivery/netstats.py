@@ -61,6 +61,14 @@ def _count(msg: dict, key: str) -> int:
     return v
 
 
+def layer_needs(rates: list, framing: int, per_s: float | None) -> list[float]:
+    """Each layer's need, bits/s: its bits (``rates``: [bits/s, packets/s] per layer) and, per
+    message, the transport's ``framing``; a reduced layer sends at most ``per_s`` messages a second
+    (bundles), layer 0 a message per packet. The sink's probes and the network agent both judge by it."""
+    limit = per_s or float("inf")
+    return [bps + 8 * framing * (pps if k == 0 else min(pps, limit)) for k, (bps, pps) in enumerate(rates)]
+
+
 def _train_arrivals(train: Any) -> dict[int, float]:
     """A report's ``probe``: {"id": n, "at": [[i, ms], ...]} -> {i: ms}."""
     at = train.get("at") if isinstance(train, dict) else None

@@ -44,7 +44,7 @@ from runtime.histogram import LATENCY_BOUNDS_US
 
 from ..wire import MAX_SESSION_ID, N_LOD_LEVELS, SEQ_MOD, seq_after
 from . import bundle
-from .netstats import PROBE_S, ReportError, ViewerNet
+from .netstats import PROBE_S, ReportError, ViewerNet, layer_needs
 from .voice import VoicePacket
 
 MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket server closes larger ones: 1009)
@@ -697,11 +697,8 @@ class Viewers:
         rates = self.layer_rates.get(v.session) if v.session is not None else None
         if not rates or v.layer >= len(rates):
             return None
-        framing, per_s = v.transport.framing_bytes, _messages_per_s(v.transport) or float("inf")
-
-        def need(k: int) -> float:  # bits/s with framing
-            return rates[k][0] + 8 * framing * (min(rates[k][1], per_s) if k else rates[k][1])
-        return need(target), need(v.layer)
+        needs = layer_needs(rates, v.transport.framing_bytes, _messages_per_s(v.transport))
+        return needs[target], needs[v.layer]
 
     # --- upstream ------------------------------------------------------------------------------
     def _want_keyframe(self, session: str, layer: int = 0) -> None:
