@@ -120,8 +120,9 @@ class Viewer:
             if self.decoder.waiting and now - getattr(self, "_last_kf", -KEYFRAME_REQUEST_MIN_NS) >= KEYFRAME_REQUEST_MIN_NS:
                 self._last_kf = now
                 self.keyframe_requests += 1
-                # seq: the newest packet, which it could not decode (a keyframe after it answers the ask)
-                send({"type": "keyframe", **({"seq": self.last_seq} if self.last_seq >= 0 else {})})
+                # seq: the packet it could not decode (a keyframe after it answers the ask), as the page
+                # says it: of this stream (the newest of any, after a layer switch, is the old layer's)
+                send({"type": "keyframe", **({"seq": seq} if seq >= 0 else {})})
             return
         last = self._stream_seen.get(f.sid)
         self._stream_seen[f.sid] = now

@@ -217,6 +217,60 @@ def test_a_viewers_ask_for_a_loss_a_keyframe_on_its_way_repairs_is_stale() -> No
     asyncio.run(run())
 
 
+def test_an_ask_for_a_loss_on_the_layer_the_viewer_left_is_stale_on_the_new_one() -> None:
+    """A viewer moved down a layer on a congested link: its page finds the old layer's losses
+    after the new layer's keyframe left the sink (the link's queue holds it), and asks with the
+    old layer's seq. That ask must not cost the new layer its deltas and a keyframe."""
+    base, low = wf.Encoder(keyframe_interval=1000), wf.Encoder(keyframe_interval=1000, sid_base=4096)
+    w = np.random.default_rng(2).uniform(0, 1, (1, 52)).astype(np.float32)
+    clock, requests = [0], []
+
+    async def run() -> None:
+        reg = Viewers(queue_size=64, keyframe_min_interval_ns=0, session_timeout_ns=3_000_000_000,
+                      request=requests.append, clock=lambda: clock[0])
+        v = reg.add(_Transport(), "a", subscribe=True)
+
+        def step(t: int) -> None:
+            clock[0] = t * FRAME_NS
+            b = base.encode(["a"], w, clock[0], wf.TABLE_ARKIT52)
+            if t < 380:  # the layer is encoded once someone is about to take it: its seqs start late
+                reg.dispatch(["a"], b, clock[0], *packet_facts(b))
+                return
+            if t in (400, 530):
+                low.request_keyframe(["a"])  # the switch asked for the layer's keyframe (then the loss below)
+            lp = low.encode(["a"], w, clock[0], wf.TABLE_ARKIT52)
+            k, n = packet_facts(lp)
+            reg.dispatch(["a"], b, clock[0], *packet_facts(b),
+                         layers=[{"rows": [0], "packets": lp, "keyframe": k.tolist(), "seq": n.tolist()}])
+
+        for t in range(400):
+            step(t)
+        await asyncio.sleep(0)
+        reg.set_layers({str(v.id): 1})
+        step(400)
+        assert v.layer == 1 and v.key_seq == v.last_seq == 20 and not v.waiting
+        for t in range(401, 404):
+            step(t)
+        await asyncio.sleep(0)
+        asks = len(requests)
+        for old in (395, 398):  # layer 0's seqs, lost before the switch: ahead of what layer 1 handed (23)
+            reg.handle_text(v, json.dumps({"type": "keyframe", "seq": old}))
+        reg.handle_text(v, json.dumps({"type": "keyframe", "seq": 5}))  # before the layer's keyframe
+        assert not v.waiting and len(requests) == asks and reg.counts["keyframe_requests_stale"] == 3
+        skipped = v.skipped
+        step(404)
+        assert v.skipped == skipped and v.last_seq == 24  # its deltas go on
+        reg.handle_text(v, json.dumps({"type": "keyframe", "seq": 22}))  # a loss on this layer: asked
+        assert v.waiting and requests[-1]["layer_keyframe"] == {"1": ["a"]}
+        step(530)  # its keyframe, over 2 s after the switch: a seq it has not reached is no longer the old layer's
+        assert not v.waiting and v.last_seq == 25
+        reg.handle_text(v, json.dumps({"type": "keyframe", "seq": 398}))
+        assert v.waiting and reg.counts["keyframe_requests_stale"] == 3
+        await reg.close_all()
+
+    asyncio.run(run())
+
+
 def test_a_waiting_viewer_asks_again_when_packets_went_missing_before_the_sink() -> None:
     """The keyframe a viewer waits for may be what a leaky link dropped on the way to the sink."""
     enc = wf.Encoder(keyframe_interval=1000)

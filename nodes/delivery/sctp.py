@@ -7,16 +7,19 @@ Measured on a link cut to 16-32 kbit/s under a viewer on the unreliable ``avatar
   FORWARD-TSN, and the receiver SACKs every FORWARD-TSN: each lost chunk starts a ping-pong that
   lasts while losses go on. 30 FORWARD-TSNs a second filled the link. RFC 3758 (3.5, F2) lets
   a sender wait a round trip before a duplicate; dcsctp (Chromium's SCTP) sends at most one per
-  smoothed round trip, capped at 200 ms. So does ``patch``.
+  smoothed round trip, capped at 200 ms. So does ``patch``; and it sends the same point again
+  only after a retransmission timeout, not on each SACK that lags behind it (with half a second
+  of queue on the link, one went out every 200 ms for seconds after a loss).
 - **RTT samples that are not round trips.** It takes a sample from the oldest chunk each SACK
   acknowledges cumulatively. A chunk gap-acked long before, held back by a hole that only a
   FORWARD-TSN fills, gave samples of seconds: the RTO climbed from 1 s to 10 s, and every time
   all in flight was lost the association sat idle for the whole RTO. RFC 9260 6.3.1 (C5) keeps
   samples to acknowledgements no loss held back; ``patch`` skips a chunk already gap-acked, and
   bounds the RTO as dcsctp does below (400 ms rather than 1 s) and at ``RTO_MAX`` above.
-- **A SACK for every packet.** Each of the viewer's reports and pongs cost a SACK on the slow
-  downlink. RFC 9260 6.2 delays them (every second packet, or 200 ms; at once for a gap or a
-  duplicate), as browsers do; so does ``patch``.
+- **A SACK for every packet.** Each of the viewer's reports, pongs and echoes (one per frame it
+  decodes) cost a SACK on the slow downlink. RFC 9260 6.2 delays them (every second packet, or
+  200 ms; at once for a gap or a duplicate), as browsers do; so does ``patch``, counting only
+  packets that brought data (aiortc asks again after the peer's own SACKs while one is owed).
 
 The sink's process applies it (``webrtc_sink``); aiortc has no settings for any of this, so it
 replaces four methods of ``RTCSctpTransport`` and checks first that they are there.
@@ -50,7 +53,7 @@ def patch() -> bool:
         receive_sack, update_rto, transmit = cls._receive_sack_chunk, cls._update_rto, cls._transmit
         send_sack = cls._send_sack
         cls.State.ESTABLISHED  # noqa: B018
-        m.SCTP_RTO_MIN, m.SCTP_RTO_MAX  # noqa: B018 - present, or this aiortc differs
+        m.SCTP_RTO_MIN, m.SCTP_RTO_MAX, m.uint32_gt  # noqa: B018 - present, or this aiortc differs
     except (ImportError, AttributeError) as exc:
         log.warning("aiortc's SCTP left uncorrected (%s): a data channel may stall on a lossy link", exc)
         return False
@@ -74,8 +77,13 @@ def patch() -> bool:
         fwd = self._forward_tsn_chunk
         if fwd is not None:
             now = time.monotonic()
+            sent = getattr(self, "_avatar_fwd_sent", None)  # (cumulative TSN, when) of the last one out
+            if sent is not None and not m.uint32_gt(fwd.cumulative_tsn, sent[0]) and now - sent[1] < self._rto:
+                # the same point again, within a retransmission timeout of the last: that one is still on
+                # its way (the peer's SACKs lag by the queue), so a copy only adds to the queue
+                self._forward_tsn_chunk = fwd = None
             until = getattr(self, "_avatar_fwd_until", 0.0)
-            if now < until:  # one went out within the limit: this one waits (the newest replaces it)
+            if fwd is not None and now < until:  # one went out within the limit: this one waits (the newest replaces it)
                 self._forward_tsn_chunk = None
                 try:
                     await transmit(self)
@@ -85,8 +93,10 @@ def patch() -> bool:
                 if getattr(self, "_avatar_fwd_timer", None) is None:
                     self._avatar_fwd_timer = self._loop.call_later(until - now, _release, self)
                 return
+        if fwd is not None:
             srtt = self._srtt if self._srtt is not None else FORWARD_TSN_EVERY
             self._avatar_fwd_until = now + min(FORWARD_TSN_EVERY, srtt)
+            self._avatar_fwd_sent = (fwd.cumulative_tsn, now)
         await transmit(self)
 
     def _release(self: Any) -> None:
@@ -100,8 +110,13 @@ def patch() -> bool:
         if self._sack_misordered or self._sack_duplicates or self._association_state != cls.State.ESTABLISHED:
             await _sack_now(self)
             return
-        self._avatar_unacked = getattr(self, "_avatar_unacked", 0) + 1
-        if self._avatar_unacked >= 2:
+        # aiortc calls this after every packet while a SACK is owed, also after one that brought no
+        # DATA (the peer's own SACKs): only a packet that moved the cumulative TSN counts
+        tsn = self._last_received_tsn
+        if tsn != getattr(self, "_avatar_sack_tsn", None):
+            self._avatar_sack_tsn = tsn
+            self._avatar_unacked = getattr(self, "_avatar_unacked", 0) + 1
+        if getattr(self, "_avatar_unacked", 0) >= 2:
             await _sack_now(self)
         elif getattr(self, "_avatar_sack_timer", None) is None:
             self._avatar_sack_timer = self._loop.call_later(SACK_DELAY, _sack_due, self)

@@ -15,7 +15,8 @@ server's event loop (one thread, no locks); the node hands it each ``avatar/pack
   too soon is sent when the interval is over, if a viewer still waits. A viewer's ask that names
   the packet it could not decode (``seq``) is stale when a keyframe after that packet is on its
   way to it already: it changes nothing, so viewers further away than the others, whose asks
-  come after the keyframe left, cost no second keyframe. Each request upstream says the newest
+  come after the keyframe left, cost no second keyframe. So is one naming a seq the viewer's
+  layer has not reached: it lost that packet on the layer it has just left. Each request upstream says the newest
   seq of the session the sink had (``seen``), so the compressor makes no second keyframe either.
   A viewer on an extra layer (or moving to one) asks for that layer's keyframe, with that
   layer's seq (``layer_keyframe``, ``layer_seen``): each layer is coalesced on its own, and a
@@ -51,6 +52,8 @@ MAX_TEXT = 64 * 1024  # characters of a viewer's JSON message (the WebSocket ser
 _SCAN_WATCHED = 16  # up to this many watched sessions, dispatch finds each in the batch instead of indexing it
 _RATE_WINDOW_NS = 1_000_000_000  # session_rate in stats: frames per session over this window
 _RING = 256  # packets remembered per watched session for echoes
+LEFT_LAYER_NS = 2_000_000_000  # after a switch, asks naming seqs the new layer has not reached are
+# of the old one for this long (its packets still in the link's queue); later, asked as any ask
 _LATENCY_RING = 1024
 _PIPE_RING = 8192  # rows remembered for pipeline latency (capture arrival -> dispatch)
 _PIPE_STEP_US = 100  # bin width of the cumulative pipeline latency histogram; the last bin takes the rest
@@ -90,7 +93,7 @@ class Viewer:
 
     __slots__ = ("id", "transport", "session", "auto", "lod", "waiting", "queue", "texts", "wake", "task",
                  "sending", "need_key", "sent", "drops", "skipped", "closed", "audio", "voice", "voice_sent",
-                 "voice_drops", "layer", "layer_next", "net", "key_seq", "ping", "next_send",
+                 "voice_drops", "layer", "layer_next", "net", "key_seq", "last_seq", "switched_ns", "ping", "next_send",
                  "train", "train_gap", "train_next")
 
     def __init__(self, vid: int, transport: Transport):
@@ -114,6 +117,8 @@ class Viewer:
         self.layer_next: int | None = None  # a switch waiting for a keyframe of that layer
         self.net = ViewerNet()
         self.key_seq = -1  # wire seq of the last keyframe handed to it (-1: none yet)
+        self.last_seq = -1  # ... and of the newest packet handed to it, on the layer it is on now
+        self.switched_ns = 0  # when it last moved to another layer (clock ns; 0: never)
         self.ping: str | None = None  # a ping to send (the newest: an older one unsent is stale)
         self.next_send = 0.0  # loop time before which a bundling viewer's next message waits
         self.train: collections.deque[tuple[int, int, str]] = collections.deque()  # a train's (id, i, pad) to send
@@ -239,7 +244,7 @@ class Viewers:
                 self.unassigned[v.id] = v
         v.session = session
         v.waiting = True  # never a delta before the first keyframe
-        v.key_seq = -1
+        v.key_seq = v.last_seq = -1
         v.queue.clear()
         v.voice.clear()
         if session is not None:
@@ -255,7 +260,12 @@ class Viewers:
         keyframe, ask for one; unless a keyframe after ``seq`` is on its way to it already."""
         if v.session is None:
             return
-        if seq is not None and v.key_seq >= 0 and seq_after(v.key_seq, seq):
+        left = v.switched_ns and self.clock() - v.switched_ns < LEFT_LAYER_NS
+        if seq is not None and v.key_seq >= 0 and (
+                seq_after(v.key_seq, seq) or (left and v.last_seq >= 0 and seq_after(seq, v.last_seq))):
+            # a keyframe after that packet is on its way; or, just after a switch, the packet is one
+            # this layer has not reached, so of the layer the viewer left (each layer counts its own
+            # seqs): the old layer's losses, told after the switch, would cost the new one a keyframe
             self.counts["keyframe_requests_stale"] += 1
             return
         self.counts["losses"] += 1
@@ -455,6 +465,7 @@ class Viewers:
             self.counts["layer_switches"] += 1
             if layer > v.layer:  # moved down: the link's queue drains before anything probes it
                 v.net.hold_probes(self.clock())
+            v.switched_ns = self.clock()
         v.layer, v.layer_next = layer, None
         v.waiting = True  # the keyframe being pushed now clears it; no delta of the new layer before it
 
@@ -542,6 +553,8 @@ class Viewers:
         q.append((packet, key))
         if key:
             v.key_seq = seq
+        if seq >= 0:
+            v.last_seq = seq
         v.wake.set()
 
     def voice(self, session: str, packet: VoicePacket) -> None:

@@ -111,8 +111,9 @@ transport.addEventListener("packet", (ev) => {
   if (frame === null) {
     if (decoder.waiting.length && now - lastKeyframeRequest >= KEYFRAME_REQUEST_MIN_MS) {
       lastKeyframeRequest = now;
-      const [sid] = decoder.waiting[0];  // seq: the packet it could not decode (the sink drops a stale ask)
-      const seq = decoder.streams.get(sid).lastSeq;
+      // seq: the packet it could not decode, of the stream it is on (the sink drops a stale ask; the
+      // first waiting stream may be a layer the sink moved it off, with seqs of its own)
+      const seq = decoder.refusedSeq >= 0 ? decoder.refusedSeq : decoder.streams.get(decoder.waiting[0][0]).lastSeq;
       transport.send(seq >= 0 ? { type: "keyframe", seq } : { type: "keyframe" });
     }
     return;

@@ -81,7 +81,7 @@ export const TABLES = Object.freeze({ 1: ARKIT52 });     // names table id -> na
 
 export class AvatarDecoder {
   constructor({ resumeAfterLoss = false } = {}) {
-    this.resume = resumeAfterLoss; this.streams = new Map();
+    this.resume = resumeAfterLoss; this.streams = new Map(); this.refusedSeq = -1;
     this.counts = { frames: 0, lost: 0, late: 0, refused: 0 };   // packets: decoded, missing, old, refused
   }
   get waiting() { return [...this.streams].filter(([, s]) => s.waiting).map(([sid, s]) => [sid, s.session]); }
@@ -92,6 +92,7 @@ export class AvatarDecoder {
   }
 
   decode(obj) {
+    this.refusedSeq = -1;  // the seq of the packet just refused, if it was (a keyframe ask names it)
     if (!Array.isArray(obj) && !(obj instanceof Uint8Array)) throw new Error("a packet is a msgpack array or bin");
     const key = Array.isArray(obj), b = key ? null : new Bits(obj);
     let sid, seq, back = 0, isRef = true, pts;
@@ -130,7 +131,7 @@ export class AvatarDecoder {
       if (lost && !this.resume) s.waiting = true;
       if (s.waiting || !s.ref || (seq - back + 65536) % 65536 !== s.ref.seq) {
         s.waiting = true; s.lastSeq = seq; this.streams.set(sid, s);
-        this.counts.lost += lost; this.counts.refused++;
+        this.counts.lost += lost; this.counts.refused++; this.refusedSeq = seq;
         return null;                                                // refused: ask for a keyframe
       }
       if (b.size > 8 * (8 * (s.ref.q.length + (s.poseBits ? 9 : 0)) + 32)) throw new Error("delta too long");
