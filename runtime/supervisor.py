@@ -84,7 +84,9 @@ class Supervisor:
         starting = np.state == NULL and (np.last_beat is None or np.in_setup)
         if quiet > (max(timeout, self.runner.start_timeout) if starting else timeout):
             return f"no heartbeat for {quiet:.1f}s (its process is frozen)"
-        if not starting and np.loop_age_s > timeout:
+        # a beat sent in setup measured the setup as the loop's age: the node said READY since, and
+        # the beat after it (within a beat period) says how its loop turns
+        if not starting and not np.in_setup and np.loop_age_s > timeout:
             return f"its loop has not turned for {np.loop_age_s:.1f}s (stuck in node code)"
         return None
 

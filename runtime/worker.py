@@ -74,7 +74,7 @@ class Worker:
         self.turned_at = time.monotonic()  # the main loop's last turn, read by the heartbeat thread
         self.in_setup = True
         self.heartbeat = Heartbeat(self.zctx, spec.control, spec.identity, op.beat_period(spec.hang_timeout),
-                                   lambda: (time.monotonic() - self.turned_at, self.in_setup))
+                                   self._progress)
         self.state = NULL
         self.stopping = False
         self.finished = False
@@ -182,6 +182,13 @@ class Worker:
         self._send(op.KEEP, params=dict(params))
 
     now_ns = staticmethod(now_ns)
+
+    def _progress(self) -> tuple[float, bool]:
+        """(seconds since the loop turned, in setup), read by the heartbeat thread. ``in_setup`` is read
+        first: the main thread sets ``turned_at`` before it clears ``in_setup``, so a beat never
+        says "out of setup" with the setup's whole length as its loop age (a false hang)."""
+        setup = self.in_setup
+        return time.monotonic() - self.turned_at, setup
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> int:

@@ -111,3 +111,26 @@ def test_bad_hang_timeout_is_refused_with_its_line(value):
     with pytest.raises(GraphError, match=r"node 'a': hang_timeout must be a number of seconds from 0.2 to 3600") as exc:
         validate_graph(parse_graph(text, "<test>"))
     assert exc.value.problems[0].line == 2
+
+
+def test_the_setups_last_beat_is_no_hang_once_the_node_is_ready() -> None:
+    """The beat sent just before setup ended measured the setup as the loop's age; the node's READY
+    can come before the next beat. The watchdog looking in between killed a healthy node (seen
+    once in a full suite on two loaded cores)."""
+    from types import SimpleNamespace
+
+    from runtime.states import NULL, READY
+    from runtime.supervisor import Supervisor
+
+    node = SimpleNamespace(hang_timeout=1.0, max_restarts=3)
+    runner = SimpleNamespace(graph=SimpleNamespace(nodes={"mid": node}), local=["mid"], start_timeout=30.0)
+    sup = Supervisor(runner)  # type: ignore[arg-type]
+    np = SimpleNamespace(name="mid", state=NULL, last_beat=10.0, spawned_at=8.0, in_setup=True, loop_age_s=2.0)
+    assert sup.hang_of(np, 10.2) is None  # in setup, 2 s: not a hang
+    np.state = READY  # READY came; the last beat is still the one from setup
+    assert sup.hang_of(np, 10.3) is None
+    np.in_setup, np.loop_age_s, np.last_beat = False, 0.01, 10.4  # the next beat
+    assert sup.hang_of(np, 10.5) is None
+    np.loop_age_s, np.last_beat = 1.5, 11.9  # a loop that stopped turning after setup: hung
+    assert "has not turned for 1.5s" in sup.hang_of(np, 12.0)
+    assert "no heartbeat" in sup.hang_of(np, 13.5)  # and one that stopped beating
