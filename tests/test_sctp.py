@@ -3,7 +3,8 @@ peers in this process, ICE on loopback, DTLS and SCTP as a sink and a viewer run
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 from nodes.delivery import restrict_host_addresses
 from nodes.delivery.sctp import patch
@@ -27,17 +28,16 @@ async def _pair() -> tuple[Any, Any, Any, Any]:
     return sink, viewer, ch, far
 
 
-def _count_chunks(pc: Any, counts: dict[str, int]) -> None:
-    """Count the chunks ``pc``'s SCTP sends, by type (this one association only)."""
+def _on_send(pc: Any, seen: Callable[[Any], None]) -> None:
+    """Show ``seen`` each chunk ``pc``'s SCTP sends (this one association only)."""
     assoc = pc.sctp
     send = assoc._send_chunk
 
-    async def counted(chunk: Any) -> None:
-        name = type(chunk).__name__
-        counts[name] = counts.get(name, 0) + 1
+    async def watched(chunk: Any) -> None:
+        seen(chunk)
         await send(chunk)
 
-    assoc._send_chunk = counted
+    assoc._send_chunk = watched
 
 
 def test_a_viewer_echoing_every_frame_gets_a_sack_for_every_second_packet_not_every_one() -> None:
@@ -52,8 +52,8 @@ def test_a_viewer_echoing_every_frame_gets_a_sack_for_every_second_packet_not_ev
         echoes: list[bytes] = []
         far.on("message", lambda m: far.send(b"echo"))  # the viewer: an echo per frame
         ch.on("message", echoes.append)
-        counts: dict[str, int] = {}
-        _count_chunks(sink, counts)
+        counts: Counter[str] = Counter()
+        _on_send(sink, lambda c: counts.update([type(c).__name__]))
         try:
             for _ in range(120):  # 60 frames a second, for 2 s
                 ch.send(b"f" * 20)
@@ -104,16 +104,8 @@ def test_a_forward_tsn_goes_once_per_point_while_the_peers_sacks_lag_behind_it()
             return asyncio.sleep(0)
 
         v._receive_chunk, v._send_chunk = lossy, late
-        s = sink.sctp
         fwd: list[int] = []
-        sink_send = s._send_chunk
-
-        async def counted(chunk: Any) -> None:
-            if isinstance(chunk, ForwardTsnChunk):
-                fwd.append(chunk.cumulative_tsn)
-            await sink_send(chunk)
-
-        s._send_chunk = counted
+        _on_send(sink, lambda c: fwd.append(c.cumulative_tsn) if isinstance(c, ForwardTsnChunk) else None)
         try:
             for _ in range(180):  # 60 frames a second, for 3 s
                 ch.send(b"f" * 20)
