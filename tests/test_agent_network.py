@@ -249,7 +249,9 @@ def test_a_viewer_behind_a_cut_link_moves_down_and_back_and_the_other_is_unaffec
     # and its median alike; the jitter and the loss's retransmissions move the median a few ms)
     assert r["changes_before"] == 0 and r["before_frames"] > 300, r
     assert r["down_s"] < 2.0, r
-    assert r["down_to"] >= 1 and r["cut_frames"] > 100, r
+    # on the layer it moved to, the viewer gets what that layer carries (a quarter of the frames on
+    # level 3), not a trickle: its rate measured against the other viewer's, the same source's
+    assert r["down_to"] >= 1 and r["cut_fps"] > 0.8 * r["cut_layer_fps"] > 0, r
     # frame loss: over a WebSocket the stream goes over TCP, which resends what the link drops at
     # random (that costs delay, not frames); a viewer misses frames only when the sink drops them for
     # it, its queue full: the overload the cut causes. What the background costs by itself shows

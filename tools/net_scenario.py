@@ -56,6 +56,16 @@ links:
 agents:
   net: {type: network, node: web}
 """
+LAYER_LODS = {0: 0, 1: 2, 2: 3}  # the compressor's layers above: each one's level of detail
+
+
+def layer_share(layer: int) -> float:
+    """The share of the source's frames a layer carries (its level's rate decimation)."""
+    from nodes.face import load_lod_table
+
+    every, _ = load_lod_table("mappings/lod.yaml")
+    return 1.0 / int(every[LAYER_LODS[layer]])
+
 
 
 def _tc_works(ns: NetNS, dev: str) -> bool:
@@ -176,6 +186,9 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
             "cut_frames": got1 - got0, "cut_lost": lost1 - lost0,
             "cut_loss": round((lost1 - lost0) / max(1, got1 - got0 + lost1 - lost0), 4),
             "cut_fps": round((got1 - got0) / max(1e-3, t_back - down["ts"] - 1.0), 1),
+            # what the layer it moved to carries: the source's rate (the other viewer's, on layer 0)
+            # decimated as the layer's level is
+            "cut_layer_fps": round(free_fps * layer_share(down["new"]), 1),
             "back_s": round(up["ts"] - t_back, 2),
             "changes_cut_steady": len([m for m in mine if down["ts"] < m["ts"] < t_back]),
             "changes_back_steady": len([m for m in mine if m["ts"] > up["ts"]]),
@@ -215,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  before the cut ({r['before_s']} s): {r['before_frames']} frames, {r['before_lost']} lost "
           f"({100 * r['before_loss']:.2f} %), {r['changes_before']} changes")
     print(f"link cut to {r['cut']}: moved down to layer {r['down_to']} after {r['down_s']} s")
-    print(f"  then, until the link came back: {r['cut_frames']} frames at {r['cut_fps']} fps, "
+    print(f"  then, until the link came back: {r['cut_frames']} frames at {r['cut_fps']} fps "
+          f"(the layer carries {r['cut_layer_fps']}), "
           f"{r['cut_lost']} lost ({100 * r['cut_loss']:.2f} %), {r['changes_cut_steady']} further changes")
     print(f"link back: layer 0 after {r['back_s']} s; {r['changes_back_steady']} changes in the next {a.after:g} s")
     print(f"the other viewer: {r['free_changes']} changes, {r['free_lost']} lost, {r['free_fps']} fps")
