@@ -9,19 +9,21 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import logs
 from .bus import to_json_line
 from .control import ControlClient, control_endpoint
-from .dot import to_dot
 from .errors import ControlError, GraphError, NodeTypeError, ParamRefused
-from .graph import Graph, load_graph
 from .inspect_text import describe_type, list_types
 from .launch import parse_launch
 from .params import parse_value
-from .runner import Runner
-from .validate import validate_graph
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+# The runner, the graph model and its validator (networkx) load in the commands that use them:
+# ``avatar set``, ``stop``, ``stats``... only talk to a running graph's control socket.
 
 
 def _kv(items: Sequence[str], what: str) -> dict[str, str]:
@@ -35,6 +37,9 @@ def _kv(items: Sequence[str], what: str) -> dict[str, str]:
 
 
 def _load(path: str, overrides: Sequence[str]) -> Graph:
+    from .graph import load_graph
+    from .validate import validate_graph
+
     graph = load_graph(path, _kv(overrides, "graph args"))
     validate_graph(graph)
     return graph
@@ -61,6 +66,10 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_dot(a: argparse.Namespace) -> int:
+    from .dot import to_dot
+    from .graph import load_graph
+    from .validate import validate_graph
+
     graph = load_graph(a.graph, _kv(a.args, "graph args"))
     given = {name: dict(spec.params) for name, spec in graph.nodes.items()}
     validate_graph(graph)
@@ -141,6 +150,8 @@ def _say(a: argparse.Namespace, text: str) -> None:
 
 
 def _run(graph: Graph, a: argparse.Namespace) -> int:
+    from .runner import Runner
+
     if not _setup_logs(a):
         return 2
     try:
@@ -193,6 +204,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_launch(a: argparse.Namespace) -> int:
+    from .validate import validate_graph
+
     graph = parse_launch(" ".join(a.line), policy=a.policy, size=a.size, name=a.name)
     validate_graph(graph)
     return _run(graph, a)
