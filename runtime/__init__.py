@@ -3,10 +3,8 @@
 The public names load on first use (PEP 562): a node process imports ``runtime.worker`` and
 what its node needs, not the runner, the graph validator and networkx (a third of its start-up).
 """
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 _WHERE = {
     "Bus": "bus", "ANY": "caps", "caps_compatible": "caps", "ControlClient": "control", "control_endpoint": "control",
@@ -24,7 +22,7 @@ __all__ = [
     "parse_launch", "validate_graph",
 ]
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .bus import Bus
     from .caps import ANY, caps_compatible
     from .control import ControlClient, control_endpoint
@@ -41,11 +39,11 @@ if TYPE_CHECKING:
     from .validate import validate_graph
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{where}", __name__), name)
+    value = getattr(_importlib.import_module(f".{where}", __name__), name)
     globals()[name] = value
     return value
 
