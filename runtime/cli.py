@@ -231,7 +231,8 @@ def _client(a: argparse.Namespace) -> ControlClient:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    print(json.dumps(_client(a).request("stats"), indent=2, default=str))
+    fields = {"nodes": a.nodes} if a.nodes else {}
+    print(json.dumps(_client(a).request("stats", **fields), indent=2, default=str))
     return 0
 
 
@@ -397,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    ctl("stats", "print a running graph's node and link stats as JSON", cmd_stats)
+    sp = ctl("stats", "print a running graph's node and link stats as JSON: avatar stats -g G [NODE ...] (only those "
+                      "nodes': a node busy in its own code answers after 3 s, with an error)", cmd_stats)
+    sp.add_argument("nodes", nargs="*", help="only these nodes (default: all)")
     sp = ctl("set", "set params of a running node: avatar set -g G NODE key=value ... (pins them: agents leave "
                     "them alone until avatar unpin)", cmd_set)
     sp.add_argument("node")

@@ -51,7 +51,10 @@ async def _answer(runner: "Runner", sock: Any, frames: list[bytes]) -> None:
 async def _dispatch(runner: "Runner", req: dict[str, Any]) -> Any:
     op = req.get("op")
     if op == "stats":
-        return await runner.stats_async()
+        nodes = req.get("nodes")
+        if nodes is not None and (type(nodes) is not list or not all(isinstance(n, str) for n in nodes)):
+            raise ControlError("stats: 'nodes' must be a list of node names")
+        return await runner.stats_async(nodes=nodes)
     if op == "params":
         return await runner.set_params_async(req["node"], req["params"], session=req.get("session"))
     if op == "unpin":

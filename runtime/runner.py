@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Coroutine, Mapping
+from typing import Any, Callable, Coroutine, Mapping, Sequence
 
 import zmq
 import zmq.asyncio
@@ -119,8 +119,10 @@ class Runner:
         """Block until the graph has stopped (EOS, failure or stop); False on timeout."""
         return self._done.wait(timeout)
 
-    def stats(self) -> dict[str, Any]:
-        return self.on_loop(self.stats_async(), 10)
+    def stats(self, nodes: Sequence[str] | None = None) -> dict[str, Any]:
+        """The graph's stats; ``nodes``: only these nodes' (a node busy in its own code answers
+        nobody, and the others' need not wait for it)."""
+        return self.on_loop(self.stats_async(nodes=nodes), 10)
 
     def unpin(self, node: str, *params: str) -> list[str]:
         """Give params a person set back to the agents (all of the node's, if none are named)."""
@@ -208,27 +210,28 @@ class Runner:
         self.stop(drain=False)
 
     # --- public API on the runner's loop -------------------------------------------------------
-    async def stats_async(self, agents: bool = True) -> dict[str, Any]:
+    async def stats_async(self, agents: bool = True, nodes: Sequence[str] | None = None) -> dict[str, Any]:
         """Every local node's stats (and the runner's view: restarts, heartbeat age), joined per link;
-        and the agents' (``agents``), with the params people pinned."""
-        names = list(self.procs)
+        and the agents' (``agents``), with the params people pinned. ``nodes``: only these (a link
+        with an end left out has that end's figures None)."""
+        names = list(self.procs) if nodes is None else [self.proc(n).name for n in nodes]
         results = await asyncio.gather(*(self.request(self.procs[n], op.STATS, timeout=3) for n in names),
                                        return_exceptions=True)
-        nodes = {}
+        per_node: dict[str, Any] = {}
         for name, res in zip(names, results):
             np = self.procs[name]
             if isinstance(res, BaseException):
                 res = {"state": np.state, "error": str(res), "pid": np.pid}
             res["restarts"] = self.supervisor.budgets[name].used
             res["heartbeat_age_s"] = self.supervisor.heartbeat_age(np)
-            nodes[name] = res
+            per_node[name] = res
         links = {}
         local = set(self.local)
         for l in self.graph.links:
             if l.src not in local and l.dst not in local:  # between two other hosts
                 continue
-            out = nodes.get(l.src, {}).get("outputs", {}).get(l.id, {})
-            inp = nodes.get(l.dst, {}).get("inputs", {}).get(l.id, {})
+            out = per_node.get(l.src, {}).get("outputs", {}).get(l.id, {})
+            inp = per_node.get(l.dst, {}).get("inputs", {}).get(l.id, {})
             links[l.id] = {"from": f"{l.src}.{l.src_pad}", "to": f"{l.dst}.{l.dst_pad}", "policy": l.policy,
                            "size": l.size, "sent": out.get("sent"), "received": inp.get("received"),
                            "gaps": inp.get("gaps"), "drops": (out.get("drops") or 0) + (inp.get("drops") or 0),
@@ -239,7 +242,7 @@ class Runner:
             if t is not None:  # one end here, the other on another host: that end's numbers are there
                 end = out if l.src in local else inp
                 links[l.id].update(transport="tcp", port=t.port, peer=t.peer_of(self.host), up=end.get("up"))
-        result = {"graph": self.graph.name, "state": self.state, "nodes": nodes, "links": links}
+        result = {"graph": self.graph.name, "state": self.state, "nodes": per_node, "links": links}
         if agents and (self.agents.agents or self.pins):
             result["agents"] = self.agents.stats()
             result["pins"] = {n: dict(p) for n, p in self.pins.items() if p}

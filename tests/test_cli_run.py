@@ -79,6 +79,12 @@ def test_control_channel_from_the_cli(graph_file, avatar_run, tmp_path):
     stats = json.loads(r.stdout)
     assert stats["state"] == "PLAYING" and {n["pid"] for n in stats["nodes"].values()} == pids
     assert set(stats["links"]["mid.out-rec.in"]) >= {"sent", "received", "gaps", "drops", "depth"}
+    r = avatar("stats", "-g", "ctl", "mid")  # one node's: its link's other end is left out
+    one = json.loads(r.stdout)
+    assert list(one["nodes"]) == ["mid"] and one["links"]["mid.out-rec.in"]["sent"] is not None
+    assert one["links"]["mid.out-rec.in"]["received"] is None
+    r = avatar("stats", "-g", "ctl", "ghost")
+    assert r.returncode == 1 and "no node 'ghost' runs here" in r.stderr, r.stderr
     r = avatar("set", "-g", "ctl", "mid", "label=z", "delay_ms=0.5")
     assert r.returncode == 0 and json.loads(r.stdout)["label"] == "z"
     r = avatar("set", "-g", "ctl", "mid", "delay_ms=oops")
