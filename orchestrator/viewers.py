@@ -56,6 +56,7 @@ class Viewer:
     all_bytes: int = 0  # of every message, text too: the receiver reports' 'bytes'
     lost: int = 0  # packets found missing, for the reports (a stream idle for a while and resumed at a
     # keyframe, as when the sink moves this viewer back to a layer it left, lost nothing)
+    lost_in: dict = field(default_factory=dict)  # sid -> of ``lost``, those of that stream (a layer's own)
     _stream_seen: dict = field(default_factory=dict)  # sid -> when its last packet came (ns)
     jitter_ms: float = 0.0  # RFC 3550 inter-arrival jitter of the decoded frames
     _last_transit: float | None = None
@@ -116,7 +117,7 @@ class Viewer:
             self.errors.append(f"malformed packet: {exc}")
             return
         if f is None:
-            self.lost += self.decoder.last_loss
+            self._count_lost(wf.packet_sid(data), self.decoder.last_loss)
             if self.decoder.waiting and now - getattr(self, "_last_kf", -KEYFRAME_REQUEST_MIN_NS) >= KEYFRAME_REQUEST_MIN_NS:
                 self._last_kf = now
                 self.keyframe_requests += 1
@@ -127,7 +128,7 @@ class Viewer:
         last = self._stream_seen.get(f.sid)
         self._stream_seen[f.sid] = now
         if self.decoder.last_loss and not (f.keyframe and (last is None or now - last > RESUME_NS)):
-            self.lost += self.decoder.last_loss
+            self._count_lost(f.sid, self.decoder.last_loss)
         self.bits = f.bits
         transit = now / 1e6 - f.pts_ms
         if self._last_transit is not None:
@@ -135,6 +136,11 @@ class Viewer:
         self._last_transit = transit
         self.frames.append((now, f.session, f.pts_ms, f.seq, f.keyframe, f.weights if self.keep else None))
         send({"type": "echo", "session": f.session, "seq": f.seq})
+
+    def _count_lost(self, sid: int, n: int) -> None:
+        if n:
+            self.lost += n
+            self.lost_in[sid] = self.lost_in.get(sid, 0) + n
 
     def session_for(self, sessions: list[str]) -> str | None:
         if self.want == "*":

@@ -69,12 +69,14 @@ def test_a_candidate_that_saves_bytes_is_kept_and_pinned_and_a_refused_one_chang
     assert st["nodes"]["encode"]["params"]["keyframe_interval"] == 120  # the first node's change was put back
     assert not (st.get("pins") or {}).get("encode")
 
-    result = canary(ControlClient(endpoint), {"encode": {"bits": 7}}, 5.0)
+    # 6 bits: a quarter off each value, clear of the per-second spread keyframes make (7 bits' eighth
+    # was "unsure" once in five samples a side)
+    result = canary(ControlClient(endpoint), {"encode": {"bits": 6}}, 5.0)
     assert result["outcome"] == "kept", result
     better = [f for f in result["findings"] if f["metric"] == "bytes_per_packet"]
-    assert better and better[0]["verdict"] == "improvement"
+    assert better and better[0]["verdict"] == "improvement", better
     st = runner.stats()
-    assert st["nodes"]["encode"]["params"]["bits"] == 7 and "bits" in st["pins"]["encode"]
+    assert st["nodes"]["encode"]["params"]["bits"] == 6 and "bits" in st["pins"]["encode"]
 
 
 # --- on one session ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import websockets
 
 from nodes import wire as wf
 from nodes.delivery import Viewers, restrict_host_addresses
-from nodes.wire import is_keyframe, packet_facts, packet_seq
+from nodes.wire import is_keyframe, packet_facts, packet_seq, packet_sid
 from runtime import ParamRefused
 from runtime.recording import read_records
 from runtime.testing import start_graph
@@ -349,7 +349,7 @@ def test_packet_seq_and_keyframe_peeks_agree_with_the_parser() -> None:
     for batch in _packets(300, ["a", "b", "c"], keyframe_interval=50):
         for p in batch:
             parsed = wf.parse_packet(p)
-            assert (is_keyframe(p), packet_seq(p)) == (parsed.keyframe, parsed.seq)
+            assert (is_keyframe(p), packet_seq(p), packet_sid(p)) == (parsed.keyframe, parsed.seq, parsed.sid)
     # large sids and seqs: a hand-made delta header (eg(0) sid, u(16) seq) and keyframe
     for sid, seq in ((0, 0), (1, 65535), (300, 40000), (65535, 12345)):
         x = sid + 1
@@ -357,9 +357,9 @@ def test_packet_seq_and_keyframe_peeks_agree_with_the_parser() -> None:
         bits += "0" * (-len(bits) % 8)
         delta = msgpack.packb(int(bits, 2).to_bytes(len(bits) // 8, "big"), use_bin_type=True)
         key = msgpack.packb([2, sid, seq, 1000, "s", 1, 8, 0, b"\0" * 52], use_bin_type=True)
-        assert (is_keyframe(delta), packet_seq(delta)) == (False, seq)
-        assert (is_keyframe(key), packet_seq(key)) == (True, seq)
-    assert packet_seq(b"") == packet_seq(b"\xc0") == -1
+        assert (is_keyframe(delta), packet_seq(delta), packet_sid(delta)) == (False, seq, sid)
+        assert (is_keyframe(key), packet_seq(key), packet_sid(key)) == (True, seq, sid)
+    assert packet_seq(b"") == packet_seq(b"\xc0") == packet_sid(b"") == packet_sid(b"\xc0") == -1
 
 
 def test_the_encoder_states_each_rows_keyframe_flag_and_seq() -> None:

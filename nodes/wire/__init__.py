@@ -25,10 +25,10 @@ from .encoder import Encoded, Encoder
 from .keyframe_requests import KeyframeRequests, seq_after
 from .layered import MAX_LAYERS, LayerEncoders, LayerSpec, check_layers
 from .limits import MAX_SESSION_ID, N_LOD_LEVELS
-from .peek import is_keyframe, packet_facts, packet_seq
+from .peek import is_keyframe, packet_facts, packet_seq, packet_sid
 
 __all__ = ["DECODED", "LATE", "MALFORMED", "REFUSED", "Batch", "CompiledDecoder", "Group", "LayerEncoders", "LayerSpec",
            "MAX_LAYERS", "check_layers", "MAX_COLUMNS", "MAX_KEYFRAME_INTERVAL", "MAX_PTS_STEP", "MAX_SESSION_ID", "MAX_SLOTS", "N_LOD_LEVELS",
            "POSE_COLUMNS", "POSE_RANGE", "SEQ_MOD", "TABLE_ARKIT52", "TABLE_SIZES", "VERSION", "WEIGHT_RANGE",
            "Decoder", "Encoded", "Encoder", "Frame", "KeyframeRequests", "Names", "Packet", "dequantize", "is_keyframe",
-           "max_delta_bytes", "names_size", "packet_facts", "packet_seq", "parse_packet", "quantize", "seq_after", "step"]
+           "max_delta_bytes", "names_size", "packet_facts", "packet_seq", "packet_sid", "parse_packet", "quantize", "seq_after", "step"]

@@ -49,6 +49,27 @@ def packet_seq(packet: bytes) -> int:
         return -1
 
 
+def packet_sid(packet: bytes) -> int:
+    """The stream id of a packet (keyframe element 1; a delta's leading ``eg(0)``), or -1 if it
+    cannot be read."""
+    try:
+        b = packet[0]
+        if b in _KEYFRAME_FIRST:
+            i = 1 if b <= 0x9F else 3 if b == 0xDC else 5
+            _, i = _uint(packet, i)  # version
+            return _uint(packet, i)[0]
+        head = {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(b)
+        if head is None:
+            return -1
+        bits = int.from_bytes(packet[head:head + 8].ljust(8, b"\0"), "big")
+        zeros = 64 - bits.bit_length()  # eg(0): z zero bits, then z + 1 bits holding sid + 1
+        if 2 * zeros + 1 > 64:
+            return -1
+        return ((bits >> (64 - 2 * zeros - 1)) & ((1 << (zeros + 1)) - 1)) - 1
+    except (IndexError, ValueError):
+        return -1
+
+
 def packet_facts(packets: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Per packet, its keyframe flag (bool) and wire ``seq`` (int64, -1 where unreadable)."""
     return (np.array([is_keyframe(p) for p in packets], dtype=bool),
