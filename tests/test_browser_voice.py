@@ -338,9 +338,10 @@ def fake_mic(playwright, netns, where, pcm48: np.ndarray):
 
 @pytest.fixture(scope="module")
 def mic_browser(playwright, netns, tmp_path_factory):
-    """Its microphone says SENTENCE after a second of silence, again and again."""
+    """Its microphone says LONG_SENTENCE after a second of silence, again and again (the viewer may
+    start hearing it anywhere: a short one left too little voice once on a loaded machine)."""
     where = tmp_path_factory.mktemp("mic")
-    speech = speech_wav(where / "speech.wav", rate=48000)
+    speech = speech_wav(where / "speech.wav", rate=48000, text=LONG_SENTENCE)
     b = fake_mic(playwright, netns, where, np.concatenate([np.zeros(48000, np.int16), speech]))
     yield b
     b.close()
