@@ -28,46 +28,39 @@ def _uint(p: bytes, i: int) -> tuple[int, int]:
     return int.from_bytes(p[i + 1:i + 1 + size], "big"), i + 1 + size
 
 
-def packet_seq(packet: bytes) -> int:
-    """The wire ``seq`` of a packet (keyframe element 2; a delta's ``u(16)`` after its ``eg(0)``
-    sid), or -1 if it cannot be read. Reads a few bytes, never the whole packet."""
+def _sid_seq(packet: bytes) -> tuple[int, int]:
+    """(stream id, wire seq) from a packet's first bytes: a keyframe's elements 1 and 2; a delta's
+    ``eg(0)`` sid (z zero bits, then z + 1 bits holding sid + 1) and the ``u(16)`` after it. -1
+    for what cannot be read."""
     try:
         b = packet[0]
         if b in _KEYFRAME_FIRST:
             i = 1 if b <= 0x9F else 3 if b == 0xDC else 5
             _, i = _uint(packet, i)  # version
-            _, i = _uint(packet, i)  # sid
-            return _uint(packet, i)[0]
+            sid, i = _uint(packet, i)
+            return sid, _uint(packet, i)[0]
         head = {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(b)
         if head is None:
-            return -1
+            return -1, -1
         bits = int.from_bytes(packet[head:head + 8].ljust(8, b"\0"), "big")
-        zeros = 64 - bits.bit_length()  # eg(0) sid: z zero bits, then z + 1 bits
+        zeros = 64 - bits.bit_length()
+        if 2 * zeros + 1 > 64:
+            return -1, -1
+        sid = ((bits >> (64 - 2 * zeros - 1)) & ((1 << (zeros + 1)) - 1)) - 1
         used = 2 * zeros + 1 + 16
-        return -1 if used > 64 else (bits >> (64 - used)) & 0xFFFF
+        return sid, -1 if used > 64 else (bits >> (64 - used)) & 0xFFFF
     except (IndexError, ValueError):
-        return -1
+        return -1, -1
+
+
+def packet_seq(packet: bytes) -> int:
+    """The wire ``seq`` of a packet, or -1 if it cannot be read. Reads a few bytes, never the whole packet."""
+    return _sid_seq(packet)[1]
 
 
 def packet_sid(packet: bytes) -> int:
-    """The stream id of a packet (keyframe element 1; a delta's leading ``eg(0)``), or -1 if it
-    cannot be read."""
-    try:
-        b = packet[0]
-        if b in _KEYFRAME_FIRST:
-            i = 1 if b <= 0x9F else 3 if b == 0xDC else 5
-            _, i = _uint(packet, i)  # version
-            return _uint(packet, i)[0]
-        head = {0xC4: 2, 0xC5: 3, 0xC6: 5}.get(b)
-        if head is None:
-            return -1
-        bits = int.from_bytes(packet[head:head + 8].ljust(8, b"\0"), "big")
-        zeros = 64 - bits.bit_length()  # eg(0): z zero bits, then z + 1 bits holding sid + 1
-        if 2 * zeros + 1 > 64:
-            return -1
-        return ((bits >> (64 - 2 * zeros - 1)) & ((1 << (zeros + 1)) - 1)) - 1
-    except (IndexError, ValueError):
-        return -1
+    """The stream id of a packet, or -1 if it cannot be read."""
+    return _sid_seq(packet)[0]
 
 
 def packet_facts(packets: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
