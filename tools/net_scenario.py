@@ -56,16 +56,18 @@ links:
 agents:
   net: {type: network, node: web}
 """
-LAYER_LODS = {0: 0, 1: 2, 2: 3}  # the compressor's layers above: each one's level of detail
 
 
 def layer_share(layer: int) -> float:
-    """The share of the source's frames a layer carries (its level's rate decimation)."""
+    """The share of the source's frames a layer of GRAPH's compressor carries (its level's rate
+    decimation; layer 0 is level 0)."""
+    import yaml
+
     from nodes.face import load_lod_table
 
+    lods = [0, *(spec["lod"] for spec in yaml.safe_load(GRAPH)["nodes"]["encode"]["params"]["layers"])]
     every, _ = load_lod_table("mappings/lod.yaml")
-    return 1.0 / int(every[LAYER_LODS[layer]])
-
+    return 1.0 / int(every[lods[layer]])
 
 
 def _tc_works(ns: NetNS, dev: str) -> bool:
@@ -181,6 +183,7 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
                     pass
                 finally:
                     proc.kill()  # the whole process group: the runner and its nodes
+        new_lost = lost1 - lost0 - (left1 - left0)  # after the move, on the layer it moved to
         actions = [m for m in proc.bus if m["type"] == "AGENT"]
         mine = [m for m in actions if m.get("key") == "1"]
         return {
@@ -191,8 +194,8 @@ def run_scenario(cut: str = "16kbit", hold_s: float = 16.0, after_s: float = 15.
             "down_s": round(down["ts"] - t_cut, 2), "down_to": down["new"],
             # lost on the layer it moved to; apart, the layer it left: its packets the cut dropped in the
             # link's queue, found missing late (a data channel: the queue drains over seconds)
-            "cut_frames": got1 - got0, "cut_lost": lost1 - lost0 - (left1 - left0), "cut_lost_left": left1 - left0,
-            "cut_loss": round((lost1 - lost0 - (left1 - left0)) / max(1, got1 - got0 + lost1 - lost0 - (left1 - left0)), 4),
+            "cut_frames": got1 - got0, "cut_lost": new_lost, "cut_lost_left": left1 - left0,
+            "cut_loss": round(new_lost / max(1, got1 - got0 + new_lost), 4),
             "cut_fps": round((got1 - got0) / max(1e-3, t_back - down["ts"] - 1.0), 1),
             # what the layer it moved to carries: the source's rate (the other viewer's, on layer 0)
             # decimated as the layer's level is
