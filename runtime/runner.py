@@ -33,7 +33,7 @@ from .protocol import InputSpec, OutputSpec, SpawnSpec
 from .state import StateStore, open_store
 from .states import NULL, PAUSED, PLAYING, READY, rank
 from .supervisor import Supervisor
-from .transport import ipc_endpoint
+from .transport import local_endpoint
 from .validate import validate_graph
 
 NodeHandler = Callable[[NodeProcess, dict[str, Any]], None]
@@ -59,7 +59,7 @@ class Runner:
         self.by_identity: dict[bytes, NodeProcess] = {}  # both sockets of each process: requests, heartbeats
         # links to or from another host: tcp, on the same ports every host's runner derives (runtime.endpoints)
         self.tcp = tcp_links(graph) if host is not None else {}
-        self.endpoints = {l.id: self.tcp[l.id].connect if l.id in self.tcp else ipc_endpoint(self.run_id, l.id, 0)
+        self.endpoints = {l.id: self.tcp[l.id].connect if l.id in self.tcp else local_endpoint(self.run_id, l.id, 0)
                           for l in graph.links}
         self.supervisor = Supervisor(self)
         self.hotswap = HotSwap(self)
@@ -455,7 +455,7 @@ class Runner:
                 inputs.append(InputSpec(l.id, l.dst_pad, tcp[l.id].bind, l.policy, l.size, l.feedback,
                                         peer=tcp[l.id].src_host, defer=l.id in defer))
             else:
-                inputs.append(InputSpec(l.id, l.dst_pad, ipc_endpoint(self.run_id, l.id, instance), l.policy, l.size,
+                inputs.append(InputSpec(l.id, l.dst_pad, local_endpoint(self.run_id, l.id, instance), l.policy, l.size,
                                         l.feedback))
         outputs = [OutputSpec(l.id, l.src_pad, self.endpoints[l.id], l.policy, l.size,
                               peer=tcp[l.id].dst_host if l.id in tcp else None)
@@ -481,7 +481,7 @@ class Runner:
         for link in self.graph.links_in(name):
             if link.id in self.tcp:  # the sender is on another host: it reconnects to the same port by itself
                 continue
-            self.endpoints[link.id] = ipc_endpoint(self.run_id, link.id, instance)
+            self.endpoints[link.id] = local_endpoint(self.run_id, link.id, instance)
             src = self.procs.get(link.src)
             if src is not None and src.state != NULL and not src.exited.done():
                 await self.request(src, op.RELINK, link=link.id, endpoint=self.endpoints[link.id])

@@ -33,7 +33,7 @@ from .proctools import die_with_parent
 from .protocol import SpawnSpec
 from .registry import get_node_type
 from .states import NULL, PLAYING, READY
-from .transport import AGE_MASK, InLink, LinkWatch, OutLink
+from .transport import AGE_MASK, InLinkBase, LinkWatch, OutLinkBase, open_in_link, open_out_link
 
 PERIODIC_S = 1.0  # parent check, QOS and link warnings
 _DEFERRED = (op.STATE, op.PARAMS, op.EOS, op.LATENCY, op.CALL)  # requests that change the node: held while node code runs
@@ -94,10 +94,10 @@ class Worker:
         self.poller.register(self.control, zmq.POLLIN)
         self.wait_poller = zmq.Poller()  # control only; an output socket is added while waiting on it
         self.wait_poller.register(self.control, zmq.POLLIN)
-        self.in_links: list[InLink] = []
-        self.out_links: dict[str, OutLink] = {}
-        self.out_by_pad: dict[str | None, list[OutLink]] = {}  # None: no pad (see emit)
-        self.waiting_out: set[OutLink] = set()
+        self.in_links: list[InLinkBase] = []
+        self.out_links: dict[str, OutLinkBase] = {}
+        self.out_by_pad: dict[str | None, list[OutLinkBase]] = {}  # None: no pad (see emit)
+        self.waiting_out: set[OutLinkBase] = set()
         self.watches: dict[zmq.Socket, LinkWatch] = {}  # tcp links' socket monitors -> LINK_UP / LINK_DOWN
 
         self._ops: dict[str, Callable[[dict], None]] = {
@@ -110,12 +110,12 @@ class Worker:
         params = check_params(self.cls.params, spec.params)
         for i in spec.inputs:
             assert i.pad is not None  # the runner resolves every pad (runtime.validate) before it spawns
-            self.in_links.append(InLink(self.zctx, i.id, i.pad, i.endpoint, i.policy, i.size, i.feedback, i.peer,
+            self.in_links.append(open_in_link(self.zctx, i.id, i.pad, i.endpoint, i.policy, i.size, i.feedback, i.peer,
                                         i.defer))
             self._add_watch(self.in_links[-1].watch)
         for o in spec.outputs:
             assert o.pad is not None  # likewise
-            link = OutLink(self.zctx, o.id, o.pad, o.endpoint, o.policy, o.size, o.seq, o.hold, o.peer)
+            link = open_out_link(self.zctx, o.id, o.pad, o.endpoint, o.policy, o.size, o.seq, o.hold, o.peer)
             self._add_watch(link.watch)
             self.out_links[link.id] = link
             self.out_by_pad.setdefault(link.pad, []).append(link)
@@ -252,6 +252,10 @@ class Worker:
             if link.queue:
                 return 0
         timeout = 0.2
+        for out in self.waiting_out:  # a link whose receiver is not there yet tries again
+            retry = out.retry_in()
+            if retry is not None:
+                timeout = min(timeout, retry)
         if self.timers:
             now = time.monotonic()
             for t in self.timers:
@@ -261,7 +265,7 @@ class Worker:
 
     def _process_queued(self, budget: int) -> None:
         node, single = self.node, self.single_in
-        link: InLink | None  # declared for mypy, which loses the narrowing below across loop turns otherwise
+        link: InLinkBase | None  # declared for mypy, which loses the narrowing below across loop turns otherwise
         while budget > 0:
             if single is not None:
                 if not single.queue:
@@ -303,7 +307,7 @@ class Worker:
             if self.state != PLAYING or self.handed_over:
                 return
 
-    def _control_kind(self, link: InLink, kind: Kind) -> None:
+    def _control_kind(self, link: InLinkBase, kind: Kind) -> None:
         if kind == Kind.EOS:
             link.ended = True
             # feedback (requests from downstream) ends after us: only the forward inputs decide
@@ -369,10 +373,10 @@ class Worker:
         finally:
             self.nested -= 1
 
-    def _want_out(self, link: OutLink) -> None:
+    def _want_out(self, link: OutLinkBase) -> None:
         if link not in self.waiting_out:
             self.waiting_out.add(link)
-            self.poller.register(link.sock, zmq.POLLOUT)
+            self.poller.register(link.sock, link.out_event)
 
     def _flush_out(self) -> None:
         for link in list(self.waiting_out):
@@ -381,7 +385,7 @@ class Worker:
                 self.waiting_out.discard(link)
                 self.poller.unregister(link.sock)
 
-    def _wait_for_room(self, link: OutLink) -> None:
+    def _wait_for_room(self, link: OutLinkBase) -> None:
         """Backpressure on a block link: wait, but keep answering the runner."""
         poller = self.wait_poller
         while link.must_wait:
@@ -390,8 +394,9 @@ class Worker:
                 raise NodeStop
             sock = link.sock
             if not link.hold:
-                poller.register(sock, zmq.POLLOUT)
-            events = dict(poller.poll(100))
+                poller.register(sock, link.out_event)
+            retry = link.retry_in()
+            events = dict(poller.poll(100 if retry is None else min(100, int(retry * 1000) + 1)))
             if not link.hold:
                 poller.unregister(sock)
             if self.control in events:
@@ -451,7 +456,7 @@ class Worker:
             raise NodeStop
         drops = sum(l.drops for l in self.in_links) + sum(l.drops for l in self.out_links.values())
         if drops > self.reported_drops:
-            every: list[InLink | OutLink] = [*self.in_links, *self.out_links.values()]
+            every: list[InLinkBase | OutLinkBase] = [*self.in_links, *self.out_links.values()]
             self._send(op.BUS, type="QOS", dropped=drops - self.reported_drops, total=drops,
                        links={l.id: l.drops for l in every if l.drops})
             self.reported_drops = drops

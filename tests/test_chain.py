@@ -95,38 +95,46 @@ def test_fan_out_and_fan_in(tmp_path):
 def test_malformed_messages_on_a_link_are_counted_and_the_stream_goes_on(tmp_path):
     """Garbage pushed into a running chain: a frame too short for the prefix is refused by the link
     it arrives on; a good prefix with a broken body passes the passthrough identities unread and is
-    refused by the first node that reads it (the recorder). Nothing crashes and the stream flows on."""
+    refused by the first node that reads it (the recorder); a connection that breaks the link's
+    own framing is closed and counted. Nothing crashes and the stream flows on."""
+    import socket
+
     import msgpack
-    import zmq
 
     from runtime.message import PREFIX
+    from runtime.unixlink import address, records
     from tests.helpers import wait_until
 
     graph = parse_graph(CHAIN, "<test>", {"rate": "200", "n": "-1", "out": str(tmp_path / "o.msgpack")})
     runner = Runner(graph).start()
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    broken = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         link = next(l for l in runner.stats()["links"] if l.startswith("src.out"))
-        push.connect(runner.endpoints[link])  # what is sent before the connection is up waits in the pipe
-        push.send(b"\x00\x01")  # shorter than the prefix
-        push.send(PREFIX.pack(0, 0, 0, 0) + msgpack.packb(["x", None, None, [["a", "<f4", [4], b"ab"]], None]))
-        push.send(PREFIX.pack(0, 0, 0, 0) + b"\xc1\xc1")  # not msgpack
+        sock.connect(address(runner.endpoints[link]))
+        for frame in (b"\x00\x01",  # shorter than the prefix
+                      PREFIX.pack(0, 0, 0, 0) + msgpack.packb(["x", None, None, [["a", "<f4", [4], b"ab"]], None]),
+                      PREFIX.pack(0, 0, 0, 0) + b"\xc1\xc1"):  # not msgpack
+            for rec in records([frame]):
+                sock.sendmsg(rec)
+        broken.connect(address(runner.endpoints[link]))
+        broken.send(b"\xff\xff\xff\xff not a message")  # announces 4 GiB: the connection is closed
         last: dict = {}
 
         def counted() -> bool:
             last["stats"] = stats = runner.stats()
             a_in, rec_in = stats["nodes"]["a"]["inputs"], stats["nodes"]["rec"]["inputs"]
-            return sum(l["malformed"] for l in a_in.values()) == 1 and sum(l["malformed"] for l in rec_in.values()) == 2
+            return sum(l["malformed"] for l in a_in.values()) == 2 and sum(l["malformed"] for l in rec_in.values()) == 2
 
-        wait_until(counted, 10, 0.05, lambda: "malformed counts a 1, rec 2: a {}, rec {}".format(
+        wait_until(counted, 10, 0.05, lambda: "malformed counts a 2, rec 2: a {}, rec {}".format(
             last["stats"]["nodes"]["a"]["inputs"], last["stats"]["nodes"]["rec"]["inputs"]))
+        assert broken.recv(16) == b""  # closed by the receiver
         stats = last["stats"]
         count = stats["nodes"]["rec"]["in"]
         wait_until(lambda: runner.stats()["nodes"]["rec"]["in"] > count + 20, 10, what="the stream to flow on")
         assert {n["pid"] for n in stats["nodes"].values()} == {n["pid"] for n in runner.stats()["nodes"].values()}
         assert not runner.bus.messages("ERROR")
     finally:
-        push.close(0)
-        ctx.term()
+        sock.close()
+        broken.close()
         runner.stop(drain=False)

@@ -80,13 +80,13 @@ def test_ports_come_from_the_hosts_table():
     assert link_ports(g) == {"src.out-mid.in": 7100, "back.out-tail.in": 7000}
 
 
-def test_one_runner_runs_every_host_over_ipc(runners):
+def test_one_runner_runs_every_host_over_local_links(runners):
     """Without --host a runner runs the whole graph on this machine: every link is ipc."""
     g = graph(TWO_HOSTS.replace("{type: testsrc}", "{type: testsrc, params: {num_buffers: 20, rate: 0}}")
               .replace("x.msgpack", "/dev/null"))
     r = Runner(g, start_timeout=20)
     runners.append(r)
-    assert not r.tcp and all(e.startswith("ipc://") for e in r.endpoints.values())
+    assert not r.tcp and all(e.startswith("unix://") for e in r.endpoints.values())
     r.start()
     assert r.wait(20) and r.exit_code == 0
 
