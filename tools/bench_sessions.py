@@ -51,7 +51,9 @@ Measured over ``--seconds`` after the sessions have joined and a warm-up:
 - drops: UDP packets sent but never read by the source (kernel ``Udp: RcvbufErrors`` delta
   too), bad packets, link drops and gaps, sink overruns and viewer gaps (lost wire seqs).
 
-The summary line names the largest S that holds, strict and pipeline.
+The summary line names the largest S that holds, strict and pipeline. The graph's links inside
+the host are Unix sockets; ``AVATAR_LOCAL_LINKS=zmq`` in the environment runs it over ZeroMQ
+``ipc://`` links instead, to compare.
 
 A size holds the budget when every session gets its 60 frames/s (2%), p99 < 16.7 ms and nothing
 is dropped in the window (UDP packets lost while all S devices join at once are reported
