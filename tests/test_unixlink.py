@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +19,19 @@ from tests.helpers import wait_until
 
 def endpoint() -> str:
     return f"unix://@avatar-test-{uuid.uuid4().hex}/l/0"
+
+
+@contextmanager
+def pair(policy: str = "leaky", rx_size: int = 8, tx_size: int = 4) -> Iterator[tuple[UnixInLink, UnixOutLink]]:
+    """A receiving and a sending end of one link, closed after the test."""
+    ep = endpoint()
+    rx = UnixInLink("a.out-b.in", "in", ep, policy, rx_size)
+    tx = UnixOutLink("a.out-b.in", "out", ep, policy, tx_size)
+    try:
+        yield rx, tx
+    finally:
+        tx.close(0)
+        rx.close()
 
 
 def batch(n: int, seed: int = 0) -> Message:
@@ -53,10 +68,7 @@ def same(a: Message, b: Message) -> None:
 
 @pytest.mark.parametrize("rows", [1, 40, 2000, 6000])  # one record .. a batch of many records
 def test_messages_arrive_whole_in_order_with_their_arrays_read_only(rows):
-    ep = endpoint()
-    rx = UnixInLink("a.out-b.in", "in", ep, "block", 64)
-    tx = UnixOutLink("a.out-b.in", "out", ep, "block", 64)
-    try:
+    with pair("block", 64, 64) as (rx, tx):
         sent = [batch(rows, seed) for seed in range(5)]
         for m in sent:
             tx.push(m)
@@ -70,9 +82,6 @@ def test_messages_arrive_whole_in_order_with_their_arrays_read_only(rows):
             assert len(records(encode(sent[0], 0))) > 1
         stats = rx.stats()
         assert stats["received"] == 5 and stats["gaps"] == stats["malformed"] == 0 and stats["senders"] == 1
-    finally:
-        tx.close(0)
-        rx.close()
 
 
 def test_a_sender_before_its_receiver_keeps_the_newest_and_delivers_them_when_it_binds():
@@ -120,12 +129,9 @@ def test_a_receiver_that_goes_away_and_comes_back_gets_the_stream_again():
 
 
 def test_a_message_left_half_sent_by_a_dead_sender_is_dropped_and_the_link_goes_on():
-    ep = endpoint()
-    rx = UnixInLink("a.out-b.in", "in", ep, "leaky", 8)
-    tx = UnixOutLink("a.out-b.in", "out", ep, "leaky", 4)
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        raw.connect(address(ep))
+    with pair() as (rx, tx):
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        raw.connect(address(rx.endpoint))
         recs = records(encode(batch(6000), 0))
         assert len(recs) > 2
         raw.sendmsg(recs[0])  # the first record of three or more, then the sender dies
@@ -135,31 +141,20 @@ def test_a_message_left_half_sent_by_a_dead_sender_is_dropped_and_the_link_goes_
         got = receive(rx, 1)
         same(got[0], batch(2, 5))
         assert rx.malformed == 0 and rx.stats()["senders"] == 1
-    finally:
-        tx.close(0)
-        rx.close()
 
 
 @pytest.mark.parametrize("garbage", [b"\x01", b"\xff\xff\xff\xff" + b"x" * 20, b"\x05\x00\x00\x00" + b"y" * 9])
 def test_a_connection_that_breaks_the_framing_is_closed_and_counted_alone(garbage):
     """Too short for a size; a size over the limit; more bytes than the size it gave."""
-    ep = endpoint()
-    rx = UnixInLink("a.out-b.in", "in", ep, "leaky", 8)
-    tx = UnixOutLink("a.out-b.in", "out", ep, "leaky", 4)
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
+    with pair() as (rx, tx), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as raw:
         tx.push(batch(2, 0))
         receive(rx, 1)
-        raw.connect(address(ep))
+        raw.connect(address(rx.endpoint))
         raw.send(garbage)
         wait_until(lambda: (rx.read_available(), rx.malformed == 1)[1], 10, 0.005, "the malformed count")
         assert raw.recv(8) == b""  # the receiver closed it
         tx.push(batch(2, 1))
         assert receive(rx, 1)[0].seq == 1 and rx.closed_bad == 1
-    finally:
-        raw.close()
-        tx.close(0)
-        rx.close()
 
 
 def test_a_well_framed_message_with_a_bad_prefix_is_counted_and_the_connection_kept():
@@ -181,10 +176,7 @@ def test_a_well_framed_message_with_a_bad_prefix_is_counted_and_the_connection_k
 
 
 def test_a_block_link_waits_for_a_receiver_that_does_not_read_and_loses_nothing():
-    ep = endpoint()
-    rx = UnixInLink("a.out-b.in", "in", ep, "block", 4)
-    tx = UnixOutLink("a.out-b.in", "out", ep, "block", 4)
-    try:
+    with pair("block", 4, 4) as (rx, tx):
         n = 0
         while not tx.must_wait:  # the kernel's buffer fills, then the outbox
             tx.push(batch(500, n))
@@ -202,23 +194,15 @@ def test_a_block_link_waits_for_a_receiver_that_does_not_read_and_loses_nothing(
 
         wait_until(drained, 20, 0.001, lambda: f"{n} messages (got {len(got)})")
         assert [m.seq for m in got] == list(range(n)) and rx.gaps == 0
-    finally:
-        tx.close(0)
-        rx.close()
 
 
 def test_an_eos_sent_before_close_is_read_after_the_sender_is_gone():
-    ep = endpoint()
-    rx = UnixInLink("a.out-b.in", "in", ep, "block", 8)
-    tx = UnixOutLink("a.out-b.in", "out", ep, "block", 8)
-    try:
+    with pair("block", 8, 8) as (rx, tx):
         tx.push(batch(3, 0))
         tx.push_control(Kind.EOS)
         tx.close(2000)
         got = receive(rx, 2)
         assert got[1].kind == Kind.EOS
-    finally:
-        rx.close()
 
 
 frames_strategy = st.lists(st.binary(max_size=300), min_size=0, max_size=4).flatmap(
