@@ -104,7 +104,6 @@ class ArkitSource(Node):
         self.free: list[int] = []
         self._alloc(16)
         self.order = np.zeros(0, np.intp)
-        self.order_ids: list[str] = []
         self.dirty = False
         self.received = self.packets = self.clamped = self.clamped_packets = 0
         self.joined = self.left = self.batches = 0
@@ -144,6 +143,8 @@ class ArkitSource(Node):
             "last_ns": np.zeros(cap, np.int64), "arrival": np.zeros(cap, np.int64),
             "frame": np.full(cap, -1, np.int64), "active": np.zeros(cap, bool), "used": np.zeros(cap, bool),
             "ids": np.full(cap, None, object),  # slot -> session id (str), None when free
+            # slot -> session id as UTF-8 (what batches carry: Message.session_ids), b"" when free
+            "keys": np.zeros(cap, getattr(self, "keys", np.zeros(0, "S8")).dtype),
         }
         for name, arr in arrays.items():
             if n:
@@ -166,6 +167,10 @@ class ArkitSource(Node):
         self.used[slot] = True
         self.slots[sid] = slot
         self.ids[slot] = sid
+        key = sid.encode()
+        if len(key) > self.keys.dtype.itemsize:
+            self.keys = self.keys.astype(f"S{(len(key) + 7) // 8 * 8}")
+        self.keys[slot] = key
         self.joined += 1
         self.dirty = True
         self.ctx.post("SESSION_JOINED", f"session '{sid}' joined from {_addr(addr)}", session=sid, source=_addr(addr))
@@ -176,6 +181,7 @@ class ArkitSource(Node):
         silent = (now - int(self.last_ns[slot])) / 1e9
         del self.slots[sid]
         self.ids[slot] = None
+        self.keys[slot] = b""
         self.used[slot] = self.active[slot] = False
         for header in self.slot_headers.pop(slot, ()):
             del self.headers[header]
@@ -192,7 +198,7 @@ class ArkitSource(Node):
         self._drain()
         if self.p.rate == 0:  # a batch now, and one more per packet still in a backlog
             while len(fresh := np.flatnonzero(self.active[: self.cap])):
-                self._emit(fresh, self.ids[fresh].tolist(), int(self.arrival[fresh].min()))
+                self._emit(fresh, int(self.arrival[fresh].min()))
         elif self.rewatch is None:  # batches go out at ticks: read again after a pause (or at the tick)
             self.unwatch(self.sock)
             self.rewatch = self.call_later(_READ_PAUSE_S, self._rewatch)
@@ -505,18 +511,17 @@ class ArkitSource(Node):
             return
         if self.dirty:
             self.order = np.fromiter(self.slots.values(), np.intp, len(self.slots))
-            self.order_ids = list(self.slots)
             self.dirty = False
         if self.p.batch == "fresh":
             fresh = self.order[self.active[self.order]]
             if len(fresh):
-                self._emit(fresh, self.ids[fresh].tolist(), now)
+                self._emit(fresh, now)
             return
-        self._emit(self.order, self.order_ids, now)
+        self._emit(self.order, now)
 
-    def _emit(self, idx: np.ndarray, ids: list[str], pts_ns: int) -> None:
+    def _emit(self, idx: np.ndarray, pts_ns: int) -> None:
         arrays = {"weights": self.weights[idx], "pose": self.pose[idx],
-                  "arrival_ns": self.arrival[idx], "frame": self.frame[idx]}
+                  "arrival_ns": self.arrival[idx], "frame": self.frame[idx], "slot": idx.astype(np.int32)}
         active = self.active[idx]
         data = {"active": active.tolist()}
         if self.p.rate > 0:  # how long fresh packets waited for this tick
@@ -528,7 +533,7 @@ class ArkitSource(Node):
         if self.backlog:
             self._promote()
         self.batches += 1
-        self.emit("out", Message(CAPS, data, arrays, pts_ns=pts_ns, session=ids))
+        self.emit("out", Message(CAPS, data, arrays, pts_ns=pts_ns, session=self.keys[idx]))
 
     # --- lifecycle ---------------------------------------------------------------------------
     def on_pause(self) -> None:

@@ -49,7 +49,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Pad, Param, ParamError
-from runtime.sessions import SessionSlots, batch_sessions, fit
+from runtime.sessions import SessionSlots, batch_ids, fit
 from runtime.states import READY
 
 from .compiled import load
@@ -298,11 +298,19 @@ class Blender(FrameClockNode):
         self.emo_dur[slots] = duration_s
 
     # --- sessions ----------------------------------------------------------------------------
-    def _lookup(self, sessions: list[str]) -> np.ndarray:
-        """Slots of these sessions (first-seen ones get a fresh state); marks them seen now."""
-        slots = known_slots(self.slots.slot_of, sessions, self._c)
-        if slots is None:
-            slots, new = self.slots.lookup(sessions)
+    def _lookup(self, sessions: "list[str] | np.ndarray", hint: np.ndarray | None = None, pad: str = "") -> np.ndarray:
+        """Slots of these sessions (first-seen ones get a fresh state); marks them seen now. Ids as
+        an array are looked up with the sender's rows (``hint``) first (``SessionSlots.lookup_ids``)."""
+        if type(sessions) is np.ndarray:
+            slots, new = self.slots.lookup_ids(sessions, hint, pad, self._c)
+            if not new.any() and self.cap_w.shape[0] == self.slots.capacity:
+                self.seen[slots] = self.t
+                return slots
+        else:
+            slots = known_slots(self.slots.slot_of, sessions, self._c)
+        if slots is None or type(sessions) is np.ndarray:
+            if slots is None:
+                slots, new = self.slots.lookup(sessions)
             grown = self.cap_w.shape[0] != self.slots.capacity
             if grown:
                 cap = self.slots.capacity
@@ -364,14 +372,14 @@ class Blender(FrameClockNode):
 
     # --- input -------------------------------------------------------------------------------
     def process(self, pad: str, msg: Message) -> None:
-        sessions = batch_sessions(msg)
+        sessions = batch_ids(msg)
         w = msg.arrays.get("weights")
-        if w is None or not sessions:
+        if w is None or not len(sessions):
             return
         w = np.asarray(w).reshape(len(sessions), -1)[:, :N_W]
-        if not isinstance(sessions[0], str):
+        if type(sessions) is list and not isinstance(sessions[0], str):
             sessions = [str(s) for s in sessions]
-        slots = self._lookup(sessions)
+        slots = self._lookup(sessions, msg.arrays.get("slot"), pad)
         data = msg.data if isinstance(msg.data, dict) else {}
         if pad == "capture":
             if self.core is None or not self._capture_compiled(slots, sessions, w, msg, data):
@@ -517,13 +525,12 @@ class Blender(FrameClockNode):
               arrival: np.ndarray, active: list[bool], speaking: list[bool]) -> None:
         if (self.meter.k and slots.size and slots.min() < self.meter.k) or self.own_meters:
             self._measure(slots, weights)
-        if ids is None:
-            names = self.slots.ids
-            ids = [names[i] for i in slots.tolist()]
         self.frames += 1
         self.rows += len(slots)
+        # the ids as an array (Message.session_ids), and our rows for the next node's look-up
         self.emit("out", Message(_ARKIT, {"active": active, "speaking": speaking},
-                                 {"weights": weights, "pose": pose, "arrival_ns": arrival}, pts_ns=pts_ns, session=ids))
+                                 {"weights": weights, "pose": pose, "arrival_ns": arrival,
+                                  "slot": slots.astype(np.int32)}, pts_ns=pts_ns, session=self.slots.keys[slots]))
 
     def _measure(self, slots: np.ndarray, weights: np.ndarray) -> None:
         """The sampled sessions' frames to the smoothing meter. A row is clean (the smoother's input

@@ -151,12 +151,14 @@ class Compressor(Node):
             raise ValueError(f"session must be a list of ids (a batch), got {type(msg.session).__name__}")
         if "weights" not in msg.arrays:
             raise ValueError(f"no 'weights' array (arrays: {', '.join(msg.arrays) or 'none'})")
+        # ids that came as an array read back as str already (Message.session_ids)
+        sessions = msg.session if msg.carries_ids else [str(s) for s in msg.session]
         if msg.caps == "arkit/blendshapes":
-            return [str(s) for s in msg.session], wf.TABLE_ARKIT52
+            return sessions, wf.TABLE_ARKIT52
         names = msg.data.get("names") if isinstance(msg.data, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{msg.caps} needs data {{'names': [M morph names]}}")
-        return [str(s) for s in msg.session], names
+        return sessions, names
 
     def _keyframe_request(self, msg: Message) -> None:
         watched = msg.data.get("watched") if isinstance(msg.data, dict) else None

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from runtime import Message, Node, Pad, Param, ParamError
-from runtime.sessions import SessionSlots, batch_sessions, fit
+from runtime.sessions import SessionSlots, batch_ids, fit
 
 from .compiled import load
 from .face import TABLE_RULE, arkit_names, known_slots, level_masks, load_lod_table
@@ -112,20 +112,26 @@ class Lod(Node):
             self._request(msg)
             return None
         weights = msg.arrays.get("weights")
-        sessions = batch_sessions(msg)
+        sessions = batch_ids(msg)
         names = self._names(msg)
         if weights is None or weights.ndim != 2 or weights.shape != (len(sessions), len(names)):
             self._drop(msg, weights, names, sessions)
             return None
         n = len(sessions)
-        slots = known_slots(self.slots.slot_of, sessions, self._c)
-        if slots is None:
-            slots, new = self.slots.lookup(sessions)
+        if type(sessions) is np.ndarray:  # ids as an array: the sender's rows are hints (SessionSlots.lookup_ids)
+            slots, new = self.slots.lookup_ids(sessions, msg.arrays.get("slot"), pad, self._c)
+        else:
+            slots = known_slots(self.slots.slot_of, sessions, self._c)
+            new = None
+            if slots is None:
+                slots, new = self.slots.lookup(sessions)
+        if new is not None:
             self._fit()
             if new.any():
-                ids = [sessions[i] for i in np.flatnonzero(new)]
-                self.level[slots[new]] = [self.session_levels.get(str(s), self.default_level) for s in ids]
-                self.count[slots[new]] = 0
+                fresh = slots[new]
+                self.level[fresh] = [self.session_levels.get(str(self.slots.ids[r]), self.default_level)
+                                     for r in fresh.tolist()]
+                self.count[fresh] = 0
         pts = msg.pts_ns
         made = -1
         if self._c is not None and type(pts) is int:
@@ -168,8 +174,11 @@ class Lod(Node):
         if rows is not None and isinstance(data.get("active"), list) and len(data["active"]) == n:
             data["active"] = [data["active"][i] for i in rows]
         data["lod"] = [uniform] * kept if lv is None else lv.tolist()
-        return Message(msg.caps, data, arrays, msg.pts_ns, sessions if rows is None else [sessions[i] for i in rows],
-                       msg.trace)
+        if rows is None:
+            out_ids = sessions
+        else:
+            out_ids = sessions[rows] if type(sessions) is np.ndarray else [sessions[i] for i in rows]
+        return Message(msg.caps, data, arrays, msg.pts_ns, out_ids, msg.trace)
 
     def _request(self, msg: Message) -> None:
         wish = msg.data.get("lod") if isinstance(msg.data, dict) else None

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from runtime import Message, Node, Pad, Param, ParamError
 from runtime.caps import CapsSpec
-from runtime.sessions import batch_sessions
+from runtime.sessions import batch_ids
 
 from .face import MORPH_CAPS, TABLE_RULE, MorphTableError, load_morph_table
 
@@ -59,7 +59,7 @@ class Mapper(Node):
 
     def process(self, pad: str, msg: Message) -> Message | None:
         weights = msg.arrays.get("weights")
-        sessions = batch_sessions(msg)
+        sessions = batch_ids(msg)
         if weights is not None and weights.ndim == 1:
             weights = weights.reshape(1, -1)
         if weights is None or weights.shape != (len(sessions), self.table.matrix.shape[0]):

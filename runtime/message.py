@@ -46,12 +46,12 @@ class Message:
     looks at costs it nothing, and goes on as it came.
     """
 
-    __slots__ = ("_caps", "_data", "_arrays", "pts_ns", "_session", "_trace", "seq", "kind", "_wire", "_body")
+    __slots__ = ("_caps", "_data", "_arrays", "pts_ns", "_session", "_ids", "_trace", "seq", "kind", "_wire", "_body")
 
     def __init__(self, caps: str, data: Any = None, arrays: dict[str, np.ndarray] | None = None, pts_ns: int = 0,
                  session: Any = None, trace: str | None = None, seq: int = -1, kind: "Kind" = Kind.DATA):
-        self._caps, self._data, self.pts_ns, self._session, self._trace, self.seq, self.kind = (
-            caps, data, pts_ns, session, trace, seq, kind)
+        self._caps, self._data, self.pts_ns, self._trace, self.seq, self.kind = caps, data, pts_ns, trace, seq, kind
+        self._session, self._ids = _split_session(session)
         self._arrays: dict[str, np.ndarray] | None = {} if arrays is None else arrays
         # (array descriptions, their frames) as received, or None; Any: read on hot paths only where set
         self._wire: Any = None
@@ -63,6 +63,7 @@ class Message:
         msg = cls.__new__(cls)
         msg.kind, msg.seq, msg.pts_ns = kind, seq, pts_ns
         msg._caps = msg._data = msg._session = msg._trace = _LAZY
+        msg._ids = None
         msg._arrays, msg._wire, msg._body = None, ([], frames), body
         return msg
 
@@ -73,7 +74,7 @@ class Message:
             return self
         frames = self._wire[1]
         try:
-            fields = _unpackb(body, raw=False, strict_map_key=False)
+            fields = _unpackb(body, raw=False, strict_map_key=False, ext_hook=_ext)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise MalformedMessage(f"malformed message: {exc}") from None
         if type(fields) is not list or len(fields) != 5 or type(fields[3]) is not list:
@@ -88,7 +89,8 @@ class Message:
         for buf, n in zip(frames, sizes):
             if _nbytes(buf) != n:
                 raise MalformedMessage(f"malformed message: an array frame of {_nbytes(buf)} bytes, {n} expected")
-        self._caps, self._session, self._data, self._trace = caps, session, data, trace
+        self._caps, self._data, self._trace = caps, data, trace
+        self._session, self._ids = _split_session(session)
         if desc:
             self._wire = (desc, frames)
         else:
@@ -113,10 +115,45 @@ class Message:
         return property(get, put)
 
     caps = _get("caps")
-    session = _get("session")
     data = _get("data")
     trace = _get("trace")
     del _get
+
+    @property
+    def session(self) -> Any:
+        """One session id, the list of a batch's ids (as ``str``), or None."""
+        value = self._session
+        if value is _LAZY:
+            value = self.open()._session
+        if value is _FROM_IDS:
+            ids: Any = self._ids
+            value = self._session = [b.decode("utf-8", "replace") for b in ids.tolist()]
+        return value
+
+    @session.setter
+    def session(self, value: Any) -> None:
+        if self._body is not None:
+            self.open()
+        self._session, self._ids = _split_session(value)
+
+    @property
+    def carries_ids(self) -> bool:
+        """True when the session came as an id array (``session_ids`` then costs nothing)."""
+        if self._body is not None:
+            self.open()
+        return self._ids is not None
+
+    @property
+    def session_ids(self) -> np.ndarray | None:
+        """A batch's session ids as a fixed-width byte array (numpy ``S``, UTF-8, NUL-padded), one
+        row per session: what batched nodes look slots up by and pass on, without a Python object
+        per row. A message built with a list gets one made from it; None without a session."""
+        if self._body is not None:
+            self.open()
+        ids = self._ids
+        if ids is not None:
+            return ids
+        return ids_array(self.session)
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
@@ -155,6 +192,48 @@ class Message:
 
 
 PREFIX = struct.Struct("<BHQq")  # kind, array frames that follow, seq, pts_ns
+IDS_EXT = 1  # msgpack ext type of a session id array: width u16, then the rows, each ``width`` bytes
+_WIDTH = struct.Struct("<H")
+_FROM_IDS: Any = object()  # ``_session`` not made yet from ``_ids``
+
+
+def ids_array(session: Any) -> np.ndarray | None:
+    """Session ids (a list, one id, or None) as a fixed-width UTF-8 byte array (numpy ``S``)."""
+    if session is None:
+        return None
+    if type(session) is not list:
+        session = [session]
+    if not session:
+        return np.empty(0, dtype="S1")
+    return np.array([s.encode() if type(s) is str else str(s).encode() for s in session], dtype=bytes)
+
+
+def _split_session(session: Any) -> tuple[Any, np.ndarray | None]:
+    """(``_session``, ``_ids``) for a session given as ids, an id array or None."""
+    if type(session) is np.ndarray and session.dtype.kind == "S" and session.ndim == 1:
+        return _FROM_IDS, session
+    return session, None
+
+
+def _session_field(msg: "Message") -> Any:
+    ids = msg._ids
+    if ids is None:
+        return msg._session
+    return msgpack.ExtType(IDS_EXT, _WIDTH.pack(ids.dtype.itemsize) + np.ascontiguousarray(ids).tobytes())
+
+
+def _ext(code: int, data: bytes) -> Any:
+    """A session id array from its msgpack ext (ValueError if it is not one); other exts as they are."""
+    if code != IDS_EXT:
+        return msgpack.ExtType(code, data)
+    if len(data) < 2:
+        raise ValueError("malformed message: a session id array without its width")
+    (width,) = _WIDTH.unpack_from(data)
+    if not width or (len(data) - 2) % width:
+        raise ValueError(f"malformed message: session ids of {len(data) - 2} bytes are not rows of {width}")
+    return np.frombuffer(data, dtype=f"S{width}", offset=2)
+
+
 _packb = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
 _KINDS = tuple(Kind)
@@ -186,10 +265,11 @@ def encode(msg: Message, seq: int) -> list:
         arrays = msg._arrays
         if arrays is None:  # arrays never read: as they came
             desc, rest = msg._wire
-            body = _packb((msg._caps, msg._session, msg._data, desc, msg._trace))
+            body = _packb((msg._caps, _session_field(msg), msg._data, desc, msg._trace))
             return [PREFIX.pack(msg.kind, len(rest), seq, msg.pts_ns) + body, *rest]
         if not arrays:
-            return [PREFIX.pack(msg.kind, 0, seq, msg.pts_ns) + _packb((msg._caps, msg._session, msg._data, (), msg._trace))]
+            return [PREFIX.pack(msg.kind, 0, seq, msg.pts_ns) + _packb((msg._caps, _session_field(msg), msg._data, (),
+                                                                         msg._trace))]
         desc = []
         frames: list = [None]
         for name, arr in arrays.items():
@@ -201,7 +281,7 @@ def encode(msg: Message, seq: int) -> list:
             desc.append((name, arr.dtype.str, arr.shape))
             frames.append(arr)
         frames[0] = PREFIX.pack(msg.kind, len(frames) - 1, seq, msg.pts_ns) + _packb(
-            (msg._caps, msg._session, msg._data, desc, msg._trace))
+            (msg._caps, _session_field(msg), msg._data, desc, msg._trace))
         return frames
     except struct.error as exc:
         raise ValueError(f"a message's pts_ns must be an int64 and seq a uint64 "

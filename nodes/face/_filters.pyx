@@ -21,7 +21,9 @@ from cpython.long cimport PyLong_AsSsize_t, PyLong_CheckExact
 from cpython.object cimport PyObject
 from libc.math cimport cos, fabs, sin, M_PI
 from libc.stdint cimport INT64_MAX, int64_t
+from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
 
 import numpy as np
 
@@ -596,6 +598,26 @@ def slots_of(dict slot_of, list sessions, Py_ssize_t[::1] out) -> bool:
             return False
         out[i] = PyLong_AsSsize_t(<object>v)
     return True
+
+
+def hinted_slots(const Py_ssize_t[::1] known, const int32_t[::1] hint, const unsigned char[:, ::1] keys,
+                 const unsigned char[:, ::1] ids, Py_ssize_t[::1] out) -> int:
+    """``runtime.SessionSlots.lookup_ids``'s guess, row by row: ``out[i] = known[hint[i]]`` where
+    that slot's key is the row's id (the same width: the caller makes it so), else -1. Returns how
+    many rows missed (they take the dict)."""
+    cdef Py_ssize_t i, s, h, n = hint.shape[0], nk = known.shape[0], cap = keys.shape[0], w = keys.shape[1]
+    cdef Py_ssize_t misses = 0
+    if ids.shape[0] != n or ids.shape[1] != w or out.shape[0] < n:
+        raise ValueError("hinted_slots: shapes do not match")
+    for i in range(n):
+        h = hint[i]
+        s = known[h] if 0 <= h < nk else -1
+        if 0 <= s < cap and (w == 0 or memcmp(&keys[s, 0], &ids[i, 0], w) == 0):
+            out[i] = s
+        else:
+            out[i] = -1
+            misses += 1
+    return misses
 
 
 def lod_step(const Py_ssize_t[::1] slots, int64_t[::1] count, int64_t[::1] last_pts, int64_t pts,
