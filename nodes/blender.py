@@ -301,16 +301,14 @@ class Blender(FrameClockNode):
     def _lookup(self, sessions: "list[str] | np.ndarray", hint: np.ndarray | None = None, pad: str = "") -> np.ndarray:
         """Slots of these sessions (first-seen ones get a fresh state); marks them seen now. Ids as
         an array are looked up with the sender's rows (``hint``) first (``SessionSlots.lookup_ids``)."""
+        new = None
         if type(sessions) is np.ndarray:
             slots, new = self.slots.lookup_ids(sessions, hint, pad, self._c)
-            if not new.any() and self.cap_w.shape[0] == self.slots.capacity:
-                self.seen[slots] = self.t
-                return slots
         else:
             slots = known_slots(self.slots.slot_of, sessions, self._c)
-        if slots is None or type(sessions) is np.ndarray:
             if slots is None:
                 slots, new = self.slots.lookup(sessions)
+        if new is not None:
             grown = self.cap_w.shape[0] != self.slots.capacity
             if grown:
                 cap = self.slots.capacity
