@@ -148,9 +148,7 @@ class UnixInLink(InLinkBase):
         while True:
             try:
                 s, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return took
-            except OSError:
+            except OSError:  # none waiting (or one gone before we took it)
                 return took
             s.setblocking(False)
             self.epoll.register(s.fileno(), select.EPOLLIN)
@@ -166,7 +164,7 @@ class UnixInLink(InLinkBase):
         self.conns.remove(conn)
 
     def _recv(self) -> Message | None:
-        for conn in self.conns:
+        for conn in tuple(self.conns):  # (a connection that ends is dropped from the list as we go)
             msg = self._from(conn)
             if msg is not None:
                 if len(self.conns) > 1:  # the next read starts at the next sender
