@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import wave
 from pathlib import Path
@@ -21,7 +22,7 @@ from nodes.delivery.voice import OPUS_RATE, PCM_RATE, VoiceEncoder, VoicePacket,
 from runtime import Message
 from runtime.recording import RecordingWriter, read_recording
 from runtime.testing import start_graph
-from tests.helpers import ROOT, wait_gone, wait_until
+from tests.helpers import ROOT, free_udp_port, paced, wait_gone, wait_until
 
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
 RATE = 16000
@@ -30,13 +31,17 @@ LENGTH_S = 1.9
 HOLD_MS = 150.0
 
 
-def burst_wav(path: Path) -> np.ndarray:
+def bursts() -> np.ndarray:
     t = np.arange(int(LENGTH_S * RATE)) / RATE
     x = np.zeros_like(t)
     for start, length in BURSTS:
         on = (t >= start) & (t < start + length)
         x[on] = 0.5 * np.sin(2 * np.pi * 880 * t[on])
-    pcm = (x * 32767).astype(np.int16)
+    return (x * 32767).astype(np.int16)
+
+
+def burst_wav(path: Path) -> np.ndarray:
+    pcm = bursts()
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -45,16 +50,19 @@ def burst_wav(path: Path) -> np.ndarray:
     return pcm
 
 
-def voice_graph(tmp: Path, sink: str = "websocket_sink", hold_ms: float = HOLD_MS, **params: Any) -> str:
+def voice_graph(tmp: Path, sink: str = "websocket_sink", hold_ms: float = HOLD_MS, udp_port: int = 0,
+                **params: Any) -> str:
     """The take (session s1) through a node that declares ``hold_ms`` of latency to the sink's
-    face; a WAV of tone bursts (session s1) to its voice, recorded on the way."""
+    face; a WAV of tone bursts (session s1) to its voice, recorded on the way. With ``udp_port``
+    the voice is what arrives there (``send_bursts``), so a test starts it when its viewer is in."""
     wav = tmp / "bursts.wav"
     burst_wav(wav)
+    speech = {"udp_port": udp_port} if udp_port else {"path": str(wav)}
     nodes = {
         "take": {"type": "arkit_replay", "params": {"path": str(TAKE), "loop": True, "session": "s1"}},
         "hold": {"type": "tests.latency_node:Holder", "params": {"hold_ms": hold_ms}},
         "encode": {"type": "compressor", "params": {"keyframe_interval": 30}},
-        "speech": {"type": "audio_source", "params": {"path": str(wav), "session": "s1"}},
+        "speech": {"type": "audio_source", "params": {**speech, "session": "s1"}},
         "rec": {"type": "recorder", "params": {"path": str(tmp / "voice.msgpack"), "flush_every": 1}},
         "sink": {"type": sink, "params": {"port": 0, **params}},
     }
@@ -84,10 +92,22 @@ def graph() -> Iterator[Callable[..., tuple[Any, int]]]:
 
 
 def source_onsets(rec: Path) -> list[int]:
-    """pts (ns) of each burst's first sample, from the chunks the source sent."""
-    msgs = read_recording(rec)
-    start = msgs[0].pts_ns  # the source's chunks are continuous: sample i is at start + i / RATE
-    return [start + int(round(s * 1e9)) for s, _ in BURSTS]
+    """pts (ns) of each burst's start in the chunks the source sent (found as in what a viewer
+    heard: a source fed over UDP stamps its chunks as they come, not by a file's sample count)."""
+    chunks = [(m.pts_ns, m.arrays["pcm"].astype(np.float64) / 32768) for m in read_recording(rec)]
+    return onsets(*timeline(chunks, RATE), RATE)
+
+
+def send_bursts(port: int) -> None:
+    """The bursts' WAV as 20 ms datagrams of 16-bit PCM to an ``audio_source`` on ``port``, at
+    real time (the source stamps them as they arrive)."""
+    pcm = bursts()
+    chunk = RATE // 50
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in paced(50, lambda: False):
+            if i * chunk >= len(pcm):
+                return
+            s.sendto(pcm[i * chunk:(i + 1) * chunk].astype("<i2").tobytes(), ("127.0.0.1", port))
 
 
 def onsets(times_ns: np.ndarray, x: np.ndarray, rate: int) -> list[int]:
@@ -225,7 +245,10 @@ def test_a_webrtc_viewer_gets_the_voice_as_an_audio_track_and_the_clock_to_place
     # browser's getSynchronizationSources gives them
     monkeypatch.setattr(aiortc.rtcrtpreceiver.TimestampMapper, "map", lambda self, ts: ts)
 
-    runner, port = graph(voice_graph(tmp_path, sink="webrtc_sink", ice_addresses=["127.0.0.1"]))
+    # the voice starts when the viewer has its track (a file would start with the graph, and a slow
+    # machine's negotiation would miss the start of it)
+    udp = free_udp_port()
+    runner, port = graph(voice_graph(tmp_path, sink="webrtc_sink", udp_port=udp, ice_addresses=["127.0.0.1"]))
     restrict_host_addresses(["127.0.0.1"])
 
     async def view() -> tuple[list, list[dict]]:
@@ -247,9 +270,14 @@ def test_a_webrtc_viewer_gets_the_voice_as_an_audio_track_and_the_clock_to_place
             assert "m=audio" in r.json()["sdp"] and "a=sendonly" in r.json()["sdp"]
             await pc.setRemoteDescription(RTCSessionDescription(**r.json()))
             track = await asyncio.wait_for(tracks.get(), 10)
-            async with asyncio.timeout(LENGTH_S + 5):
+            async with asyncio.timeout(10):  # the track comes with the answer; its packets flow once DTLS is up
+                while pc.connectionState != "connected":
+                    await asyncio.sleep(0.02)
+            sending = asyncio.ensure_future(asyncio.to_thread(send_bursts, udp))
+            async with asyncio.timeout(LENGTH_S + 10):
                 while sum(f.samples for f in frames) < (LENGTH_S - 0.2) * OPUS_RATE:
                     frames.append(await track.recv())
+            await sending
             return frames, texts
         finally:
             await pc.close()
