@@ -70,6 +70,7 @@ MODES = {
 
 _TEXT_SLACK_NS = 1_000_000  # a text at most this far past the audio processed is due (pts rounding)
 _TEXT_WAIT_NS = 1_000_000_000  # a text whose audio has not come this long after its pts is applied anyway
+_SPARE_IDLE_S = 1.0  # the next spare recognizer is made once every session has been quiet this long
 
 
 class _Session:
@@ -152,9 +153,9 @@ class AudioPhoneme(Node):
                 self._calibrated = SpeakerLevels().calibrate(read_wav(self.p.calibration, max_s=30.0))
             except (OSError, ValueError) as exc:
                 raise ParamError(f"calibration: {exc}") from None
-        # a recognizer made ahead: making one takes ~0.1 s, which the first chunk of a new voice
-        # would otherwise wait for (its mouth frames late by that much in live mode)
-        self._spare: PhonemeStream | None = self._stream(self.p.transcript or None)
+        # a recognizer made ahead, both its decoders: making each takes 0.15-0.3 s of CPU, which the
+        # first chunk (or the transcript) of a new voice would otherwise wait for, and its mouth with it
+        self._spare: PhonemeStream | None = self._stream(self.p.transcript or None).prepare()
         self.every(1.0, self._expire)
         self.every(0.05, self._quiet)
 
@@ -198,9 +199,10 @@ class AudioPhoneme(Node):
             s.started = True
         if s.resampler is not None:
             pcm = to_int16(s.resampler.process(pcm.astype(np.float32)))
-        art = self._articulate(s, pcm)
-        out += s.stream.feed(pcm)
-        self._send(sid, s, out, art)
+        # the mouth's frames go before the recognizer runs: its search (the warm-up's first decode
+        # is ~50 ms of CPU at once) must not hold back the jaw, which live mode promises in 50 ms
+        self._send(sid, s, out, self._articulate(s, pcm))
+        self._send(sid, s, s.stream.feed(pcm))
         if s.texts:
             self._apply_texts(sid, s, s.reached_ns())  # the texts due at this chunk's end
 
@@ -280,7 +282,8 @@ class AudioPhoneme(Node):
         mouth would move in the silence after it)."""
         limit = self.now_ns() - int(self.p.gap_ms * 1e6)
         for sid, s in self.sessions.items():
-            if s.started and s.reached_ns() < limit:
+            # both: a node running behind (its chunks waiting in the link) still sees chunks come
+            if s.started and s.reached_ns() < limit and s.seen_ns < limit:
                 self._send(sid, s, s.stream.finish(), self._end_articulation(s))
                 s.started = False  # the next chunk re-anchors, as after a pts jump
                 self.quiet_ends += 1
@@ -289,8 +292,10 @@ class AudioPhoneme(Node):
         self._spare = None  # made with the old params
 
     def _expire(self) -> None:
-        if self._spare is None:
-            self._spare = self._stream(self.p.transcript or None)
+        if self._spare is None and self._idle_s() >= _SPARE_IDLE_S:
+            # made while nobody speaks: making one holds this thread 0.3-0.6 s, which in the
+            # middle of a voice would freeze its mouth for as long
+            self._spare = self._stream(self.p.transcript or None).prepare()
         stale = self.now_ns() - _TEXT_WAIT_NS
         for sid, s in self.sessions.items():
             if s.texts and s.texts[0][0] < stale:  # the audio before it never came: apply it now
@@ -298,6 +303,11 @@ class AudioPhoneme(Node):
         limit = self.now_ns() - int(self.p.session_timeout_s * 1e9)
         for sid in [k for k, s in self.sessions.items() if s.seen_ns < limit]:
             self._close(sid)
+
+    def _idle_s(self) -> float:
+        """Seconds since any session sent audio or text (a long time when there are none)."""
+        last = max((s.seen_ns for s in self.sessions.values()), default=0)
+        return (self.now_ns() - last) / 1e9 if last else float("inf")
 
     def on_eos(self) -> None:
         for sid in list(self.sessions):

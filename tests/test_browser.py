@@ -107,7 +107,10 @@ def watch_and_sample(page, url: str, n: int = 5) -> list[dict]:
 def test_webrtc_viewer_gets_the_graphs_frames_and_on_a_reduced_layer_bundles_and_a_train_probe(
         graph, page, tmp_path, netns):
     proc, url = graph(REPLAY, take=TAKE, dir=tmp_path)
-    samples = watch_and_sample(page, url)
+    # decoded and set on the mesh, not drawn: CI's Chromium draws on the CPU (SwiftShader), which on
+    # two cores starves the sink, and its lossy channel then drops packets the switch did not lose
+    # (the last test here judges the drawing)
+    samples = watch_and_sample(page, url + "?render=0")
     assert page.evaluate("() => window.avatar.transport") == "webrtc"
     more(page, "framesDecoded", 30, "the stream to go on after the samples")
     # then the slow-link path of a data channel: the viewer put on the compressor's extra layer gets
@@ -145,7 +148,7 @@ def test_webrtc_viewer_gets_the_graphs_frames_and_on_a_reduced_layer_bundles_and
 def test_without_webrtc_the_page_falls_back_to_websocket(graph, page, tmp_path, netns):
     proc, url = graph(REPLAY, take=TAKE, dir=tmp_path)
     page.add_init_script("delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;")
-    samples = watch_and_sample(page, url)
+    samples = watch_and_sample(page, url + "?render=0")  # not drawn, as in the test above
     assert page.evaluate("() => window.avatar.transport") == "websocket"
     more(page, "framesDecoded", 30, "the stream to go on after the samples")
     # the page's receiver reports and its answers to pings reach the sink (the network agent's input)

@@ -241,9 +241,11 @@ export class Voice extends EventTarget {
 
   /** RMS of the sound playing now (0 when none): the level meter, and the tests' ears. */
   level() {
-    if (this.kind === "rtp" && this._tap === null && this.track) {
-      this._tapTrack(this.track);
-      if (this.ctx && this.ctx.state === "suspended" && !this.blocked) this.ctx.resume().catch(() => {});
+    if (this.kind === "rtp" && this.track) {
+      if (this._tap === null) this._tapTrack(this.track);
+      // the context may have been suspended after the tap was made (_measureOutputLatency's
+      // suspend, asked for just before): the meter needs it running
+      if (this._tap && this.ctx && this.ctx.state === "suspended" && !this.blocked) this.ctx.resume().catch(() => {});
     }
     if (!this.analyser || !this.ctx || this.ctx.state !== "running") return 0;
     this.analyser.getFloatTimeDomainData(this._level);
