@@ -209,3 +209,29 @@ def test_audio_that_stops_coming_ends_its_utterance_within_gap_ms(speech) -> Non
         h.feed("in", m)
     rows = rows_of(h.advance(0.5))
     assert all(r[2] >= later[0].pts_ns for r in rows)
+
+
+def test_a_node_running_behind_neither_ends_the_voice_nor_makes_a_recognizer_in_it(speech) -> None:
+    """Chunks that come 300 ms after their pts (the node fell behind on a loaded machine) but keep
+    coming are one utterance: no quiet end (that would close the mouth mid-voice), and no spare
+    recognizer made in it (0.15-0.3 s of CPU that would freeze the mouth); the spare comes after
+    a second of quiet."""
+    pcm, _ = speech
+    h = NodeHarness("audio_phoneme", mode="live")
+    try:
+        assert h.node._spare is not None  # made at setup, both decoders
+        assert h.node._spare._recognizer is not None and h.node._spare._aligner is not None
+        behind = 0.3
+        for m in chunks(pcm, pts0=0):
+            h.advance(max(0.0, m.pts_ns / 1e9 + behind - h.now))
+            h.feed("in", m)
+            assert h.node._spare is None or h.now < 0.1, f"a spare was made at {h.now:.2f} s, in the voice"
+        assert h.node.stats()["quiet_ends"] == 0
+        frames = [m for _, m in h.outputs if "articulation" in m.arrays]
+        assert frames and all(m.arrays["articulation"].shape[0] for m in frames)
+        h.advance(0.5)
+        assert h.node.stats()["quiet_ends"] == 1 and h.node._spare is None  # the voice ended; not a second yet
+        h.advance(1.5)
+        assert h.node._spare is not None
+    finally:
+        h.close()
