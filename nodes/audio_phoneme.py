@@ -187,21 +187,18 @@ class AudioPhoneme(Node):
         if rate != s.rate:
             s.rate, s.resampler = rate, (Resampler(rate, RATE) if rate != RATE else None)
         expected = s.anchor_ns + s.stream.samples * 1_000_000_000 // RATE
-        out: list[Phone] = []
         if s.texts:
             self._apply_texts(sid, s, msg.pts_ns)  # the texts this chunk comes after
         if not s.started or abs(msg.pts_ns - expected) > self.p.gap_ms * 1e6:
-            if s.started:
-                out += s.stream.finish()  # a gap: what came before is a finished utterance
-                self._send(sid, s, out, self._end_articulation(s))
-                out = []
+            if s.started:  # a gap: what came before is a finished utterance
+                self._send(sid, s, s.stream.finish(), self._end_articulation(s))
             s.anchor_ns = msg.pts_ns - s.stream.samples * 1_000_000_000 // RATE
             s.started = True
         if s.resampler is not None:
             pcm = to_int16(s.resampler.process(pcm.astype(np.float32)))
         # the mouth's frames go before the recognizer runs: its search (the warm-up's first decode
         # is ~50 ms of CPU at once) must not hold back the jaw, which live mode promises in 50 ms
-        self._send(sid, s, out, self._articulate(s, pcm))
+        self._send(sid, s, [], self._articulate(s, pcm))
         self._send(sid, s, s.stream.feed(pcm))
         if s.texts:
             self._apply_texts(sid, s, s.reached_ns())  # the texts due at this chunk's end
