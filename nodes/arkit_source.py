@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime import Message, Node, Pad, Param, ParamError
+from runtime import Message, Node, Pad, Param, ParamError, id_dtype
 
 from .compiled import load
 from .livelink import (
@@ -169,7 +169,7 @@ class ArkitSource(Node):
         self.ids[slot] = sid
         key = sid.encode()
         if len(key) > self.keys.dtype.itemsize:
-            self.keys = self.keys.astype(f"S{(len(key) + 7) // 8 * 8}")
+            self.keys = self.keys.astype(id_dtype(len(key)))
         self.keys[slot] = key
         self.joined += 1
         self.dirty = True

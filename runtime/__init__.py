@@ -13,12 +13,13 @@ _WHERE = {
     "NodeSpec": "graph", "load_graph": "graph", "parse_graph": "graph", "parse_launch": "launch", "Kind": "message",
     "MalformedMessage": "message", "Message": "message", "Node": "node", "NodeContext": "node", "Pad": "pads",
     "Param": "params", "get_node_type": "registry", "node_type_names": "registry", "Runner": "runner",
-    "SessionSlots": "sessions", "batch_ids": "sessions", "batch_sessions": "sessions", "validate_graph": "validate",
+    "SessionSlots": "sessions", "batch_ids": "sessions", "batch_sessions": "sessions", "id_dtype": "sessions",
+    "validate_graph": "validate",
 }
 __all__ = [
     "ANY", "Bus", "CallRefused", "ControlClient", "ControlError", "Graph", "GraphError", "Kind", "LinkSpec", "MalformedMessage", "Message",
     "Node", "NodeContext", "NodeSpec", "NodeTypeError", "Pad", "Param", "ParamError", "ParamRefused", "Problem", "Runner", "SessionSlots",
-    "batch_ids", "batch_sessions", "caps_compatible", "control_endpoint", "get_node_type", "load_graph", "node_type_names", "parse_graph",
+    "batch_ids", "batch_sessions", "caps_compatible", "control_endpoint", "get_node_type", "id_dtype", "load_graph", "node_type_names", "parse_graph",
     "parse_launch", "validate_graph",
 ]
 
@@ -35,7 +36,7 @@ if _typing.TYPE_CHECKING:
     from .params import Param
     from .registry import get_node_type, node_type_names
     from .runner import Runner
-    from .sessions import SessionSlots, batch_ids, batch_sessions
+    from .sessions import SessionSlots, batch_ids, batch_sessions, id_dtype
     from .validate import validate_graph
 
 

@@ -112,7 +112,6 @@ class SessionSlots:
             h = hint[miss].astype(np.intp, copy=False)
             good = h >= 0
             if good.any():
-                known = self._hints.get(sender)
                 top = int(h[good].max()) + 1
                 if known is None or len(known) < top:
                     grown = np.full(max(top, 2 * (0 if known is None else len(known))), -1, dtype=np.intp)
@@ -139,9 +138,9 @@ class SessionSlots:
         self.keys[slot] = key
 
     def _widen(self, width: int) -> None:
-        """Room for ids of ``width`` bytes (rounded up to 8, so rows compare as 64-bit words)."""
-        width = (width + 7) // 8 * 8
-        self.keys = self.keys.astype(f"S{width}")
+        """Room for ids of ``width`` bytes."""
+        self.keys = self.keys.astype(id_dtype(width))
+        width = self.keys.dtype.itemsize
         self._keys64 = self.keys.view(np.uint64).reshape(len(self.keys), width // 8)
 
     def _grow(self) -> None:
@@ -151,6 +150,12 @@ class SessionSlots:
         self.keys = fit(self.keys, 2 * old)
         self._keys64 = self.keys.view(np.uint64).reshape(2 * old, -1)
         self._free.extend(range(2 * old - 1, old - 1, -1))
+
+
+def id_dtype(width: int) -> str:
+    """The byte-string dtype for session ids of up to ``width`` bytes: rounded up to 8, so rows
+    compare as 64-bit words."""
+    return f"S{(width + 7) // 8 * 8}"
 
 
 def fit(arr: np.ndarray, capacity: int) -> np.ndarray:
