@@ -62,8 +62,8 @@ from .face import (
     approach,
     arkit_names,
     arkit_pose_names,
+    batch_slots,
     blink_curve,
-    known_slots,
     load_mapping,
     load_viseme_tables,
     smoothstep,
@@ -301,13 +301,7 @@ class Blender(FrameClockNode):
     def _lookup(self, sessions: "list[str] | np.ndarray", hint: np.ndarray | None = None, pad: str = "") -> np.ndarray:
         """Slots of these sessions (first-seen ones get a fresh state); marks them seen now. Ids as
         an array are looked up with the sender's rows (``hint``) first (``SessionSlots.lookup_ids``)."""
-        new = None
-        if type(sessions) is np.ndarray:
-            slots, new = self.slots.lookup_ids(sessions, hint, pad, self._c)
-        else:
-            slots = known_slots(self.slots.slot_of, sessions, self._c)
-            if slots is None:
-                slots, new = self.slots.lookup(sessions)
+        slots, new = batch_slots(self.slots, sessions, hint, pad, self._c)
         if new is not None:
             grown = self.cap_w.shape[0] != self.slots.capacity
             if grown:

@@ -35,7 +35,7 @@ from runtime import Message, Node, Pad, Param, ParamError
 from runtime.sessions import SessionSlots, batch_ids, fit
 
 from .compiled import load
-from .face import TABLE_RULE, arkit_names, known_slots, level_masks, load_lod_table
+from .face import TABLE_RULE, arkit_names, batch_slots, level_masks, load_lod_table
 from .wire import N_LOD_LEVELS
 
 _c = load("nodes.face._filters")  # slots_of: a batch's slots in one compiled loop (else np.fromiter)
@@ -118,13 +118,7 @@ class Lod(Node):
             self._drop(msg, weights, names, sessions)
             return None
         n = len(sessions)
-        if type(sessions) is np.ndarray:  # ids as an array: the sender's rows are hints (SessionSlots.lookup_ids)
-            slots, new = self.slots.lookup_ids(sessions, msg.arrays.get("slot"), pad, self._c)
-        else:
-            slots = known_slots(self.slots.slot_of, sessions, self._c)
-            new = None
-            if slots is None:
-                slots, new = self.slots.lookup(sessions)
+        slots, new = batch_slots(self.slots, sessions, msg.arrays.get("slot"), pad, self._c)
         if new is not None:
             self._fit()
             if new.any():

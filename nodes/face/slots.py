@@ -1,9 +1,12 @@
-"""A batch's session slots when every session in it is known already: the usual batch."""
+"""A batch's session slots: the usual batch, every session known already, without a Python loop."""
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Hashable
 
 import numpy as np
+
+from runtime.sessions import SessionSlots
 
 
 def known_slots(slot_of: dict, sessions: list, compiled: ModuleType | None) -> np.ndarray | None:
@@ -19,3 +22,16 @@ def known_slots(slot_of: dict, sessions: list, compiled: ModuleType | None) -> n
         return np.fromiter(map(slot_of.get, sessions), dtype=np.intp, count=n)
     except TypeError:  # one is new (None), or not a session id
         return None
+
+
+def batch_slots(table: SessionSlots, sessions: "list | np.ndarray", hint: np.ndarray | None, sender: Hashable,
+                compiled: ModuleType | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(slots, new) of a batch's sessions (``runtime.batch_ids``): an id array looked up with the
+    sender's rows as hints (``SessionSlots.lookup_ids``), a list through ``known_slots`` first.
+    ``new`` marks the sessions given a slot now; None when the list was all known (nothing to grow)."""
+    if type(sessions) is np.ndarray:
+        return table.lookup_ids(sessions, hint, sender, compiled)
+    slots = known_slots(table.slot_of, sessions, compiled)
+    if slots is not None:
+        return slots, None
+    return table.lookup(sessions)
