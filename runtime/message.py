@@ -182,6 +182,25 @@ class Message:
             setattr(out, name, value)
         return out
 
+    def delivered(self) -> "Message":
+        """This message as a link's receiver gets it, without the bytes in between: read-only views
+        of its arrays, and caps, session, data and trace of its own (a msgpack round trip of those
+        small fields). For nodes handed messages inside one process (``nodes.chain``): what the
+        receiver keeps or changes is never the sender's."""
+        if self._body is not None:  # received and unread: its bytes go on as they are
+            return Message.received(self.kind, self.seq, self.pts_ns, self._body, self._wire[1])
+        try:
+            caps, session, data, trace = _unpackb(_packb((self._caps, _session_field(self), self._data, self._trace)),
+                                                  raw=False, strict_map_key=False, ext_hook=_ext)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a message that cannot travel on a link: {exc}") from None
+        arrays = {}
+        for name, arr in self.arrays.items():
+            view = arr.view()
+            view.flags.writeable = False
+            arrays[name] = view
+        return Message(caps, data, arrays, self.pts_ns, session, trace, self.seq, self.kind)
+
     def __repr__(self) -> str:
         if self._body is not None:
             return f"Message(kind={self.kind.name}, seq={self.seq}, pts_ns={self.pts_ns}, body not yet unpacked)"

@@ -393,7 +393,8 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
     from runtime.graph import parse_graph
 
     graph = parse_graph(capture_pipeline("bench_sessions", rate=a.rate, gather_rate=a.gather_rate, batch=a.batch,
-                                         max_sessions=max(4096, s), tick_on_capture=not a.timer_blender),
+                                         max_sessions=max(4096, s), tick_on_capture=not a.timer_blender,
+                                         one_process=a.one_process),
                         "<bench_sessions>")
     runner = Runner(graph).start()
     senders: list[subprocess.Popen] = []
@@ -451,7 +452,7 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
     web0, web1 = node(s0, "web")["node"], node(s1, "web")["node"]
     tick_rate = (enc1["out"] - enc0["out"]) / dt
     session_fps = (enc1["node"]["packets"] - enc0["node"]["packets"]) / dt / s  # frames per session per second
-    face_rate = (node(s1, "face")["node"]["frames"] - node(s0, "face")["node"]["frames"]) / dt
+    face_rate = (blender(s1)["frames"] - blender(s0)["frames"]) / dt
     (p50, p99), rows = hist_percentiles(web0.get("pipeline_latency_hist"), web1.get("pipeline_latency_hist"), (50, 99))
     (w50, w99), _ = hist_percentiles(cap0.get("gather_wait_hist"), cap1.get("gather_wait_hist"), (50, 99))
     cpu = {n: s1["cpu"][n] - s0["cpu"][n] for n in s0["cpu"]}
@@ -500,6 +501,12 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def blender(snap: dict[str, Any]) -> dict[str, Any]:
+    """The blender's own stats: node ``face``, or the ``face`` inside the bin ``encode`` (``--one-process``)."""
+    nodes = snap["stats"]["nodes"]
+    return nodes["face"]["node"] if "face" in nodes else nodes["encode"]["node"]["nodes"]["face"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 8000], help="session counts S")
@@ -516,6 +523,8 @@ def main() -> None:
                     help="device phases: spread over the period (default), or every device at once")
     ap.add_argument("--senders", type=int, default=0, help="generator processes (default: one per 2,000 devices)")
     ap.add_argument("--templates", type=int, default=30, help="frames of packets built per device (default 30)")
+    ap.add_argument("--one-process", action="store_true",
+                    help="mapper, blender, lod and compressor in one process (a bin node, as graphs/capture-bin.yaml)")
     ap.add_argument("--timer-blender", action="store_true",
                     help="the blender ticks on its timer alone (tick_on_capture: false, the node's default)")
     ap.add_argument("--baseline-sessions", type=int, default=None,

@@ -1,0 +1,165 @@
+"""bin: node types in one process, each one's output handed to the next as a link delivers it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nodes import wire as wf
+from nodes.livelink import SAMPLE_CAPTURE, parse_packet, read_container
+from runtime import Message
+from runtime.errors import GraphError, ParamRefused
+from runtime.graph import parse_graph
+from runtime.recording import read_recording
+from runtime.testing import NodeHarness, start_graph
+from runtime.validate import validate_graph
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
+FRAMES = [parse_packet(p) for p in read_container(SAMPLE_CAPTURE)][:90]
+FRAME_NS = 16_666_667
+SESSIONS = ["PHONE-A", "PHONE-B", "PHONE-C"]
+
+STEPS = [
+    {"name": "retarget", "type": "mapper", "params": {"profile": "identity"}},
+    {"name": "face", "type": "blender", "input": "capture", "params": {"rate": 60, "tick_on_capture": True}},
+    {"name": "detail", "type": "lod"},
+    {"name": "encode", "type": "compressor", "params": {"keyframe_interval": 120, "ref_interval": 1}},
+]
+
+
+def batch(i: int, sessions: list[str]) -> Message:
+    """Frame i of the real capture for these phones (each from its own offset), as arkit_source sends it."""
+    rows = [FRAMES[(i + 7 * k) % len(FRAMES)] for k in range(len(sessions))]
+    weights = np.clip(np.stack([f.weights for f in rows]), 0, 1).astype(np.float32)
+    return Message("arkit/blendshapes", {"active": [True] * len(sessions)},
+                   {"weights": weights, "pose": np.stack([f.pose for f in rows]).astype(np.float32),
+                    "arrival_ns": np.full(len(sessions), 10**12 + i * FRAME_NS, dtype=np.int64)},
+                   pts_ns=10**12 + i * FRAME_NS, session=list(sessions))
+
+
+def _down(apart: list[NodeHarness], pads: list[str], k: int, msgs: list[Message]) -> list[Message]:
+    """What the separate nodes from the k-th on make of these messages."""
+    for h, pad in zip(apart[k:], pads[k:]):
+        msgs = [m for inp in msgs for _, m in h.feed(pad, inp)]
+    return msgs
+
+
+def test_a_bin_sends_what_the_same_nodes_send_one_after_the_other():
+    bin = NodeHarness("bin", nodes=STEPS)
+    apart = [NodeHarness(s["type"], **s.get("params", {})) for s in STEPS]
+    pads = [s.get("input", "in") for s in STEPS]
+    got: list[Message] = []
+    want: list[Message] = []
+    for i in range(90):
+        sessions = SESSIONS if i % 30 < 20 else SESSIONS[:2]  # one phone goes quiet for a while, then comes back
+        msg = batch(i, sessions)
+        got += [m for _, m in bin.feed("in", msg)]
+        want += _down(apart, pads, 0, [msg])
+        got += [m for _, m in bin.advance(1 / 60)]  # the blender's timer: frames of the quiet phone
+        for k, h in enumerate(apart):
+            want += _down(apart, pads, k + 1, [m for _, m in h.advance(1 / 60)])
+    assert len(got) == len(want) >= 90
+    for g, w in zip(got, want):
+        assert g.caps == w.caps == "avatar/packet" and g.session == w.session and g.pts_ns == w.pts_ns
+        assert g.data["packets"] == w.data["packets"]  # byte for byte
+        assert np.array_equal(g.arrays["keyframe"], w.arrays["keyframe"]) and np.array_equal(g.arrays["seq"], w.arrays["seq"])
+    stats = bin.node.stats()
+    assert set(stats["nodes"]) == {"retarget", "face", "detail", "encode"}
+    assert stats["packets"] == stats["nodes"]["encode"]["packets"] == sum(len(m.session) for m in got)
+    assert stats["nodes"]["retarget"]["mapped"] == 90
+
+
+def test_a_node_inside_a_bin_cannot_change_what_the_one_before_it_keeps():
+    """The next node gets read-only arrays and data of its own, as from a link."""
+    msg = batch(0, SESSIONS)
+    got = msg.delivered()
+    assert not got.arrays["weights"].flags.writeable and msg.arrays["weights"].flags.writeable
+    with pytest.raises(ValueError):
+        got.arrays["weights"][0, 0] = 5.0
+    got.data["active"][0] = False
+    assert msg.data["active"] == [True, True, True] and got.session == msg.session
+
+
+def test_the_requests_pad_reaches_every_node_of_the_bin_that_takes_requests():
+    bin = NodeHarness("bin", nodes=STEPS)
+    for i in range(30):
+        bin.feed("in", batch(i, SESSIONS))
+        bin.advance(1 / 60)
+    bin.feed("requests", Message("avatar/request", {"keyframe": ["PHONE-B"]}))  # the compressor's
+    bin.feed("requests", Message("avatar/request", {"lod": {"PHONE-A": 2}}))  # the lod's
+    keyframes = {s: 0 for s in SESSIONS}
+    for i in range(30, 36):
+        for _, out in bin.feed("in", batch(i, SESSIONS)):
+            for sid, key in zip(out.session, out.arrays["keyframe"].tolist()):
+                keyframes[sid] += key
+        bin.advance(1 / 60)
+    assert keyframes == {"PHONE-A": 0, "PHONE-B": 1, "PHONE-C": 0}
+    stats = bin.node.stats()["nodes"]
+    assert stats["encode"]["keyframe_requests"] == 1 and stats["encode"]["keyframes_requested"] == 1
+    assert stats["detail"]["requests"] == 1 and stats["detail"]["per_level"] == [2, 0, 1, 0]
+
+
+@pytest.mark.parametrize("steps, named", [
+    ([{"name": "a", "type": "nosuch"}], "nodes[0] (a): unknown node type 'nosuch'"),
+    ([{"name": "encode", "type": "compressor", "params": {"bits": 99}}], "nodes[0] (encode): "),
+    ([{"name": "x", "type": "mapper"}, {"name": "x", "type": "lod"}], "nodes[1] (x): the name is used twice"),
+    ([{"name": "f", "type": "blender", "input": "nope"}], "nodes[0] (f): no input pad 'nope'"),
+    ([{"name": "m", "type": "mapper", "colour": 1}], "nodes[0]: unknown key(s) colour"),
+    ([{"name": "c", "type": "bin"}], "nodes[0] (c): a bin cannot hold a bin"),
+    ([], "at least one"),
+])
+def test_a_bad_bin_is_refused_before_anything_starts_naming_the_entry(steps, named):
+    graph = parse_graph(json.dumps({"name": "bad_bin", "nodes": {"src": {"type": "arkit_replay", "params": {"path": str(TAKE)}},
+                                                        "pipe": {"type": "bin", "params": {"nodes": steps}},
+                                                        "sink": {"type": "fakesink"}},
+                                    "links": ["src -> pipe.in", "pipe.out -> sink.in"]}), "<test>")
+    with pytest.raises(GraphError) as exc:
+        validate_graph(graph)
+    assert "pipe" in str(exc.value) and named in str(exc.value)
+
+
+GRAPH = """
+name: bin_test
+args: {take: take.csv, out: rec.msgpack}
+nodes:
+  play: {type: arkit_replay, params: {path: "${take}", session: dao, loop: true}}
+  pipe:
+    type: bin
+    params:
+      nodes:
+        - {name: retarget, type: mapper, params: {profile: identity}}
+        - {name: face, type: blender, input: capture, params: {rate: 60, tick_on_capture: true}}
+        - {name: detail, type: lod}
+        - {name: encode, type: compressor, params: {keyframe_interval: 120, ref_interval: 1}}
+  rec: {type: recorder, params: {path: "${out}"}}
+links:
+  - {from: play.out, to: pipe.in, policy: block, size: 16}
+  - {from: pipe.out, to: rec.in, policy: block, size: 16}
+"""
+
+
+def test_a_bin_in_a_running_graph_encodes_the_take_in_one_process(tmp_path):
+    out = tmp_path / "rec.msgpack"
+    runner = start_graph(GRAPH, take=TAKE, out=out)
+    try:
+        inner = lambda: runner.stats(["pipe"])["nodes"]["pipe"]["node"]["nodes"]  # noqa: E731
+        wait_until(lambda: inner()["retarget"]["mapped"] >= 90 and inner()["encode"]["packets"] >= 60, timeout=30)
+        assert inner()["face"]["frames"] >= 60 and inner()["detail"]["rows_out"] >= 60
+        pids = runner.pids()
+        assert len({pids["play"], pids["pipe"], pids["rec"]}) == 3  # four node types, one process
+        with pytest.raises(ParamRefused):  # the bin's nodes change by a hot-swap, not live
+            runner.set_params("pipe", nodes=STEPS[:1])
+    finally:
+        runner.stop()
+    msgs = read_recording(out)
+    packets = [p for m in msgs for p in m.data["packets"]]
+    assert len(packets) >= 60 and all(m.caps == "avatar/packet" and m.session == ["dao"] for m in msgs)
+    dec = wf.Decoder()
+    frames = [dec.decode(p) for p in packets]
+    assert all(f is not None for f in frames) and frames[0].keyframe
+    weights = np.stack([f.weights for f in frames])
+    assert weights.shape == (len(packets), 52) and 0.0 <= weights.min() and weights.max() <= 1.0 and weights.std() > 0.01
