@@ -25,15 +25,16 @@ are the bin's; its stats are the last node's, with each inner node's under ``nod
 
 What a bin gives up is what a process gives: the inner nodes restart, hot-swap and move
 together, and a change to ``nodes`` is a hot-swap of the bin (``avatar swap``). A node type's
-control interface (the blender's emotion) is not reached through the bin, and params an inner node
-changes itself (``Node.keep``) are not kept for its next process.
+control interface (the blender's emotion) is not reached through the bin; params an inner node
+changes itself (``Node.keep``: the levels viewers asked the lod for) are kept in the bin's
+``nodes`` for its next process.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
 from runtime import Message, Node, Pad, Param, ParamError
-from runtime.caps import ANY, CapsSpec
+from runtime.caps import ANY, CapsSpec, caps_compatible, caps_text
 from runtime.errors import NodeTypeError
 from runtime.params import check_params
 from runtime.registry import get_node_type
@@ -98,6 +99,17 @@ def parse_steps(nodes: Any) -> list[Step]:
             problems.append(f"{where}: has no single output to feed the next node (outputs: "
                             f"{', '.join(cls.outputs) or 'none'})")
         steps.append(Step(name, cls, params, pad))
+    if not problems:  # each node must take what the one before it sends
+        arriving: CapsSpec = ANY
+        for i, (prev, step) in enumerate(zip([None, *steps], steps)):
+            if prev is not None:
+                out = prev.cls.default_output()
+                assert out is not None  # checked above
+                arriving = prev.cls.output_caps(out, prev.params) or arriving  # None: what came in goes on
+                accepted = step.cls.input_caps(step.pad, step.params)
+                if not caps_compatible(arriving, accepted):
+                    problems.append(f"nodes[{i}] ({step.name}): its '{step.pad}' takes '{caps_text(accepted)}' but "
+                                    f"{prev.name} sends '{caps_text(arriving)}'")
     if problems:
         raise ParamError("; ".join(problems))
     return steps
@@ -106,8 +118,9 @@ def parse_steps(nodes: Any) -> list[Step]:
 class _Inner:
     """The context of a node inside a bin: its output goes to ``forward``, the rest to the bin's."""
 
-    def __init__(self, outer: Any, forward: Callable[[str | None, Message], None], output: str | None):
-        self.outer, self.forward, self.output = outer, forward, output
+    def __init__(self, outer: Any, forward: Callable[[str | None, Message], None], output: str | None,
+                 keep: Callable[[Mapping[str, Any]], None]):
+        self.outer, self.forward, self.output, self._keep = outer, forward, output, keep
         self.instance = getattr(outer, "instance", 0)
         self.linked_inputs = frozenset()  # set by the bin: the pads it feeds
 
@@ -134,7 +147,7 @@ class _Inner:
         self.outer.post(level, text, **fields)
 
     def keep(self, params: Mapping[str, Any]) -> None:
-        pass  # an inner node's own params live in the bin's ``nodes``; not kept apart
+        self._keep(params)
 
     def now_ns(self) -> int:
         return self.outer.now_ns()
@@ -171,6 +184,16 @@ class Bin(Node):
         return ANY if out is None else (last.cls.output_caps(out, last.params) or ANY)
 
     @classmethod
+    def input_caps(cls, pad: str, params: Mapping[str, Any]) -> CapsSpec:
+        if pad != "in":
+            return super().input_caps(pad, params)
+        try:
+            first = parse_steps(params.get("nodes"))[0]
+        except ParamError:
+            return ANY
+        return first.cls.input_caps(first.pad, first.params)
+
+    @classmethod
     def latency_ns(cls, params: Mapping[str, Any]) -> int:
         try:
             steps = parse_steps(params.get("nodes"))
@@ -183,7 +206,7 @@ class Bin(Node):
         self.nodes: list[Node] = []
         forward: Callable[[str | None, Message], None] = self._out
         for step in reversed(self.steps):  # the last one first: each node's output goes to the next's process
-            ctx = _Inner(self.ctx, forward, step.cls.default_output())
+            ctx = _Inner(self.ctx, forward, step.cls.default_output(), self._keeper(step))
             node = step.cls(f"{self.name}.{step.name}", step.params, ctx)
             ctx.linked_inputs = frozenset({step.pad})
             self.nodes.insert(0, node)
@@ -195,6 +218,18 @@ class Bin(Node):
                 node.ctx.linked_inputs = frozenset({step.pad, "requests"})  # type: ignore[attr-defined]
         for node in self.nodes:
             node.setup()
+
+    def _keeper(self, step: Step) -> Callable[[Mapping[str, Any]], None]:
+        """An inner node's ``keep``: its params in the bin's ``nodes``, kept by the runner for the
+        bin's next process (a restart, a swap), as a node's own kept params are."""
+        def keep(params: Mapping[str, Any]) -> None:
+            nodes = [dict(e) for e in self.p.nodes]
+            for entry in nodes:
+                if entry.get("name") == step.name:
+                    entry["params"] = {**(entry.get("params") or {}), **params}
+            self.p.nodes = nodes
+            self.ctx.keep({"nodes": nodes})
+        return keep
 
     def _into(self, node: Node, pad: str) -> Callable[[str | None, Message], None]:
         def forward(_: str | None, msg: Message) -> None:

@@ -177,6 +177,13 @@ class Node:
         return cls.outputs[pad].static_caps(params)
 
     @classmethod
+    def input_caps(cls, pad: str, params: Mapping[str, Any]) -> CapsSpec:
+        """Caps an input pad accepts with these params; by default what the Pad declares.
+
+        Override when params decide it (a ``bin`` takes what its first node takes)."""
+        return cls.inputs[pad].caps
+
+    @classmethod
     def latency_ns(cls, params: Mapping[str, Any]) -> int:
         """Time (ns) this node type holds data back with these params (full, defaults filled in):
         a recognizer's decision delay, a lead-in, a smoother's lag, a sink's queue. Summed along

@@ -101,6 +101,9 @@ def test_the_requests_pad_reaches_every_node_of_the_bin_that_takes_requests():
     stats = bin.node.stats()["nodes"]
     assert stats["encode"]["keyframe_requests"] == 1 and stats["encode"]["keyframes_requested"] == 1
     assert stats["detail"]["requests"] == 1 and stats["detail"]["per_level"] == [2, 0, 1, 0]
+    # what the lod keeps for its next process (Node.keep) is kept in the bin's nodes, for the bin's
+    kept = {e["name"]: e.get("params", {}) for e in bin.kept["nodes"]}
+    assert kept["detail"] == {"levels": {"PHONE-A": 2}} and kept["encode"] == STEPS[3]["params"]
 
 
 @pytest.mark.parametrize("steps, named", [
@@ -111,6 +114,8 @@ def test_the_requests_pad_reaches_every_node_of_the_bin_that_takes_requests():
     ([{"name": "m", "type": "mapper", "colour": 1}], "nodes[0]: unknown key(s) colour"),
     ([{"name": "c", "type": "bin"}], "nodes[0] (c): a bin cannot hold a bin"),
     ([], "at least one"),
+    ([{"name": "c", "type": "compressor"}, {"name": "m", "type": "mapper"}],
+     "nodes[1] (m): its 'in' takes 'arkit/blendshapes' but c sends 'avatar/packet'"),
 ])
 def test_a_bad_bin_is_refused_before_anything_starts_naming_the_entry(steps, named):
     graph = parse_graph(json.dumps({"name": "bad_bin", "nodes": {"src": {"type": "arkit_replay", "params": {"path": str(TAKE)}},
@@ -120,6 +125,16 @@ def test_a_bad_bin_is_refused_before_anything_starts_naming_the_entry(steps, nam
     with pytest.raises(GraphError) as exc:
         validate_graph(graph)
     assert "pipe" in str(exc.value) and named in str(exc.value)
+
+
+def test_a_bin_takes_what_its_first_node_takes():
+    graph = parse_graph(json.dumps({"name": "bad_link", "nodes": {
+        "voice": {"type": "testsrc", "params": {"caps": "audio/pcm"}},
+        "pipe": {"type": "bin", "params": {"nodes": STEPS}}, "sink": {"type": "fakesink"}},
+        "links": ["voice -> pipe.in", "pipe.out -> sink.in"]}), "<test>")
+    with pytest.raises(GraphError) as exc:
+        validate_graph(graph)
+    assert "caps mismatch on link" in str(exc.value) and "pipe.in accepts 'arkit/blendshapes'" in str(exc.value)
 
 
 GRAPH = """
