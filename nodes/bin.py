@@ -19,9 +19,12 @@ read-only views of the arrays and its own data), with no socket and no wake-up::
 
 The bin's ``in`` feeds the first node's input (``input``: which pad, by default the node's
 default input), each node's default output feeds the next one's ``input``, and the last one's
-default output is the bin's ``out``. ``requests`` (a sink's feedback link) goes to every node
-of the bin that has a ``requests`` input. The inner nodes' timers, watched sockets and warnings
-are the bin's; its stats are the last node's, with each inner node's under ``nodes``.
+default output is the bin's ``out``. A source may start a bin (then its ``in`` takes nothing),
+so a whole pipeline can run in one process, from ``arkit_source`` to a sink. Any other output
+goes, by its name, to the inputs of that name of the bin's other nodes: a sink's ``requests``
+reach the lod and the compressor before it. ``requests`` from outside (a sink's feedback link)
+go to every node of the bin that takes them. The inner nodes' timers, watched sockets and
+warnings are the bin's; its stats are the last node's, with each inner node's under ``nodes``.
 
 What a bin gives up is what a process gives: the inner nodes restart, hot-swap and move
 together, and a change to ``nodes`` is a hot-swap of the bin (``avatar swap``). A node type's
@@ -44,9 +47,9 @@ _STEP_KEYS = {"name", "type", "params", "input"}
 
 
 class Step:
-    """One node of a bin, as its ``nodes`` entry declares it."""
+    """One node of a bin, as its ``nodes`` entry declares it (``pad`` None: a source, first)."""
 
-    def __init__(self, name: str, cls: type[Node], params: dict[str, Any], pad: str):
+    def __init__(self, name: str, cls: type[Node], params: dict[str, Any], pad: str | None):
         self.name, self.cls, self.params, self.pad = name, cls, params, pad
 
 
@@ -92,7 +95,12 @@ def parse_steps(nodes: Any) -> list[Step]:
             continue
         problems += [f"{where}: {p}" for p in cls.check_config(params)]
         pad = entry.get("input") or cls.default_input()
-        if pad not in cls.inputs:
+        if not cls.inputs and "input" not in entry:  # a source
+            if i:
+                problems.append(f"{where}: a source ({type_name}) can only start a bin")
+                continue
+            pad = None
+        elif pad not in cls.inputs:
             problems.append(f"{where}: no input pad {pad!r} to feed (inputs: {', '.join(cls.inputs) or 'none'})")
             continue
         if i < len(nodes) - 1 and cls.default_output() is None:
@@ -102,7 +110,7 @@ def parse_steps(nodes: Any) -> list[Step]:
     if not problems:  # each node must take what the one before it sends
         arriving: CapsSpec = ANY
         for i, (prev, step) in enumerate(zip([None, *steps], steps)):
-            if prev is not None:
+            if prev is not None and step.pad is not None:
                 out = prev.cls.default_output()
                 assert out is not None  # checked above
                 arriving = prev.cls.output_caps(out, prev.params) or arriving  # None: what came in goes on
@@ -116,20 +124,18 @@ def parse_steps(nodes: Any) -> list[Step]:
 
 
 class _Inner:
-    """The context of a node inside a bin: its output goes to ``forward``, the rest to the bin's."""
+    """The context of a node inside a bin: what it sends goes where the bin routes it, the rest is the bin's."""
 
-    def __init__(self, outer: Any, forward: Callable[[str | None, Message], None], output: str | None,
-                 keep: Callable[[Mapping[str, Any]], None]):
-        self.outer, self.forward, self.output, self._keep = outer, forward, output, keep
-        self.instance = getattr(outer, "instance", 0)
-        self.linked_inputs = frozenset()  # set by the bin: the pads it feeds
+    def __init__(self, bin: "Bin", index: int):
+        self.bin, self.index, self.outer = bin, index, bin.ctx
+        self.instance = getattr(self.outer, "instance", 0)
+        self.linked_inputs: frozenset[str] = frozenset()  # set by the bin: the pads it feeds
 
     def emit(self, pad: str | None, msg: Message) -> None:
-        if pad is None or pad == self.output:
-            self.forward(pad, msg)
+        self.bin._emitted(self.index, pad, msg)
 
     def end_stream(self) -> None:
-        self.outer.end_stream()
+        self.bin._source_ended(self.index)
 
     def every(self, period_s: float, fn: Callable[[], None]) -> Any:
         return self.outer.every(period_s, fn)
@@ -147,7 +153,7 @@ class _Inner:
         self.outer.post(level, text, **fields)
 
     def keep(self, params: Mapping[str, Any]) -> None:
-        self._keep(params)
+        self.bin._kept(self.index, params)
 
     def now_ns(self) -> int:
         return self.outer.now_ns()
@@ -157,7 +163,8 @@ class Bin(Node):
     """Several node types in one process, each one's output handed to the next (no socket, no wake-up)."""
 
     inputs = {
-        "in": Pad(ANY, doc="what the first node of the bin takes (its 'input' pad)"),
+        "in": Pad(ANY, required=False, doc="what the first node of the bin takes (its 'input' pad); "
+                                           "required unless the bin starts with a source"),
         "requests": Pad("avatar/request", required=False,
                         doc="feedback from a sink: to every node of the bin with a 'requests' input"),
     }
@@ -191,7 +198,15 @@ class Bin(Node):
             first = parse_steps(params.get("nodes"))[0]
         except ParamError:
             return ANY
-        return first.cls.input_caps(first.pad, first.params)
+        return ANY if first.pad is None else first.cls.input_caps(first.pad, first.params)
+
+    @classmethod
+    def required_inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
+        try:
+            first = parse_steps(params.get("nodes"))[0]
+        except ParamError:
+            return frozenset({"in"})
+        return frozenset() if first.pad is None else frozenset({"in"})
 
     @classmethod
     def latency_ns(cls, params: Mapping[str, Any]) -> int:
@@ -199,56 +214,86 @@ class Bin(Node):
             steps = parse_steps(params.get("nodes"))
         except ParamError:
             return 0
-        return sum(s.cls.input_latency_ns(s.params, s.pad) for s in steps)
+        return sum(s.cls.latency_ns(s.params) if s.pad is None else s.cls.input_latency_ns(s.params, s.pad)
+                   for s in steps)
 
     def setup(self) -> None:
         self.steps = parse_steps(self.p.nodes)
-        self.nodes: list[Node] = []
-        forward: Callable[[str | None, Message], None] = self._out
-        for step in reversed(self.steps):  # the last one first: each node's output goes to the next's process
-            ctx = _Inner(self.ctx, forward, step.cls.default_output(), self._keeper(step))
-            node = step.cls(f"{self.name}.{step.name}", step.params, ctx)
-            ctx.linked_inputs = frozenset({step.pad})
-            self.nodes.insert(0, node)
-            forward = self._into(node, step.pad)
-        self.first = forward
-        self.feedback = [n for n in self.nodes if "requests" in type(n).inputs]
+        self.nodes: list[Node] = [step.cls(f"{self.name}.{step.name}", step.params, _Inner(self, i))
+                                  for i, step in enumerate(self.steps)]
+        self.chain_out = [step.cls.default_output() for step in self.steps]
+        # an output that is not a node's link to the next goes to the inputs of that name in the bin
+        # (a sink's requests to the lod and the compressor before it); those from outside too
+        self.takers: dict[str, list[int]] = {}
+        for i, step in enumerate(self.steps):
+            for pad in step.cls.inputs:
+                if pad != step.pad:
+                    self.takers.setdefault(pad, []).append(i)
+        sent = {pad for step in self.steps for pad in step.cls.outputs}
         for node, step in zip(self.nodes, self.steps):
-            if node in self.feedback and self.linked("requests"):
-                node.ctx.linked_inputs = frozenset({step.pad, "requests"})  # type: ignore[attr-defined]
+            fed = {pad for pad in step.cls.inputs if pad in sent or (pad == "requests" and self.linked("requests"))}
+            node.ctx.linked_inputs = frozenset(fed | ({step.pad} if step.pad else set()))  # type: ignore[attr-defined]
+        self.eos_next = 0  # the first node whose on_eos has not run
+        self.dropped = 0
         for node in self.nodes:
             node.setup()
 
-    def _keeper(self, step: Step) -> Callable[[Mapping[str, Any]], None]:
+    def _emitted(self, i: int, pad: str | None, msg: Message) -> None:
+        """Node i sent ``msg`` on ``pad`` (None: its default output): to the next node, to the nodes
+        of the bin that take that pad, or out of the bin (the last node's output)."""
+        out = self.chain_out[i]
+        pad = out if pad is None else pad
+        last = i == len(self.nodes) - 1
+        if pad == out and not last:
+            self._deliver(i + 1, self.steps[i + 1].pad, msg)
+            return
+        takers = [j for j in self.takers.get(pad, ()) if j != i]
+        for j in takers:
+            self._deliver(j, pad, msg)
+        if not takers and last and pad == out:
+            self.ctx.emit("out", msg)
+
+    def _deliver(self, j: int, pad: str | None, msg: Message) -> None:
+        if pad is None:
+            return  # a source takes nothing
+        out = self.nodes[j].process(pad, msg.delivered())
+        if out is not None:
+            self._emitted(j, None, out)
+
+    def _source_ended(self, i: int) -> None:
+        """The source that starts the bin is done: the nodes after it end as their inputs would."""
+        self._end_from(i + 1)
+        self.ctx.end_stream()
+
+    def _end_from(self, i: int) -> None:
+        """on_eos of the nodes from i on, in order (what one sends at its end goes through the ones
+        after it), each once."""
+        while self.eos_next < len(self.nodes):
+            k = self.eos_next
+            self.eos_next += 1
+            if k >= i:
+                self.nodes[k].on_eos()
+
+    def _kept(self, i: int, params: Mapping[str, Any]) -> None:
         """An inner node's ``keep``: its params in the bin's ``nodes``, kept by the runner for the
         bin's next process (a restart, a swap), as a node's own kept params are."""
-        def keep(params: Mapping[str, Any]) -> None:
-            nodes = [dict(e) for e in self.p.nodes]
-            for entry in nodes:
-                if entry.get("name") == step.name:
-                    entry["params"] = {**(entry.get("params") or {}), **params}
-            self.p.nodes = nodes
-            self.ctx.keep({"nodes": nodes})
-        return keep
-
-    def _into(self, node: Node, pad: str) -> Callable[[str | None, Message], None]:
-        def forward(_: str | None, msg: Message) -> None:
-            out = node.process(pad, msg.delivered())
-            if out is not None:
-                node.ctx.emit(None, out)
-        return forward
-
-    def _out(self, _: str | None, msg: Message) -> None:
-        self.ctx.emit("out", msg)
+        nodes = [dict(e) for e in self.p.nodes]
+        nodes[i]["params"] = {**(nodes[i].get("params") or {}), **params}
+        self.p.nodes = nodes
+        self.ctx.keep({"nodes": nodes})
 
     def process(self, pad: str, msg: Message) -> Message | None:
-        if pad == "requests":
-            for node in self.feedback:
-                out = node.process("requests", msg)
-                if out is not None:
-                    node.ctx.emit(None, out)
-            return None
-        self.first(None, msg)
+        if pad == "in":
+            if self.steps[0].pad is None:  # a bin that starts with a source takes nothing in
+                self.dropped += 1
+                if self.dropped & (self.dropped - 1) == 0:
+                    self.warn(f"dropped {self.dropped} message(s) on 'in': the bin starts with a source "
+                              f"({self.steps[0].name})")
+                return None
+            self._deliver(0, self.steps[0].pad, msg)
+        else:  # requests from outside: every node of the bin that takes them
+            for j in self.takers.get(pad, ()):
+                self._deliver(j, pad, msg)
         return None
 
     def on_play(self) -> None:
@@ -262,12 +307,11 @@ class Bin(Node):
     def on_latency(self, upstream_ns: int, pads: Mapping[str, int]) -> None:
         held = upstream_ns
         for node, step in zip(self.nodes, self.steps):
-            node.on_latency(held, {step.pad: held})
-            held += step.cls.input_latency_ns(step.params, step.pad)
+            node.on_latency(held, {step.pad: held} if step.pad else {})
+            held += step.cls.latency_ns(step.params) if step.pad is None else step.cls.input_latency_ns(step.params, step.pad)
 
     def on_eos(self) -> None:
-        for node in self.nodes:  # in order: what a node sends at its end goes through the ones after it
-            node.on_eos()
+        self._end_from(0)
 
     def teardown(self) -> None:
         for node in reversed(getattr(self, "nodes", [])):

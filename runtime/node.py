@@ -184,6 +184,11 @@ class Node:
         return cls.inputs[pad].caps
 
     @classmethod
+    def required_inputs(cls, params: Mapping[str, Any]) -> frozenset[str]:
+        """Input pads a link must feed with these params; by default those declared ``required``."""
+        return frozenset(name for name, pad in cls.inputs.items() if pad.required)
+
+    @classmethod
     def latency_ns(cls, params: Mapping[str, Any]) -> int:
         """Time (ns) this node type holds data back with these params (full, defaults filled in):
         a recognizer's decision delay, a lead-in, a smoother's lag, a sink's queue. Summed along

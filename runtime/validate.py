@@ -114,8 +114,10 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
     for name, cls in types.items():
         only = cls.default_input()
         connected = {l.dst_pad or only for l in graph.links if l.dst == name}
-        for pad_name, pad in cls.inputs.items():
-            if pad.required and pad_name not in connected:
+        required = ({n for n, pad in cls.inputs.items() if pad.required} if name in bad_params  # as declared
+                    else cls.required_inputs({**{k: v.default for k, v in cls.params.items()}, **graph.nodes[name].params}))
+        for pad_name in cls.inputs:
+            if pad_name in required and pad_name not in connected:
                 p(f"node '{name}' ({graph.nodes[name].type}): required input '{pad_name}' is not connected", graph.nodes[name].line)
 
     if not cycle:

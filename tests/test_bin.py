@@ -1,23 +1,31 @@
 """bin: node types in one process, each one's output handed to the next as a link delivers it."""
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import websockets
 
 from nodes import wire as wf
-from nodes.livelink import SAMPLE_CAPTURE, parse_packet, read_container
+from nodes.livelink import SAMPLE_CAPTURE, build_packets, parse_packet, read_container
 from runtime import Message
 from runtime.errors import GraphError, ParamRefused
 from runtime.graph import parse_graph
 from runtime.recording import read_recording
 from runtime.testing import NodeHarness, start_graph
 from runtime.validate import validate_graph
-from tests.helpers import wait_until
+from tests.helpers import paced, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from llf_send import device_ids, synthetic_values  # noqa: E402
+
 TAKE = ROOT / "tests" / "data" / "llf_dao_take.csv"
 FRAMES = [parse_packet(p) for p in read_container(SAMPLE_CAPTURE)][:90]
 FRAME_NS = 16_666_667
@@ -114,6 +122,7 @@ def test_the_requests_pad_reaches_every_node_of_the_bin_that_takes_requests():
     ([{"name": "m", "type": "mapper", "colour": 1}], "nodes[0]: unknown key(s) colour"),
     ([{"name": "c", "type": "bin"}], "nodes[0] (c): a bin cannot hold a bin"),
     ([], "at least one"),
+    ([{"name": "m", "type": "mapper"}, {"name": "t", "type": "testsrc"}], "nodes[1] (t): a source (testsrc) can only start a bin"),
     ([{"name": "c", "type": "compressor"}, {"name": "m", "type": "mapper"}],
      "nodes[1] (m): its 'in' takes 'arkit/blendshapes' but c sends 'avatar/packet'"),
 ])
@@ -135,6 +144,21 @@ def test_a_bin_takes_what_its_first_node_takes():
     with pytest.raises(GraphError) as exc:
         validate_graph(graph)
     assert "caps mismatch on link" in str(exc.value) and "pipe.in accepts 'arkit/blendshapes'" in str(exc.value)
+
+
+def test_a_bin_needs_its_in_linked_unless_a_source_starts_it():
+    def problems(steps: list) -> str:
+        graph = parse_graph(json.dumps({"name": "lone", "nodes": {"pipe": {"type": "bin", "params": {"nodes": steps}},
+                                                                   "sink": {"type": "fakesink"}},
+                                        "links": ["pipe.out -> sink.in"]}), "<test>")
+        try:
+            validate_graph(graph)
+        except GraphError as exc:
+            return str(exc)
+        return ""
+
+    assert "node 'pipe' (bin): required input 'in' is not connected" in problems(STEPS)
+    assert problems([{"name": "src", "type": "testsrc", "params": {"caps": "arkit/blendshapes"}}, *STEPS[:1]]) == ""
 
 
 GRAPH = """
@@ -178,3 +202,66 @@ def test_a_bin_in_a_running_graph_encodes_the_take_in_one_process(tmp_path):
     assert all(f is not None for f in frames) and frames[0].keyframe
     weights = np.stack([f.weights for f in frames])
     assert weights.shape == (len(packets), 52) and 0.0 <= weights.min() and weights.max() <= 1.0 and weights.std() > 0.01
+
+
+GRAPH_ALL = """
+name: bin_all
+nodes:
+  all:
+    type: bin
+    params:
+      nodes:
+        - {name: capture, type: arkit_source, params: {host: 127.0.0.1, port: 0}}
+        - {name: retarget, type: mapper, params: {profile: identity}}
+        - {name: face, type: blender, input: capture, params: {rate: 60, tick_on_capture: true}}
+        - {name: detail, type: lod}
+        - {name: encode, type: compressor, params: {keyframe_interval: 600, ref_interval: 1}}
+        - {name: web, type: websocket_sink, params: {host: 127.0.0.1, port: 0}}
+"""
+PHONES = device_ids(3)
+
+
+def _phones(port: int, stop: threading.Event) -> None:
+    """Three phones at 60 Hz until stopped."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for frame in paced(60, stop.is_set):
+            for packet in build_packets(PHONES, synthetic_values(frame / 60, len(PHONES)), frame=frame):
+                sock.sendto(packet, ("127.0.0.1", port))
+
+
+def test_a_whole_capture_pipeline_in_one_bin_serves_a_viewer_and_takes_its_requests_inside():
+    """Source to sink in one process: the sink's keyframe and level requests reach the compressor
+    and the lod inside the bin (a viewer joining mid-stream gets its keyframe at once, not after
+    the 10 s periodic one)."""
+    runner = start_graph(GRAPH_ALL)
+    stop = threading.Event()
+    phones = None
+    try:
+        inner = lambda: runner.stats(["all"])["nodes"]["all"]["node"]["nodes"]  # noqa: E731
+        ports = wait_until(lambda: inner()["web"]["port"] and (inner()["capture"]["port"], inner()["web"]["port"]), 10)
+        phones = threading.Thread(target=_phones, args=(ports[0], stop), daemon=True)
+        phones.start()
+        wait_until(lambda: inner()["encode"]["packets"] >= 3 * 90, 20, what="1.5 s of all three phones encoded")
+
+        async def view() -> tuple[list, list[int]]:
+            url = f"ws://127.0.0.1:{ports[1]}/ws?session={PHONES[1]}&lod=2"
+            async with websockets.connect(url) as ws:
+                dec, frames = wf.Decoder(), []
+                async with asyncio.timeout(10):
+                    while len(frames) < 30:
+                        m = await ws.recv()
+                        if isinstance(m, bytes):
+                            frames.append(dec.decode(m))
+                return frames, inner()["detail"]["per_level"]  # while the viewer watches at level 2
+
+        frames, levels = asyncio.run(view())
+        assert frames[0] is not None and frames[0].keyframe and all(f is not None for f in frames)
+        assert {f.session for f in frames} == {PHONES[1]}
+        assert inner()["encode"]["keyframe_requests"] >= 1 and inner()["encode"]["keyframes_requested"] >= 1
+        assert inner()["detail"]["requests"] >= 1 and levels[2] == 1
+        assert list(runner.pids()) == ["all"] and not runner.bus.messages("ERROR")
+    finally:
+        stop.set()
+        if phones is not None:
+            phones.join(5)
+        runner.stop()

@@ -2,7 +2,7 @@
 """Many avatars through one graph: the full capture pipeline under S simulated Live Link Face devices.
 
     .venv/bin/python tools/bench_sessions.py [--sizes 1000 2000 5000 8000] [--seconds 10] [--viewers 3]
-        [--gather-rate 240] [--batch fresh] [--timer-blender] [--baseline-sessions N]
+        [--gather-rate 240] [--batch fresh] [--timer-blender] [--baseline-sessions N] [--bin none|middle|all]
 
 For each S, the graph of ``graphs/capture.yaml`` runs with the runtime's Python API (every node
 its own process)::
@@ -10,6 +10,10 @@ its own process)::
     arkit_source (UDP 127.0.0.1, rate 240, batch fresh) -> mapper (identity)
       -> blender (rate 60, tick_on_capture) -> lod -> compressor -> websocket_sink (port 0)
       -> a few WebSocket viewers in this process
+
+``--bin middle`` runs mapper, blender, lod and compressor in one process (a ``bin`` node, as
+``graphs/capture-bin.yaml``), ``--bin all`` the whole pipeline from source to sink; the nodes and
+their params are the same.
 
 ``--gather-rate 60 --batch all`` gives the other way to batch: every session in one batch per
 60 Hz tick (then a packet waits up to a whole frame for its tick).
@@ -39,7 +43,8 @@ count frames and gaps.
 
 Measured over ``--seconds`` after the sessions have joined and a warm-up:
 
-- batch/s and fps: batches per second out of the compressor, and frames per second per session
+- batch/s and fps: batches per second out of the compressor (with ``--bin all``, out of the
+  source), and frames per second per session
   (packets out of the compressor / S);
 - latency p50/p99 from UDP arrival to sink output: ``arkit_source`` stamps each row's packet
   arrival (``arrival_ns``), the blender carries it for the rows that show a capture packet for
@@ -388,21 +393,29 @@ def node(snap: dict, name: str) -> dict:
     return snap["stats"]["nodes"][name]
 
 
+def own(snap: dict, name: str) -> dict[str, Any]:
+    """A node's own stats (``Node.stats``), whether it runs as its own process or inside a bin."""
+    nodes = snap["stats"]["nodes"]
+    if name in nodes:
+        return nodes[name]["node"]
+    return next(n["node"]["nodes"][name] for n in nodes.values() if name in n["node"].get("nodes", {}))
+
+
 def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
     from runtime import Runner
     from runtime.graph import parse_graph
 
     graph = parse_graph(capture_pipeline("bench_sessions", rate=a.rate, gather_rate=a.gather_rate, batch=a.batch,
                                          max_sessions=max(4096, s), tick_on_capture=not a.timer_blender,
-                                         one_process=a.one_process),
+                                         bin=a.bin),
                         "<bench_sessions>")
     runner = Runner(graph).start()
     senders: list[subprocess.Popen] = []
     viewers = None
     try:
-        st = runner.stats()["nodes"]
-        udp_port = st["capture"]["node"]["port"]
-        web_port = st["web"]["node"]["port"]
+        st = {"stats": runner.stats()}
+        udp_port = own(st, "capture")["port"]
+        web_port = own(st, "web")["port"]
         pids = runner.pids()
         rcv0 = udp_rcvbuf_errors()
         n_senders = min(s, a.senders or max(1, math.ceil(s / 2000)))
@@ -418,7 +431,7 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + 30 + s / 200
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            enc = runner.stats()["nodes"]["encode"]["node"]
+            enc = own({"stats": runner.stats()}, "encode")
             if enc.get("sessions", 0) >= s:
                 break
         else:
@@ -447,12 +460,15 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
         runner.stop(drain=False)
 
     dt = s1["t"] - s0["t"]
-    cap0, cap1, cap2 = node(s0, "capture")["node"], node(s1, "capture")["node"], node(s2, "capture")["node"]
-    enc0, enc1 = node(s0, "encode"), node(s1, "encode")
-    web0, web1 = node(s0, "web")["node"], node(s1, "web")["node"]
-    tick_rate = (enc1["out"] - enc0["out"]) / dt
-    session_fps = (enc1["node"]["packets"] - enc0["node"]["packets"]) / dt / s  # frames per session per second
-    face_rate = (blender(s1)["frames"] - blender(s0)["frames"]) / dt
+    cap0, cap1, cap2 = own(s0, "capture"), own(s1, "capture"), own(s2, "capture")
+    enc0, enc1 = own(s0, "encode"), own(s1, "encode")
+    web0, web1 = own(s0, "web"), own(s1, "web")
+    if "encode" in s1["stats"]["nodes"]:  # the compressor's process (or the bin it is last in): its batches out
+        tick_rate = (node(s1, "encode")["out"] - node(s0, "encode")["out"]) / dt
+    else:  # the whole pipeline in one bin: the source's batches
+        tick_rate = (cap1["batches"] - cap0["batches"]) / dt
+    session_fps = (enc1["packets"] - enc0["packets"]) / dt / s  # frames per session per second
+    face_rate = (own(s1, "face")["frames"] - own(s0, "face")["frames"]) / dt
     (p50, p99), rows = hist_percentiles(web0.get("pipeline_latency_hist"), web1.get("pipeline_latency_hist"), (50, 99))
     (w50, w99), _ = hist_percentiles(cap0.get("gather_wait_hist"), cap1.get("gather_wait_hist"), (50, 99))
     cpu = {n: s1["cpu"][n] - s0["cpu"][n] for n in s0["cpu"]}
@@ -501,12 +517,6 @@ def run_size(s: int, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def blender(snap: dict[str, Any]) -> dict[str, Any]:
-    """The blender's own stats: node ``face``, or the ``face`` inside the bin ``encode`` (``--one-process``)."""
-    nodes = snap["stats"]["nodes"]
-    return nodes["face"]["node"] if "face" in nodes else nodes["encode"]["node"]["nodes"]["face"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 8000], help="session counts S")
@@ -523,8 +533,9 @@ def main() -> None:
                     help="device phases: spread over the period (default), or every device at once")
     ap.add_argument("--senders", type=int, default=0, help="generator processes (default: one per 2,000 devices)")
     ap.add_argument("--templates", type=int, default=30, help="frames of packets built per device (default 30)")
-    ap.add_argument("--one-process", action="store_true",
-                    help="mapper, blender, lod and compressor in one process (a bin node, as graphs/capture-bin.yaml)")
+    ap.add_argument("--bin", choices=("none", "middle", "all"), default="none",
+                    help="nodes in one process (a bin node): none (default), mapper to compressor (middle, as "
+                         "graphs/capture-bin.yaml), or source to sink (all)")
     ap.add_argument("--timer-blender", action="store_true",
                     help="the blender ticks on its timer alone (tick_on_capture: false, the node's default)")
     ap.add_argument("--baseline-sessions", type=int, default=None,

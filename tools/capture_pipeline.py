@@ -3,8 +3,9 @@
 arkit_source (UDP on 127.0.0.1, a free port) -> mapper (identity) -> blender -> lod -> compressor
 -> websocket_sink (a free port), with the sink's keyframe and LOD requests on feedback links:
 graphs/capture.yaml's chain, with loopback addresses and free ports for benchmarks. With
-``one_process=True`` the four nodes between source and sink run in one process (a ``bin`` node named
-``encode``, its nodes named as the separate ones), as ``graphs/capture-bin.yaml``.
+``bin="middle"`` the four nodes between source and sink run in one process (a ``bin`` node named
+``encode``, its nodes named as the separate ones), as ``graphs/capture-bin.yaml``; with
+``bin="all"`` all six do (a ``bin`` named ``all``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ links:
   - {{from: web.requests, to: detail.requests, feedback: true}}
 """
 
-_BIN = _SOURCE + """  encode:
+_MIDDLE = _SOURCE + """  encode:
     type: bin
     params:
       nodes:
@@ -46,15 +47,33 @@ links:
   - {{from: web.requests, to: encode.requests, feedback: true}}
 """
 
+_ALL = """
+name: {name}
+nodes:
+  all:
+    type: bin
+    params:
+      nodes:
+        - {{name: capture, type: arkit_source, params: {{host: 127.0.0.1, port: 0, rate: {gather_rate}, batch: {batch},
+                                                     session_timeout: {session_timeout}, max_sessions: {max_sessions}}}}}
+        - {{name: retarget, type: mapper, params: {{profile: identity}}}}
+        - {{name: face, type: blender, input: capture, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
+        - {{name: detail, type: lod}}
+        - {{name: encode, type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
+        - {{name: web, type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
+"""
+BINS = {"none": _GRAPH, "middle": _MIDDLE, "all": _ALL}
+
 
 def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None = 240.0, batch: str = "fresh",
                      max_sessions: int = 4096, session_timeout: float = 2.0, tick_on_capture: bool = True,
-                     one_process: bool = False) -> str:
+                     bin: str = "none") -> str:
     """Graph text. ``rate``: the blender's frame rate; ``gather_rate`` and ``batch``: arkit_source's
     tick rate (None: ``rate``) and what a tick's batch holds (``all`` or ``fresh``), by default as
     in graphs/capture.yaml;
     ``tick_on_capture``: frames follow each session's capture (else the blender's timer alone);
-    ``one_process``: mapper, blender, lod and compressor in one process."""
-    return (_BIN if one_process else _GRAPH).format(name=name, rate=rate, gather_rate=gather_rate or rate, batch=batch,
+    ``bin``: every node its own process (``none``), mapper, blender, lod and compressor in one
+    (``middle``), or the whole pipeline in one (``all``)."""
+    return BINS[bin].format(name=name, rate=rate, gather_rate=gather_rate or rate, batch=batch,
                                                 max_sessions=max_sessions, session_timeout=session_timeout,
                                                 sync=str(tick_on_capture).lower())
