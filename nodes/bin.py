@@ -6,7 +6,7 @@ process wakes, reads the link, decodes, and its code runs with caches the other 
 filled. On a 2-core machine that is about 0.1 core per node at 240 messages a second whatever the
 batch holds (``docs/performance.md``). A bin runs a line of node types in one process and hands
 each message to the next node as a link would deliver it (``Message.delivered``: the receiver gets
-read-only views of the arrays and its own data), with no socket and no wake-up::
+read-only arrays and data of its own), with no socket and no wake-up::
 
     pipeline:
       type: bin

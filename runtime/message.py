@@ -183,10 +183,10 @@ class Message:
         return out
 
     def delivered(self) -> "Message":
-        """This message as a link's receiver gets it, without the bytes in between: read-only views
-        of its arrays, and caps, session, data and trace of its own (a msgpack round trip of those
-        small fields). For nodes handed messages inside one process (``nodes.chain``): what the
-        receiver keeps or changes is never the sender's."""
+        """This message as a link's receiver gets it, without the bytes in between: read-only
+        arrays (a copy of each one the sender could still write), and caps, session, data and trace
+        of its own (a msgpack round trip of those small fields). For nodes handed messages inside
+        one process (``nodes.bin``): what the receiver keeps or changes is never the sender's."""
         if self._body is not None:  # received and unread: its bytes go on as they are
             return Message.received(self.kind, self.seq, self.pts_ns, self._body, self._wire[1])
         try:
@@ -196,9 +196,10 @@ class Message:
             raise ValueError(f"a message that cannot travel on a link: {exc}") from None
         arrays = {}
         for name, arr in self.arrays.items():
-            view = arr.view()
-            view.flags.writeable = False
-            arrays[name] = view
+            if arr.flags.writeable:  # the sender may write its own again (a buffer it reuses): a copy
+                arr = arr.copy()
+                arr.flags.writeable = False
+            arrays[name] = arr  # read-only already: nobody writes it (a view of a received frame)
         return Message(caps, data, arrays, self.pts_ns, session, trace, self.seq, self.kind)
 
     def __repr__(self) -> str:

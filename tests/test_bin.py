@@ -82,7 +82,7 @@ def test_a_bin_sends_what_the_same_nodes_send_one_after_the_other():
 
 
 def test_a_node_inside_a_bin_cannot_change_what_the_one_before_it_keeps():
-    """The next node gets read-only arrays and data of its own, as from a link."""
+    """The next node gets read-only arrays and data of its own, as from a link (either way round)."""
     msg = batch(0, SESSIONS)
     got = msg.delivered()
     assert not got.arrays["weights"].flags.writeable and msg.arrays["weights"].flags.writeable
@@ -90,6 +90,8 @@ def test_a_node_inside_a_bin_cannot_change_what_the_one_before_it_keeps():
         got.arrays["weights"][0, 0] = 5.0
     got.data["active"][0] = False
     assert msg.data["active"] == [True, True, True] and got.session == msg.session
+    msg.arrays["weights"][0, 0] = 0.75  # nor the one before it change what the next one keeps
+    assert got.arrays["weights"][0, 0] != 0.75
 
 
 def test_the_requests_pad_reaches_every_node_of_the_bin_that_takes_requests():
