@@ -533,9 +533,10 @@ def main() -> None:
                     help="device phases: spread over the period (default), or every device at once")
     ap.add_argument("--senders", type=int, default=0, help="generator processes (default: one per 2,000 devices)")
     ap.add_argument("--templates", type=int, default=30, help="frames of packets built per device (default 30)")
-    ap.add_argument("--bin", choices=("none", "middle", "all"), default="none",
+    ap.add_argument("--bin", choices=("none", "middle", "all", "split"), default="none",
                     help="nodes in one process (a bin node): none (default), mapper to compressor (middle, as "
-                         "graphs/capture-bin.yaml), or source to sink (all)")
+                         "graphs/capture-bin.yaml), source to sink (all), or two processes: source to blender "
+                         "and lod to sink (split)")
     ap.add_argument("--timer-blender", action="store_true",
                     help="the blender ticks on its timer alone (tick_on_capture: false, the node's default)")
     ap.add_argument("--baseline-sessions", type=int, default=None,

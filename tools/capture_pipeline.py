@@ -62,7 +62,28 @@ nodes:
         - {{name: encode, type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
         - {{name: web, type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
 """
-BINS = {"none": _GRAPH, "middle": _MIDDLE, "all": _ALL}
+_SPLIT = """
+name: {name}
+nodes:
+  front:
+    type: bin
+    params:
+      nodes:
+        - {{name: capture, type: arkit_source, params: {{host: 127.0.0.1, port: 0, rate: {gather_rate}, batch: {batch},
+                                                     session_timeout: {session_timeout}, max_sessions: {max_sessions}}}}}
+        - {{name: retarget, type: mapper, params: {{profile: identity}}}}
+        - {{name: face, type: blender, input: capture, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
+  back:
+    type: bin
+    params:
+      nodes:
+        - {{name: detail, type: lod}}
+        - {{name: encode, type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
+        - {{name: web, type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
+links:
+  - {{from: front, to: back.in, size: 8}}
+"""
+BINS = {"none": _GRAPH, "middle": _MIDDLE, "all": _ALL, "split": _SPLIT}
 
 
 def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None = 240.0, batch: str = "fresh",
@@ -73,7 +94,8 @@ def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None
     in graphs/capture.yaml;
     ``tick_on_capture``: frames follow each session's capture (else the blender's timer alone);
     ``bin``: every node its own process (``none``), mapper, blender, lod and compressor in one
-    (``middle``), or the whole pipeline in one (``all``)."""
+    (``middle``), the whole pipeline in one (``all``), or in two, one a core (``split``: source to
+    blender, lod to sink)."""
     return BINS[bin].format(name=name, rate=rate, gather_rate=gather_rate or rate, batch=batch,
                                                 max_sessions=max_sessions, session_timeout=session_timeout,
                                                 sync=str(tick_on_capture).lower())
