@@ -47,6 +47,16 @@ links:
   - {{from: web.requests, to: encode.requests, feedback: true}}
 """
 
+# the bins' steps: source to blender, then lod to sink
+_FRONT = """        - {{name: capture, type: arkit_source, params: {{host: 127.0.0.1, port: 0, rate: {gather_rate}, batch: {batch},
+                                                     session_timeout: {session_timeout}, max_sessions: {max_sessions}}}}}
+        - {{name: retarget, type: mapper, params: {{profile: identity}}}}
+        - {{name: face, type: blender, input: capture, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
+"""
+_BACK = """        - {{name: detail, type: lod}}
+        - {{name: encode, type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
+        - {{name: web, type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
+"""
 _ALL = """
 name: {name}
 nodes:
@@ -54,14 +64,7 @@ nodes:
     type: bin
     params:
       nodes:
-        - {{name: capture, type: arkit_source, params: {{host: 127.0.0.1, port: 0, rate: {gather_rate}, batch: {batch},
-                                                     session_timeout: {session_timeout}, max_sessions: {max_sessions}}}}}
-        - {{name: retarget, type: mapper, params: {{profile: identity}}}}
-        - {{name: face, type: blender, input: capture, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
-        - {{name: detail, type: lod}}
-        - {{name: encode, type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
-        - {{name: web, type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
-"""
+""" + _FRONT + _BACK
 _SPLIT = """
 name: {name}
 nodes:
@@ -69,18 +72,11 @@ nodes:
     type: bin
     params:
       nodes:
-        - {{name: capture, type: arkit_source, params: {{host: 127.0.0.1, port: 0, rate: {gather_rate}, batch: {batch},
-                                                     session_timeout: {session_timeout}, max_sessions: {max_sessions}}}}}
-        - {{name: retarget, type: mapper, params: {{profile: identity}}}}
-        - {{name: face, type: blender, input: capture, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
-  back:
+""" + _FRONT + """  back:
     type: bin
     params:
       nodes:
-        - {{name: detail, type: lod}}
-        - {{name: encode, type: compressor, params: {{keyframe_interval: 120, ref_interval: 1}}}}
-        - {{name: web, type: websocket_sink, params: {{host: 127.0.0.1, port: 0, queue_size: 16}}}}
-links:
+""" + _BACK + """links:
   - {{from: front, to: back.in, size: 8}}
 """
 BINS = {"none": _GRAPH, "middle": _MIDDLE, "all": _ALL, "split": _SPLIT}
