@@ -12,8 +12,9 @@ its own process)::
       -> a few WebSocket viewers in this process
 
 ``--bin middle`` runs mapper, blender, lod and compressor in one process (a ``bin`` node, as
-``graphs/capture-bin.yaml``), ``--bin all`` the whole pipeline from source to sink; the nodes and
-their params are the same.
+``graphs/capture-bin.yaml``), ``--bin all`` the whole pipeline from source to sink, ``--bin split``
+and ``--bin tail`` in two processes (source to blender and lod to sink; the source alone and
+mapper to sink); the nodes and their params are the same.
 
 ``--gather-rate 60 --batch all`` gives the other way to batch: every session in one batch per
 60 Hz tick (then a packet waits up to a whole frame for its tick).
@@ -533,10 +534,10 @@ def main() -> None:
                     help="device phases: spread over the period (default), or every device at once")
     ap.add_argument("--senders", type=int, default=0, help="generator processes (default: one per 2,000 devices)")
     ap.add_argument("--templates", type=int, default=30, help="frames of packets built per device (default 30)")
-    ap.add_argument("--bin", choices=("none", "middle", "all", "split"), default="none",
+    ap.add_argument("--bin", choices=("none", "middle", "all", "split", "tail"), default="none",
                     help="nodes in one process (a bin node): none (default), mapper to compressor (middle, as "
                          "graphs/capture-bin.yaml), source to sink (all), or two processes: source to blender "
-                         "and lod to sink (split)")
+                         "and lod to sink (split), or the source and mapper to sink (tail)")
     ap.add_argument("--timer-blender", action="store_true",
                     help="the blender ticks on its timer alone (tick_on_capture: false, the node's default)")
     ap.add_argument("--baseline-sessions", type=int, default=None,

@@ -79,7 +79,16 @@ nodes:
 """ + _BACK + """links:
   - {{from: front, to: back.in, size: 8}}
 """
-BINS = {"none": _GRAPH, "middle": _MIDDLE, "all": _ALL, "split": _SPLIT}
+_TAIL = _SOURCE + """  rest:
+    type: bin
+    params:
+      nodes:
+        - {{name: retarget, type: mapper, params: {{profile: identity}}}}
+        - {{name: face, type: blender, input: capture, params: {{rate: {rate}, tick_on_capture: {sync}}}}}
+""" + _BACK + """links:
+  - {{from: capture, to: rest.in, size: 8}}
+"""
+BINS = {"none": _GRAPH, "middle": _MIDDLE, "all": _ALL, "split": _SPLIT, "tail": _TAIL}
 
 
 def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None = 240.0, batch: str = "fresh",
@@ -91,7 +100,7 @@ def capture_pipeline(name: str, *, rate: float = 60.0, gather_rate: float | None
     ``tick_on_capture``: frames follow each session's capture (else the blender's timer alone);
     ``bin``: every node its own process (``none``), mapper, blender, lod and compressor in one
     (``middle``), the whole pipeline in one (``all``), or in two, one a core (``split``: source to
-    blender, lod to sink)."""
+    blender, lod to sink; ``tail``: the source, then mapper to sink)."""
     return BINS[bin].format(name=name, rate=rate, gather_rate=gather_rate or rate, batch=batch,
                                                 max_sessions=max_sessions, session_timeout=session_timeout,
                                                 sync=str(tick_on_capture).lower())
