@@ -52,6 +52,10 @@ class Step:
     def __init__(self, name: str, cls: type[Node], params: dict[str, Any], pad: str | None):
         self.name, self.cls, self.params, self.pad = name, cls, params, pad
 
+    def latency_ns(self) -> int:
+        """What this node holds back of what it takes (a source: what it holds of what it makes)."""
+        return self.cls.latency_ns(self.params) if self.pad is None else self.cls.input_latency_ns(self.params, self.pad)
+
 
 def parse_steps(nodes: Any) -> list[Step]:
     """The bin's steps from its ``nodes`` param; ParamError naming the entry and what is wrong."""
@@ -214,8 +218,7 @@ class Bin(Node):
             steps = parse_steps(params.get("nodes"))
         except ParamError:
             return 0
-        return sum(s.cls.latency_ns(s.params) if s.pad is None else s.cls.input_latency_ns(s.params, s.pad)
-                   for s in steps)
+        return sum(step.latency_ns() for step in steps)
 
     def setup(self) -> None:
         self.steps = parse_steps(self.p.nodes)
@@ -308,7 +311,7 @@ class Bin(Node):
         held = upstream_ns
         for node, step in zip(self.nodes, self.steps):
             node.on_latency(held, {step.pad: held} if step.pad else {})
-            held += step.cls.latency_ns(step.params) if step.pad is None else step.cls.input_latency_ns(step.params, step.pad)
+            held += step.latency_ns()
 
     def on_eos(self) -> None:
         self._end_from(0)
