@@ -5,7 +5,9 @@ Every problem is collected, each with the YAML file and line, so a user fixes th
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 import networkx as nx
 
@@ -115,7 +117,7 @@ def validate_graph(graph: Graph) -> dict[str, type[Node]]:
         only = cls.default_input()
         connected = {l.dst_pad or only for l in graph.links if l.dst == name}
         required = ({n for n, pad in cls.inputs.items() if pad.required} if name in bad_params  # as declared
-                    else cls.required_inputs({**{k: v.default for k, v in cls.params.items()}, **graph.nodes[name].params}))
+                    else cls.required_inputs(_full_params(cls, graph.nodes[name].params)))
         for pad_name in cls.inputs:
             if pad_name in required and pad_name not in connected:
                 p(f"node '{name}' ({graph.nodes[name].type}): required input '{pad_name}' is not connected", graph.nodes[name].line)
@@ -155,7 +157,7 @@ def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec
             pad = cls.outputs[link.src_pad]
             produced: CapsSpec | None = ANY  # a node already reported: anything may come out of it
             if name not in bad_params:
-                produced = cls.output_caps(link.src_pad, {**{k: v.default for k, v in cls.params.items()}, **params})
+                produced = cls.output_caps(link.src_pad, _full_params(cls, params))
             if produced is None:
                 produced = arriving.get((name, pad.same_as or ""), ANY)
             dst_cls = types.get(link.dst)
@@ -163,14 +165,18 @@ def _check_caps(graph: Graph, types: dict[str, type[Node]], links: list[LinkSpec
                 continue
             accepted: CapsSpec = ANY  # a node already reported: it may take anything
             if link.dst not in bad_params:
-                accepted = dst_cls.input_caps(link.dst_pad, {**{k: v.default for k, v in dst_cls.params.items()},
-                                                             **graph.nodes[link.dst].params})
+                accepted = dst_cls.input_caps(link.dst_pad, _full_params(dst_cls, graph.nodes[link.dst].params))
             if not caps_compatible(produced, accepted):
                 p(f"caps mismatch on link {link}: {link.src}.{link.src_pad} produces '{caps_text(produced)}' "
                   f"but {link.dst}.{link.dst_pad} accepts '{caps_text(accepted)}'", link.line)
             key = (link.dst, link.dst_pad)
             if key not in arriving or arriving[key] == ANY:
                 arriving[key] = produced
+
+
+def _full_params(cls: type[Node], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A node's params with the type's defaults filled in, for its classmethods (caps, inputs)."""
+    return {**{k: v.default for k, v in cls.params.items()}, **given}
 
 
 def _ends(link: LinkSpec) -> str:

@@ -2,7 +2,7 @@
 """Many avatars through one graph: the full capture pipeline under S simulated Live Link Face devices.
 
     .venv/bin/python tools/bench_sessions.py [--sizes 1000 2000 5000 8000] [--seconds 10] [--viewers 3]
-        [--gather-rate 240] [--batch fresh] [--timer-blender] [--baseline-sessions N] [--bin none|middle|all]
+        [--gather-rate 240] [--batch fresh] [--timer-blender] [--baseline-sessions N] [--bin none|middle|all|split|tail]
 
 For each S, the graph of ``graphs/capture.yaml`` runs with the runtime's Python API (every node
 its own process)::
@@ -44,8 +44,9 @@ count frames and gaps.
 
 Measured over ``--seconds`` after the sessions have joined and a warm-up:
 
-- batch/s and fps: batches per second out of the compressor (with ``--bin all``, out of the
-  source), and frames per second per session
+- batch/s and fps: batches per second out of the compressor (with ``--bin all``, ``split`` or
+  ``tail``, where it is not the last node of its process, out of the source), and frames per
+  second per session
   (packets out of the compressor / S);
 - latency p50/p99 from UDP arrival to sink output: ``arkit_source`` stamps each row's packet
   arrival (``arrival_ns``), the blender carries it for the rows that show a capture packet for
